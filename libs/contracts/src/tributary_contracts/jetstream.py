@@ -1,0 +1,183 @@
+"""JetStream streams, KV buckets and durable consumers, declared once for every service.
+
+``ensure_jetstream(js, ns)`` creates what is missing and brings existing streams to the declared
+config; it is idempotent and safe to call from every service at start. The definitions are plain
+keyword arguments of nats-py's ``add_stream``/``create_key_value``/``add_consumer`` so this package
+depends on pydantic only. Everything here stays compatible with nats-server 2.9: one
+``filter_subject`` per consumer, no per-message TTL.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from tributary_contracts.subjects import Namespace
+
+DAY = 24 * 3600.0
+DUPLICATE_WINDOW_SECONDS = 120.0
+"""Bus-level dedup window: a retry with the same ``Nats-Msg-Id`` inside it is dropped."""
+
+# Stream names (before the namespace prefix).
+DP_RAW = "DP_RAW"
+DP_CLASSIFIED = "DP_CLASSIFIED"
+DP_EVENTS = "DP_EVENTS"
+DP_REJECTED = "DP_REJECTED"
+DP_DLQ = "DP_DLQ"
+
+# KV bucket names (before the namespace prefix).
+STREAM_CONFIGS_BUCKET = "stream-configs"
+API_KEYS_BUCKET = "api-keys"
+CSV_JOBS_BUCKET = "csv-jobs"
+CLASSIFIER_STATE_BUCKET = "classifier-state"
+WS_RESUME_BUCKET = "ws-resume"
+
+# Durable consumer names (scoped by their stream, so not prefixed).
+CLASSIFIER_DURABLE = "classifier"
+WRITER_POSTGRES_DURABLE = "writer-postgres"
+WRITER_SQLSERVER_DURABLE = "writer-sqlserver"
+WRITER_POSTGRES_ALERTS_DURABLE = "writer-postgres-alerts"
+
+MAX_DELIVER = 10
+"""Deliveries of one message before its consumer sends it to ``dp.dlq.<consumer>``."""
+
+
+@dataclass(frozen=True)
+class StreamDef:
+    """One stream: base name, subject pattern builder, retention."""
+
+    base: str
+    subjects: tuple[str, ...]  # patterns relative to the namespace, e.g. "dp.raw.>"
+    max_age_seconds: float
+    description: str
+
+    def kwargs(self, ns: Namespace) -> dict[str, Any]:
+        prefix = f"{ns.prefix}." if ns.prefix else ""
+        return {
+            "name": ns.stream(self.base),
+            "description": self.description,
+            "subjects": [prefix + s for s in self.subjects],
+            "retention": "limits",
+            "storage": "file",
+            "discard": "old",
+            "max_age": self.max_age_seconds,
+            "max_msg_size": 8 * 1024 * 1024,
+            "duplicate_window": DUPLICATE_WINDOW_SECONDS,
+        }
+
+
+STREAMS: tuple[StreamDef, ...] = (
+    StreamDef(DP_RAW, ("dp.raw.>",), 7 * DAY, "Normalised, unclassified point batches."),
+    StreamDef(DP_CLASSIFIED, ("dp.classified.>",), 7 * DAY, "Classified point batches."),
+    StreamDef(DP_EVENTS, ("dp.alert.>", "dp.prediction.>"), 30 * DAY, "Alerts and predictions."),
+    StreamDef(DP_REJECTED, ("dp.rejected.>",), 7 * DAY, "Input a gateway could not accept."),
+    StreamDef(DP_DLQ, ("dp.dlq.>",), 30 * DAY, "Messages a consumer gave up on."),
+)
+
+BUCKETS: tuple[tuple[str, int, str], ...] = (
+    (STREAM_CONFIGS_BUCKET, 16, "Classification config per stream (StreamConfig JSON)."),
+    (API_KEYS_BUCKET, 1, "API keys by SHA-256 of the key: role and name."),
+    (CSV_JOBS_BUCKET, 1, "CSV import job status."),
+    (CLASSIFIER_STATE_BUCKET, 1, "Per-stream last value and alert state checkpoints."),
+    (WS_RESUME_BUCKET, 1, "gateway-ws: last durably accepted sequence per (domain, source)."),
+)
+
+
+@dataclass(frozen=True)
+class ConsumerDef:
+    """A durable pull consumer: which stream, which subjects, how redelivery works."""
+
+    durable: str
+    stream_base: str
+    filter_pattern: str  # relative to the namespace
+    ack_wait_seconds: float = 30.0
+    max_ack_pending: int = 20_000
+
+    def stream_name(self, ns: Namespace) -> str:
+        return ns.stream(self.stream_base)
+
+    def filter_subject(self, ns: Namespace) -> str:
+        return f"{ns.prefix}.{self.filter_pattern}" if ns.prefix else self.filter_pattern
+
+    def kwargs(self, ns: Namespace) -> dict[str, Any]:
+        return {
+            "durable_name": self.durable,
+            "filter_subject": self.filter_subject(ns),
+            "ack_policy": "explicit",
+            "deliver_policy": "all",
+            "ack_wait": self.ack_wait_seconds,
+            # The consumer itself moves a message to the DLQ at MAX_DELIVER; the server limit
+            # is a backstop well above it so the server never drops a message silently first.
+            "max_deliver": MAX_DELIVER * 2,
+            "max_ack_pending": self.max_ack_pending,
+        }
+
+
+CONSUMERS: dict[str, ConsumerDef] = {
+    CLASSIFIER_DURABLE: ConsumerDef(CLASSIFIER_DURABLE, DP_RAW, "dp.raw.>"),
+    WRITER_POSTGRES_DURABLE: ConsumerDef(WRITER_POSTGRES_DURABLE, DP_CLASSIFIED, "dp.classified.>"),
+    WRITER_SQLSERVER_DURABLE: ConsumerDef(
+        WRITER_SQLSERVER_DURABLE, DP_CLASSIFIED, "dp.classified.>"
+    ),
+    WRITER_POSTGRES_ALERTS_DURABLE: ConsumerDef(
+        WRITER_POSTGRES_ALERTS_DURABLE, DP_EVENTS, "dp.alert.>"
+    ),
+}
+
+
+class JetStreamLike(Protocol):
+    """The part of nats-py's ``JetStreamContext`` that ``ensure_jetstream`` uses."""
+
+    async def stream_info(self, name: str) -> Any: ...
+    async def add_stream(self, config: Any = None, **params: Any) -> Any: ...
+    async def update_stream(self, config: Any = None, **params: Any) -> Any: ...
+    async def key_value(self, bucket: str) -> Any: ...
+    async def create_key_value(self, config: Any = None, **params: Any) -> Any: ...
+    async def consumer_info(self, stream: str, consumer: str) -> Any: ...
+    async def add_consumer(self, stream: str, config: Any = None, **params: Any) -> Any: ...
+
+
+def _is_not_found(exc: Exception) -> bool:
+    # nats-py raises NotFoundError / BucketNotFoundError (both carry "not found"), code 404.
+    return (
+        getattr(exc, "code", None) == 404
+        or "not found" in str(exc).lower()
+        or type(exc).__name__ in ("NotFoundError", "BucketNotFoundError")
+    )
+
+
+async def ensure_jetstream(
+    js: JetStreamLike, ns: Namespace = Namespace(), consumers: tuple[str, ...] = ()
+) -> None:
+    """Create or update every stream and bucket of ``ns``, plus the named durable consumers."""
+    for stream in STREAMS:
+        params = stream.kwargs(ns)
+        try:
+            await js.stream_info(params["name"])
+        except Exception as exc:
+            if not _is_not_found(exc):
+                raise
+            await js.add_stream(**params)
+        else:
+            await js.update_stream(**params)
+    for base, history, description in BUCKETS:
+        name = ns.bucket(base)
+        try:
+            await js.key_value(name)
+        except Exception as exc:
+            if not _is_not_found(exc):
+                raise
+            await js.create_key_value(bucket=name, history=history, description=description)
+    for durable in consumers:
+        await ensure_consumer(js, ns, durable)
+
+
+async def ensure_consumer(js: JetStreamLike, ns: Namespace, durable: str) -> None:
+    """Create the durable consumer ``durable`` if missing (its config is fixed once created)."""
+    definition = CONSUMERS[durable]
+    try:
+        await js.consumer_info(definition.stream_name(ns), durable)
+    except Exception as exc:
+        if not _is_not_found(exc):
+            raise
+        await js.add_consumer(definition.stream_name(ns), **definition.kwargs(ns))

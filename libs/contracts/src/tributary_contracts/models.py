@@ -1,0 +1,211 @@
+"""Messages that cross a service boundary on the bus (JSON on the wire, pydantic v2).
+
+Every bus message is a batch of 1..N points from one (domain, source): one message per point
+would cap the fleet at a few thousand points/s (Python client cost per JetStream message).
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic_core import to_json
+
+MAX_BATCH_POINTS = 500
+"""Gateways cut batches of at most this many points."""
+
+MAX_METADATA_BYTES = 8 * 1024
+"""Largest JSON encoding of one point's ``metadata`` object."""
+
+DOMAIN_PATTERN = r"^[a-z][a-z0-9_-]{0,31}$"
+
+
+def _small_metadata(value: dict[str, Any]) -> dict[str, Any]:
+    # Compact JSON size is what the wire and the jsonb column carry.
+    if value and len(to_json(value)) > MAX_METADATA_BYTES:
+        raise ValueError(f"metadata must encode to at most {MAX_METADATA_BYTES} bytes of JSON")
+    return value
+
+
+Domain = Annotated[str, StringConstraints(pattern=DOMAIN_PATTERN)]
+"""A domain name: iot, infrastructure, finance, health, … (lower case, ≤ 32 chars)."""
+
+# Checked by pydantic-core's regex engine (a Python validator per point costs measurable speed).
+PRINTABLE_PATTERN = r"^(?:[^\p{C}\p{Z}]| )+$"  # what str.isprintable() accepts
+
+Identifier = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=256, pattern=PRINTABLE_PATTERN),
+]
+"""A source or stream id: 1–256 printable characters, any of them (escaped in subjects)."""
+
+UtcDatetime = AwareDatetime
+"""A timestamp with its UTC offset. Producers of bus messages (the gateways) write UTC; the
+offset is required rather than converted so that parsing stays in pydantic-core (a Python
+validator per point measurably slowed every hop)."""
+
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+"""A float that is neither NaN nor ±Infinity."""
+
+Metadata = Annotated[dict[str, Any], AfterValidator(_small_metadata)]
+"""Free JSON object attached to a point, at most 8 KiB encoded."""
+
+
+class Transport(StrEnum):
+    """How a point reached the fleet."""
+
+    HTTP = "http"
+    MQTT = "mqtt"
+    WS = "ws"
+    CSV = "csv"
+
+
+class PointClass(StrEnum):
+    """The verdict the classifier gives every point."""
+
+    NORMAL = "normal"
+    """Inside every configured limit (or the stream has no configuration)."""
+    WARNING = "warning"
+    """Outside the operational range or inside the warning zone."""
+    CRITICAL = "critical"
+    """Outside the physical range or inside the critical (alert) zone."""
+    ANOMALY = "anomaly"
+    """A rate-of-change constraint fired against the stream's previous point."""
+    REJECTED = "rejected"
+    """The point could not be classified (kept for audit, never silently dropped)."""
+
+
+class LegacyIds(BaseModel):
+    """IoT compatibility identifiers carried by points that came through the legacy endpoints."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    sensor_id: int | None = Field(default=None, description="Legacy integer sensor id.")
+    device_uuid: str | None = Field(default=None, description="Owning device's uuid, if known.")
+    sensor_uuid: str | None = Field(default=None, description="Legacy sensor uuid, if given.")
+
+
+class DataPoint(BaseModel):
+    """One numeric observation of one stream."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    stream_id: Identifier = Field(
+        description="Stream within the source: cpu_usage, BTCUSDT:price, 17."
+    )
+    value: FiniteFloat = Field(description="The observed value; finite.")
+    ts: UtcDatetime = Field(description="Event time in UTC (the gateway fills in receive time).")
+    stream_type: Identifier | None = Field(
+        default=None, description="Kind of stream (temperature, cpu_usage…); selects defaults."
+    )
+    sequence: int | None = Field(default=None, description="Producer's sequence number, if any.")
+    metadata: Metadata = Field(default_factory=dict, description="Free JSON, ≤ 8 KiB encoded.")
+    legacy: LegacyIds | None = Field(default=None, description="IoT compatibility ids.")
+
+
+class PointBatch(BaseModel):
+    """1..500 points from one (domain, source), as a gateway publishes them on ``dp.raw.>``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    domain: Domain = Field(description="Domain of the source: iot, infrastructure, finance, …")
+    source_id: Identifier = Field(description="Device, server, exchange, patient… (original id).")
+    transport: Transport = Field(description="Gateway the points came through.")
+    received_at: UtcDatetime = Field(description="When the gateway received the points (UTC).")
+    points: list[DataPoint] = Field(
+        min_length=1, max_length=MAX_BATCH_POINTS, description="The points, in input order."
+    )
+
+
+class ClassifiedPoint(DataPoint):
+    """A point with the classifier's verdict on it."""
+
+    reason: str = Field(description="Human sentence with the numbers: why this class.")
+    rule: str = Field(description="Machine name of the constraint that fired ('none' if normal).")
+    config_version: int | None = Field(
+        default=None, description="Revision of the StreamConfig applied; None when none applied."
+    )
+
+
+class ClassifiedBatch(BaseModel):
+    """Points of one (domain, source) that share one class, as published on ``dp.classified.>``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    domain: Domain = Field(description="Domain of the source.")
+    source_id: Identifier = Field(description="Original source id.")
+    transport: Transport = Field(description="Gateway the points came through.")
+    received_at: UtcDatetime = Field(description="When the gateway received the points (UTC).")
+    cls: PointClass = Field(description="The class every point of this batch has.")
+    classified_at: UtcDatetime = Field(description="When the classifier decided (UTC).")
+    points: list[ClassifiedPoint] = Field(
+        min_length=1, max_length=MAX_BATCH_POINTS, description="The classified points."
+    )
+
+
+class RejectedEntry(BaseModel):
+    """One input item a gateway refused, and why."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    index: int | None = Field(default=None, description="Position in the request/row/batch.")
+    stream_id: str | None = Field(default=None, description="Stream id as sent, if readable.")
+    reason: str = Field(description="Human sentence naming the field and the problem.")
+    excerpt: str = Field(default="", description="The item as received, truncated.")
+    topic: str | None = Field(default=None, description="MQTT topic the item came on, if any")
+
+
+class RejectedInput(BaseModel):
+    """What a gateway publishes on ``dp.rejected.<transport>``: input it could not accept."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    transport: Transport = Field(description="Gateway that refused the input.")
+    domain: str | None = Field(default=None, description="Domain as sent, if readable.")
+    source_id: str | None = Field(default=None, description="Source id as sent, if readable.")
+    received_at: UtcDatetime = Field(description="When the gateway received the input (UTC).")
+    rejected: list[RejectedEntry] = Field(min_length=1, description="The refused items.")
+
+
+class AlertEventKind(StrEnum):
+    """What happened to an alert."""
+
+    OPENED = "opened"
+    """N consecutive violating points (``consecutive_violations_required``): an alert opens."""
+    ESCALATED = "escalated"
+    """A warning alert's stream turned critical: the warning alert closes, a critical one opens
+    (the ``escalated`` event carries the new alert; a ``closed`` event is sent for the old)."""
+    CLOSED = "closed"
+    """The stream recovered (a normal point), or the alert was replaced by an escalation."""
+
+
+class AlertEvent(BaseModel):
+    """An alert lifecycle event, published on ``dp.alert.<domain>.<severity>.<source>``.
+
+    At most one alert is open per stream. ``Nats-Msg-Id`` is ``<alert_id>:<event>`` so a
+    redelivered input never publishes the same event twice.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    event: AlertEventKind = Field(description="opened, escalated or closed.")
+    alert_id: str = Field(description="Stable id of the alert across its events.")
+    domain: Domain = Field(description="Domain of the stream.")
+    source_id: Identifier = Field(description="Source of the stream (original id).")
+    stream_id: Identifier = Field(description="The stream.")
+    severity: PointClass = Field(description="warning, critical or anomaly.")
+    rule: str = Field(description="Constraint that fired on the violating points.")
+    reason: str = Field(description="Human sentence with the numbers (of the last violation).")
+    first_value: float = Field(description="Value of the first violating point.")
+    first_at: UtcDatetime = Field(description="Event time of the first violating point.")
+    last_value: float = Field(description="Value of the latest violating point.")
+    last_at: UtcDatetime = Field(description="Event time of the latest violating point.")
+    peak_value: float = Field(description="Most extreme violating value seen while open.")
+    violation_count: int = Field(ge=1, description="Violating points while open.")
+    opened_at: UtcDatetime = Field(description="Event time at which the alert opened.")
+    closed_at: UtcDatetime | None = Field(
+        default=None, description="Event time of the recovering point (closed events only)."
+    )
+    config_version: int | None = Field(default=None, description="StreamConfig revision used.")
+    emitted_at: UtcDatetime = Field(description="When the classifier emitted the event (UTC).")

@@ -1,0 +1,155 @@
+"""Subject, stream, bucket and durable names, under an optional namespace prefix.
+
+Source ids may contain anything printable; in a subject each id is one token, with ``.``, ``*``,
+``>``, whitespace, ``%`` and control characters escaped as ``%XX`` (UTF-8 bytes) so that any id is
+legal. The original id always travels in the payload. A ``Namespace`` with a prefix (tests, or
+two fleets on one server) puts every subject under ``<prefix>.`` and every JetStream object name
+under ``<PREFIX>_``, so they never overlap with another namespace's.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from tributary_contracts.models import PointClass
+
+_SUBJECT_UNSAFE = re.compile(r"[.*>%\s\x00-\x1f\x7f]")
+_KV_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
+_PREFIX = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
+
+
+def _percent_bytes(char: str, escape: str) -> str:
+    return "".join(f"{escape}{b:02X}" for b in char.encode())
+
+
+def escape_token(value: str) -> str:
+    """Make ``value`` one legal subject token; ``unescape_token`` reverses it."""
+    if value == "":
+        raise ValueError("a subject token cannot be empty")
+    return _SUBJECT_UNSAFE.sub(lambda m: _percent_bytes(m.group(), "%"), value)
+
+
+def unescape_token(token: str) -> str:
+    """Reverse ``escape_token``."""
+    return _unescape(token, "%")
+
+
+def escape_key(value: str) -> str:
+    """Make ``value`` one legal KV key token (``[A-Za-z0-9_-]``, others as ``=XX``)."""
+    if value == "":
+        raise ValueError("a key token cannot be empty")
+    return _KV_UNSAFE.sub(lambda m: _percent_bytes(m.group(), "="), value)
+
+
+def unescape_key(token: str) -> str:
+    """Reverse ``escape_key``."""
+    return _unescape(token, "=")
+
+
+def _unescape(token: str, escape: str) -> str:
+    if escape not in token:
+        return token
+    out = bytearray()
+    i = 0
+    while i < len(token):
+        if token[i] == escape:
+            out += bytes([int(token[i + 1 : i + 3], 16)])
+            i += 3
+        else:
+            out += token[i].encode()
+            i += 1
+    return out.decode()
+
+
+@dataclass(frozen=True)
+class Namespace:
+    """All bus names of one fleet. ``Namespace()`` is production; tests pass a unique prefix."""
+
+    prefix: str = ""
+
+    def __post_init__(self) -> None:
+        if self.prefix and not _PREFIX.match(self.prefix):
+            raise ValueError(f"namespace prefix {self.prefix!r} must match {_PREFIX.pattern}")
+
+    # -- subjects -------------------------------------------------------------------------
+    def _subject(self, *tokens: str) -> str:
+        return ".".join((self.prefix, *tokens) if self.prefix else tokens)
+
+    def raw_subject(self, domain: str, source_id: str) -> str:
+        """``dp.raw.<domain>.<source>``: normalised, unclassified batches."""
+        return self._subject("dp", "raw", domain, escape_token(source_id))
+
+    def classified_subject(self, domain: str, cls: PointClass | str, source_id: str) -> str:
+        """``dp.classified.<domain>.<cls>.<source>``: classified batches."""
+        return self._subject("dp", "classified", domain, str(cls), escape_token(source_id))
+
+    def alert_subject(self, domain: str, severity: str, source_id: str) -> str:
+        """``dp.alert.<domain>.<severity>.<source>``: alert lifecycle events."""
+        return self._subject("dp", "alert", domain, severity, escape_token(source_id))
+
+    def prediction_subject(self, domain: str, source_id: str) -> str:
+        """``dp.prediction.<domain>.<source>``: ml-batch output."""
+        return self._subject("dp", "prediction", domain, escape_token(source_id))
+
+    def rejected_subject(self, transport: str) -> str:
+        """``dp.rejected.<transport>``: input a gateway could not accept."""
+        return self._subject("dp", "rejected", transport)
+
+    def dlq_subject(self, consumer: str) -> str:
+        """``dp.dlq.<consumer>``: messages a consumer gave up on."""
+        return self._subject("dp", "dlq", consumer)
+
+    def all_raw(self) -> str:
+        return self._subject("dp", "raw", ">")
+
+    def all_classified(self) -> str:
+        return self._subject("dp", "classified", ">")
+
+    def all_alerts(self) -> str:
+        return self._subject("dp", "alert", ">")
+
+    # -- JetStream object names -----------------------------------------------------------
+    def stream(self, base: str) -> str:
+        """Name of stream ``base`` (DP_RAW, …) in this namespace."""
+        return f"{self.prefix.upper()}_{base}" if self.prefix else base
+
+    def bucket(self, base: str) -> str:
+        """Name of KV bucket ``base`` (stream-configs, …) in this namespace."""
+        return f"{self.prefix}_{base}" if self.prefix else base
+
+
+WILDCARD = "*"
+
+
+def stream_config_key(domain: str, source_id: str, stream_id: str) -> str:
+    """Key of a StreamConfig in the ``stream-configs`` bucket.
+
+    ``*`` stands for "any": ``(domain, *, X)`` is the domain's default for stream id or stream
+    type X, ``(domain, *, *)`` the domain's default, ``(*, *, X)`` a global default for stream
+    type X and ``(*, *, *)`` the global default.
+    """
+    return f"{escape_key(domain)}.{escape_key(source_id)}.{escape_key(stream_id)}"
+
+
+def config_lookup_keys(
+    domain: str, source_id: str, stream_id: str, stream_type: str | None
+) -> list[str]:
+    """Keys to try for a point's config, most specific first; the first one present wins:
+    exact stream → source wildcard by stream id → by stream type → domain default → global
+    default for the stream type → global default."""
+    w = WILDCARD
+    scopes = [(domain, source_id, stream_id), (domain, w, stream_id)]
+    if stream_type:
+        scopes.append((domain, w, stream_type))
+    scopes.append((domain, w, w))
+    if stream_type:
+        scopes.append((w, w, stream_type))
+    scopes.append((w, w, w))
+    return [stream_config_key(*scope) for scope in scopes]
+
+
+def parse_stream_config_key(key: str) -> tuple[str, str, str]:
+    """Reverse ``stream_config_key`` into (domain, source_id, stream_id)."""
+    domain, source, stream = key.split(".")
+    return unescape_key(domain), unescape_key(source), unescape_key(stream)

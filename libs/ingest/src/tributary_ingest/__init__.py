@@ -1,0 +1,1 @@
+"""What the gateways share: point rules (``points``) and batch encoding/publishing (``batches``)."""

@@ -1,0 +1,119 @@
+"""A gateway's connection to the bus: NATS, JetStream objects, API keys and a batch publisher,
+opened within a deadline so a missing bus ends startup with one clear line."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+import structlog
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+
+from tributary_contracts import API_KEYS_BUCKET, DP_RAW, Namespace, Transport, ensure_jetstream
+from tributary_ingest.batches import BatchPublisher
+from tributary_runtime.apikeys import ApiKeyStore
+from tributary_runtime.bus import connect_nats
+from tributary_runtime.settings import ServiceSettings
+
+MAX_STREAM_MESSAGE_BYTES = 8 * 1024 * 1024  # the streams' max_msg_size (libs/contracts)
+READY_TIMEOUT_SECONDS = 2.0
+
+Connect = Callable[[], Awaitable[Client]]
+
+log = structlog.get_logger("tributary_ingest")
+
+
+class GatewaySettings(Protocol):
+    """The settings every gateway has (on top of ``ServiceSettings``)."""
+
+    nats_url: str
+    startup_timeout_seconds: float
+    api_key_cache_seconds: float
+    publish_timeout_seconds: float
+    rejected_excerpt_bytes: int
+
+    @property
+    def namespace(self) -> Namespace: ...
+
+
+@dataclass
+class GatewayBus:
+    """What a gateway's lifespan opens; its handlers use it."""
+
+    nc: Client
+    js: JetStreamContext
+    keys: ApiKeyStore
+    publisher: BatchPublisher
+    raw_stream: str
+    owns_connection: bool
+
+    async def close(self) -> None:
+        if self.owns_connection and not self.nc.is_closed:
+            await self.nc.drain()
+
+    async def ready(self) -> dict[str, bool]:
+        """``/ready`` checks: connected, and the raw stream answers."""
+        if not self.nc.is_connected:
+            return {"nats": False, "stream": False}
+        try:
+            await asyncio.wait_for(self.js.stream_info(self.raw_stream), READY_TIMEOUT_SECONDS)
+            return {"nats": True, "stream": True}
+        except Exception:
+            return {"nats": True, "stream": False}
+
+
+async def open_gateway_bus(
+    settings: GatewaySettings,
+    service: str,
+    transport: Transport,
+    *,
+    nats_client: Client | None = None,
+    connect: Connect | None = None,
+    observe_ack_latency: Callable[[float], None] | None = None,
+) -> GatewayBus:
+    """Connect (or use ``nats_client``, never closed, or ``connect``), ensure the JetStream
+    objects, open the key store and the publisher — all within ``startup_timeout_seconds``."""
+    s = settings
+    ns = s.namespace
+
+    async def start() -> GatewayBus:
+        if nats_client is not None:
+            nc = nats_client
+        elif connect is not None:
+            nc = await connect()
+        else:
+            assert isinstance(settings, ServiceSettings)
+            nc = await connect_nats(settings, service)
+        js = nc.jetstream()
+        await ensure_jetstream(js, ns)
+        keys = ApiKeyStore(
+            await js.key_value(ns.bucket(API_KEYS_BUCKET)),
+            cache_seconds=s.api_key_cache_seconds,
+        )
+        publisher = BatchPublisher(
+            js,
+            ns,
+            transport=transport,
+            timeout=s.publish_timeout_seconds,
+            max_message_bytes=min(nc.max_payload, MAX_STREAM_MESSAGE_BYTES),
+            excerpt_bytes=s.rejected_excerpt_bytes,
+            observe_ack_latency=observe_ack_latency,
+        )
+        return GatewayBus(
+            nc, js, keys, publisher, ns.stream(DP_RAW), owns_connection=nats_client is None
+        )
+
+    # connect_nats retries forever; bounded here so a missing bus ends the process with one
+    # clear line (and SIGTERM, which uvicorn holds until startup ends, takes effect).
+    try:
+        return await asyncio.wait_for(start(), s.startup_timeout_seconds)
+    except TimeoutError:
+        log.error(
+            "startup_failed",
+            service=service,
+            reason=f"NATS/JetStream at {s.nats_url} not ready within {s.startup_timeout_seconds}s",
+        )
+        raise

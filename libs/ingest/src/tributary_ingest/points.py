@@ -1,0 +1,302 @@
+"""One point as received (JSON) → a ``DataPoint`` or a per-point ``Rejection`` (no I/O here).
+
+The rules every gateway applies, so a point is accepted over HTTP, WebSocket and MQTT alike:
+the same fields, limits and reason texts. A rejection's ``reason`` names every problem of the
+point, and its ``code`` (the field of the first problem) is a bounded label for metrics. Checks
+are at least as strict as the ``DataPoint`` model, so accepted points are built without a second
+validation (``build_point``); the unit tests verify that each accepted point validates.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+
+from tributary_contracts import DataPoint
+from tributary_contracts.models import DOMAIN_PATTERN, MAX_METADATA_BYTES
+
+MAX_ID_CHARS = 256
+IOT_DOMAIN = "iot"
+POINT_FIELDS = ("stream_id", "value", "timestamp", "metadata", "sequence", "stream_type")
+_POINT_FIELD_SET = frozenset(POINT_FIELDS)
+DOMAIN_RE = re.compile(DOMAIN_PATTERN)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+MIN_TIMESTAMP = datetime(1900, 1, 1, tzinfo=UTC)
+"""Earliest accepted event time: older values are almost surely unit or parsing mistakes."""
+MAX_TIMESTAMP = datetime(2100, 1, 1, tzinfo=UTC)
+"""Latest accepted event time: epoch milliseconds sent as seconds land far beyond it."""
+_MIN_EPOCH = (MIN_TIMESTAMP - _EPOCH).total_seconds()
+_MAX_EPOCH = (MAX_TIMESTAMP - _EPOCH).total_seconds()
+INT64 = 2**63
+
+
+class MalformedJson(ValueError):
+    """The body/frame is not JSON at all."""
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """One point that was not accepted, with why."""
+
+    index: int
+    stream_id: str | None
+    reason: str
+    code: str  # bounded label: the field of the first problem (value, timestamp, …)
+    raw: Any  # the point as received, for the payload excerpt on dp.rejected
+
+    def to_reply(self) -> dict[str, Any]:
+        return {"index": self.index, "stream_id": self.stream_id, "reason": self.reason}
+
+
+def parse_json(data: bytes | str, *, what: str = "body") -> Any:
+    """Parse ``data``; the standard library is the fallback so ``NaN``/``Infinity``/``1e999``
+    (which Python's ``json.dumps`` emits) become per-point rejections instead of an error.
+    ``what`` names the input in ``MalformedJson`` ("body is not valid JSON: …")."""
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError as fast_error:
+        try:
+            return json.loads(data)
+        except (ValueError, RecursionError):
+            raise MalformedJson(f"{what} is not valid JSON: {fast_error}") from None
+
+
+def check_identifier(value: Any, name: str) -> str | None:
+    """Problem with ``value`` as a 1–256 printable-character id, or None when fine."""
+    if not isinstance(value, str):
+        return f"{name} must be a string, got {json_type(value)}"
+    if not value:
+        return f"{name} must not be empty"
+    if len(value) > MAX_ID_CHARS:
+        return f"{name} must be at most {MAX_ID_CHARS} characters, got {len(value)}"
+    if not value.isprintable():
+        return f"{name} must contain printable characters only"
+    return None
+
+
+def json_type(value: Any) -> str:
+    """``value``'s JSON type as a reason text uses it ("a number", "an array", "null", …)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__
+
+
+def id_text(value: Any) -> Any:
+    """Integer ids (stream 17, source 42) are accepted as their decimal text."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return value
+
+
+def clip(text: str, limit: int = 64) -> str:
+    """``text`` cut to ``limit`` characters, with "…" where it was cut."""
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def parse_timestamp(value: Any, *, mark_cut: bool = False) -> datetime | str:
+    """UTC datetime of an ISO 8601 string or epoch seconds, or the problem as text.
+
+    A reason quotes at most 64 characters of a bad string; ``mark_cut`` ends a cut quote with
+    "…" (gateway-mqtt's wording).
+    """
+    if isinstance(value, str):
+        try:
+            ts = datetime.fromisoformat(value)
+        except ValueError:
+            return (
+                f"timestamp {_quote(value, mark_cut)!r} is not ISO 8601 "
+                "(e.g. 2026-02-25T21:00:00Z; send epoch seconds as a JSON number)"
+            )
+        ts = ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
+        if not MIN_TIMESTAMP <= ts < MAX_TIMESTAMP:
+            return (
+                f"timestamp {_quote(value, mark_cut)!r} is outside the accepted range "
+                f"{MIN_TIMESTAMP.year}–{MAX_TIMESTAMP.year}"
+            )
+        return ts
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return f"timestamp must be an ISO 8601 string or epoch seconds, got {json_type(value)}"
+    if not (isinstance(value, int) or math.isfinite(value)):
+        return "timestamp must be a finite number of epoch seconds"
+    if not _MIN_EPOCH <= value < _MAX_EPOCH:
+        hint = " (milliseconds? send seconds)" if value >= _MAX_EPOCH else ""
+        return (
+            f"timestamp {value} is outside the accepted range for epoch seconds "
+            f"({MIN_TIMESTAMP.year}–{MAX_TIMESTAMP.year}){hint}"
+        )
+    # timedelta keeps microsecond precision where fromtimestamp would round through floats.
+    return _EPOCH + timedelta(seconds=value)
+
+
+def _quote(value: str, mark_cut: bool) -> str:
+    return clip(value) if mark_cut else value[:64]
+
+
+def check_value(value: Any) -> float | str:
+    """``value`` as a finite float, or the problem as text."""
+    if isinstance(value, bool):
+        return "value must be a number, got a boolean"
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "value must be a finite number, got NaN"
+        if math.isinf(value):
+            return "value must be a finite number, got Infinity"
+        return value
+    if isinstance(value, int):
+        try:
+            return float(value)
+        except OverflowError:
+            return "value is too large for a double-precision number"
+    if isinstance(value, str) and value.strip().lower().lstrip("+-") in ("nan", "inf", "infinity"):
+        return f"value must be a finite number, got {value[:16]!r}"
+    return f"value must be a number, got {json_type(value)}"
+
+
+def check_metadata(value: Any) -> dict[str, Any] | str:
+    """``value`` as point metadata (a JSON object of bounded size), or the problem as text."""
+    if not isinstance(value, dict):
+        return f"metadata must be an object, got {json_type(value)}"
+    if not value:
+        return value
+    try:
+        size = len(orjson.dumps(value))
+    except (orjson.JSONEncodeError, TypeError) as exc:
+        return f"metadata cannot be encoded as JSON: {exc}"
+    if size > MAX_METADATA_BYTES:
+        return f"metadata is {size} bytes of JSON; at most {MAX_METADATA_BYTES} bytes"
+    return value
+
+
+def check_sequence(sequence: Any) -> str | None:
+    """Problem with a (non-null) ``sequence``, or None when it is a signed 64-bit integer."""
+    if isinstance(sequence, bool) or not isinstance(sequence, int):
+        return f"sequence must be an integer, got {json_type(sequence)}"
+    if not -INT64 <= sequence < INT64:
+        return "sequence must fit in a signed 64-bit integer"
+    return None
+
+
+def check_measurement(
+    raw: dict[Any, Any],
+    received_at: datetime,
+    problems: list[tuple[str, str]],
+    *,
+    mark_cut: bool = False,
+) -> tuple[float | str, datetime | str, dict[str, Any] | str, Any]:
+    """``(value, ts, metadata, sequence)`` of a point object, checked in that order; each
+    problem is appended to ``problems`` as ``(code, reason)``. A missing or null timestamp is
+    ``received_at``, missing or null metadata ``{}`` (``mark_cut``: see ``parse_timestamp``)."""
+    value: float | str = "value is required"
+    if "value" in raw:
+        value = check_value(raw["value"])
+    if isinstance(value, str):
+        problems.append(("value", value))
+
+    ts: datetime | str = received_at
+    stamp = raw.get("timestamp")
+    if stamp is not None:
+        ts = parse_timestamp(stamp, mark_cut=mark_cut)
+        if isinstance(ts, str):
+            problems.append(("timestamp", ts))
+
+    metadata: dict[str, Any] | str = {}
+    if raw.get("metadata") is not None:
+        metadata = check_metadata(raw["metadata"])
+        if isinstance(metadata, str):
+            problems.append(("metadata", metadata))
+
+    sequence = raw.get("sequence")
+    if sequence is not None:
+        problem = check_sequence(sequence)
+        if problem:
+            problems.append(("sequence", problem))
+    return value, ts, metadata, sequence
+
+
+def normalize_point(raw: Any, index: int, received_at: datetime) -> DataPoint | Rejection:
+    """One point of a request's/message's list as a ``DataPoint``, or why it was rejected."""
+    if not isinstance(raw, dict):
+        return Rejection(
+            index, None, f"point must be a JSON object, got {json_type(raw)}", "point", raw
+        )
+    problems: list[tuple[str, str]] = []  # (code, reason)
+
+    stream_id = id_text(raw.get("stream_id"))
+    if "stream_id" not in raw:
+        problems.append(("stream_id", "stream_id is required"))
+    else:
+        problem = check_identifier(stream_id, "stream_id")
+        if problem:
+            problems.append(("stream_id", problem))
+
+    value, ts, metadata, sequence = check_measurement(raw, received_at, problems)
+
+    stream_type = raw.get("stream_type")
+    if stream_type is not None:
+        problem = check_identifier(stream_type, "stream_type")
+        if problem:
+            problems.append(("stream_type", problem))
+
+    if len(raw) > len(POINT_FIELDS) or not _POINT_FIELD_SET.issuperset(raw):
+        problems.append(("unknown_field", unknown_fields(raw, _POINT_FIELD_SET, POINT_FIELDS)))
+
+    if problems:
+        shown_id = stream_id if isinstance(stream_id, str) else None
+        if shown_id is not None and len(shown_id) > MAX_ID_CHARS:
+            shown_id = shown_id[:MAX_ID_CHARS]
+        return Rejection(
+            index, shown_id, "; ".join(reason for _, reason in problems), problems[0][0], raw
+        )
+    return build_point(
+        {
+            "stream_id": stream_id,
+            "value": value,
+            "ts": ts,
+            "stream_type": stream_type,
+            "sequence": sequence,
+            "metadata": metadata,
+            "legacy": None,
+        }
+    )
+
+
+def unknown_fields(raw: dict[Any, Any], allowed: frozenset[str], expected: tuple[str, ...]) -> str:
+    """The reason naming ``raw``'s fields outside ``allowed``."""
+    unknown = sorted(str(k) for k in raw if k not in allowed)
+    return f"unknown field(s) {', '.join(unknown)}; expected {', '.join(expected)}"
+
+
+_ALL_POINT_FIELDS = frozenset(DataPoint.model_fields)
+_new_point = DataPoint.__new__
+_set = object.__setattr__
+
+
+def build_point(values: dict[str, Any]) -> DataPoint:
+    """A ``DataPoint`` from already-checked values holding every field.
+
+    What ``model_construct`` does minus its per-field default handling: ~1.3 µs instead of
+    ~5.4 µs per point, a quarter of the CPU of a 100-point request. The unit tests check that
+    such points equal (and serialise like) validated ones.
+    """
+    point = _new_point(DataPoint)
+    _set(point, "__dict__", values)
+    _set(point, "__pydantic_fields_set__", set(_ALL_POINT_FIELDS))
+    _set(point, "__pydantic_extra__", None)
+    _set(point, "__pydantic_private__", None)
+    return point

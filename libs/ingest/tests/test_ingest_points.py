@@ -1,0 +1,230 @@
+"""Table-driven tests of the shared point rules: one point as received → ``DataPoint`` or
+``Rejection`` (the reason texts are what every gateway answers and publishes)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+
+from tributary_contracts import DataPoint
+from tributary_ingest.points import (
+    MalformedJson,
+    Rejection,
+    normalize_point,
+    parse_json,
+    parse_timestamp,
+)
+
+RECEIVED = datetime(2026, 3, 1, 12, 0, 0, 123456, tzinfo=UTC)
+
+
+def good(**fields: Any) -> dict[str, Any]:
+    point: dict[str, Any] = {"stream_id": "cpu_usage", "value": 45.2}
+    point.update(fields)
+    return point
+
+
+# --- accepted points ----------------------------------------------------------------------
+
+ACCEPTED_CASES: list[tuple[str, dict[str, Any], dict[str, Any]]] = [
+    (
+        "iso_z",
+        good(timestamp="2026-02-25T21:00:00Z"),
+        {"ts": datetime(2026, 2, 25, 21, 0, tzinfo=UTC)},
+    ),
+    (
+        "iso_offset_converted_to_utc",
+        good(timestamp="2026-02-25T23:30:00+02:30"),
+        {"ts": datetime(2026, 2, 25, 21, 0, tzinfo=UTC)},
+    ),
+    (
+        "iso_naive_is_utc",
+        good(timestamp="2026-02-25T21:00:00.250"),
+        {"ts": datetime(2026, 2, 25, 21, 0, 0, 250000, tzinfo=UTC)},
+    ),
+    ("iso_date_only", good(timestamp="2026-02-25"), {"ts": datetime(2026, 2, 25, tzinfo=UTC)}),
+    (
+        "epoch_int",
+        good(timestamp=1772053200),
+        {"ts": datetime(2026, 2, 25, 21, 0, tzinfo=UTC)},
+    ),
+    (
+        "epoch_float_keeps_microseconds",
+        good(timestamp=1772053200.5),
+        {"ts": datetime(2026, 2, 25, 21, 0, 0, 500000, tzinfo=UTC)},
+    ),
+    ("missing_timestamp_is_receive_time", good(), {"ts": RECEIVED}),
+    ("null_timestamp_is_receive_time", good(timestamp=None), {"ts": RECEIVED}),
+    ("int_value_is_float", good(value=7), {"value": 7.0}),
+    ("negative_value", good(value=-1.5e-3), {"value": -1.5e-3}),
+    ("integer_stream_id_as_text", good(stream_id=17), {"stream_id": "17"}),
+    ("unicode_stream_id", good(stream_id="température/°C"), {"stream_id": "température/°C"}),
+    ("dotted_stream_id", good(stream_id="BTCUSDT:price.last"), {"stream_id": "BTCUSDT:price.last"}),
+    ("max_length_stream_id", good(stream_id="s" * 256), {"stream_id": "s" * 256}),
+    (
+        "all_optional_fields",
+        good(metadata={"core": 0, "tags": ["a"]}, sequence=9, stream_type="cpu_usage"),
+        {"metadata": {"core": 0, "tags": ["a"]}, "sequence": 9, "stream_type": "cpu_usage"},
+    ),
+    ("null_metadata_is_empty", good(metadata=None), {"metadata": {}}),
+    ("null_sequence", good(sequence=None), {"sequence": None}),
+    ("negative_sequence", good(sequence=-3), {"sequence": -3}),
+]
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"), [c[1:] for c in ACCEPTED_CASES], ids=[c[0] for c in ACCEPTED_CASES]
+)
+def test_normalize_point_accepts(raw: dict[str, Any], expected: dict[str, Any]) -> None:
+    point = normalize_point(raw, 0, RECEIVED)
+
+    assert isinstance(point, DataPoint)
+    for name, value in expected.items():
+        assert getattr(point, name) == value
+    # What the cheap constructor built is exactly what contract validation would build.
+    validated = DataPoint.model_validate(point.model_dump())
+    assert validated == point
+    assert validated.model_dump_json() == point.model_dump_json()
+
+
+# --- rejected points ----------------------------------------------------------------------
+
+REJECTED_CASES: list[tuple[str, Any, str, str]] = [
+    # (id, raw point, code, text the reason must contain)
+    ("not_an_object", [1, 2], "point", "point must be a JSON object, got an array"),
+    ("value_missing", {"stream_id": "a"}, "value", "value is required"),
+    ("value_string", good(value="45.2"), "value", "value must be a number, got a string"),
+    ("value_bool", good(value=True), "value", "value must be a number, got a boolean"),
+    ("value_null", good(value=None), "value", "value must be a number, got null"),
+    ("value_nan", good(value=float("nan")), "value", "got NaN"),
+    ("value_inf", good(value=float("inf")), "value", "got Infinity"),
+    ("value_neg_inf", good(value=float("-inf")), "value", "got Infinity"),
+    ("value_nan_string", good(value="NaN"), "value", "finite number"),
+    ("value_huge_int", good(value=10**400), "value", "too large"),
+    ("stream_id_missing", {"value": 1.0}, "stream_id", "stream_id is required"),
+    ("stream_id_empty", good(stream_id=""), "stream_id", "stream_id must not be empty"),
+    ("stream_id_too_long", good(stream_id="s" * 257), "stream_id", "at most 256 characters"),
+    ("stream_id_control", good(stream_id="cpu\nusage"), "stream_id", "printable"),
+    ("stream_id_surrogate", good(stream_id="a\ud800"), "stream_id", "printable"),
+    ("stream_id_object", good(stream_id={"a": 1}), "stream_id", "must be a string"),
+    ("stream_id_bool", good(stream_id=True), "stream_id", "got a boolean"),
+    ("timestamp_garbage", good(timestamp="yesterday"), "timestamp", "is not ISO 8601"),
+    ("timestamp_numeric_string", good(timestamp="1772053200"), "timestamp", "not ISO 8601"),
+    ("timestamp_bool", good(timestamp=True), "timestamp", "got a boolean"),
+    ("timestamp_object", good(timestamp={}), "timestamp", "got an object"),
+    ("timestamp_millis", good(timestamp=1772053200000), "timestamp", "milliseconds?"),
+    ("timestamp_before_1900", good(timestamp=-3e9), "timestamp", "outside the accepted range"),
+    ("timestamp_nan", good(timestamp=float("nan")), "timestamp", "finite number"),
+    ("timestamp_iso_year_1", good(timestamp="0001-01-01T00:00:00"), "timestamp", "outside"),
+    ("metadata_array", good(metadata=[1]), "metadata", "metadata must be an object"),
+    ("metadata_string", good(metadata="{}"), "metadata", "metadata must be an object"),
+    ("metadata_too_big", good(metadata={"x": "y" * 8200}), "metadata", "at most 8192 bytes"),
+    ("metadata_surrogate", good(metadata={"x": "\ud800"}), "metadata", "cannot be encoded"),
+    ("sequence_float", good(sequence=1.0), "sequence", "sequence must be an integer"),
+    ("sequence_string", good(sequence="1"), "sequence", "sequence must be an integer"),
+    ("sequence_bool", good(sequence=False), "sequence", "got a boolean"),
+    ("sequence_overflow", good(sequence=2**63), "sequence", "64-bit"),
+    ("stream_type_number", good(stream_type=3), "stream_type", "stream_type must be a string"),
+    ("stream_type_empty", good(stream_type=""), "stream_type", "must not be empty"),
+    ("unknown_field", good(ts="2026-02-25T21:00:00Z"), "unknown_field", "unknown field(s) ts"),
+    ("unknown_fields_listed", good(b=1, a=2), "unknown_field", "unknown field(s) a, b"),
+]
+
+
+@pytest.mark.parametrize(
+    ("raw", "code", "reason"), [c[1:] for c in REJECTED_CASES], ids=[c[0] for c in REJECTED_CASES]
+)
+def test_normalize_point_rejects(raw: Any, code: str, reason: str) -> None:
+    rejection = normalize_point(raw, 3, RECEIVED)
+
+    assert isinstance(rejection, Rejection)
+    assert rejection.index == 3
+    assert rejection.code == code
+    assert reason in rejection.reason
+    assert rejection.raw is raw
+
+
+def test_rejection_names_every_problem_and_keeps_stream_id() -> None:
+    rejection = normalize_point(good(value=True, sequence="x", extra=1), 0, RECEIVED)
+
+    assert isinstance(rejection, Rejection)
+    assert rejection.stream_id == "cpu_usage"
+    assert rejection.code == "value"  # the first problem labels the metric
+    assert rejection.reason == (
+        "value must be a number, got a boolean; sequence must be an integer, got a string; "
+        "unknown field(s) extra; expected stream_id, value, timestamp, metadata, sequence, "
+        "stream_type"
+    )
+
+
+def test_rejection_of_point_without_usable_stream_id_has_none() -> None:
+    rejection = normalize_point({"stream_id": ["x"], "value": 1}, 0, RECEIVED)
+
+    assert isinstance(rejection, Rejection)
+    assert rejection.stream_id is None
+    assert rejection.to_reply() == {
+        "index": 0,
+        "stream_id": None,
+        "reason": "stream_id must be a string, got an array",
+    }
+
+
+# --- timestamps ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (0, datetime(1970, 1, 1, tzinfo=UTC)),
+        (-86400, datetime(1969, 12, 31, tzinfo=UTC)),
+        (1772053200.000001, datetime(2026, 2, 25, 21, 0, 0, 1, tzinfo=UTC)),
+        ("2026-02-25T21:00:00.123456789Z", datetime(2026, 2, 25, 21, 0, 0, 123456, tzinfo=UTC)),
+        ("2026-02-25 21:00", datetime(2026, 2, 25, 21, 0, tzinfo=UTC)),
+        (
+            "2026-02-25T21:00:00-05:00",
+            datetime(2026, 2, 25, 21, 0, tzinfo=timezone(timedelta(hours=-5))),
+        ),
+    ],
+)
+def test_parse_timestamp_accepts_iso_and_epoch_seconds(value: Any, expected: datetime) -> None:
+    parsed = parse_timestamp(value)
+
+    assert parsed == expected
+    assert isinstance(parsed, datetime) and parsed.utcoffset() == timedelta(0)
+
+
+@pytest.mark.parametrize(
+    ("mark_cut", "expected"),
+    [
+        (False, "timestamp '" + "y" * 64 + "' is not ISO 8601"),
+        (True, "timestamp '" + "y" * 64 + "…'"),
+    ],
+)
+def test_parse_timestamp_quotes_at_most_64_characters(mark_cut: bool, expected: str) -> None:
+    reason = parse_timestamp("y" * 100, mark_cut=mark_cut)
+
+    assert isinstance(reason, str) and reason.startswith(expected)
+
+
+def test_parse_timestamp_marks_nothing_when_nothing_was_cut() -> None:
+    assert parse_timestamp("never", mark_cut=True) == parse_timestamp("never")
+
+
+# --- JSON parsing -------------------------------------------------------------------------
+
+
+def test_parse_json_turns_python_nan_and_overflow_into_values_not_errors() -> None:
+    parsed = parse_json(b'{"v": [NaN, Infinity, -Infinity, 1e999]}')
+
+    assert [str(v) for v in parsed["v"]] == ["nan", "inf", "-inf", "inf"]
+
+
+@pytest.mark.parametrize(
+    ("what", "words"), [("body", "body is not"), ("message", "message is not")]
+)
+@pytest.mark.parametrize("data", [b"{", b"not json", b'{"a": 1,}', b"\xff\xfe", "{"])
+def test_parse_json_refuses_malformed_input_naming_it(data: Any, what: str, words: str) -> None:
+    with pytest.raises(MalformedJson, match=f"{words} valid JSON"):
+        parse_json(data, what=what)

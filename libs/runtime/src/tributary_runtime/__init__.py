@@ -1,0 +1,1 @@
+"""Process-level plumbing shared by Tributary services (never message contracts: see contracts)."""

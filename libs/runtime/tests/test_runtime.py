@@ -1,0 +1,77 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from pydantic import Field
+
+from tributary_contracts import API_KEYS_BUCKET, Namespace
+from tributary_runtime.apikeys import ApiKeyStore, Role, hash_key
+from tributary_runtime.settings import ServiceSettings, load_settings, settings_table
+
+
+def test_load_settings_exits_with_one_line_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("PORT", "not-a-port")
+    with pytest.raises(SystemExit) as exit_info:
+        load_settings(ServiceSettings)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("invalid setting PORT:")
+
+
+def test_load_settings_refuses_a_bad_bus_prefix(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("BUS_PREFIX", "Has.Dots")
+    with pytest.raises(SystemExit):
+        load_settings(ServiceSettings)
+    assert "BUS_PREFIX" in capsys.readouterr().err
+
+
+def test_settings_table_lists_every_variable_with_default_and_meaning() -> None:
+    class Demo(ServiceSettings):
+        batch: int = Field(default=5, description="Points per batch.")
+
+    table = settings_table(Demo)
+    assert "| `BATCH` | `5` | Points per batch. |" in table
+    assert "| `NATS_URL` | `'nats://127.0.0.1:4222'` |" in table
+
+
+@pytest.mark.integration
+async def test_api_keys_are_stored_hashed_and_looked_up(jetstream: object, bus_prefix: str) -> None:
+    kv = await jetstream.key_value(Namespace(bus_prefix).bucket(API_KEYS_BUCKET))  # type: ignore[attr-defined]
+    store = ApiKeyStore(kv, cache_seconds=0)
+    key = await store.create(Role.ADMIN, name="ops")
+    assert key.encode() not in (await kv.get(hash_key(key))).value
+    record = await store.lookup(key)
+    assert record is not None and record.role == Role.ADMIN and record.name == "ops"
+    assert await store.lookup(key + "x") is None
+
+
+@pytest.mark.integration
+def test_cli_prints_the_new_key_as_its_last_line(servers: object, bus_prefix: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "tributary_runtime.cli", "keys", "create", "--role", "admin"],
+        env={"NATS_URL": servers.nats_url, "BUS_PREFIX": bus_prefix, "PATH": ""},  # type: ignore[attr-defined]
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    key = result.stdout.strip().splitlines()[-1]
+    assert key.startswith("trb_") and len(key) > 40
+
+
+def test_cli_says_clearly_when_nats_is_unreachable() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "tributary_runtime.cli", "bootstrap"],
+        env={"NATS_URL": "nats://127.0.0.1:1", "PATH": ""},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert "cannot reach NATS at nats://127.0.0.1:1" in result.stderr

@@ -1,0 +1,1 @@
+"""Tributary CSV importer: CSV uploads as tracked, resumable import jobs."""

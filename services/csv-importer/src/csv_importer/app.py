@@ -1,0 +1,361 @@
+"""Wiring: Starlette app with the CSV job API, ``/health``, ``/ready``, ``/metrics``.
+
+``POST /ingest/csv`` (multipart, ``X-API-Key`` of an ingest or admin key) streams the file to the
+spool directory, creates a job in the ``csv-jobs`` bucket and replies 202 with its id at once;
+the job then publishes ``PointBatch``es (``transport=csv``) on ``dp.raw.<domain>.<source>`` and
+bad cells on ``dp.rejected.csv``. ``GET /ingest/csv/jobs[/{job_id}]`` shows jobs,
+``DELETE /ingest/csv/jobs/{job_id}`` cancels one. At start every unfinished job resumes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import orjson
+import structlog
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+from pydantic import ValidationError
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from csv_importer.jobs import Job, JobStatus, JobStore, now
+from csv_importer.metrics import ERRORS, JOBS_RESUMED, UPLOADS
+from csv_importer.reading import OptionsProblem, detect_options
+from csv_importer.runner import JobRunner
+from csv_importer.settings import CsvImporterSettings
+from csv_importer.upload import (
+    UploadProblem,
+    prepare_spool_dir,
+    receive_upload,
+    remove_spool_file,
+)
+from tributary_contracts import (
+    API_KEYS_BUCKET,
+    CSV_JOBS_BUCKET,
+    DP_RAW,
+    Transport,
+    ensure_jetstream,
+)
+from tributary_contracts.models import DOMAIN_PATTERN
+from tributary_ingest.batches import BatchPublisher, error_type
+from tributary_ingest.points import DOMAIN_RE, check_identifier
+from tributary_runtime.apikeys import ApiKeyStore, Role
+from tributary_runtime.bus import connect_nats
+from tributary_runtime.ops import Reply, ops_routes
+
+SERVICE_NAME = "csv-importer"
+API_KEY_HEADER = "X-API-Key"
+INGEST_ROLES = frozenset({Role.ADMIN, Role.INGEST})
+READY_TIMEOUT_SECONDS = 2.0
+MAX_STREAM_MESSAGE_BYTES = 8 * 1024 * 1024  # the streams' max_msg_size (libs/contracts)
+JOB_ID_CHARS = frozenset("0123456789abcdef")
+
+log = structlog.get_logger("csv_importer")
+
+
+def json_response(
+    status: int, body: dict[str, Any], headers: dict[str, str] | None = None
+) -> Response:
+    return Response(orjson.dumps(body), status, headers, media_type="application/json")
+
+
+@dataclass
+class Bus:
+    """What the lifespan connects; the handlers use it."""
+
+    nc: Client
+    js: JetStreamContext
+    keys: ApiKeyStore
+    jobs: JobStore
+    runner: JobRunner
+
+
+def create_app(settings: CsvImporterSettings, *, nats_client: Client | None = None) -> Starlette:
+    """Build the importer. ``nats_client`` (used, never closed) replaces the default
+    ``connect_nats(settings)`` connection."""
+    ns = settings.namespace
+    raw_stream = ns.stream(DP_RAW)
+    spool_dir = Path(settings.spool_dir)
+    state: dict[str, Bus] = {}
+
+    async def start() -> tuple[Client, Bus]:
+        nc = nats_client or await connect_nats(settings, SERVICE_NAME)
+        js = nc.jetstream()
+        await ensure_jetstream(js, ns)
+        keys = ApiKeyStore(
+            await js.key_value(ns.bucket(API_KEYS_BUCKET)),
+            cache_seconds=settings.api_key_cache_seconds,
+        )
+        jobs = JobStore(await js.key_value(ns.bucket(CSV_JOBS_BUCKET)))
+        publisher = BatchPublisher(
+            js,
+            ns,
+            transport=Transport.CSV,
+            timeout=settings.publish_timeout_seconds,
+            max_message_bytes=min(nc.max_payload, MAX_STREAM_MESSAGE_BYTES),
+            excerpt_bytes=settings.rejected_excerpt_bytes,
+        )
+        runner = JobRunner(
+            jobs,
+            publisher,
+            max_concurrent_jobs=settings.max_concurrent_jobs,
+            max_errors_kept=settings.max_errors_kept,
+            publish_timeout=settings.publish_timeout_seconds,
+            publish_retries=settings.publish_retries,
+        )
+        return nc, Bus(nc, js, keys, jobs, runner)
+
+    async def resume(bus: Bus) -> None:
+        """Pick up every unfinished job; forget finished ones past the retention."""
+        oldest = now() - timedelta(hours=settings.job_retention_hours)
+        for job in sorted(await bus.jobs.all(), key=lambda j: j.created_at):
+            if job.status.finished:
+                if (job.finished_at or job.updated_at) < oldest:
+                    await bus.jobs.delete(job.job_id)
+                continue
+            job.resumed += 1
+            JOBS_RESUMED.inc()
+            log.info("job_resumed", job_id=job.job_id, chunks_done=job.checkpoint.chunks_done)
+            bus.runner.start(job)
+
+    @asynccontextmanager
+    async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        prepare_spool_dir(spool_dir)
+        try:
+            nc, bus = await asyncio.wait_for(start(), settings.startup_timeout_seconds)
+        except TimeoutError:
+            log.error(
+                "startup_failed",
+                reason=f"NATS/JetStream at {settings.nats_url} not ready within "
+                f"{settings.startup_timeout_seconds}s",
+            )
+            raise
+        state["bus"] = bus
+        await resume(bus)
+        log.info("started", port=settings.port, nats_url=settings.nats_url, spool=str(spool_dir))
+        try:
+            yield
+        finally:
+            await bus.runner.stop()
+            state.clear()
+            if nats_client is None and not nc.is_closed:
+                await nc.drain()
+
+    async def ready_check() -> dict[str, bool]:
+        bus = state.get("bus")
+        if bus is None or not bus.nc.is_connected:
+            return {"nats": False, "stream": False}
+        try:
+            await asyncio.wait_for(bus.js.stream_info(raw_stream), READY_TIMEOUT_SECONDS)
+            stream_ok = True
+        except Exception:
+            stream_ok = False
+        return {"nats": True, "stream": stream_ok}
+
+    def unavailable(stage: str, exc: BaseException) -> Reply:
+        kind = error_type(exc)
+        ERRORS.labels(stage, kind).inc()
+        log.warning("bus_unavailable", stage=stage, error_type=kind, detail=repr(exc))
+        return Reply(
+            503,
+            {
+                "error": "the message bus did not answer; retry later",
+                "retry_after": settings.retry_after_seconds,
+            },
+            {"Retry-After": str(settings.retry_after_seconds)},
+        )
+
+    async def connected(request: Request) -> Bus:
+        bus = state.get("bus")
+        if bus is None:
+            raise unavailable("startup", RuntimeError("not started"))
+        key = request.headers.get(API_KEY_HEADER)
+        if not key:
+            raise Reply(401, {"error": f"missing {API_KEY_HEADER} header"})
+        try:
+            record = await bus.keys.lookup(key)
+        except ValidationError:
+            raise Reply(403, {"error": "API key role may not import CSV"}) from None
+        except Exception as exc:
+            raise unavailable("auth", exc) from None
+        if record is None:
+            raise Reply(401, {"error": f"unknown API key in {API_KEY_HEADER} header"})
+        if record.role not in INGEST_ROLES:
+            raise Reply(
+                403,
+                {
+                    "error": f"API key role {record.role.value!r} may not import CSV "
+                    f"(needs one of {', '.join(sorted(INGEST_ROLES))})"
+                },
+            )
+        return bus
+
+    def check_fields(fields: dict[str, str]) -> tuple[str, str | None]:
+        domain = fields.get("domain", "").strip()
+        if not domain:
+            raise Reply(422, {"error": "domain is required", "field": "domain"})
+        if not DOMAIN_RE.match(domain):
+            raise Reply(422, {"error": f"domain must match {DOMAIN_PATTERN}", "field": "domain"})
+        source_id = fields.get("source_id", "").strip() or None
+        if source_id is not None and (problem := check_identifier(source_id, "source_id")):
+            raise Reply(422, {"error": problem, "field": "source_id"})
+        return domain, source_id
+
+    async def upload(request: Request) -> Response:
+        bus = await connected(request)
+        job_id = uuid.uuid4().hex
+        path = spool_dir / f"{job_id}.csv"
+        try:
+            received = await receive_upload(
+                request.headers.get("content-type"),
+                request.stream(),
+                path,
+                settings.max_upload_bytes,
+            )
+        except UploadProblem as exc:
+            body = {"error": exc.message} | ({"field": exc.field} if exc.field else {})
+            raise Reply(exc.status, body) from None
+        try:
+            domain, source_id = check_fields(received.fields)
+            options = detect_options(received.fields, received.head, received.utf8_valid)
+        except OptionsProblem as exc:
+            remove_spool_file(path)
+            raise Reply(422, {"error": exc.message, "field": exc.field}) from None
+        except Reply:
+            remove_spool_file(path)
+            raise
+        created = now()
+        lines = received.line_count()
+        job = Job(
+            job_id=job_id,
+            domain=domain,
+            source_id=source_id,
+            filename=received.filename[:256],
+            size_bytes=received.size,
+            options=options,
+            chunk_rows=settings.chunk_rows,
+            slice_rows=settings.slice_rows,
+            spool_file=str(path),
+            created_at=created,
+            updated_at=created,
+            rows_total=max(lines - (1 if options.header else 0), 0),
+        )
+        try:
+            await bus.jobs.put(job)
+        except Exception as exc:
+            remove_spool_file(path)
+            raise unavailable("jobs", exc) from None
+        bus.runner.start(job)
+        log.info(
+            "job_created", job_id=job_id, domain=domain, source_id=source_id, bytes=received.size
+        )
+        return json_response(
+            202,
+            {
+                "job_id": job_id,
+                "status": job.status.value,
+                "rows_total": job.rows_total,
+                "format": options.format.value,
+                "value_columns": options.value_columns,
+            },
+            {"Location": f"/ingest/csv/jobs/{job_id}"},
+        )
+
+    async def get_job(bus: Bus, job_id: str) -> Job:
+        if len(job_id) != 32 or not JOB_ID_CHARS.issuperset(job_id):
+            raise Reply(404, {"error": f"no job {job_id[:64]!r}"})
+        try:
+            job = await bus.jobs.get(job_id)
+        except Exception as exc:
+            raise unavailable("jobs", exc) from None
+        if job is None:
+            raise Reply(404, {"error": f"no job {job_id!r}"})
+        return job
+
+    async def show_job(request: Request) -> Response:
+        bus = await connected(request)
+        job = await get_job(bus, request.path_params["job_id"])
+        return json_response(200, job.public())
+
+    async def list_jobs(request: Request) -> Response:
+        bus = await connected(request)
+        try:
+            limit = int(request.query_params.get("limit", settings.jobs_listed))
+        except ValueError:
+            raise Reply(422, {"error": "limit must be an integer", "field": "limit"}) from None
+        limit = max(1, min(limit, 1000))
+        status = request.query_params.get("status")
+        try:
+            jobs = await bus.jobs.all()
+        except Exception as exc:
+            raise unavailable("jobs", exc) from None
+        if status:
+            jobs = [j for j in jobs if j.status.value == status]
+        jobs.sort(key=lambda j: j.created_at, reverse=True)
+        # Without the error lists, so the listing stays small; GET one job for its errors.
+        listed = [{k: v for k, v in j.public().items() if k != "errors"} for j in jobs[:limit]]
+        return json_response(200, {"jobs": listed, "total": len(jobs)})
+
+    async def cancel_job(request: Request) -> Response:
+        bus = await connected(request)
+        job = await get_job(bus, request.path_params["job_id"])
+        if job.status.finished:
+            return json_response(
+                409, {"error": f"job is already {job.status.value}"} | {"job": job.public()}
+            )
+        if not await bus.runner.cancel(job.job_id):
+            # Not running in this process (e.g. another replica's, or waiting): mark it here.
+            job.status, job.reason, job.finished_at = (
+                JobStatus.CANCELLED,
+                "cancelled by DELETE",
+                now(),
+            )
+            try:
+                await bus.jobs.put(job)
+            except Exception as exc:
+                raise unavailable("jobs", exc) from None
+            remove_spool_file(job.spool_file)
+        job = await get_job(bus, job.job_id)
+        return json_response(200, job.public())
+
+    def handler(fn: Any, count: bool = False) -> Any:
+        async def run(request: Request) -> Response:
+            try:
+                response = await fn(request)
+            except Reply as reply:
+                response = json_response(reply.status, reply.body, reply.headers)
+            except Exception as exc:
+                ERRORS.labels("handler", "unexpected").inc()
+                log.exception("request_failed", error=repr(exc))
+                response = json_response(500, {"error": "internal error; it was logged"})
+            if count:
+                UPLOADS.labels(str(response.status_code)).inc()
+            return response
+
+        return run
+
+    async def http_error(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        return json_response(exc.status_code, {"error": exc.detail}, exc.headers)
+
+    routes = [
+        Route("/ingest/csv", handler(upload, count=True), methods=["POST"]),
+        Route("/ingest/csv/jobs", handler(list_jobs), methods=["GET"]),
+        Route("/ingest/csv/jobs/{job_id}", handler(show_job), methods=["GET"]),
+        Route("/ingest/csv/jobs/{job_id}", handler(cancel_job), methods=["DELETE"]),
+        *ops_routes(ready_check),
+    ]
+    return Starlette(
+        routes=routes, lifespan=lifespan, exception_handlers={HTTPException: http_error}
+    )

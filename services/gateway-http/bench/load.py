@@ -1,0 +1,180 @@
+"""Load the gateway with requests of 100 points at a fixed rate; print reply latency percentiles.
+
+    python services/gateway-http/bench/load.py --rate 300 --seconds 10
+
+Starts ``python -m gateway_http`` on a fresh bus prefix (its streams are deleted afterwards),
+creates an ingest key, then sends pre-built requests open-loop at ``--rate`` per second over
+raw keep-alive HTTP/1.1 connections (httpx itself cost ~6 ms per request here, more than the
+gateway) and reports reply latency from each request's due time (a 202 means every PubAck arrived).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import httpx
+import nats
+import orjson
+
+from tributary_contracts import API_KEYS_BUCKET, DP_RAW, Namespace, ensure_jetstream
+from tributary_contracts.jetstream import BUCKETS, STREAMS
+from tributary_runtime.apikeys import ApiKeyStore, Role
+
+
+def http_request(key: str, body: object) -> bytes:
+    content = orjson.dumps(body)
+    head = (
+        f"POST /ingest/data HTTP/1.1\r\nHost: gateway\r\nX-API-Key: {key}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(content)}\r\n\r\n"
+    )
+    return head.encode() + content
+
+
+async def wait_ready(port: int) -> None:
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+        for _ in range(100):
+            try:
+                if (await client.get("/ready")).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            await asyncio.sleep(0.1)
+    raise RuntimeError("gateway did not become ready")
+
+
+async def ack_latency_summary(port: int) -> str:
+    """p50/p99 upper bounds of the gateway's own publish→PubAck histogram (from /metrics)."""
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+        text = (await client.get("/metrics")).text
+    buckets = []
+    for line in text.splitlines():
+        if line.startswith("gateway_http_publish_ack_seconds_bucket"):
+            bound = line.split('le="')[1].split('"')[0]
+            buckets.append((float(bound), float(line.rsplit(" ", 1)[1])))
+    total = buckets[-1][1]
+    p50 = next(b for b, count in buckets if count >= total * 0.5)
+    p99 = next(b for b, count in buckets if count >= total * 0.99)
+    return f"gateway publish→PubAck p50 ≤ {p50 * 1000:g} ms, p99 ≤ {p99 * 1000:g} ms"
+
+
+async def run(
+    rate: int, seconds: float, points: int, port: int, nats_url: str, connections: int
+) -> None:
+    prefix = f"bench{uuid.uuid4().hex[:8]}"
+    ns = Namespace(prefix)
+    nc = await nats.connect(nats_url)
+    js = nc.jetstream()
+    await ensure_jetstream(js, ns)
+    key = await ApiKeyStore(await js.key_value(ns.bucket(API_KEYS_BUCKET))).create(Role.INGEST)
+    env = {
+        **os.environ,
+        "BUS_PREFIX": prefix,
+        "PORT": str(port),
+        "NATS_URL": nats_url,
+        "LOG_LEVEL": "WARNING",
+    }
+    server = subprocess.Popen(
+        [sys.executable, "-m", "gateway_http"], env=env
+    )
+    try:
+        await wait_ready(port)
+        start_ts = datetime(2026, 1, 1, tzinfo=UTC)
+        total = int(rate * seconds)
+        requests = [
+            http_request(
+                key,
+                {
+                    "source_id": f"server-{i % 50}",
+                    "domain": "infrastructure",
+                    "data_points": [
+                        {
+                            "stream_id": f"s{j}",
+                            "value": float(j),
+                            "timestamp": (start_ts + timedelta(seconds=i)).isoformat(),
+                        }
+                        for j in range(points)
+                    ],
+                },
+            )
+            for i in range(total)
+        ]
+        queue: asyncio.Queue[tuple[float, bytes] | None] = asyncio.Queue()
+        latencies: list[float] = []
+        statuses: dict[bytes, int] = {}
+
+        async def connection() -> None:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            while (item := await queue.get()) is not None:
+                scheduled, request = item
+                writer.write(request)
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = next(
+                    int(line.split(b":")[1])
+                    for line in head.split(b"\r\n")
+                    if line.lower().startswith(b"content-length")
+                )
+                await reader.readexactly(length)
+                # Latency from when the request was due: queueing on the client counts too.
+                latencies.append(time.perf_counter() - scheduled)
+                status = head[9:12]
+                statuses[status] = statuses.get(status, 0) + 1
+            writer.close()
+
+        workers = [asyncio.create_task(connection()) for _ in range(connections)]
+        began = time.perf_counter()
+        for i, request in enumerate(requests):
+            due = began + i / rate
+            delay = due - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            queue.put_nowait((due, request))
+        for _ in workers:
+            queue.put_nowait(None)
+        await asyncio.gather(*workers)
+        elapsed = time.perf_counter() - began
+        print(await ack_latency_summary(port))
+        stored = (await js.stream_info(ns.stream(DP_RAW))).state.messages
+        q = statistics.quantiles(latencies, n=100)
+        print(
+            f"{total} requests x {points} points in {elapsed:.2f}s "
+            f"({total * points / elapsed:,.0f} points/s), statuses "
+            f"{ {k.decode(): v for k, v in statuses.items()} }, batches stored {stored}"
+        )
+        print(
+            f"reply latency p50 {q[49] * 1000:.1f} ms, p99 {q[98] * 1000:.1f} ms, "
+            f"max {max(latencies) * 1000:.1f} ms"
+        )
+    finally:
+        server.terminate()
+        server.wait(10)
+        for stream in STREAMS:
+            await js.delete_stream(ns.stream(stream.base))
+        for base_name, _, _ in BUCKETS:
+            await js.delete_key_value(ns.bucket(base_name))
+        await nc.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rate", type=int, default=300, help="requests per second")
+    parser.add_argument("--seconds", type=float, default=10)
+    parser.add_argument("--points", type=int, default=100, help="points per request")
+    parser.add_argument("--port", type=int, default=18001)
+    parser.add_argument("--connections", type=int, default=16, help="keep-alive connections")
+    parser.add_argument("--nats-url", default=os.environ.get("NATS_URL", "nats://127.0.0.1:4222"))
+    args = parser.parse_args()
+    asyncio.run(
+        run(args.rate, args.seconds, args.points, args.port, args.nats_url, args.connections)
+    )
+
+
+if __name__ == "__main__":
+    main()

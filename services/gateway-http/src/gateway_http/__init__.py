@@ -1,0 +1,1 @@
+"""Tributary HTTP gateway: ``POST /ingest/data`` → ``PointBatch`` messages on ``dp.raw.>``."""

@@ -1,0 +1,301 @@
+"""Wiring: Starlette app with ``POST /ingest/data``, the config API, ``/health``, ``/ready``,
+``/metrics``.
+
+``POST /ingest/data`` consumes ``{"source_id", "domain", "data_points": [...]}`` with an
+``X-API-Key`` and produces ``PointBatch`` messages on ``dp.raw.<domain>.<source>`` (rejected points
+on ``dp.rejected.http``); it replies 202 only after JetStream acknowledged every batch.
+``GET|PUT|DELETE /streams/{domain}/{source_id}/{stream_id}/config`` (admin keys only) reads and
+writes StreamConfigs in the ``stream-configs`` bucket (``config_api``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+import structlog
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+from pydantic import ValidationError
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from gateway_http import config_api
+from gateway_http.metrics import (
+    ACK_LATENCY,
+    CONFIG_REQUESTS,
+    ERRORS,
+    POINTS_PUBLISHED,
+    POINTS_RECEIVED,
+    POINTS_REJECTED,
+    REQUESTS,
+)
+from gateway_http.normalize import EnvelopeError, normalize_request
+from gateway_http.settings import GatewayHttpSettings
+from tributary_contracts import (
+    DP_RAW,
+    STREAM_CONFIGS_BUCKET,
+    Transport,
+)
+from tributary_ingest.batches import BatchPublisher, PublishError, error_type
+from tributary_ingest.bus import Connect, GatewayBus, open_gateway_bus
+from tributary_ingest.points import MalformedJson, parse_json
+from tributary_runtime.apikeys import ApiKeyStore, Role
+from tributary_runtime.logs import ThrottledWarning
+from tributary_runtime.ops import Reply, ops_routes
+from tributary_runtime.stream_configs import ConfigProblem, StreamConfigBucket
+
+SERVICE_NAME = "gateway-http"
+API_KEY_HEADER = "X-API-Key"
+INGEST_ROLES = frozenset({Role.ADMIN, Role.INGEST})
+CONFIG_ROLES = frozenset({Role.ADMIN})
+
+log = structlog.get_logger("gateway_http")
+
+
+def json_response(
+    status: int, body: dict[str, Any], headers: dict[str, str] | None = None
+) -> Response:
+    REQUESTS.labels(str(status)).inc()
+    return Response(orjson.dumps(body), status, headers, media_type="application/json")
+
+
+@dataclass
+class Bus:
+    """What the lifespan connects; the handlers use it."""
+
+    nc: Client
+    js: JetStreamContext
+    keys: ApiKeyStore
+    publisher: BatchPublisher
+    configs: StreamConfigBucket
+    gateway: GatewayBus
+
+
+def create_app(
+    settings: GatewayHttpSettings,
+    *,
+    nats_client: Client | None = None,
+    connect: Connect | None = None,
+) -> Starlette:
+    """Build the gateway. ``nats_client`` (used, never closed) or ``connect`` (its client is
+    closed on shutdown) replace the default ``connect_nats(settings)`` connection."""
+    ns = settings.namespace
+    raw_stream = ns.stream(DP_RAW)
+    state: dict[str, Bus] = {}
+    warn_unavailable = ThrottledWarning(log)
+
+    @asynccontextmanager
+    async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        gateway = await open_gateway_bus(
+            settings,
+            SERVICE_NAME,
+            Transport.HTTP,
+            nats_client=nats_client,
+            connect=connect,
+            observe_ack_latency=ACK_LATENCY.observe,
+        )
+        configs = StreamConfigBucket(await gateway.js.key_value(ns.bucket(STREAM_CONFIGS_BUCKET)))
+        state["bus"] = Bus(
+            gateway.nc, gateway.js, gateway.keys, gateway.publisher, configs, gateway
+        )
+        log.info("started", port=settings.port, nats_url=settings.nats_url, stream=raw_stream)
+        try:
+            yield
+        finally:
+            state.clear()
+            await gateway.close()
+
+    async def ready_check() -> dict[str, bool]:
+        bus = state.get("bus")
+        return await bus.gateway.ready() if bus else {"nats": False, "stream": False}
+
+    def unavailable(
+        stage: str,
+        kind: str,
+        detail: str,
+        message: str = "the message bus did not acknowledge the data; nothing was accepted, "
+        "retry later",
+    ) -> Reply:
+        ERRORS.labels(stage, kind).inc()
+        warn_unavailable("bus_unavailable", stage=stage, error_type=kind, detail=detail)
+        return Reply(
+            503,
+            {"error": message, "retry_after": settings.retry_after_seconds},
+            {"Retry-After": str(settings.retry_after_seconds)},
+        )
+
+    async def authorize(
+        request: Request, bus: Bus, roles: frozenset[Role] = INGEST_ROLES, action: str = "ingest"
+    ) -> None:
+        key = request.headers.get(API_KEY_HEADER)
+        if not key:
+            raise Reply(401, {"error": f"missing {API_KEY_HEADER} header"})
+        try:
+            record = await bus.keys.lookup(key)
+        except ValidationError as exc:
+            # The key exists but its stored role is none this gateway knows: fail closed.
+            roles = [e["input"] for e in exc.errors() if e["loc"] == ("role",)]
+            role = str(roles[0])[:32] if roles else "unknown"
+            raise Reply(403, {"error": f"API key role {role!r} may not {action}"}) from None
+        except Exception as exc:
+            raise unavailable("auth", error_type(exc), repr(exc)) from None
+        if record is None:
+            raise Reply(401, {"error": f"unknown API key in {API_KEY_HEADER} header"})
+        if record.role not in roles:
+            raise Reply(
+                403,
+                {
+                    "error": f"API key role {record.role.value!r} may not {action} "
+                    f"(needs one of {', '.join(sorted(roles))})"
+                },
+            )
+
+    async def read_body(request: Request) -> bytes:
+        limit = settings.max_body_bytes
+        too_large = Reply(413, {"error": f"request body is larger than {limit} bytes"})
+        declared = request.headers.get("content-length")
+        if declared is not None:
+            try:
+                if int(declared) > limit:
+                    raise too_large
+            except ValueError:
+                raise Reply(400, {"error": "Content-Length header is not an integer"}) from None
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise too_large
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    async def ingest(request: Request, received_at: datetime) -> Response:
+        bus = state.get("bus")
+        if bus is None:
+            raise unavailable("startup", "not_started", "lifespan has not connected the bus")
+        await authorize(request, bus)
+        body = await read_body(request)
+        if not body:
+            raise Reply(400, {"error": "request body is empty; expected a JSON object"})
+        try:
+            parsed = parse_json(body)
+            normalized = normalize_request(parsed, received_at, settings.max_points_per_request)
+        except MalformedJson as exc:
+            raise Reply(400, {"error": str(exc)}) from None
+        except EnvelopeError as exc:
+            raise Reply(
+                413 if exc.too_large else 422, {"error": exc.message, "field": exc.field}
+            ) from None
+
+        accepted, rejected = normalized.accepted, normalized.rejected
+        POINTS_RECEIVED.inc(len(accepted) + len(rejected))
+        for rejection in rejected:
+            POINTS_REJECTED.labels(rejection.code).inc()
+        try:
+            outcome = await bus.publisher.publish(
+                normalized.domain, normalized.source_id, received_at, accepted, rejected
+            )
+        except PublishError as exc:
+            raise unavailable("publish", exc.error_type, str(exc)) from None
+        if not outcome.rejected_published:
+            ERRORS.labels("publish_rejected", "not_acked").inc()
+        POINTS_PUBLISHED.inc(len(accepted))
+        reply = [r.to_reply() for r in rejected]
+        if not accepted:
+            # Nothing was accepted: a 2xx would tell a status-only client that its data is in.
+            return json_response(
+                422,
+                {"error": "no data point was accepted", "accepted": 0, "rejected": reply},
+            )
+        return json_response(202, {"accepted": len(accepted), "rejected": reply})
+
+    async def ingest_data(request: Request) -> Response:
+        """POST /ingest/data: points → dp.raw.<domain>.<source>, 202 after every PubAck."""
+        try:
+            return await ingest(request, datetime.now(UTC))
+        except Reply as reply:
+            return json_response(reply.status, reply.body, reply.headers)
+        except Exception as exc:
+            ERRORS.labels("handler", "unexpected").inc()
+            log.exception("ingest_failed", error=repr(exc))
+            return json_response(500, {"error": "internal error; it was logged"})
+
+    async def config(request: Request) -> config_api.ConfigReply:
+        bus = state.get("bus")
+        if bus is None:
+            raise unavailable("startup", "not_started", "lifespan has not connected the bus")
+        raw_path = request.scope.get("raw_path") or request.url.path.encode()
+        try:
+            scope = config_api.scope_from_path(raw_path)
+        except ConfigProblem as exc:
+            await authorize(request, bus, CONFIG_ROLES, "manage stream configs")
+            return config_api.ConfigReply(422, exc.to_reply())
+        if scope is None:
+            return config_api.ConfigReply(
+                404, {"error": f"not found; the config API is {config_api.PATH_SHAPE}"}
+            )
+        await authorize(request, bus, CONFIG_ROLES, "manage stream configs")
+        try:
+            if request.method in ("GET", "HEAD"):
+                return await config_api.get_config(bus.configs, scope)
+            if request.method == "PUT":
+                body = await read_body(request)
+                return await config_api.put_config(
+                    bus.configs, scope, body, request.headers.get("if-match")
+                )
+            if request.method == "DELETE":
+                return await config_api.delete_config(bus.configs, scope)
+            return config_api.ConfigReply(405, {"error": f"method {request.method} not allowed"})
+        except Reply:
+            raise
+        except Exception as exc:
+            raise unavailable(
+                "config",
+                error_type(exc),
+                repr(exc),
+                "the stream-configs bucket did not answer; nothing was changed, retry later",
+            ) from None
+
+    async def stream_config(request: Request) -> Response:
+        """GET|PUT|DELETE /streams/{domain}/{source_id}/{stream_id}/config: StreamConfigs in
+        the stream-configs bucket (admin only)."""
+        try:
+            reply = await config(request)
+        except Reply as early:
+            reply = config_api.ConfigReply(early.status, early.body, early.headers)
+        except Exception as exc:
+            ERRORS.labels("config_handler", "unexpected").inc()
+            log.exception("config_request_failed", error=repr(exc))
+            reply = config_api.ConfigReply(500, {"error": "internal error; it was logged"})
+        CONFIG_REQUESTS.labels(request.method, str(reply.status)).inc()
+        if reply.body is None:
+            return Response(status_code=reply.status, headers=reply.headers)
+        return Response(
+            orjson.dumps(reply.body), reply.status, reply.headers, media_type="application/json"
+        )
+
+    async def http_error(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        return Response(
+            orjson.dumps({"error": exc.detail}),
+            exc.status_code,
+            exc.headers,
+            media_type="application/json",
+        )
+
+    routes = [
+        Route("/ingest/data", ingest_data, methods=["POST"]),
+        Route("/streams/{rest:path}", stream_config, methods=["GET", "PUT", "DELETE"]),
+        *ops_routes(ready_check),
+    ]
+    return Starlette(
+        routes=routes, lifespan=lifespan, exception_handlers={HTTPException: http_error}
+    )

@@ -1,0 +1,42 @@
+"""Settings of the HTTP gateway (env vars, prefix-free; see the README's table)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from tributary_runtime.settings import ServiceSettings
+
+
+class GatewayHttpSettings(ServiceSettings):
+    """What the HTTP gateway reads from the environment."""
+
+    port: int = Field(
+        default=8001, ge=1, le=65535, description="HTTP port (API, health, ready, metrics)."
+    )
+    max_body_bytes: int = Field(
+        default=5 * 1024 * 1024, ge=1024, description="Largest request body accepted; larger → 413."
+    )
+    max_points_per_request: int = Field(
+        default=10_000, ge=1, description="Most data_points in one request; more → 413."
+    )
+    publish_timeout_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        description="How long to wait for every JetStream PubAck before replying 503.",
+    )
+    retry_after_seconds: int = Field(
+        default=2, ge=1, description="Retry-After value (seconds) sent with 503 replies."
+    )
+    api_key_cache_seconds: float = Field(
+        default=5.0, ge=0, description="How long a looked-up API key (or its absence) is cached."
+    )
+    startup_timeout_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description="How long startup waits for NATS and JetStream before exiting with an error.",
+    )
+    rejected_excerpt_bytes: int = Field(
+        default=512,
+        ge=16,
+        description="Longest payload excerpt of a rejected point sent to dp.rejected.http.",
+    )

@@ -1,0 +1,218 @@
+"""MQTT topic + payload → a ``DataPoint`` with its (domain, source), or a ``Rejection`` (no MQTT,
+no NATS here).
+
+Topics (after the optional topic prefix):
+
+* ``<domain>/<source_id>/<stream_id>/data`` — universal; domain ``iot`` is refused there.
+* ``iot/sensors/<sensor_id>/readings`` — legacy IoT; ``sensor_id`` is an integer, the point gets
+  domain ``iot``, ``stream_id`` = the id as text, ``source_id`` = ``sensor-<id>`` (there is no
+  device registry yet) and ``legacy.sensor_id``.
+
+Payload: a JSON object ``{"value": 45.2, "timestamp": ..., "metadata": {}, "sequence": 1,
+"stream_type": "..."}``; only ``value`` is required, a missing ``timestamp`` means receive time.
+A rejection's ``code`` is a bounded metrics label (the field of the first problem); its
+``reason`` names every problem. The value/timestamp/metadata/sequence checks are the ones every
+gateway shares (``tributary_ingest.points``: same rules, same wording).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import orjson
+
+from tributary_contracts import DataPoint, LegacyIds
+from tributary_contracts.models import DOMAIN_PATTERN
+from tributary_ingest.points import (
+    DOMAIN_RE,
+    INT64,
+    IOT_DOMAIN,
+    build_point,
+    check_identifier,
+    check_measurement,
+    clip,
+    json_type,
+    unknown_fields,
+)
+
+UNIVERSAL_SUFFIX = "data"
+LEGACY_TOPIC = ("iot", "sensors", "<sensor_id>", "readings")
+POINT_FIELDS = ("value", "timestamp", "metadata", "sequence", "stream_type")
+LEGACY_FIELDS = ("value", "timestamp", "metadata", "sequence", "sensor_id")
+_POINT_FIELD_SET = frozenset(POINT_FIELDS)
+_LEGACY_FIELD_SET = frozenset(LEGACY_FIELDS)
+
+# Bounded set of rejection codes (the metrics label ``reason``).
+REJECTION_CODES = (
+    "topic",  # not one of the two topic shapes (or outside the topic prefix)
+    "domain",  # domain level does not match the domain pattern
+    "iot_domain",  # domain iot on a universal topic
+    "source_id",
+    "stream_id",
+    "sensor_id",  # legacy sensor id is not an integer
+    "payload_size",
+    "json",  # not UTF-8 JSON
+    "payload",  # JSON, but not an object
+    "value",
+    "timestamp",
+    "metadata",
+    "sequence",
+    "stream_type",
+    "unknown_field",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """Where a topic's points go: (domain, source, stream) plus legacy ids."""
+
+    domain: str
+    source_id: str
+    stream_id: str
+    legacy: LegacyIds | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """A message that was not accepted, with why (ids as far as they were readable)."""
+
+    code: str
+    reason: str
+    domain: str | None = None
+    source_id: str | None = None
+    stream_id: str | None = None
+
+
+def parse_topic(topic: str, prefix: str = "") -> Route | Rejection:
+    """The ``Route`` of a topic (``prefix`` without trailing slash), or why it has none."""
+    if prefix:
+        if not topic.startswith(prefix + "/"):
+            return Rejection("topic", f"topic {clip(topic)!r} is outside the prefix {prefix!r}")
+        topic = topic[len(prefix) + 1 :]
+    levels = topic.split("/")
+    if (
+        len(levels) == 4
+        and levels[0] == IOT_DOMAIN
+        and levels[1] == "sensors"
+        and (levels[3] == "readings")
+    ):
+        return _legacy_route(levels[2])
+    if len(levels) != 4 or levels[3] != UNIVERSAL_SUFFIX or not all(levels):
+        return Rejection(
+            "topic",
+            f"topic {clip(topic)!r} is neither <domain>/<source_id>/<stream_id>/data "
+            "nor iot/sensors/<sensor_id>/readings",
+        )
+    domain, source_id, stream_id = levels[0], levels[1], levels[2]
+    if not DOMAIN_RE.fullmatch(domain):
+        return Rejection(
+            "domain",
+            f"domain {clip(domain)!r} must match {DOMAIN_PATTERN} (lower case, e.g. "
+            "infrastructure)",
+        )
+    if domain == IOT_DOMAIN:
+        return Rejection(
+            "iot_domain",
+            "domain 'iot' is not accepted on <domain>/<source_id>/<stream_id>/data: "
+            "publish IoT readings to iot/sensors/<sensor_id>/readings",
+            domain,
+            source_id,
+            stream_id,
+        )
+    for name, value in (("source_id", source_id), ("stream_id", stream_id)):
+        problem = check_identifier(value, name)
+        if problem:
+            return Rejection(name, problem, domain)
+    return Route(domain, source_id, stream_id)
+
+
+def _legacy_route(sensor: str) -> Route | Rejection:
+    if not (sensor.isascii() and sensor.isdigit()) or int(sensor) >= INT64:
+        return Rejection(
+            "sensor_id",
+            f"sensor_id {clip(sensor)!r} in iot/sensors/<sensor_id>/readings must be a "
+            "non-negative integer",
+            IOT_DOMAIN,
+        )
+    sensor_id = int(sensor)
+    return Route(IOT_DOMAIN, f"sensor-{sensor_id}", str(sensor_id), LegacyIds(sensor_id=sensor_id))
+
+
+def parse_payload(payload: bytes) -> Any:
+    """orjson first; the standard library as fallback so ``NaN``/``Infinity`` (which Python's
+    ``json.dumps`` emits) become a ``value`` rejection rather than "not JSON"."""
+    try:
+        return orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return json.loads(payload.decode())  # ValueError (incl. UnicodeDecodeError) if not JSON
+
+
+def normalize_message(
+    route: Route, payload: bytes, received_at: datetime, max_payload_bytes: int
+) -> tuple[DataPoint, bool] | Rejection:
+    """``(point, had_timestamp)`` of one message on ``route``'s topic, or why it was rejected."""
+    ids = (route.domain, route.source_id, route.stream_id)
+    if len(payload) > max_payload_bytes:
+        return Rejection(
+            "payload_size",
+            f"payload is {len(payload)} bytes; at most {max_payload_bytes} bytes",
+            *ids,
+        )
+    try:
+        raw = parse_payload(payload)
+    except (ValueError, RecursionError) as exc:
+        return Rejection("json", f"payload is not UTF-8 JSON: {clip(str(exc), 120)}", *ids)
+    if not isinstance(raw, dict):
+        return Rejection(
+            "payload",
+            f'payload must be a JSON object like {{"value": 1.5}}, got {json_type(raw)}',
+            *ids,
+        )
+    problems: list[tuple[str, str]] = []  # (code, reason)
+
+    value, ts, metadata, sequence = check_measurement(raw, received_at, problems, mark_cut=True)
+
+    stream_type = None
+    allowed = _POINT_FIELD_SET
+    if route.legacy is None:
+        stream_type = raw.get("stream_type")
+        if stream_type is not None:
+            problem = check_identifier(stream_type, "stream_type")
+            if problem:
+                problems.append(("stream_type", problem))
+    else:
+        allowed = _LEGACY_FIELD_SET
+        sensor = raw.get("sensor_id")
+        if sensor is not None and sensor != route.legacy.sensor_id:
+            problems.append(
+                ("sensor_id", f"sensor_id {sensor!r} differs from the topic's {route.stream_id}")
+            )
+
+    if not allowed.issuperset(raw):
+        expected = POINT_FIELDS if route.legacy is None else LEGACY_FIELDS
+        problems.append(("unknown_field", unknown_fields(raw, allowed, expected)))
+
+    if problems:
+        return Rejection(problems[0][0], "; ".join(r for _, r in problems), *ids)
+    return (
+        build_point(
+            {
+                "stream_id": route.stream_id,
+                "value": value,
+                "ts": ts,
+                "stream_type": stream_type,
+                "sequence": sequence,
+                "metadata": metadata,
+                "legacy": route.legacy,
+            }
+        ),
+        raw.get("timestamp") is not None,
+    )
+
+
+def with_ts(point: DataPoint, ts: datetime) -> DataPoint:
+    """``point`` with another event time (a redelivered timestamp-less message keeps its first)."""
+    return build_point({**point.__dict__, "ts": ts})

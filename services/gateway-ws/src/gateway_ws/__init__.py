@@ -1,0 +1,1 @@
+"""Tributary WebSocket gateway: /ingest/stream with acks, backpressure and resume."""

@@ -1,0 +1,204 @@
+"""Wiring: Starlette app with the WebSocket endpoint ``/ingest/stream`` plus ``/health``,
+``/ready``, ``/metrics``.
+
+``/ingest/stream`` consumes the streaming protocol (``connect``, ``data``, ``ping``; see the
+README) and produces ``PointBatch`` messages on ``dp.raw.<domain>.<source>`` (rejected points on
+``dp.rejected.ws``); each ``ack`` is sent only after JetStream acknowledged its points.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+from pydantic import ValidationError
+from starlette.applications import Starlette
+from starlette.routing import WebSocketRoute
+from starlette.websockets import WebSocket
+
+from gateway_ws.metrics import ERRORS
+from gateway_ws.protocol import CloseCode, ErrorCode, ProtocolError
+from gateway_ws.registry import SessionRegistry
+from gateway_ws.resume import ResumeStore, ResumeTracker
+from gateway_ws.session import ChannelClosed, Session, SessionLimits
+from gateway_ws.settings import GatewayWsSettings
+from tributary_contracts import DP_RAW, Transport
+from tributary_ingest.batches import BatchPublisher, error_type
+from tributary_ingest.bus import Connect, GatewayBus, open_gateway_bus
+from tributary_runtime.apikeys import ApiKeyStore, Role, hash_key
+from tributary_runtime.ops import ops_routes
+
+SERVICE_NAME = "gateway-ws"
+STREAM_PATH = "/ingest/stream"
+INGEST_ROLES = frozenset({Role.ADMIN, Role.INGEST})
+TRANSPORT_FRAME_FACTOR = 4
+"""Frames up to this × ``MAX_FRAME_BYTES`` get an error reply; larger ones close with 1009."""
+
+log = structlog.get_logger("gateway_ws")
+
+
+class StarletteChannel:
+    """A Starlette ``WebSocket`` as the session's ``Channel``."""
+
+    def __init__(self, websocket: WebSocket) -> None:
+        self._ws = websocket
+
+    async def receive(self) -> str | bytes | None:
+        message = await self._ws.receive()
+        if message["type"] == "websocket.disconnect":
+            return None
+        text = message.get("text")
+        return text if text is not None else message.get("bytes") or b""
+
+    async def send(self, text: str) -> None:
+        try:
+            await self._ws.send({"type": "websocket.send", "text": text})
+        except Exception as exc:  # WebSocketDisconnect(ed), ClientDisconnected: the peer is gone
+            raise ChannelClosed from exc
+
+    async def close(self, code: int, reason: str) -> None:
+        try:
+            await self._ws.close(code, reason)
+        except Exception as exc:
+            raise ChannelClosed from exc
+
+
+@dataclass
+class Bus:
+    """What the lifespan connects; the endpoint uses it."""
+
+    nc: Client
+    js: JetStreamContext
+    keys: ApiKeyStore
+    resume: ResumeStore
+    publisher: BatchPublisher
+    gateway: GatewayBus
+
+    async def last_sequence(self, domain: str, source_id: str) -> int | None:
+        return await self.resume.last_sequence(domain, source_id)
+
+    def tracker(self, domain: str, source_id: str, session_id: str) -> ResumeTracker:
+        return ResumeTracker(self.resume, domain, source_id, session_id)
+
+    async def authorize(self, api_key: str) -> str | ProtocolError:
+        """The key's hash (its id for the session limit), or the error to reply."""
+        try:
+            record = await self.keys.lookup(api_key)
+        except ValidationError:
+            # The key exists but its stored role is none this gateway knows: fail closed.
+            return ProtocolError(ErrorCode.FORBIDDEN, "this API key's role may not ingest")
+        except Exception as exc:
+            ERRORS.labels("auth", error_type(exc)).inc()
+            return ProtocolError(
+                ErrorCode.BUS_UNAVAILABLE, "the API key could not be checked; reconnect later"
+            )
+        if record is None:
+            return ProtocolError(ErrorCode.UNAUTHORIZED, "unknown api_key")
+        if record.role not in INGEST_ROLES:
+            return ProtocolError(
+                ErrorCode.FORBIDDEN,
+                f"API key role {record.role.value!r} may not ingest "
+                f"(needs one of {', '.join(sorted(INGEST_ROLES))})",
+            )
+        return hash_key(api_key)
+
+
+def session_limits(settings: GatewayWsSettings) -> SessionLimits:
+    return SessionLimits(
+        max_unacked=settings.max_unacked_batches,
+        max_frame_bytes=settings.max_frame_bytes,
+        max_points_per_message=settings.max_points_per_message,
+        connect_timeout=settings.connect_timeout_seconds,
+        idle_timeout=settings.idle_timeout_seconds,
+        publish_timeout=settings.publish_timeout_seconds,
+    )
+
+
+def create_app(
+    settings: GatewayWsSettings,
+    *,
+    nats_client: Client | None = None,
+    connect: Connect | None = None,
+) -> Starlette:
+    """Build the gateway. ``nats_client`` (used, never closed) or ``connect`` (its client is
+    closed on shutdown) replace the default ``connect_nats(settings)`` connection.
+
+    ``app.state.sessions`` is the ``SessionRegistry``; ``serve_options`` drains it on shutdown.
+    """
+    ns = settings.namespace
+    raw_stream = ns.stream(DP_RAW)
+    state: dict[str, Bus] = {}
+    registry = SessionRegistry(settings.max_sessions_per_key)
+    limits = session_limits(settings)
+
+    @asynccontextmanager
+    async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        gateway = await open_gateway_bus(
+            settings, SERVICE_NAME, Transport.WS, nats_client=nats_client, connect=connect
+        )
+        resume = await ResumeStore.open(gateway.js, ns)
+        state["bus"] = Bus(gateway.nc, gateway.js, gateway.keys, resume, gateway.publisher, gateway)
+        log.info("started", port=settings.port, nats_url=settings.nats_url, stream=raw_stream)
+        try:
+            yield
+        finally:
+            # Sessions still open here were not drained before shutdown (e.g. a test running
+            # the app without it): drain them now, before the bus goes away.
+            await registry.drain(settings.shutdown_timeout_seconds)
+            state.clear()
+            await gateway.close()
+
+    async def ready_check() -> dict[str, bool]:
+        bus = state.get("bus")
+        return await bus.gateway.ready() if bus else {"nats": False, "stream": False}
+
+    async def ingest_stream(websocket: WebSocket) -> None:
+        """WS /ingest/stream: connect/data/ping → connected/ack/error/pong; points → dp.raw."""
+        bus = state.get("bus")
+        await websocket.accept()
+        channel = StarletteChannel(websocket)
+        if bus is None or registry.draining:
+            await channel.close(CloseCode.GOING_AWAY, "going away")
+            return
+        session = Session(
+            channel,
+            limits,
+            authorize=bus.authorize,
+            publisher=bus.publisher,
+            registry=registry,
+            resume=bus,
+        )
+        registry.add(session)
+        try:
+            await session.run()
+        finally:
+            registry.discard(session)
+
+    routes = [WebSocketRoute(STREAM_PATH, ingest_stream), *ops_routes(ready_check)]
+    app = Starlette(routes=routes, lifespan=lifespan)
+    app.state.sessions = registry
+    return app
+
+
+def serve_options(app: Starlette, settings: GatewayWsSettings) -> dict[str, Any]:
+    """What gateway-ws adds to ``tributary_runtime.serve``: its WebSocket limits (frame size,
+    keepalive) and, on shutdown, stop accepting and let every session ack what is durable and
+    close with 1001 "going away" before uvicorn's own shutdown closes sockets with 1012."""
+    sessions: SessionRegistry = app.state.sessions
+
+    async def drain_sessions() -> None:
+        await sessions.drain(settings.shutdown_timeout_seconds)
+
+    return {
+        "before_shutdown": drain_sessions,
+        "ws": "websockets-sansio",
+        "ws_max_size": settings.max_frame_bytes * TRANSPORT_FRAME_FACTOR,
+        "ws_ping_interval": settings.ping_interval_seconds or None,
+        "ws_ping_timeout": settings.ping_timeout_seconds,
+        "ws_per_message_deflate": False,
+    }

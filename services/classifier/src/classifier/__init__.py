@@ -1,0 +1,1 @@
+"""Tributary classifier: ``dp.raw.>`` in, one class per point, ``dp.classified.>`` out."""

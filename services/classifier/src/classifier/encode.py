@@ -1,0 +1,57 @@
+"""``ClassifiedBatch`` JSON written straight from the parsed points, without a model per point.
+
+Building a ``ClassifiedPoint`` per point and dumping it cost about as much as classifying the
+point. Here every output point is the input point's fields (``DataPoint.__dict__``, validated
+when the batch was parsed) plus ``reason``, ``rule`` and ``config_version``, dumped by orjson.
+The result parses to the same ``ClassifiedBatch`` as ``classify.classified_batch(…)
+.model_dump_json()`` (a test checks it field by field).
+
+orjson refuses what pydantic accepts in a few corners (integers beyond 64 bits in ``sequence``,
+``metadata`` or legacy ids); such a batch goes through the model instead.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import orjson
+from pydantic import BaseModel
+
+from classifier.classify import Classified, classified_batch
+from tributary_contracts import PointBatch, PointClass
+
+
+def _model_fields(value: Any) -> Any:
+    """orjson's fallback for what it cannot encode itself: ``legacy`` (a LegacyIds model)."""
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    raise TypeError(f"cannot encode {type(value).__name__} as JSON")
+
+
+def classified_batch_json(
+    batch: PointBatch, cls: PointClass, classified_at: datetime, points: list[Classified]
+) -> bytes:
+    """The JSON of the ClassifiedBatch of ``points`` (all of class ``cls``)."""
+    document = {
+        "domain": batch.domain,
+        "source_id": batch.source_id,
+        "transport": batch.transport,
+        "received_at": batch.received_at,
+        "cls": cls,
+        "classified_at": classified_at,
+        "points": [
+            {
+                **point.__dict__,
+                "reason": verdict.reason,
+                "rule": verdict.rule,
+                "config_version": version,
+            }
+            for point, verdict, version in points
+        ],
+    }
+    try:
+        # OPT_UTC_Z: "…Z" for UTC, as pydantic writes it.
+        return orjson.dumps(document, default=_model_fields, option=orjson.OPT_UTC_Z)
+    except orjson.JSONEncodeError:
+        return classified_batch(batch, cls, classified_at, points).model_dump_json().encode()

@@ -1,0 +1,38 @@
+"""Prometheus metrics of the classifier (process-wide, served at ``/metrics``).
+
+Label values are bounded: classes, a handful of DLQ reasons, stages and exception class names.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+RECEIVED_POINTS = Counter("classifier_received_points", "Points received in valid raw batches.")
+RECEIVED_MESSAGES = Counter(
+    "classifier_received_messages", "Raw messages fetched from DP_RAW (valid or not)."
+)
+PUBLISHED_POINTS = Counter(
+    "classifier_published_points", "Points published (acked by JetStream) by class.", ["cls"]
+)
+DLQ_MESSAGES = Counter(
+    "classifier_dlq_messages", "Raw messages sent to the dead-letter subject.", ["reason"]
+)
+ERRORS = Counter(
+    "classifier_errors", "Failures by stage and exception type.", ["stage", "error_type"]
+)
+BATCH_SECONDS = Histogram(
+    "classifier_batch_seconds",
+    "Time to handle one fetched batch of raw messages (parse, classify, publish, ack).",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+)
+CONFIGS_LOADED = Gauge("classifier_stream_configs", "Stream configurations held in memory.")
+CONFIG_ERRORS = Counter(
+    "classifier_stream_config_errors", "Stream-configs entries ignored, by reason.", ["reason"]
+)
+ALERT_EVENTS = Counter(
+    "classifier_alert_events", "Alert events published (acked by JetStream) by kind.", ["event"]
+)
+CHECKPOINT_WRITES = Counter(
+    "classifier_checkpoint_writes", "Stream state checkpoints written to classifier-state."
+)
+STATE_STREAMS = Gauge("classifier_streams", "Streams whose state is held in memory.")

@@ -1,0 +1,65 @@
+"""Settings of the classifier (env vars, prefix-free; see the README's table)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from tributary_runtime.settings import ServiceSettings
+
+
+class ClassifierSettings(ServiceSettings):
+    """Everything the classifier reads from the environment."""
+
+    port: int = Field(
+        default=8010, ge=1, le=65535, description="HTTP port of /health, /ready, /metrics."
+    )
+    fetch_batch_size: int = Field(
+        default=64,
+        ge=1,
+        le=1000,
+        description="Raw messages one fetch asks for; they are handled concurrently.",
+    )
+    fetch_timeout_seconds: float = Field(
+        default=0.1,
+        gt=0,
+        le=30,
+        description="Expiry of one fetch request: an idle bus delays a message at most this long.",
+    )
+    publish_timeout_seconds: float = Field(
+        default=5.0, gt=0, description="Longest wait for JetStream to ack the classified publishes."
+    )
+    nak_delay_seconds: float = Field(
+        default=1.0,
+        gt=0,
+        description="Redelivery delay after a failed publish (doubles per delivery).",
+    )
+    nak_max_delay_seconds: float = Field(
+        default=60.0, gt=0, description="Upper bound of the redelivery delay."
+    )
+    config_load_timeout_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        description="Longest wait at start for the stream-configs bucket to load.",
+    )
+    state_load_timeout_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description="Longest wait at start for the classifier-state checkpoints to load.",
+    )
+    staleness_check_interval_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        le=3600,
+        description="How often silent streams are checked against their staleness_seconds.",
+    )
+    staleness_max_events: int = Field(
+        default=1000,
+        ge=1,
+        description="Most staleness alerts opened per check (the rest wait for the next one).",
+    )
+    checkpoint_interval_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        le=3600,
+        description="How often streams whose only change is their latest point are checkpointed.",
+    )

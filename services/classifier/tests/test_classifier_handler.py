@@ -1,0 +1,443 @@
+"""The raw-batch handler: what it publishes, dead-letters, acks and naks.
+
+Two layers: ``RawBatchHandler.handle`` driven directly with JetStream messages that record their
+acks (to check every ack/nak decision and delay), and the FastStream wiring on the in-memory
+``TestNatsBroker`` (subscriber subject, pull-batch delivery, outputs on the classified and DLQ
+subjects). The outbox is the only stand-in: an in-memory recorder instead of JetStream.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import pytest
+from faststream.nats import NatsBroker, NatsMessage, TestNatsBroker
+from nats.aio.msg import Msg
+from prometheus_client import Counter
+
+from classifier.app import build_broker, subscribe_classifier
+from classifier.classify import ClassifierState
+from classifier.config_store import StreamConfigStore
+from classifier.handler import Outgoing, RawBatchHandler
+from classifier.metrics import DLQ_MESSAGES, ERRORS, PUBLISHED_POINTS, RECEIVED_POINTS
+from classifier.settings import ClassifierSettings
+from tributary_contracts import (
+    DLQ_CONSUMER,
+    DLQ_DELIVERIES,
+    DLQ_KIND,
+    DLQ_REASON,
+    DLQ_SUBJECT,
+    MAX_DELIVER,
+    MSG_ID_HEADER,
+    ClassifiedBatch,
+    Namespace,
+    PointBatch,
+    PointClass,
+    StreamConfig,
+    batch_msg_id,
+    dead_letter_headers,
+    escape_key,
+    stream_config_key,
+)
+
+PREFIX = "hdl"
+NS = Namespace(PREFIX)
+MakeBatch = Callable[..., PointBatch]
+
+
+class RecordingMsg(Msg):
+    """A JetStream message as nats-py delivers it, recording ack/nak instead of sending them."""
+
+    def __init__(self, data: bytes, *, deliveries: int = 1, seq: int = 1) -> None:
+        reply = f"$JS.ACK.HDL_DP_RAW.classifier.{deliveries}.{seq}.{seq}.1772053200000000000.0"
+        super().__init__(None, NS.raw_subject("iot", "dev-1"), reply, data)  # type: ignore[arg-type]
+        self.calls: list[tuple[str, float | None]] = []
+
+    async def ack(self) -> None:
+        self.calls.append(("ack", None))
+
+    async def nak(self, delay: float | None = None) -> None:
+        self.calls.append(("nak", delay))
+
+
+class MemoryOutbox:
+    """Records what the handler publishes; ``fail`` decides which publishes fail."""
+
+    def __init__(self, fail: Callable[[Outgoing], bool] = lambda _: False) -> None:
+        self.fail = fail
+        self.published: list[Outgoing] = []
+
+    async def publish_all(self, messages: Sequence[Outgoing]) -> list[BaseException | None]:
+        results: list[BaseException | None] = []
+        for m in messages:
+            if self.fail(m):
+                results.append(TimeoutError("no ack"))
+            else:
+                self.published.append(m)
+                results.append(None)
+        return results
+
+    async def publish(self, message: Outgoing) -> None:
+        [error] = await self.publish_all([message])
+        if error is not None:
+            raise error
+
+    def on(self, subject_part: str) -> list[Outgoing]:
+        return [m for m in self.published if subject_part in m.subject]
+
+
+def counter(metric: Counter, **labels: str) -> float:
+    return (metric.labels(**labels) if labels else metric)._value.get()  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+def store(temperature_config: StreamConfig) -> StreamConfigStore:
+    s = StreamConfigStore()
+    s.apply(
+        stream_config_key("iot", "*", "temp"),
+        temperature_config.model_dump_json().encode(),
+        5,
+        None,
+    )
+    return s
+
+
+def handler_with(store: StreamConfigStore, outbox: MemoryOutbox) -> RawBatchHandler:
+    return RawBatchHandler(
+        NS, store.resolve, outbox, ClassifierState(), nak_delay=0.5, nak_max_delay=4
+    )
+
+
+def raw(batch: PointBatch) -> bytes:
+    return batch.model_dump_json().encode()
+
+
+# -- decisions, one fetch at a time ---------------------------------------------------------
+
+
+async def test_valid_batch_is_published_by_class_then_acked(
+    store: StreamConfigStore, make_batch: MakeBatch
+) -> None:
+    outbox = MemoryOutbox()
+    batch = make_batch([20, 35, 70, 21])
+    msg = RecordingMsg(raw(batch))
+    before = counter(PUBLISHED_POINTS, cls="normal")
+
+    outcome = await handler_with(store, outbox).handle([msg])
+
+    out = [m for m in outbox.published if m.stream == NS.stream("DP_CLASSIFIED")]
+    assert [m.subject for m in out] == [
+        NS.classified_subject("iot", "normal", "dev-1"),
+        NS.classified_subject("iot", "warning", "dev-1"),
+        NS.classified_subject("iot", "critical", "dev-1"),
+    ]
+    bodies = [ClassifiedBatch.model_validate_json(m.payload) for m in out]
+    assert [[p.value for p in b.points] for b in bodies] == [[20.0, 21.0], [35.0], [70.0]]
+    for m, body in zip(out, bodies, strict=True):
+        keys = [(p.stream_id, p.ts) for p in body.points]
+        assert m.headers == {MSG_ID_HEADER: batch_msg_id("iot", "dev-1", keys, str(body.cls))}
+        assert m.stream == NS.stream("DP_CLASSIFIED")
+    assert msg.calls == [("ack", None)]
+    assert (outcome.acked, outcome.nacked, outcome.dead_lettered) == ([msg], [], [])
+    assert counter(PUBLISHED_POINTS, cls="normal") - before == 2
+
+
+async def test_invalid_messages_go_to_the_dlq_and_their_neighbours_are_classified(
+    store: StreamConfigStore, make_batch: MakeBatch
+) -> None:
+    outbox = MemoryOutbox()
+    good1, good2 = (
+        RecordingMsg(raw(make_batch([20])), seq=1),
+        RecordingMsg(raw(make_batch([70])), seq=4),
+    )
+    not_json = RecordingMsg(b"\xff{not json", seq=2)
+    bad_value = json.loads(raw(make_batch([1])))
+    bad_value["points"][0]["value"] = "warm"
+    not_a_batch = RecordingMsg(json.dumps(bad_value).encode(), seq=3)
+    before = counter(DLQ_MESSAGES, reason="invalid_batch")
+
+    outcome = await handler_with(store, outbox).handle([good1, not_json, not_a_batch, good2])
+
+    assert [m.subject for m in outbox.on(".classified.")] == [
+        NS.classified_subject("iot", "normal", "dev-1"),
+        NS.classified_subject("iot", "critical", "dev-1"),
+    ]
+    letters = outbox.on(".dlq.")
+    assert [m.subject for m in letters] == [NS.dlq_subject("classifier")] * 2
+    assert [m.stream for m in letters] == [NS.stream("DP_DLQ")] * 2
+    # the body is the refused payload itself, byte for byte, so it can be republished as is
+    assert [m.payload for m in letters] == [not_json.data, not_a_batch.data]
+    assert [
+        (m.headers[DLQ_CONSUMER], m.headers[DLQ_KIND], m.headers[DLQ_SUBJECT]) for m in letters
+    ] == [("classifier", "invalid_batch", NS.raw_subject("iot", "dev-1"))] * 2
+    assert [m.headers[DLQ_DELIVERIES] for m in letters] == ["1", "1"]
+    assert letters[0].headers[DLQ_REASON].startswith("Invalid JSON")
+    assert (
+        letters[1].headers[DLQ_REASON].startswith("points.0.value: Input should be a valid number")
+    )
+    # exactly the contract's headers, with its deterministic Nats-Msg-Id (a retry is deduplicated)
+    for m, original in zip(letters, (not_json, not_a_batch), strict=True):
+        assert m.headers == dead_letter_headers(
+            "classifier",
+            "invalid_batch",
+            m.headers[DLQ_REASON],
+            original.subject,
+            1,
+            original.data,
+        )
+    assert letters[0].headers[MSG_ID_HEADER] != letters[1].headers[MSG_ID_HEADER]
+    for m in (good1, not_json, not_a_batch, good2):
+        assert m.calls == [("ack", None)]
+    assert outcome.dead_lettered == [(not_json, "invalid_batch"), (not_a_batch, "invalid_batch")]
+    assert counter(DLQ_MESSAGES, reason="invalid_batch") - before == 2
+
+
+async def test_failed_publish_naks_only_the_inputs_it_concerns(
+    store: StreamConfigStore, make_batch: MakeBatch
+) -> None:
+    outbox = MemoryOutbox(fail=lambda m: ".critical." in m.subject)
+    ok = RecordingMsg(raw(make_batch([20, 21])))
+    partly = RecordingMsg(raw(make_batch([20, 70], source_id="dev-1")), deliveries=3)
+    before = counter(ERRORS, stage="publish", error_type="TimeoutError")
+
+    outcome = await handler_with(store, outbox).handle([ok, partly])
+
+    assert ok.calls == [("ack", None)]
+    assert partly.calls == [("nak", 2.0)]  # 0.5 s doubled per earlier delivery
+    assert (outcome.acked, outcome.nacked) == ([ok], [partly])
+    assert outbox.on(".dlq.") == []
+    assert counter(ERRORS, stage="publish", error_type="TimeoutError") - before == 1
+
+
+@pytest.mark.parametrize(("deliveries", "delay"), [(1, 0.5), (2, 1.0), (4, 4.0), (9, 4.0)])
+async def test_nak_delay_grows_with_deliveries_up_to_the_maximum(
+    store: StreamConfigStore, make_batch: MakeBatch, deliveries: int, delay: float
+) -> None:
+    msg = RecordingMsg(raw(make_batch([20])), deliveries=deliveries)
+    await handler_with(store, MemoryOutbox(fail=lambda m: True)).handle([msg])
+    assert msg.calls == [("nak", delay)]
+
+
+async def test_message_delivered_max_deliver_times_goes_to_the_dlq_unprocessed(
+    store: StreamConfigStore, make_batch: MakeBatch
+) -> None:
+    outbox = MemoryOutbox()
+    last_try = RecordingMsg(raw(make_batch([20])), deliveries=MAX_DELIVER - 1, seq=7)
+    given_up = RecordingMsg(raw(make_batch([21])), deliveries=MAX_DELIVER, seq=8)
+
+    outcome = await handler_with(store, outbox).handle([last_try, given_up])
+
+    [letter] = outbox.on(".dlq.")
+    assert (letter.headers[DLQ_KIND], letter.headers[DLQ_DELIVERIES]) == (
+        "max_deliver",
+        str(MAX_DELIVER),
+    )
+    assert letter.headers[DLQ_REASON] == f"delivered {MAX_DELIVER} times"
+    assert letter.payload == given_up.data
+    assert PointBatch.model_validate_json(letter.payload).points[0].value == 21.0
+    assert [
+        ClassifiedBatch.model_validate_json(m.payload).points[0].value
+        for m in outbox.on(".classified.")
+    ] == [20.0]
+    assert (last_try.calls, given_up.calls) == ([("ack", None)], [("ack", None)])
+    assert outcome.dead_lettered == [(given_up, "max_deliver")]
+
+
+async def test_failed_dead_letter_publish_naks_instead_of_acking(
+    store: StreamConfigStore,
+) -> None:
+    msg = RecordingMsg(b"garbage")
+    outbox = MemoryOutbox(fail=lambda m: ".dlq." in m.subject)
+    before = counter(ERRORS, stage="dlq", error_type="TimeoutError")
+    outcome = await handler_with(store, outbox).handle([msg])
+    assert msg.calls == [("nak", 0.5)]
+    assert (outcome.dead_lettered, outcome.nacked, outbox.published) == ([], [msg], [])
+    assert counter(ERRORS, stage="dlq", error_type="TimeoutError") - before == 1
+
+
+async def test_classification_defect_naks_for_a_retry(make_batch: MakeBatch) -> None:
+    def broken(*_: Any) -> StreamConfig:
+        raise KeyError("boom")
+
+    outbox = MemoryOutbox()
+    msg = RecordingMsg(raw(make_batch([20])))
+    outcome = await RawBatchHandler(NS, broken, outbox, nak_delay=0.5).handle([msg])
+    assert (msg.calls, outbox.published, outcome.nacked) == ([("nak", 0.5)], [], [msg])
+
+
+async def test_received_points_are_counted(store: StreamConfigStore, make_batch: MakeBatch) -> None:
+    before = counter(RECEIVED_POINTS)
+    await handler_with(store, MemoryOutbox()).handle(
+        [RecordingMsg(raw(make_batch([1, 2, 3]))), RecordingMsg(b"{}")]
+    )
+    assert counter(RECEIVED_POINTS) - before == 3
+
+
+# -- FastStream wiring on the in-memory broker ----------------------------------------------
+
+
+class BrokerOutbox(MemoryOutbox):
+    """Publishes through the FastStream broker, so TestNatsBroker routes it to subscribers."""
+
+    def __init__(self, broker: NatsBroker) -> None:
+        super().__init__()
+        self.broker = broker
+
+    async def publish_all(self, messages: Sequence[Outgoing]) -> list[BaseException | None]:
+        for m in messages:
+            await self.broker.publish(m.payload, m.subject, headers=m.headers)
+        return [None] * len(messages)
+
+
+@pytest.fixture
+def wired(store: StreamConfigStore) -> tuple[NatsBroker, list[tuple[str, dict[str, str], bytes]]]:
+    """A broker with the classifier subscribed and a recorder on classified + DLQ subjects."""
+    settings = ClassifierSettings(bus_prefix=PREFIX)
+    broker = build_broker(settings)
+    handler = RawBatchHandler(NS, store.resolve, BrokerOutbox(broker))
+    subscribe_classifier(broker, settings, handler)
+    seen: list[tuple[str, dict[str, str], bytes]] = []
+
+    @broker.subscriber(f"{PREFIX}.dp.classified.>")
+    @broker.subscriber(NS.dlq_subject("classifier"))
+    async def record(msg: NatsMessage) -> None:
+        seen.append((msg.raw_message.subject, dict(msg.headers), msg.raw_message.data))
+
+    return broker, seen
+
+
+async def test_broker_delivers_raw_batches_to_the_handler(
+    wired: tuple[NatsBroker, list[tuple[str, dict[str, str], bytes]]], make_batch: MakeBatch
+) -> None:
+    broker, seen = wired
+    batch = make_batch([20, 130], source_id="rack 7.a")
+    async with TestNatsBroker(broker) as br:
+        await br.publish(raw(batch), NS.raw_subject("iot", "rack 7.a"))
+
+    assert [s for s, _, _ in seen] == [
+        f"{PREFIX}.dp.classified.iot.normal.rack%207%2Ea",
+        f"{PREFIX}.dp.classified.iot.critical.rack%207%2Ea",
+    ]
+    normal, critical = (ClassifiedBatch.model_validate_json(body) for _, _, body in seen)
+    assert (normal.cls, normal.source_id, [p.value for p in normal.points]) == (
+        PointClass.NORMAL,
+        "rack 7.a",
+        [20.0],
+    )
+    [cp] = critical.points
+    assert (cp.rule, cp.reason, cp.config_version) == (
+        "physical_range",
+        "value 130.0 is above the physical maximum 125.0",
+        5,
+    )
+    assert seen[1][1][MSG_ID_HEADER] == batch_msg_id(
+        "iot", "rack 7.a", [("temp", batch.points[1].ts)], "critical"
+    )
+
+
+async def test_broker_sends_a_malformed_message_to_the_dlq(
+    wired: tuple[NatsBroker, list[tuple[str, dict[str, str], bytes]]], make_batch: MakeBatch
+) -> None:
+    broker, seen = wired
+    async with TestNatsBroker(broker) as br:
+        await br.publish(b'{"domain": "IOT"}', NS.raw_subject("iot", "dev-1"))
+        await br.publish(raw(make_batch([22])), NS.raw_subject("iot", "dev-1"))
+
+    assert [s for s, _, _ in seen] == [
+        NS.dlq_subject("classifier"),
+        NS.classified_subject("iot", "normal", "dev-1"),
+    ]
+    _, headers, body = seen[0]
+    assert body == b'{"domain": "IOT"}'
+    assert (headers[DLQ_KIND], headers[DLQ_SUBJECT], headers[DLQ_CONSUMER]) == (
+        "invalid_batch",
+        NS.raw_subject("iot", "dev-1"),
+        "classifier",
+    )
+    assert "domain: String should match pattern" in headers[DLQ_REASON]
+    assert (
+        headers[MSG_ID_HEADER]
+        == dead_letter_headers(
+            "classifier",
+            "invalid_batch",
+            headers[DLQ_REASON],
+            NS.raw_subject("iot", "dev-1"),
+            1,
+            body,
+        )[MSG_ID_HEADER]
+    )
+
+
+async def test_broker_ignores_subjects_outside_the_raw_namespace(
+    wired: tuple[NatsBroker, list[tuple[str, dict[str, str], bytes]]], make_batch: MakeBatch
+) -> None:
+    broker, seen = wired
+    async with TestNatsBroker(broker) as br:
+        await br.publish(raw(make_batch([20])), Namespace("other").raw_subject("iot", "dev-1"))
+    assert seen == []
+
+
+# -- alert events and checkpoints -------------------------------------------------------------
+
+
+def handler_with_checkpoints(
+    store: StreamConfigStore, outbox: Any
+) -> tuple[RawBatchHandler, ClassifierState]:
+    from classifier.checkpoint import Checkpointer
+
+    state = ClassifierState()
+    handler = RawBatchHandler(
+        NS,
+        store.resolve,
+        outbox,
+        state,
+        checkpointer=Checkpointer(outbox, state, NS.bucket("classifier-state")),
+        nak_delay=0.5,
+    )
+    return handler, state
+
+
+async def test_alert_events_and_checkpoint_go_out_with_the_outputs_before_the_ack(
+    store: StreamConfigStore, make_batch: MakeBatch
+) -> None:
+    outbox = MemoryOutbox()
+    handler, _ = handler_with_checkpoints(store, outbox)
+    msg = RecordingMsg(raw(make_batch([35, 36])))  # consecutive 1: a warning alert opens
+
+    await handler.handle([msg])
+
+    [event] = outbox.on(".dp.alert.")
+    assert event.subject == NS.alert_subject("iot", "warning", "dev-1")
+    assert event.stream == NS.stream("DP_EVENTS")
+    body = json.loads(event.payload)  # type: ignore[arg-type]
+    assert event.headers == {MSG_ID_HEADER: f"{body['alert_id']}:opened"}
+    [checkpoint] = [m for m in outbox.published if m.subject.startswith("$KV.")]
+    key = f"{escape_key('iot')}.{escape_key('dev-1')}"  # one document per (domain, source)
+    assert checkpoint.subject == f"$KV.{NS.bucket('classifier-state')}.{key}"
+    assert msg.calls == [("ack", None)]
+
+
+async def test_failed_event_publish_naks_and_the_redelivery_publishes_it_again(
+    store: StreamConfigStore, make_batch: MakeBatch
+) -> None:
+    failing = {"on": True}
+    outbox = MemoryOutbox(fail=lambda m: failing["on"] and ".dp.alert." in m.subject)
+    handler, state = handler_with_checkpoints(store, outbox)
+    payload = raw(make_batch([35, 36]))
+
+    first = RecordingMsg(payload)
+    await handler.handle([first])
+    assert first.calls == [("nak", 0.5)]
+    assert outbox.on(".dp.alert.") == []
+    pending = state.get(("iot", "dev-1", "temp")).pending  # type: ignore[union-attr]
+    assert len(pending) == 1
+
+    failing["on"] = False
+    again = RecordingMsg(payload, deliveries=2)
+    await handler.handle([again])  # its points are duplicates now: no new event, the old one
+    [event] = outbox.on(".dp.alert.")
+    assert event.headers == {MSG_ID_HEADER: pending[0].msg_id}
+    assert again.calls == [("ack", None)]
+    assert state.get(("iot", "dev-1", "temp")).pending == []  # type: ignore[union-attr]

@@ -1,0 +1,1 @@
+"""ml-batch: not implemented yet (issue #9)."""

@@ -1,0 +1,1 @@
+"""writer-postgres: classified batches from ``dp.classified.>`` into PostgreSQL/TimescaleDB."""

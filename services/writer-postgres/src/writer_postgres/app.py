@@ -1,0 +1,247 @@
+"""Wiring: settings → migrations, asyncpg pool, NATS pull consumer, partition upkeep, ops routes.
+
+The consume loop uses nats-py's ``pull_subscribe_bind`` + ``fetch`` directly instead of
+FastStream's ``PullSub(batch=True)`` subscriber: in faststream 0.7.8 that subscriber keeps
+fetching to fill a batch, and when nats-py ends the continuation with a plain
+``asyncio.TimeoutError`` (it only catches ``nats.errors.TimeoutError``) the task crashes and
+the messages it had already fetched are neither handled nor nakked — they come back only after
+the consumer's 30 s ack wait (measured: a test waiting 20 s failed one run in two). Our loop
+hands each fetch to ``ClassifiedWriter``, which settles every message itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any
+
+import asyncpg
+import nats.errors
+import structlog
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from starlette.applications import Starlette
+
+from tributary_contracts import (
+    CONSUMERS,
+    DP_CLASSIFIED,
+    DP_DLQ,
+    DP_EVENTS,
+    WRITER_POSTGRES_ALERTS_DURABLE,
+    WRITER_POSTGRES_DURABLE,
+    ensure_consumer,
+    ensure_jetstream,
+)
+from tributary_runtime.bus import connect_nats
+from tributary_runtime.ops import ops_routes
+from writer_postgres import metrics
+from writer_postgres.alerts import AlertStore, AlertWriter
+from writer_postgres.consume import CONSUMER, ClassifiedWriter, DeadLetterPublish
+from writer_postgres.errors import Failure, classify_error, describe_error
+from writer_postgres.migrate import migrate, storage_mode
+from writer_postgres.partitions import ensure_partitions
+from writer_postgres.settings import WriterPostgresSettings
+from writer_postgres.store import PointStore, prepare_connection
+
+log = structlog.get_logger(__name__)
+
+FetchHandler = Callable[[Sequence[Msg]], Awaitable[None]]
+
+
+def dead_letter_publisher(
+    js: JetStreamContext, settings: WriterPostgresSettings, consumer: str = CONSUMER
+) -> DeadLetterPublish:
+    """Publish on ``dp.dlq.<consumer>``, awaiting the JetStream ack."""
+    ns = settings.namespace
+    subject, stream = ns.dlq_subject(consumer), ns.stream(DP_DLQ)
+
+    async def publish(body: bytes, headers: dict[str, str]) -> None:
+        await js.publish(subject, body, headers=headers, stream=stream, timeout=5.0)
+
+    return publish
+
+
+async def consume(
+    js: JetStreamContext, settings: WriterPostgresSettings, handle: FetchHandler,
+    stopping: asyncio.Event, durable: str = WRITER_POSTGRES_DURABLE,
+    stream_base: str = DP_CLASSIFIED,
+) -> None:
+    """Fetch from the durable consumer ``durable`` (on ``stream_base``) into ``handle`` until
+    ``stopping``.
+
+    Never ends on an error: a failed fetch (bus restarting, consumer briefly missing) is counted,
+    logged and retried after a second; nats-py reconnects underneath.
+    """
+    ns = settings.namespace
+    sub: JetStreamContext.PullSubscription | None = None
+    try:
+        while not stopping.is_set():
+            try:
+                if sub is None:
+                    sub = await js.pull_subscribe_bind(
+                        durable=durable, stream=ns.stream(stream_base)
+                    )
+                try:
+                    messages = await sub.fetch(
+                        settings.fetch_batch_size, timeout=settings.fetch_timeout_seconds
+                    )
+                except (TimeoutError, nats.errors.TimeoutError):
+                    continue  # nothing to do right now
+                await handle(messages)
+            except Exception as exc:
+                metrics.ERRORS.labels("fetch", type(exc).__name__).inc()
+                log.warning("fetch failed, retrying", error=describe_error(exc))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stopping.wait(), timeout=1.0)
+    finally:
+        if sub is not None:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
+
+async def _retry_transient(what: str, action: Callable[[], Awaitable[Any]], within: float) -> Any:
+    """Run ``action``, retrying transient failures (server still starting) for ``within`` s."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            return await action()
+        except Exception as exc:
+            if classify_error(exc) is Failure.PERMANENT or time.monotonic() > deadline:
+                raise
+            log.warning(f"{what} not reachable yet, retrying", error=describe_error(exc))
+            await asyncio.sleep(1.0)
+
+
+class WriterService:
+    """The running writer: pool, NATS, consume loop, maintenance; run by the app's lifespan."""
+
+    def __init__(self, settings: WriterPostgresSettings) -> None:
+        self.settings = settings
+        self.pool: asyncpg.Pool | None = None
+        self.nc: Client | None = None
+        self.writer: ClassifiedWriter | None = None
+        self.alerts: AlertWriter | None = None
+        self._stopping = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        s = self.settings
+        await _retry_transient(
+            "PostgreSQL",
+            lambda: migrate(s.dsn, s.partition_months_back, s.partition_months_ahead),
+            s.startup_timeout_seconds,
+        )
+        self.pool = await asyncpg.create_pool(
+            s.dsn, min_size=1, max_size=s.pool_size, init=prepare_connection,
+            command_timeout=s.write_timeout_seconds,
+        )
+        self.nc = await connect_nats(s, CONSUMER)
+        js = self.nc.jetstream()
+        await ensure_jetstream(js, s.namespace)
+        for durable in (WRITER_POSTGRES_DURABLE, WRITER_POSTGRES_ALERTS_DURABLE):
+            await ensure_consumer(js, s.namespace, durable)
+            await self._check_consumer(js, durable)
+        self.writer = ClassifiedWriter(
+            store=PointStore(self.pool, s.write_timeout_seconds),
+            routes=s.routes,
+            dead_letter=dead_letter_publisher(js, s),
+            backoff_seconds=s.nak_backoff_seconds,
+            backoff_max_seconds=s.nak_backoff_max_seconds,
+        )
+        self._stopping.clear()
+        self._tasks = [
+            asyncio.create_task(consume(js, s, self.writer.handle, self._stopping), name="consume")
+            for _ in range(s.consumers)
+        ]
+        # Alert events are few (one per alert transition): one loop is plenty.
+        self.alerts = AlertWriter(
+            store=AlertStore(self.pool, s.write_timeout_seconds),
+            dead_letter=dead_letter_publisher(js, s, WRITER_POSTGRES_ALERTS_DURABLE),
+            backoff_seconds=s.nak_backoff_seconds,
+            backoff_max_seconds=s.nak_backoff_max_seconds,
+        )
+        self._tasks.append(asyncio.create_task(
+            consume(js, s, self.alerts.handle, self._stopping,
+                    durable=WRITER_POSTGRES_ALERTS_DURABLE, stream_base=DP_EVENTS),
+            name="consume-alerts",
+        ))
+        self._tasks.append(asyncio.create_task(self._keep_partitions(), name="partitions"))
+        log.info("writer-postgres started", subject=s.namespace.all_classified(),
+                 durable=WRITER_POSTGRES_DURABLE, alerts_subject=s.namespace.all_alerts(),
+                 alerts_durable=WRITER_POSTGRES_ALERTS_DURABLE, routes=s.sink_routes)
+
+    async def _check_consumer(self, js: JetStreamContext, durable: str) -> None:
+        # nats-server 2.9 silently ignores what it does not know: verify what was created.
+        definition = CONSUMERS[durable]
+        info = await js.consumer_info(definition.stream_name(self.settings.namespace), durable)
+        expected = definition.filter_subject(self.settings.namespace)
+        if info.config.filter_subject != expected:
+            raise RuntimeError(
+                f"consumer {durable} filters {info.config.filter_subject!r}, "
+                f"expected {expected!r}; delete it to let the writer recreate it"
+            )
+
+    async def _keep_partitions(self) -> None:
+        """Every ``partition_check_seconds``: make sure monthly partitions exist ahead."""
+        s = self.settings
+        while not self._stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), timeout=s.partition_check_seconds)
+                return
+            try:
+                assert self.pool is not None
+                async with self.pool.acquire() as conn:
+                    if await storage_mode(conn) == "partitioned":
+                        await ensure_partitions(
+                            conn, s.partition_months_back, s.partition_months_ahead
+                        )
+            except Exception as exc:  # next round retries; the DEFAULT partition takes points
+                metrics.ERRORS.labels("partitions", type(exc).__name__).inc()
+                log.warning("partition maintenance failed", error=describe_error(exc))
+
+    async def stop(self) -> None:
+        """Let the current fetch finish (its acks sent), then close NATS and the pool."""
+        self._stopping.set()
+        if self._tasks:
+            _, late = await asyncio.wait(self._tasks, timeout=self.settings.write_timeout_seconds)
+            for task in late:  # unacked messages are redelivered after the ack wait
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.nc is not None:
+            # Not drain(): it would wait for the pull inbox, which nobody reads any more.
+            with contextlib.suppress(Exception):
+                await self.nc.flush(timeout=5)  # the last acks and naks
+            await self.nc.close()
+        if self.pool is not None:
+            await asyncio.wait_for(self.pool.close(), timeout=10)
+
+    async def ready(self) -> dict[str, bool]:
+        """Readiness: NATS connected and PostgreSQL answering."""
+        nats_ok = self.nc is not None and self.nc.is_connected
+        db_ok = False
+        if self.pool is not None:
+            try:
+                db_ok = await self.pool.fetchval("SELECT 1", timeout=2) == 1
+            except Exception:
+                db_ok = False
+        return {"nats": nats_ok, "postgres": db_ok}
+
+
+def create_app(settings: WriterPostgresSettings) -> Starlette:
+    """The ASGI app: ``/health``, ``/ready``, ``/metrics``; its lifespan runs the writer."""
+    service = WriterService(settings)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await service.start()
+        try:
+            yield
+        finally:
+            await service.stop()
+
+    app = Starlette(routes=ops_routes(service.ready), lifespan=lifespan)
+    app.state.service = service
+    return app

@@ -1,0 +1,82 @@
+"""Settings of writer-postgres (env vars, prefix-free; validated before anything connects)."""
+
+from __future__ import annotations
+
+from pydantic import Field, SecretStr, field_validator
+
+from tributary_contracts import SinkRoutes
+from tributary_runtime.settings import ServiceSettings
+
+DEFAULT_DSN = "postgresql://postgres@127.0.0.1:5432/tributary"
+
+
+class WriterPostgresSettings(ServiceSettings):
+    """Everything writer-postgres reads from the environment."""
+
+    port: int = Field(
+        default=8020, ge=1, le=65535, description="HTTP port of /health, /ready and /metrics."
+    )
+    postgres_dsn: SecretStr = Field(
+        default=SecretStr(DEFAULT_DSN),
+        description=f"PostgreSQL DSN (default {DEFAULT_DSN}); the database is created if missing.",
+    )
+    sink_routes: str = Field(
+        default="*=postgres",
+        description="Which writer owns which domain (e.g. iot=sqlserver,*=postgres).",
+    )
+    fetch_batch_size: int = Field(
+        default=64, ge=1, le=10_000,
+        description="Most messages (batches of points) pulled and written in one transaction.",
+    )
+    fetch_timeout_seconds: float = Field(
+        default=0.5, gt=0, le=30,
+        description="Longest wait for a fetch's first message (a fetch takes what is there).",
+    )
+    consumers: int = Field(
+        default=2, ge=1, le=32,
+        description="Concurrent fetch-and-write loops (one parses while another commits).",
+    )
+    pool_size: int = Field(
+        default=4, ge=1, le=100, description="Most PostgreSQL connections in the pool."
+    )
+    write_timeout_seconds: float = Field(
+        default=20.0, gt=0, le=300,
+        description="Timeout of one database statement (stays below the consumer's ack wait).",
+    )
+    partition_months_back: int = Field(
+        default=3, ge=0, le=120,
+        description="Monthly partitions created behind the current month (native partitioning).",
+    )
+    partition_months_ahead: int = Field(
+        default=3, ge=1, le=120,
+        description="Monthly partitions kept ready ahead of the current month.",
+    )
+    partition_check_seconds: float = Field(
+        default=3600.0, gt=0,
+        description="How often the maintenance task makes sure partitions exist ahead.",
+    )
+    startup_timeout_seconds: float = Field(
+        default=60.0, ge=0,
+        description="How long start waits for an unreachable PostgreSQL before giving up.",
+    )
+    nak_backoff_seconds: float = Field(
+        default=1.0, ge=0,
+        description="Redelivery delay after a transient error; doubles with each delivery.",
+    )
+    nak_backoff_max_seconds: float = Field(
+        default=60.0, ge=0, description="Upper bound of the redelivery delay."
+    )
+
+    @field_validator("sink_routes")
+    @classmethod
+    def _routes_parse(cls, value: str) -> str:
+        SinkRoutes.parse(value)  # raises ValueError naming the bad entry
+        return value
+
+    @property
+    def routes(self) -> SinkRoutes:
+        return SinkRoutes.parse(self.sink_routes)
+
+    @property
+    def dsn(self) -> str:
+        return self.postgres_dsn.get_secret_value()

@@ -1,0 +1,111 @@
+"""Writing classified points into ``data_points``: COPY into staging, one INSERT … SELECT.
+
+Per transaction: the rows are COPYed (binary, fast) into a per-connection temporary staging
+table, then moved with ``INSERT … ON CONFLICT (domain, source_id, stream_id, time) DO NOTHING``.
+A point already stored (a replay, a retry) is skipped silently: that is the idempotency promise.
+The staging table is created once per connection and emptied by every commit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import asyncpg
+import orjson
+
+from tributary_contracts import ClassifiedBatch, ClassifiedPoint
+
+STAGING_TABLE = "data_points_staging"
+
+COLUMNS = (
+    "time", "domain", "source_id", "stream_id", "value", "cls", "reason", "stream_type",
+    "sequence", "metadata", "transport", "received_at", "rule", "config_version", "legacy",
+)
+"""Column order of a row tuple (and of the staging table)."""
+
+Row = tuple[Any, ...]
+
+_STAGING_DDL = f"""
+CREATE TEMP TABLE IF NOT EXISTS {STAGING_TABLE} (
+    time timestamptz, domain text, source_id text, stream_id text, value double precision,
+    cls text, reason text, stream_type text, sequence bigint, metadata text, transport text,
+    received_at timestamptz, rule text, config_version bigint, legacy text
+) ON COMMIT DELETE ROWS
+"""
+
+_CASTS = {"metadata": "metadata::jsonb", "legacy": "legacy::jsonb"}
+_COLUMN_LIST = ", ".join(COLUMNS)
+_INSERT = (
+    f"INSERT INTO data_points ({_COLUMN_LIST}) "
+    f"SELECT {', '.join(_CASTS.get(c, c) for c in COLUMNS)} FROM {STAGING_TABLE} "
+    "ON CONFLICT (domain, source_id, stream_id, time) DO NOTHING"
+)
+
+_EMPTY_JSON = "{}"
+
+
+def point_row(batch: ClassifiedBatch, point: ClassifiedPoint) -> Row:
+    """The ``data_points`` row of one point (metadata and legacy ids as JSON text)."""
+    metadata = orjson.dumps(point.metadata).decode() if point.metadata else _EMPTY_JSON
+    legacy = (
+        orjson.dumps(point.legacy.model_dump(exclude_none=True)).decode()
+        if point.legacy is not None
+        else None
+    )
+    return (
+        point.ts, batch.domain, batch.source_id, point.stream_id, point.value, batch.cls.value,
+        point.reason, point.stream_type, point.sequence, metadata, batch.transport.value,
+        batch.received_at, point.rule, point.config_version, legacy,
+    )
+
+
+def batch_rows(batch: ClassifiedBatch) -> tuple[list[Row], list[int], list[tuple[int, Exception]]]:
+    """Rows of a batch's points, the point index of each row, and (point index, error) for
+    points no row can be built of (orjson refuses e.g. a lone surrogate in metadata)."""
+    try:
+        rows = [point_row(batch, point) for point in batch.points]
+    except (TypeError, ValueError):
+        pass  # rare: redo point by point to find which
+    else:
+        return rows, list(range(len(rows))), []
+    rows, row_points = [], []
+    unbuildable: list[tuple[int, Exception]] = []
+    for index, point in enumerate(batch.points):
+        try:
+            rows.append(point_row(batch, point))
+            row_points.append(index)
+        except (TypeError, ValueError) as exc:
+            unbuildable.append((index, exc))
+    return rows, row_points, unbuildable
+
+
+async def prepare_connection(conn: asyncpg.Connection) -> None:
+    """Pool ``init``: create this connection's staging table (lives as long as the session)."""
+    await conn.execute(_STAGING_DDL)
+
+
+class PointStore:
+    """Writes rows into ``data_points`` (pool connections must have run ``prepare_connection``)."""
+
+    def __init__(self, pool: asyncpg.Pool, timeout: float = 20.0) -> None:
+        self._pool = pool
+        self._timeout = timeout
+
+    async def write_rows(self, rows: Sequence[Row]) -> int:
+        """Store ``rows`` in one transaction; returns how many were new (duplicates skipped)."""
+        if not rows:
+            return 0
+        async with self._pool.acquire(timeout=self._timeout) as conn, conn.transaction():
+            await conn.copy_records_to_table(
+                STAGING_TABLE, records=rows, columns=COLUMNS, timeout=self._timeout
+            )
+            status = await conn.execute(_INSERT, timeout=self._timeout)
+        return int(status.rsplit(" ", 1)[-1])  # "INSERT 0 <n>"
+
+    async def write_batches(self, batches: Iterable[ClassifiedBatch]) -> int:
+        """Store every point of ``batches`` in one transaction; returns the number inserted."""
+        rows: list[Row] = []
+        for batch in batches:
+            rows.extend(point_row(batch, point) for point in batch.points)
+        return await self.write_rows(rows)

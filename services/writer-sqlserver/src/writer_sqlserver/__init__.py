@@ -1,0 +1,1 @@
+"""writer-sqlserver: not implemented yet (issue #7)."""

@@ -1,0 +1,30 @@
+# One task runner for the monorepo. On a fresh machine `make run` and `make test` do all set-up.
+SHELL := /bin/bash
+PY := .venv/bin/python
+
+.PHONY: install servers run test lint bench bootstrap clean
+
+install:  ## OS packages if missing, .venv, every lib and implemented service (editable)
+	@bash deploy/local/install.sh
+
+servers:  ## make sure NATS/JetStream, PostgreSQL and Mosquitto are up on loopback
+	@bash deploy/local/servers.sh
+
+run: install servers  ## the whole fleet against the local servers; Ctrl-C stops it
+	@$(PY) deploy/local/fleet.py
+
+test: install servers  ## unit, handler, integration and e2e tests
+	@$(PY) -m pytest -q
+
+lint: install
+	@.venv/bin/ruff check libs services tests deploy bench
+	@.venv/bin/mypy libs/contracts/src
+
+bench: install servers  ## every transport end to end vs this machine's limits (not a test); BENCH_ARGS="--duration 30"
+	@$(PY) bench/run.py $(BENCH_ARGS)
+
+bootstrap: install servers  ## create/update streams, buckets, consumers
+	@.venv/bin/tributary bootstrap
+
+clean:
+	rm -rf .venv .tributary .pytest_cache .ruff_cache .mypy_cache

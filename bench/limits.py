@@ -1,0 +1,206 @@
+"""Physical limits of this machine, measured in the same run as the fleet, for the ratios.
+
+- PostgreSQL: binary COPY into a scratch table without indexes, and the writer's own staged path
+  (COPY into its temporary staging table, then its ``INSERT … SELECT … ON CONFLICT DO NOTHING``)
+  into a scratch table with the ``data_points`` unique key — rows/s.
+- JetStream from Python (nats-py): ``publish_async`` with the PubAcks awaited together, and a
+  durable pull consumer doing ``fetch(500)`` + ack per message — msgs/s.
+- An empty Starlette POST handler (reads the body, answers 202) under uvicorn with uvloop and
+  httptools — req/s, driven by the same raw HTTP client and body size as the HTTP transport.
+
+Each figure is bounded by a row/message count and by ``seconds``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import asyncpg
+import orjson
+from loads import http_post, make_points, post_head
+
+# The writer's SQL, so the limit is the path the fleet really takes (private names, read-only).
+from writer_postgres.store import _INSERT, _STAGING_DDL, COLUMNS, STAGING_TABLE
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def scratch_rows(first: int, count: int) -> list[tuple[object, ...]]:
+    now = datetime.now(UTC)
+    return [
+        (
+            T0 + timedelta(seconds=n),
+            "infrastructure",
+            f"limit-{n % 8}",
+            f"s{n % 10}",
+            float(n),
+            "normal",
+            None,
+            "cpu_usage",
+            n,
+            "{}",
+            "http",
+            now,
+            None,
+            None,
+            None,
+        )
+        for n in range(first, first + count)
+    ]
+
+
+async def pg_limits(dsn: str, rows: int, batch: int, seconds: float) -> dict[str, float]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute("DROP TABLE IF EXISTS bench_copy_scratch, bench_upsert_scratch")
+        await conn.execute("CREATE TABLE bench_copy_scratch (LIKE data_points INCLUDING DEFAULTS)")
+        await conn.execute(
+            "CREATE TABLE bench_upsert_scratch (LIKE data_points INCLUDING DEFAULTS)"
+        )
+        await conn.execute(
+            "ALTER TABLE bench_upsert_scratch ADD CONSTRAINT bench_upsert_scratch_key "
+            "UNIQUE (domain, source_id, stream_id, time)"
+        )
+        prepared = [scratch_rows(i, min(batch, rows - i)) for i in range(0, rows, batch)]
+
+        async def timed(one_batch: object) -> float:
+            done, started = 0, time.perf_counter()
+            for chunk in prepared:
+                if time.perf_counter() - started > seconds:
+                    break
+                await one_batch(chunk)  # type: ignore[operator]
+                done += len(chunk)
+            return done / (time.perf_counter() - started)
+
+        async def copy(chunk: list[tuple[object, ...]]) -> None:
+            await conn.copy_records_to_table("bench_copy_scratch", records=chunk, columns=COLUMNS)
+
+        await conn.execute(_STAGING_DDL)
+        upsert_sql = _INSERT.replace("INTO data_points", "INTO bench_upsert_scratch")
+
+        async def staged(chunk: list[tuple[object, ...]]) -> None:
+            async with conn.transaction():
+                await conn.copy_records_to_table(STAGING_TABLE, records=chunk, columns=COLUMNS)
+                await conn.execute(upsert_sql)
+
+        return {
+            "pg_copy_rows_per_s": round(await timed(copy)),
+            "pg_staged_upsert_rows_per_s": round(await timed(staged)),
+        }
+    finally:
+        await conn.execute("DROP TABLE IF EXISTS bench_copy_scratch, bench_upsert_scratch")
+        await conn.close()
+
+
+async def jetstream_limits(
+    nats_url: str, prefix: str, messages: int, payload_bytes: int, seconds: float
+) -> dict[str, float]:
+    import nats
+
+    nc = await nats.connect(nats_url)
+    js = nc.jetstream(publish_async_max_pending=4000)
+    stream, subject = f"{prefix}_BENCH_LIMIT", f"{prefix}.benchlimit.x"
+    payload = b"x" * payload_bytes
+    try:
+        await js.add_stream(name=stream, subjects=[f"{prefix}.benchlimit.>"])
+        sent, started = 0, time.perf_counter()
+        while sent < messages and time.perf_counter() - started < seconds:
+            for _ in range(min(1000, messages - sent)):
+                await js.publish_async(subject, payload)
+            sent += min(1000, messages - sent)
+        async with asyncio.timeout(30):
+            await js.publish_async_completed()
+        publish_rate = sent / (time.perf_counter() - started)
+
+        sub = await js.pull_subscribe(subject, durable="benchlimit", stream=stream)
+        got, started = 0, time.perf_counter()
+        while got < sent and time.perf_counter() - started < seconds:
+            try:
+                msgs = await sub.fetch(500, timeout=2)
+            except TimeoutError:
+                break
+            for msg in msgs:
+                await msg.ack()
+            got += len(msgs)
+        consume_rate = got / (time.perf_counter() - started)
+        return {
+            "js_publish_async_msgs_per_s": round(publish_rate),
+            "js_fetch_ack_msgs_per_s": round(consume_rate),
+            "js_payload_bytes": payload_bytes,
+        }
+    finally:
+        try:
+            await js.delete_stream(stream)
+        except Exception:  # never created
+            pass
+        await nc.close()
+
+
+EMPTY_APP = """
+import sys, uvicorn
+from starlette.applications import Starlette
+from starlette.responses import Response
+from starlette.routing import Route
+
+async def ingest(request):
+    await request.body()
+    return Response(b'{"accepted": 0}', status_code=202, media_type="application/json")
+
+app = Starlette(routes=[Route("/ingest/data", ingest, methods=["POST"])])
+uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), loop="uvloop", http="httptools",
+            log_level="warning", access_log=False)
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def starlette_limit(
+    connections: int, batch: int, streams: int, seconds: float
+) -> dict[str, float]:
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-c", EMPTY_APP, str(port)], cwd=Path(__file__).parent)
+    try:
+        for _ in range(100):
+            try:
+                _, w = await asyncio.open_connection("127.0.0.1", port)
+                w.close()
+                break
+            except OSError:
+                await asyncio.sleep(0.1)
+        body = orjson.dumps(
+            {
+                "source_id": "x",
+                "domain": "infrastructure",
+                "data_points": make_points(0, batch, streams),
+            }
+        )
+        head = post_head("/ingest/data", None)
+        counts = [0] * connections
+        deadline = time.monotonic() + seconds
+
+        async def client(i: int) -> None:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            for _ in range(1_000_000):
+                if time.monotonic() >= deadline:
+                    break
+                async with asyncio.timeout(10):
+                    await http_post(reader, writer, head, body)
+                counts[i] += 1
+            writer.close()
+
+        started = time.monotonic()
+        await asyncio.gather(*(client(i) for i in range(connections)))
+        return {"starlette_empty_post_req_per_s": round(sum(counts) / (time.monotonic() - started))}
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)

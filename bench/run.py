@@ -1,0 +1,612 @@
+"""The fleet against this machine's physical limits, in one run (issue 10). A measure, not a test.
+
+    make bench
+    .venv/bin/python bench/run.py --duration 10 --rate 2000 --batch 100 --sources 4 \
+        --streams 10 --transports http,ws,mqtt --out /tmp/tributary-bench
+
+Starts the fleet once as processes (``tests/e2e/fleet_process.FleetProcess``) in a fresh bus
+namespace and a fresh database, measures the physical limits (``limits.py``), then per transport
+runs two bounded phases of ``--duration`` seconds each: ``fixed`` (``--rate`` points/s offered,
+open loop) and ``saturation`` (closed loop). After each phase it waits until every acknowledged
+point is a row. Reported per phase: acked and end-to-end points/s (first send → last row), ack
+latency p50/p95/p99, CPU per service (/proc utime+stime), consumer lag (JetStream num_pending +
+num_ack_pending of classifier and writer-postgres) sampled every second and after the drain. At the
+end it checks that every acknowledged point is in PostgreSQL exactly once (count(*) and
+count(DISTINCT key) per transport and phase) and says so loudly if not (exit status 3).
+Writes result.json, result.md and timeline.png to ``--out``; removes its namespace and database.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import faulthandler
+import importlib.util
+import json
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from limits import jetstream_limits, pg_limits, starlette_limit  # noqa: E402
+from loads import PhaseLoad, PhaseRecord, run_csv, run_http, run_mqtt, run_ws  # noqa: E402
+from report import chart, markdown  # noqa: E402
+
+from tests.e2e.conftest import _drop_database, _drop_namespace  # noqa: E402
+from tests.e2e.fleet_process import FleetProcess  # noqa: E402
+
+TRANSPORTS = ("http", "ws", "mqtt", "csv")
+SHARED_SERVERS = ("nats-server", "postgres", "mosquitto")
+MAX_SAMPLES = 3600
+BASE_CSV_PORT = 8003  # deploy/local/fleet.py's port of csv-importer (not in FleetProcess's table)
+
+
+# --------------------------------------------------------------------------- /proc and metrics
+
+
+def cpu_seconds(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def peak_memory_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def server_pids() -> dict[str, list[int]]:
+    """pids of the shared local servers by name (PostgreSQL: every backend at this moment)."""
+    found: dict[str, list[int]] = {name: [] for name in SHARED_SERVERS}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                comm = (entry / "comm").read_text().strip()
+            except OSError:
+                continue
+            if comm in found:
+                found[comm].append(int(entry.name))
+    return found
+
+
+def cpu_snapshot(fleet_pids: dict[str, int]) -> dict[str, float]:
+    snap = {name: cpu_seconds(pid) for name, pid in fleet_pids.items()}
+    snap["bench (load generators)"] = cpu_seconds(os.getpid())
+    for name, pids in server_pids().items():
+        snap[f"{name} (shared)"] = sum(cpu_seconds(p) for p in pids)
+    return snap
+
+
+def metric(url: str, name: str) -> float:
+    try:
+        with urllib.request.urlopen(url + "/metrics", timeout=2) as reply:
+            for line in reply.read().decode().splitlines():
+                if line.startswith(name + " "):
+                    return float(line.split()[1])
+    except OSError:
+        pass
+    return float("nan")
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(v for v in values if v == v)  # NaN: a progress entry, not an ack
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
+
+
+# --------------------------------------------------------------------------------- the bench
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.prefix = f"b{uuid.uuid4().hex[:10]}"
+        self.spool = tempfile.mkdtemp(prefix="tributary-bench-csv-")
+        self.fleet = FleetProcess(
+            self.prefix,
+            f"{args.postgres_base}/bench_{self.prefix}",
+            args.nats_url,
+            # The bench's MQTT session need not outlive it on the shared local broker.
+            extra_env={
+                "MQTT_SESSION_EXPIRY_SECONDS": "60",
+                "LOG_LEVEL": "WARNING",
+                "SPOOL_DIR": self.spool,
+                # Room for the bench's window: the broker then never queues for the gateway
+                # (Mosquitto drops beyond max_queued_messages, 1000 by default).
+                "MAX_IN_FLIGHT": str(max(2000, args.mqtt_window)),
+            },
+        )
+        self.t0 = 0.0
+        self.samples: list[dict[str, Any]] = []
+        self.phase_label = "idle"
+        self.sent: dict[str, int] = {}  # "transport-phase" → points acknowledged
+        self.not_available: list[str] = []
+
+    # ------------------------------------------------------------------------------ sampling
+
+    async def lag(self) -> dict[str, int]:
+        from tributary_contracts import CONSUMERS, Namespace
+
+        ns = Namespace(self.prefix)
+        out = {}
+        for durable in ("classifier", "writer-postgres"):
+            try:
+                info = await self.js.consumer_info(CONSUMERS[durable].stream_name(ns), durable)
+                out[durable] = int(info.num_pending or 0) + int(info.num_ack_pending or 0)
+            except Exception:
+                out[durable] = -1
+        return out
+
+    async def raw_seq(self) -> int:
+        from tributary_contracts import Namespace
+        from tributary_contracts.jetstream import DP_RAW
+
+        info = await self.js.stream_info(Namespace(self.prefix).stream(DP_RAW))
+        return int(info.state.last_seq)
+
+    async def sampler(self, stop: asyncio.Event) -> None:
+        writer_url = self.fleet.url("writer-postgres")
+        last_written, last_t = None, None
+        for _ in range(MAX_SAMPLES):
+            t = time.monotonic() - self.t0
+            written = await asyncio.to_thread(
+                metric, writer_url, "writer_postgres_points_written_total"
+            )
+            rate = (
+                (written - last_written) / (t - last_t)
+                if last_written is not None and last_t is not None and written == written
+                else 0.0
+            )
+            last_written, last_t = written, t
+            self.samples.append(
+                {
+                    "t": round(t, 2),
+                    "phase": self.phase_label,
+                    "rows_per_s": round(rate),
+                    "lag": await self.lag(),
+                }
+            )
+            try:
+                async with asyncio.timeout(1.0):
+                    await stop.wait()
+                return
+            except TimeoutError:
+                pass
+
+    # --------------------------------------------------------------------------------- rows
+
+    async def count_rows(self) -> int:
+        return int(await self.db.fetchval("SELECT count(*) FROM data_points"))
+
+    async def wait_rows(self, target: int) -> tuple[int, float]:
+        """Poll until ``target`` rows are visible (or the drain timeout); (rows, when)."""
+        deadline = time.monotonic() + self.args.drain_timeout
+        rows = await self.count_rows()
+        while rows < target and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+            rows = await self.count_rows()
+        return rows, time.monotonic()
+
+    # ------------------------------------------------------------------------------- phases
+
+    async def run_phase(self, transport: str, phase: str, duration: float) -> dict[str, Any]:
+        a = self.args
+        batch = 1 if transport == "mqtt" else a.batch
+        load = PhaseLoad(
+            transport,
+            phase,
+            duration,
+            a.rate,
+            batch,
+            a.sources,
+            a.streams,
+            ws_window=a.ws_window,
+            mqtt_window=a.mqtt_window,
+        )
+        record = PhaseRecord()
+        rows_before = await self.count_rows()
+        seq_before = await self.raw_seq()
+        self.phase_label = f"{transport}-{phase}"
+        pids = self.fleet.child_pids()
+        cpu_before = cpu_snapshot(pids)
+        if transport == "csv":
+            port = BASE_CSV_PORT + self.fleet.port_offset
+            await run_csv(load, port, self.fleet.admin_key, a.csv_rows, record)
+        elif transport == "http":
+            await run_http(load, self.port("gateway-http"), self.fleet.admin_key, record)
+        elif transport == "ws":
+            await run_ws(load, self.port("gateway-ws"), self.fleet.admin_key, record)
+        else:
+            await run_mqtt(load, self.prefix, self.fleet.url("gateway-mqtt") + "/metrics", record)
+        send_seconds = record.send_done - record.started
+        cpu_after = cpu_snapshot(pids)
+        seq_after = await self.raw_seq()
+        rows, last_row_at = await self.wait_rows(rows_before + record.points)
+        lag_after = await self.lag()
+        self.phase_label = "drain"
+        self.sent[f"{transport}-{phase}"] = record.points
+        latencies = [lat for _, lat, _ in record.acks]
+        in_phase = [s for s in self.samples if s["phase"] == f"{transport}-{phase}"]
+        return {
+            "transport": transport,
+            "phase": phase,
+            "t_start": round(record.started - self.t0, 2),
+            "t_end": round(record.send_done - self.t0, 2),
+            "offered_points_per_s": a.rate if phase == "fixed" else float("nan"),
+            "points_acked": record.points,
+            "acks": len(record.acks),
+            "errors": record.errors,
+            "send_seconds": round(send_seconds, 2),
+            "acked_points_per_s": round(record.points / send_seconds),
+            "acks_per_s": round(len(record.acks) / send_seconds),
+            "rows_stored": rows - rows_before,
+            "e2e_seconds": round(last_row_at - record.started, 2),
+            "e2e_points_per_s": round((rows - rows_before) / (last_row_at - record.started)),
+            "dp_raw_msgs_per_s": round((seq_after - seq_before) / send_seconds),
+            "ack_ms": {
+                f"p{q}": round(percentile(latencies, q / 100) * 1000, 2) for q in (50, 95, 99)
+            },
+            "ack_meaning": {
+                "http": "202 reply (after the JetStream PubAck)",
+                "ws": "ack message (after the JetStream PubAck)",
+                "mqtt": "broker PUBACK to the producer (the gateway acks the broker later)",
+                "csv": "one job: upload → status completed (every PubAck in); one sample",
+            }[transport],
+            "cpu_percent": {
+                name: round(100 * (cpu_after[name] - cpu_before.get(name, 0.0)) / send_seconds, 1)
+                for name in cpu_after
+            },
+            "lag_max": max(
+                (max(s["lag"].values()) for s in in_phase), default=max(lag_after.values())
+            ),
+            "lag_after": max(lag_after.values()),
+            "ack_timeline": record.acks,
+        }
+
+    def port(self, service: str) -> int:
+        return int(self.fleet.url(service).rsplit(":", 1)[1])
+
+    # ------------------------------------------------------------------------- verification
+
+    async def verify(self) -> dict[str, Any]:
+        rows = await self.db.fetch(
+            """
+            SELECT regexp_replace(source_id, '^bench-(.*)-[0-9]+$', '\\1') AS grp,
+                   count(*) AS rows,
+                   count(DISTINCT (domain, source_id, stream_id, time)) AS keys,
+                   count(DISTINCT transport) AS transports
+            FROM data_points GROUP BY 1
+            """
+        )
+        found = {r["grp"]: r for r in rows}
+        groups: dict[str, Any] = {}
+        for grp in sorted(set(found) | set(self.sent)):
+            r = found.get(grp)
+            sent = self.sent.get(grp, 0)
+            n, keys = (int(r["rows"]), int(r["keys"])) if r else (0, 0)
+            groups[grp] = {
+                "sent": sent,
+                "rows": n,
+                "distinct_keys": keys,
+                "lost": max(0, sent - keys),
+                "extra": max(0, n - sent),
+                "ok": n == sent == keys,
+            }
+        duplicates = metric(
+            self.fleet.url("writer-postgres"), "writer_postgres_points_duplicate_total"
+        )
+        return {
+            "ok": all(g["ok"] for g in groups.values()),
+            "groups": groups,
+            "writer_duplicates_absorbed": duplicates,
+        }
+
+    # ---------------------------------------------------------------------------------- run
+
+    async def run(self) -> dict[str, Any]:
+        import nats
+
+        a = self.args
+        # Ctrl-C or SIGTERM cancel the run; its finally stops the fleet and drops the namespace
+        # and database (a KeyboardInterrupt raised in the loop would skip that).
+        task = asyncio.current_task()
+        assert task is not None
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            asyncio.get_running_loop().add_signal_handler(sig, task.cancel)
+        started_at = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+        loadavg_start = os.getloadavg()
+        stop = asyncio.Event()
+        sampler: asyncio.Task[None] | None = None
+        self.nc = self.db = None
+        phases: list[dict[str, Any]] = []
+        limits: dict[str, float] = {}
+        try:
+            await asyncio.to_thread(self.fleet.start)
+            self.t0 = time.monotonic()
+            self.nc = await nats.connect(a.nats_url)
+            self.js = self.nc.jetstream()
+            self.db = await asyncpg.connect(self.fleet.postgres_dsn)
+            sampler = asyncio.create_task(self.sampler(stop))
+            # Warm up (connections, consumers, the writer's pool), then measure.
+            self.phase_label = "warmup"
+            await self.run_phase("http", "warmup", 2.0)  # verified at the end, not reported
+            self.phase_label = "limits"
+            limits |= await pg_limits(self.fleet.postgres_dsn, a.limit_rows, 5000, a.limit_seconds)
+            limits |= await jetstream_limits(
+                a.nats_url, self.prefix, a.limit_rows, 512, a.limit_seconds
+            )
+            limits |= await starlette_limit(a.sources, a.batch, a.streams, a.limit_seconds)
+            for transport in a.transports:
+                # A CSV job has no offered rate: it is imported as fast as the importer can.
+                for phase in ("saturation",) if transport == "csv" else ("fixed", "saturation"):
+                    print(f"bench: {transport} {phase} …", flush=True)
+                    phases.append(await self.run_phase(transport, phase, a.duration))
+            verification = await self.verify()
+            memory = {
+                name: round(peak_memory_mib(pid), 1)
+                for name, pid in self.fleet.child_pids().items()
+            }
+        finally:
+            stop.set()
+            if sampler is not None:
+                async with asyncio.timeout(10):
+                    await sampler
+            if self.db is not None:
+                await self.db.close()
+            if self.nc is not None:
+                await self.nc.close()
+            self.fleet.stop()
+            await _drop_namespace(a.nats_url, self.prefix)
+            await _drop_database(f"{a.postgres_base}/postgres", self.fleet.postgres_dsn)
+            shutil.rmtree(self.spool, ignore_errors=True)
+            # deploy/local/fleet.py keeps each namespace's admin key; this namespace is gone.
+            (ROOT / ".tributary" / f"admin-key-{self.prefix}").unlink(missing_ok=True)
+        return self.assemble(started_at, loadavg_start, limits, phases, verification, memory)
+
+    def assemble(
+        self,
+        started_at: str,
+        loadavg_start: tuple[float, float, float],
+        limits: dict[str, float],
+        phases: list[dict[str, Any]],
+        verification: dict[str, Any],
+        memory: dict[str, float],
+    ) -> dict[str, Any]:
+        a = self.args
+        acks_timeline = []
+        for p in phases:
+            buckets: dict[int, list[tuple[float, int]]] = {}
+            for t, lat, pts in p.pop("ack_timeline"):
+                buckets.setdefault(int(t - self.t0), []).append((lat, pts))
+            for second, entries in sorted(buckets.items()):
+                lats = [lat for lat, _ in entries]
+                acks_timeline.append(
+                    {
+                        "t": second + 0.5,
+                        "points": sum(n for _, n in entries),
+                        "p50_ms": round(percentile(lats, 0.5) * 1000, 2),
+                        "p99_ms": round(percentile(lats, 0.99) * 1000, 2),
+                    }
+                )
+        return {
+            "started_at": started_at,
+            "machine": machine(a, loadavg_start),
+            "options": {k: v for k, v in vars(a).items() if k not in ("postgres_base",)},
+            "options_line": (
+                f"--duration {a.duration:g} --rate {a.rate:g} --batch {a.batch} "
+                f"--sources {a.sources} --streams {a.streams} --transports "
+                f"{','.join(a.transports)} --ws-window {a.ws_window} "
+                f"--mqtt-window {a.mqtt_window} --csv-rows {a.csv_rows} "
+                f"--limit-seconds {a.limit_seconds:g}"
+            ),
+            "not_available": self.not_available,
+            "limits": limits,
+            "phases": phases,
+            "ratios": ratios(phases, limits),
+            "verification": verification,
+            "peak_rss_mib": memory,
+            "timeline": {"samples": self.samples, "acks": acks_timeline},
+        }
+
+
+def ratios(phases: list[dict[str, Any]], limits: dict[str, float]) -> list[dict[str, Any]]:
+    out = []
+
+    def add(figure: str, value: float, limit: str) -> None:
+        if limits.get(limit):
+            out.append(
+                {
+                    "figure": figure,
+                    "value": value,
+                    "limit": limit,
+                    "limit_value": limits[limit],
+                    "ratio": value / limits[limit],
+                }
+            )
+
+    for p in phases:
+        if p["phase"] != "saturation":
+            continue
+        t = p["transport"]
+        add(f"{t} e2e points/s to rows", p["e2e_points_per_s"], "pg_staged_upsert_rows_per_s")
+        add(f"{t} e2e points/s to rows", p["e2e_points_per_s"], "pg_copy_rows_per_s")
+        add(f"{t} DP_RAW msgs/s published", p["dp_raw_msgs_per_s"], "js_publish_async_msgs_per_s")
+        add(
+            f"{t} DP_RAW msgs/s (classifier pulls these)",
+            p["dp_raw_msgs_per_s"],
+            "js_fetch_ack_msgs_per_s",
+        )
+        if t == "http":
+            add("http requests/s", p["acks_per_s"], "starlette_empty_post_req_per_s")
+        if t == "mqtt":
+            add("mqtt messages/s acked", p["acks_per_s"], "js_publish_async_msgs_per_s")
+    return out
+
+
+def machine(args: argparse.Namespace, loadavg_start: tuple[float, float, float]) -> dict[str, Any]:
+    def run(cmd: list[str]) -> str:
+        try:
+            out = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
+            return (out.stdout or out.stderr).strip().splitlines()[0]
+        except (OSError, IndexError, subprocess.TimeoutExpired):
+            return "unknown"
+
+    meminfo = Path("/proc/meminfo").read_text().split()
+    cpu_model = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        "unknown",
+    )
+    return {
+        "cores": os.cpu_count(),
+        "cpu_model": cpu_model,
+        "ram_gib": round(int(meminfo[meminfo.index("MemTotal:") + 1]) / 1024 / 1024, 1),
+        "python": platform.python_version(),
+        "postgres": run(["psql", args.postgres_base, "-Atc", "SHOW server_version"]).join(
+            ["PostgreSQL ", ""]
+        ),
+        "nats_server": run(["nats-server", "--version"]).removeprefix("nats-server: "),
+        "mosquitto": run(["mosquitto", "-h"]),
+        "loadavg_start": [round(x, 2) for x in loadavg_start],
+        "loadavg_end": [round(x, 2) for x in os.getloadavg()],
+        "commit": run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"]),
+    }
+
+
+def csv_available() -> bool:
+    try:
+        return importlib.util.find_spec("csv_importer.__main__") is not None
+    except ModuleNotFoundError:
+        return False
+
+
+def main() -> None:
+    faulthandler.register(signal.SIGUSR1)  # `kill -USR1 <pid>` prints where a run is stuck
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds per phase")
+    parser.add_argument(
+        "--rate", type=float, default=2000.0, help="offered points/s in total in the fixed phase"
+    )
+    parser.add_argument(
+        "--batch",
+        type=int,
+        default=100,
+        help="points per HTTP request / WebSocket message (MQTT: 1)",
+    )
+    parser.add_argument(
+        "--sources",
+        type=int,
+        default=4,
+        help="HTTP connections / WebSocket sessions / MQTT source ids",
+    )
+    parser.add_argument("--streams", type=int, default=10, help="stream ids per source")
+    parser.add_argument(
+        "--csv-rows", type=int, default=10_000, help="rows of the CSV job (points = rows × streams)"
+    )
+    parser.add_argument(
+        "--transports",
+        default="http,ws,mqtt,csv",
+        help=f"comma-separated, of {','.join(TRANSPORTS)}",
+    )
+    parser.add_argument(
+        "--ws-window",
+        type=int,
+        default=100,
+        help="unacked messages per WebSocket session at saturation",
+    )
+    parser.add_argument(
+        "--mqtt-window",
+        type=int,
+        default=10_000,
+        help="MQTT messages not yet acked by the gateway (its MAX_IN_FLIGHT is set to this)",
+    )
+    parser.add_argument(
+        "--limit-seconds",
+        type=float,
+        default=3.0,
+        help="longest time of each physical-limit measurement",
+    )
+    parser.add_argument(
+        "--limit-rows",
+        type=int,
+        default=100_000,
+        help="rows / messages of each physical-limit measurement",
+    )
+    parser.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=60.0,
+        help="seconds to wait for the last rows after a phase",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="results folder (default: /tmp/tributary-bench-<time>)",
+    )
+    parser.add_argument("--nats-url", default="nats://127.0.0.1:4222")
+    parser.add_argument(
+        "--postgres-base",
+        default="postgresql://postgres@127.0.0.1:5432",
+        help="server DSN without database; a fresh database is used",
+    )
+    args = parser.parse_args()
+    wanted = [t.strip() for t in args.transports.split(",") if t.strip()]
+    unknown = set(wanted) - set(TRANSPORTS)
+    if unknown:
+        parser.error(f"unknown transports {sorted(unknown)}; expected some of {TRANSPORTS}")
+    not_available = []
+    if "csv" in wanted and not csv_available():
+        not_available.append("csv (csv-importer has no src/csv_importer/__main__.py)")
+        wanted.remove("csv")
+    args.transports = wanted
+    out: Path = args.out or Path(f"/tmp/tributary-bench-{time.strftime('%Y%m%d-%H%M%S')}")
+    out.mkdir(parents=True, exist_ok=True)
+    bench = Bench(args)
+    bench.not_available = not_available
+    try:
+        result = asyncio.run(bench.run())
+    except asyncio.CancelledError:
+        print("bench: interrupted; fleet stopped, namespace and database removed", file=sys.stderr)
+        sys.exit(130)
+    result["options"]["out"] = str(out)
+    (out / "result.json").write_text(json.dumps(result, indent=1, default=str) + "\n")
+    table = markdown(result)
+    (out / "result.md").write_text(table)
+    chart(result, out / "timeline.png")
+    print(table)
+    print(f"bench: wrote {out}/result.json, result.md, timeline.png")
+    if not result["verification"]["ok"]:
+        bad = {k: g for k, g in result["verification"]["groups"].items() if not g["ok"]}
+        print(f"bench: verification failed for {bad}", file=sys.stderr)
+        print(
+            "bench: !!! DATA LOST OR DOUBLED: the acknowledged points are not each exactly one "
+            "row; the throughput figures above are not valid !!!",
+            file=sys.stderr,
+        )
+        sys.exit(3)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,230 @@
+"""Run the whole fleet locally, without Docker: one process per implemented service.
+
+    .venv/bin/python deploy/local/fleet.py [--bus-prefix P] [--port-offset N]
+
+Ensures the JetStream objects, creates an admin API key on first run (kept in .tributary/),
+starts every implemented service with its output prefixed by its name, waits until each answers
+``/health``, prints the URLs and the key, restarts a service that dies, and stops everything
+cleanly on Ctrl-C or SIGTERM. Settings reach the services through the environment (NATS_URL,
+POSTGRES_DSN, SINK_ROUTES, …), exactly as in production.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib.util
+import os
+import signal
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from tributary_contracts import API_KEYS_BUCKET, CONSUMERS, ensure_jetstream
+from tributary_runtime.apikeys import ApiKeyStore, Role
+from tributary_runtime.bus import connect_nats
+from tributary_runtime.settings import ServiceSettings
+
+ROOT = Path(__file__).resolve().parents[2]
+STATE_DIR = ROOT / ".tributary"
+COLOURS = ["\033[36m", "\033[35m", "\033[33m", "\033[32m", "\033[34m", "\033[31m", "\033[37m"]
+RESET = "\033[0m"
+
+
+@dataclass(frozen=True)
+class Service:
+    name: str
+    module: str
+    port: int
+
+
+# Every service of the fleet, in start order; those not implemented yet are skipped.
+SERVICES = (
+    Service("writer-postgres", "writer_postgres", 8020),
+    Service("writer-sqlserver", "writer_sqlserver", 8021),
+    Service("classifier", "classifier", 8010),
+    Service("gateway-http", "gateway_http", 8001),
+    Service("gateway-ws", "gateway_ws", 8002),
+    Service("csv-importer", "csv_importer", 8003),
+    Service("gateway-mqtt", "gateway_mqtt", 8004),
+)
+
+
+def implemented(service: Service) -> bool:
+    try:
+        return importlib.util.find_spec(f"{service.module}.__main__") is not None
+    except ModuleNotFoundError:
+        return False
+
+
+async def prepare_bus(settings: ServiceSettings) -> str:
+    """Create streams, buckets and consumers; return the local admin key (made on first run)."""
+    nc = await connect_nats(settings, "tributary-fleet", reconnect_attempts=5)
+    try:
+        js = nc.jetstream()
+        ns = settings.namespace
+        await ensure_jetstream(js, ns, consumers=tuple(CONSUMERS))
+        store = ApiKeyStore(await js.key_value(ns.bucket(API_KEYS_BUCKET)))
+        key_file = STATE_DIR / f"admin-key{'-' + ns.prefix if ns.prefix else ''}"
+        if key_file.exists():
+            key = key_file.read_text().strip()
+            record = await store.lookup(key)
+            if record is not None and record.role == Role.ADMIN:
+                return key
+        key = await store.create(Role.ADMIN, name="local fleet admin")
+        STATE_DIR.mkdir(exist_ok=True)
+        key_file.write_text(key + "\n")
+        key_file.chmod(0o600)
+        return key
+    finally:
+        await nc.close()
+
+
+class Fleet:
+    def __init__(self, services: list[Service], env: dict[str, str], port_offset: int) -> None:
+        self.services = services
+        self.env = env
+        self.port_offset = port_offset
+        self.procs: dict[str, asyncio.subprocess.Process] = {}
+        self.stopping = False
+
+    def port(self, service: Service) -> int:
+        return service.port + self.port_offset
+
+    async def _pump(self, name: str, colour: str, stream: asyncio.StreamReader) -> None:
+        prefix = f"{colour}{name:>16}{RESET} | " if sys.stdout.isatty() else f"{name:>16} | "
+        while line := await stream.readline():
+            sys.stdout.write(prefix + line.decode(errors="replace"))
+            sys.stdout.flush()
+
+    async def _run(self, service: Service, colour: str) -> None:
+        """Keep one service running until the fleet stops (restart with backoff if it dies)."""
+        backoff = 1.0
+        while not self.stopping:
+            env = {**self.env, "PORT": str(self.port(service))}
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                service.module,
+                env=env,
+                cwd=ROOT,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+            )
+            self.procs[service.name] = proc
+            assert proc.stdout is not None
+            started = time.monotonic()
+            await self._pump(service.name, colour, proc.stdout)
+            code = await proc.wait()
+            if self.stopping:
+                return
+            if code == 2:  # invalid settings: restarting cannot help
+                print(f"fleet: {service.name} refused its settings (exit 2); not restarting")
+                return
+            backoff = 1.0 if time.monotonic() - started > 30 else min(backoff * 2, 30)
+            print(f"fleet: {service.name} exited with {code}; restarting in {backoff:.0f}s")
+            await asyncio.sleep(backoff)
+
+    async def wait_healthy(self, timeout: float = 60.0) -> list[str]:
+        """Names of services that did not answer /health within ``timeout``."""
+        deadline = time.monotonic() + timeout
+        pending = list(self.services)
+        while pending and time.monotonic() < deadline:
+            still = []
+            for service in pending:
+                try:
+                    url = f"http://127.0.0.1:{self.port(service)}/health"
+                    await asyncio.to_thread(urllib.request.urlopen, url, timeout=1)
+                except OSError:
+                    still.append(service)
+            pending = still
+            if pending:
+                await asyncio.sleep(0.3)
+        return [s.name for s in pending]
+
+    async def stop(self) -> None:
+        self.stopping = True
+        for proc in self.procs.values():
+            if proc.returncode is None:
+                proc.send_signal(signal.SIGTERM)
+        for name, proc in self.procs.items():
+            try:
+                await asyncio.wait_for(proc.wait(), timeout=15)
+            except TimeoutError:
+                print(f"fleet: {name} did not stop in 15s; killing it")
+                proc.kill()
+                await proc.wait()
+
+
+async def main_async(args: argparse.Namespace) -> int:
+    env = dict(os.environ)
+    if args.bus_prefix is not None:
+        env["BUS_PREFIX"] = args.bus_prefix
+    env.setdefault("LOG_FORMAT", "console")
+    env.setdefault("POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/tributary")
+    settings = ServiceSettings(
+        nats_url=env.get("NATS_URL", "nats://127.0.0.1:4222"), bus_prefix=env.get("BUS_PREFIX", "")
+    )
+    key = await prepare_bus(settings)
+
+    unknown = set(args.skip) - {s.name for s in SERVICES}
+    if unknown:
+        print(f"fleet: --skip names unknown services: {sorted(unknown)}", file=sys.stderr)
+        return 2
+    services = [s for s in SERVICES if implemented(s) and s.name not in args.skip]
+    fleet = Fleet(services, env, args.port_offset)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    runners = [
+        asyncio.create_task(fleet._run(s, COLOURS[i % len(COLOURS)]))
+        for i, s in enumerate(services)
+    ]
+    late = await fleet.wait_healthy()
+    gateway = next((s for s in services if s.name == "gateway-http"), None)
+    lines = ["", "Tributary fleet " + ("ready" if not late else f"started; not healthy: {late}")]
+    lines += [f"  {s.name:<16} http://127.0.0.1:{fleet.port(s)}/health" for s in services]
+    lines.append(f"  PostgreSQL       {env['POSTGRES_DSN']}")
+    lines.append(f"admin key: {key}")
+    if gateway:
+        lines.append(
+            f"try: curl -X POST http://127.0.0.1:{fleet.port(gateway)}/ingest/data "
+            f"-H 'X-API-Key: {key}' -H 'Content-Type: application/json' "
+            "-d @deploy/local/example.json"
+        )
+    lines.append("Ctrl-C stops everything.")
+    print("\n".join(lines), flush=True)
+    await stop.wait()
+    print("fleet: stopping", flush=True)
+    await fleet.stop()
+    for task in runners:
+        task.cancel()
+    print("fleet: stopped", flush=True)
+    return 0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--bus-prefix", default=None, help="namespace for subjects/streams/buckets")
+    parser.add_argument("--port-offset", type=int, default=0, help="added to every service port")
+    parser.add_argument(
+        "--skip",
+        action="append",
+        default=[],
+        metavar="SERVICE",
+        help="do not start this service (repeatable), e.g. to run it by hand",
+    )
+    try:
+        sys.exit(asyncio.run(main_async(parser.parse_args())))
+    except Exception as exc:  # e.g. NATS unreachable: one clear line, not a traceback
+        print(f"fleet: cannot start: {type(exc).__name__}: {exc}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

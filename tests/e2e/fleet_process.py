@@ -1,0 +1,140 @@
+"""Start ``deploy/local/fleet.py`` as a process for a test or a benchmark, and stop it again."""
+
+from __future__ import annotations
+
+import os
+import queue
+import random
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+BASE_PORTS = {
+    "gateway-http": 8001,
+    "gateway-ws": 8002,
+    "csv-importer": 8003,
+    "gateway-mqtt": 8004,
+    "classifier": 8010,
+    "writer-postgres": 8020,
+}
+
+
+def free_port_offset() -> int:
+    """An offset that puts every service port on a free port (bounded tries).
+
+    Ports stay below 32768, where Linux starts handing out ephemeral ports to outgoing
+    connections (one of those once took a port between this check and the service's bind)."""
+    for _ in range(50):
+        offset = random.randrange(2_000, 24_000, 100)
+        if all(_port_free(p + offset) for p in BASE_PORTS.values()):
+            return offset
+    raise RuntimeError("no free port range found")
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) != 0
+
+
+@dataclass
+class FleetProcess:
+    bus_prefix: str
+    postgres_dsn: str
+    nats_url: str
+    skip: tuple[str, ...] = ()
+    extra_env: dict[str, str] = field(default_factory=dict)
+    port_offset: int = field(default_factory=free_port_offset)
+    admin_key: str = ""
+    lines: list[str] = field(default_factory=list)
+    _proc: subprocess.Popen[str] | None = None
+    _queue: queue.Queue[str] = field(default_factory=queue.Queue)
+
+    def url(self, service: str) -> str:
+        return f"http://127.0.0.1:{BASE_PORTS[service] + self.port_offset}"
+
+    def service_env(self) -> dict[str, str]:
+        return {
+            **os.environ,
+            "NATS_URL": self.nats_url,
+            "POSTGRES_DSN": self.postgres_dsn,
+            "BUS_PREFIX": self.bus_prefix,
+            "LOG_FORMAT": "json",
+            **self.extra_env,
+        }
+
+    def start(self, timeout: float = 90.0) -> FleetProcess:
+        cmd = [
+            sys.executable,
+            str(ROOT / "deploy/local/fleet.py"),
+            "--bus-prefix",
+            self.bus_prefix,
+            "--port-offset",
+            str(self.port_offset),
+        ]
+        for name in self.skip:
+            cmd += ["--skip", name]
+        self._proc = subprocess.Popen(
+            cmd,
+            cwd=ROOT,
+            env=self.service_env(),
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        threading.Thread(target=self._read, daemon=True).start()
+        deadline = time.monotonic() + timeout
+        ready = False
+        while time.monotonic() < deadline and not (ready and self.admin_key):
+            try:
+                line = self._queue.get(timeout=0.5)
+            except queue.Empty:
+                if self._proc.poll() is not None:
+                    break
+                continue
+            ready = ready or line.startswith("Tributary fleet ready")
+            if line.startswith("admin key: "):
+                self.admin_key = line.removeprefix("admin key: ").strip()
+        if not (ready and self.admin_key):
+            self.stop()
+            raise RuntimeError("fleet did not become ready:\n" + "".join(self.lines[-60:]))
+        return self
+
+    def _read(self) -> None:
+        assert self._proc is not None and self._proc.stdout is not None
+        for line in self._proc.stdout:
+            self.lines.append(line)
+            self._queue.put(line)
+
+    def stop(self, timeout: float = 30.0) -> int | None:
+        if self._proc is None or self._proc.poll() is not None:
+            return self._proc.returncode if self._proc else None
+        self._proc.send_signal(signal.SIGINT)
+        try:
+            return self._proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            return self._proc.wait(timeout=10)
+
+    def child_pids(self) -> dict[str, int]:
+        """Service name → pid of the fleet's children (for memory figures)."""
+        assert self._proc is not None
+        found: dict[str, int] = {}
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                stat = (entry / "stat").read_text()
+                cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            if ppid == self._proc.pid and b"-m" in cmdline:
+                module = cmdline[cmdline.index(b"-m") + 1].decode()
+                found[module.replace("_", "-")] = int(entry.name)
+        return found

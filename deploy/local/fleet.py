@@ -38,12 +38,13 @@ class Service:
     name: str
     module: str
     port: int
+    needs_env: str | None = None  # started only when this variable is set (its database)
 
 
 # Every service of the fleet, in start order; those not implemented yet are skipped.
 SERVICES = (
     Service("writer-postgres", "writer_postgres", 8020),
-    Service("writer-sqlserver", "writer_sqlserver", 8021),
+    Service("writer-sqlserver", "writer_sqlserver", 8021, needs_env="MSSQL_DSN"),
     Service("classifier", "classifier", 8010),
     Service("gateway-http", "gateway_http", 8001),
     Service("gateway-ws", "gateway_ws", 8002),
@@ -174,6 +175,9 @@ async def main_async(args: argparse.Namespace) -> int:
         print(f"fleet: --skip names unknown services: {sorted(unknown)}", file=sys.stderr)
         return 2
     services = [s for s in SERVICES if implemented(s) and s.name not in args.skip]
+    for s in [s for s in services if s.needs_env and not env.get(s.needs_env)]:
+        print(f"fleet: {s.name} not started: {s.needs_env} is not set")
+        services.remove(s)
     fleet = Fleet(services, env, args.port_offset)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

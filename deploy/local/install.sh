@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Creates everything the fleet needs on a fresh Debian machine, skipping what is already there:
-# OS packages (python venv, nats-server, PostgreSQL, Mosquitto), the virtualenv in .venv, and
-# every library and implemented service installed editable with versions from constraints.txt.
+# OS packages (python venv, nats-server, PostgreSQL, Mosquitto, unixODBC + FreeTDS ODBC driver),
+# the virtualenv in .venv, and every library and implemented service installed editable with
+# versions from constraints.txt.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -12,6 +13,9 @@ python3 -c 'import venv, ensurepip' 2>/dev/null || need_apt+=(python3-venv)
 ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || need_apt+=(postgresql)
 command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || need_apt+=(mosquitto)
 command -v mosquitto_pub >/dev/null || need_apt+=(mosquitto-clients)
+# writer-sqlserver: unixODBC (pyodbc's libodbc.so.2) and the FreeTDS ODBC driver.
+command -v odbcinst >/dev/null || need_apt+=(unixodbc)
+ls /usr/lib/*/odbc/libtdsodbc.so >/dev/null 2>&1 || need_apt+=(tdsodbc)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "install: OS packages missing: ${need_apt[*]}"
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"

@@ -22,7 +22,7 @@ def store(engine: Engine, mode: str = "tables") -> LegacyStore:
     return LegacyStore(engine, mode, clock=lambda: NOW)  # type: ignore[arg-type]
 
 
-def readings(values: list[tuple[int, float, float]], cls: PointClass = PointClass.NORMAL):  # noqa: ANN201
+def readings(values: list[tuple[int, float, float]], cls: PointClass = PointClass.NORMAL):
     found, _, refused = batch_readings(build_batch(values, cls=cls))
     assert refused == []
     return found

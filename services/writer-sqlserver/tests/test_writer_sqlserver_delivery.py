@@ -1,0 +1,113 @@
+"""Delivery rules of ClassifiedWriter when the database is unreachable or the DLQ refuses.
+
+The database errors are real (an engine pointed at a closed port); the messages are stand-ins
+for nats-py ``Msg`` that record how the writer settled them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from tributary_contracts import DLQ_KIND, DLQ_REASON, MAX_DELIVER, PointClass, SinkRoutes
+from writer_sqlserver.breaker import BreakerState, CircuitBreaker
+from writer_sqlserver.consume import ClassifiedWriter
+from writer_sqlserver.database import build_engine
+from writer_sqlserver.store import LegacyStore
+
+from .conftest import build_batch, settings_for
+
+CLOSED_PORT_DSN = "postgresql://postgres@127.0.0.1:9/nowhere"  # port 9 (discard): refused
+
+
+@dataclass
+class RecordingMsg:
+    data: bytes
+    num_delivered: int = 1
+    subject: str = "dp.classified.iot.normal.dev-0001"
+    settled: list[tuple[str, float | None]] = field(default_factory=list)
+
+    @property
+    def metadata(self) -> Any:
+        return SimpleNamespace(num_delivered=self.num_delivered)
+
+    async def ack(self) -> None:
+        self.settled.append(("ack", None))
+
+    async def nak(self, delay: float | None = None) -> None:
+        self.settled.append(("nak", delay))
+
+
+@pytest.fixture
+def unreachable_store() -> Iterator[LegacyStore]:
+    engine = build_engine(settings_for(CLOSED_PORT_DSN, write_timeout_seconds=2))
+    yield LegacyStore(engine)
+    engine.dispose()
+
+
+Letters = list[tuple[bytes, dict[str, str]]]
+
+
+def writer(store: LegacyStore, letters: Letters | None, threshold: int = 5) -> ClassifiedWriter:
+    async def dead_letter(body: bytes, headers: dict[str, str]) -> None:
+        if letters is None:
+            raise ConnectionError("bus unavailable")
+        letters.append((body, headers))
+
+    return ClassifiedWriter(
+        store=store, routes=SinkRoutes.parse("iot=sqlserver"), dead_letter=dead_letter,
+        breaker=CircuitBreaker(threshold, 60), backoff_seconds=0.5, backoff_max_seconds=30.0,
+    )
+
+
+def message(delivered: int = 1) -> RecordingMsg:
+    body = build_batch([(17, 0, 1.0)], cls=PointClass.NORMAL).model_dump_json().encode()
+    return RecordingMsg(body, num_delivered=delivered)
+
+
+async def test_unreachable_database_naks_with_growing_delay_and_opens_the_breaker(
+    unreachable_store: LegacyStore,
+) -> None:
+    w = writer(unreachable_store, [], threshold=2)
+    first, third = message(1), message(3)
+    await w.handle([first])
+    assert w.breaker.state is BreakerState.CLOSED
+    await w.handle([third])
+    assert (first.settled, third.settled) == ([("nak", 0.5)], [("nak", 2.0)])
+    assert w.breaker.state is BreakerState.OPEN
+
+
+async def test_last_delivery_goes_to_the_dlq_instead_of_another_nak(
+    unreachable_store: LegacyStore,
+) -> None:
+    letters: Letters = []
+    msg = message(MAX_DELIVER)
+    await writer(unreachable_store, letters).handle([msg])
+    assert msg.settled == [("ack", None)]
+    [(body, headers)] = letters
+    assert body == msg.data
+    assert headers[DLQ_KIND] == "max_deliver"
+    assert headers[DLQ_REASON].startswith(f"gave up after {MAX_DELIVER} deliveries: "
+                                          "OperationalError: ")
+
+
+async def test_message_is_not_acked_when_the_dlq_refuses_it(
+    unreachable_store: LegacyStore,
+) -> None:
+    msg = RecordingMsg(b"not json")
+    await writer(unreachable_store, None).handle([msg])
+    assert msg.settled == [("nak", 0.5)]
+
+
+async def test_messages_of_other_sinks_never_touch_the_database(
+    unreachable_store: LegacyStore,
+) -> None:
+    other = RecordingMsg(build_batch([(1, 0, 1.0)], domain="finance").model_dump_json().encode())
+    w = writer(unreachable_store, [], threshold=1)
+    await w.handle([other])
+    assert other.settled == [("ack", None)]
+    assert w.breaker.state is BreakerState.CLOSED

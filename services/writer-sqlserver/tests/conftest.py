@@ -7,14 +7,18 @@ statements as SQL Server (only the dialect differs).
 
 from __future__ import annotations
 
+import os
+import re
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import asyncpg
 import pytest
 from sqlalchemy import select
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Engine, make_url
 
 from tributary_contracts import ClassifiedBatch, ClassifiedPoint, LegacyIds, PointClass, Transport
 from writer_sqlserver.database import build_engine, create_schema
@@ -93,3 +97,84 @@ def rows(engine: Engine, table: Any, *columns: str) -> list[tuple[Any, ...]]:
     with engine.connect() as conn:
         result = conn.execute(select(*(table.c[c] for c in columns)))
         return sorted(tuple(r) for r in result)
+
+
+# --- a real SQL Server, when there is one ----------------------------------------------------
+
+DEPLOY = Path(__file__).resolve().parents[3] / "deploy" / "sqlserver"
+
+
+def _docker_reachable() -> bool:
+    try:
+        import docker
+
+        docker.from_env(timeout=2).ping()
+        return True
+    except Exception:
+        return False
+
+
+@pytest.fixture(scope="session")
+def mssql_server_dsn() -> Iterator[str]:
+    """DSN of a real SQL Server: ``MSSQL_DSN``, else testcontainers' image, else skip."""
+    try:
+        import pyodbc  # noqa: F401
+    except ImportError as exc:
+        pytest.skip(f"pyodbc cannot load ({exc}): run make install (unixodbc, tdsodbc)")
+    dsn = os.environ.get("MSSQL_DSN", "")
+    if dsn:
+        if not dsn.startswith("mssql"):
+            pytest.skip(f"MSSQL_DSN is not a SQL Server URL ({dsn.split(':', 1)[0]}://…)")
+        yield dsn
+        return
+    if not _docker_reachable():
+        pytest.skip("no SQL Server here: MSSQL_DSN is not set and no Docker engine is reachable "
+                    "for testcontainers' SQL Server image (the same behaviour ran on the "
+                    "PostgreSQL stand-in; the T-SQL is snapshot-tested)")
+    from testcontainers.community.mssql import SqlServerContainer
+
+    with SqlServerContainer("mcr.microsoft.com/mssql/server:2022-latest",
+                            dialect="mssql") as server:
+        yield server.get_connection_url()
+
+
+def apply_sql_file(engine: Engine, path: Path) -> None:
+    """Run a ``GO``-separated T-SQL file."""
+    batches = re.split(r"^GO\s*$", path.read_text(encoding="utf-8"), flags=re.MULTILINE)
+    with engine.begin() as conn:
+        for batch in batches:
+            if batch.strip():
+                conn.exec_driver_sql(batch)
+
+
+@pytest.fixture
+def mssql_dsn(mssql_server_dsn: str) -> Iterator[str]:
+    """A fresh database on the SQL Server with both deploy/sqlserver files applied."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    server = make_url(mssql_server_dsn)
+    admin = build_engine(settings_for(
+        server.set(database="master").render_as_string(hide_password=False)))
+    admin = admin.execution_options(isolation_level="AUTOCOMMIT")  # type: ignore[assignment]
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f"CREATE DATABASE [{name}]")
+    dsn = server.set(database=name).render_as_string(hide_password=False)
+    engine = build_engine(settings_for(dsn))
+    apply_sql_file(engine, DEPLOY / "001_legacy_schema.sql")
+    apply_sql_file(engine, DEPLOY / "002_sp_insert_reading_and_check_threshold.sql")
+    engine.dispose()
+    yield dsn
+    with admin.connect() as conn:
+        conn.exec_driver_sql(
+            f"ALTER DATABASE [{name}] SET SINGLE_USER WITH ROLLBACK IMMEDIATE; "
+            f"DROP DATABASE [{name}]")
+    admin.engine.dispose()
+
+
+@pytest.fixture(params=["standin", "mssql"])
+def legacy_engine(request: pytest.FixtureRequest) -> Iterator[Engine]:
+    """The legacy schema on the PostgreSQL stand-in, and on a real SQL Server when there is
+    one (otherwise that case skips and says why)."""
+    fixture = "standin_dsn" if request.param == "standin" else "mssql_dsn"
+    engine = build_engine(settings_for(request.getfixturevalue(fixture)))
+    yield engine
+    engine.dispose()

@@ -45,7 +45,8 @@ def build_engine(settings: WriterSqlServerSettings) -> Engine:
     if url.get_backend_name() == "mssql":
         options["fast_executemany"] = settings.mssql_fast_executemany
         options["connect_args"] = {"timeout": timeout}  # login timeout, seconds
-    else:
+    else:  # stand-in: psycopg2's execute_batch (pages of statements) for executemany
+        options["executemany_mode"] = "values_plus_batch"
         options["connect_args"] = {
             "connect_timeout": timeout, "options": f"-c statement_timeout={timeout * 1000}",
         }

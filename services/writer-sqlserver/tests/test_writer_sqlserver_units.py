@@ -21,6 +21,7 @@ from writer_sqlserver.store import (
     PlannedEvent,
     Reading,
     UnmappablePoint,
+    _message,
     batch_readings,
     plan_events,
     plan_latest,
@@ -55,6 +56,8 @@ def test_sensor_id_comes_from_legacy_ids_or_an_integer_stream_id(
 @pytest.mark.parametrize(("stream_id", "legacy", "message"), [
     ("cpu_usage", None, "stream_id 'cpu_usage' is not an integer sensor id"),
     ("١٧", None, "is not an integer sensor id"),  # Arabic-Indic digits are not an INT
+    ("--5", None, "is not an integer sensor id"),
+    ("99999999999999999999999", None, "is not an integer sensor id"),
     ("2147483648", None, "sensor_id 2147483648 does not fit the legacy INT column"),
     ("x", -(2**31) - 1, "does not fit the legacy INT column"),
 ])
@@ -78,6 +81,15 @@ def test_rejected_points_have_no_legacy_table() -> None:
     readings, _, refused = batch_readings(build_batch([(17, 0, 1.0)], cls=PointClass.REJECTED))
     assert readings == []
     assert "class 'rejected' has no table in the legacy schema" in str(refused[0][1])
+
+
+@pytest.mark.parametrize(("reason", "expected_bytes"), [
+    ("short", 10), ("é" * 600, 1000), ("😀" * 300, 1000), ("a" + "😀" * 300, 998),  # no half pair
+])
+def test_alert_messages_fit_nvarchar_500_counted_in_utf16_units(
+    reason: str, expected_bytes: int
+) -> None:
+    assert len(_message(reason).encode("utf-16-le")) == expected_bytes
 
 
 def test_plan_events_closes_the_active_row_then_opens_in_time_order() -> None:

@@ -25,6 +25,7 @@ states its contract); the procedure then owns classification side effects and id
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -67,6 +68,9 @@ PROCEDURE = "dbo.sp_insert_reading_and_check_threshold"
 WriteMode = Literal["tables", "procedure"]
 
 
+_INTEGER = re.compile(r"^-?[0-9]{1,19}$")
+
+
 class UnmappablePoint(ValueError):
     """A point that cannot become a legacy row (no sensor id, rejected class): permanent."""
 
@@ -93,7 +97,7 @@ def sensor_id_of(point: ClassifiedPoint) -> int:
     sensor_id = point.legacy.sensor_id if point.legacy is not None else None
     if sensor_id is None:
         text_id = point.stream_id.strip()
-        if not text_id.lstrip("-").isdigit() or not text_id.isascii():
+        if not _INTEGER.match(text_id):
             raise UnmappablePoint(
                 f"point has no legacy.sensor_id and stream_id {point.stream_id!r} is not an "
                 "integer sensor id"
@@ -316,7 +320,11 @@ def _newest(conn: Connection, stmt: Any, sensor_ids: Iterable[int]) -> dict[int,
 
 
 def _message(reason: str) -> str:
-    return reason[:MESSAGE_CHARS]
+    """``reason`` cut to fit NVARCHAR(500), which counts UTF-16 code units, not characters."""
+    units = reason.encode("utf-16-le")
+    if len(units) <= 2 * MESSAGE_CHARS:
+        return reason
+    return units[: 2 * MESSAGE_CHARS].decode("utf-16-le", errors="ignore")
 
 
 class LegacyStore:

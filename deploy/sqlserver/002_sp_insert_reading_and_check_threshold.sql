@@ -7,7 +7,9 @@
 -- order, all readings of one fetch inside ONE transaction that the writer commits:
 --
 --     EXEC dbo.sp_insert_reading_and_check_threshold
---          @sensor_id = ?, @value = ?, @device_timestamp = ?
+--          @sensor_id = <INT>, @value = <FLOAT>, @device_timestamp = <DATETIME2>
+--
+-- (No question marks in this file: some ODBC drivers count them as parameter markers.)
 --
 -- Contract:
 --   @sensor_id         INT        legacy integer sensor id (DataPoint.legacy.sensor_id)

@@ -152,9 +152,9 @@ def mssql_dsn(mssql_server_dsn: str) -> Iterator[str]:
     """A fresh database on the SQL Server with both deploy/sqlserver files applied."""
     name = f"t_{uuid.uuid4().hex[:12]}"
     server = make_url(mssql_server_dsn)
-    admin = build_engine(settings_for(
+    base = build_engine(settings_for(
         server.set(database="master").render_as_string(hide_password=False)))
-    admin = admin.execution_options(isolation_level="AUTOCOMMIT")  # type: ignore[assignment]
+    admin = base.execution_options(isolation_level="AUTOCOMMIT")  # CREATE DATABASE needs it
     with admin.connect() as conn:
         conn.exec_driver_sql(f"CREATE DATABASE [{name}]")
     dsn = server.set(database=name).render_as_string(hide_password=False)
@@ -167,7 +167,7 @@ def mssql_dsn(mssql_server_dsn: str) -> Iterator[str]:
         conn.exec_driver_sql(
             f"ALTER DATABASE [{name}] SET SINGLE_USER WITH ROLLBACK IMMEDIATE; "
             f"DROP DATABASE [{name}]")
-    admin.engine.dispose()
+    base.dispose()
 
 
 @pytest.fixture(params=["standin", "mssql"])

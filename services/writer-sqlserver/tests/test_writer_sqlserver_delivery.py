@@ -1,7 +1,9 @@
 """Delivery rules of ClassifiedWriter when the database is unreachable or the DLQ refuses.
 
-The database errors are real (an engine pointed at a closed port); the messages are stand-ins
-for nats-py ``Msg`` that record how the writer settled them.
+The database errors are real: an engine pointed at a closed port, once through psycopg2 (the
+stand-in) and once through pyodbc + the FreeTDS ODBC driver (the SQL Server path, which fails
+with SQLSTATE 08S01 before any server is involved). The messages are stand-ins for nats-py
+``Msg`` that record how the writer settled them.
 """
 
 from __future__ import annotations
@@ -21,7 +23,10 @@ from writer_sqlserver.store import LegacyStore
 
 from .conftest import build_batch, settings_for
 
-CLOSED_PORT_DSN = "postgresql://postgres@127.0.0.1:9/nowhere"  # port 9 (discard): refused
+CLOSED_PORT_DSNS = {  # port 9 (discard): refused
+    "psycopg2": "postgresql://postgres@127.0.0.1:9/nowhere",
+    "freetds": "mssql://sa:pw@127.0.0.1:9/nowhere",
+}
 
 
 @dataclass
@@ -42,9 +47,22 @@ class RecordingMsg:
         self.settled.append(("nak", delay))
 
 
+REFUSAL = {
+    "psycopg2": "OperationalError: connection to server at \"127.0.0.1\", port 9 failed",
+    "freetds": "08S01: [08S01] [FreeTDS][SQL Server]Unable to connect: Adaptive Server is "
+               "unavailable or does not exist",
+}
+
+
+@pytest.fixture(params=sorted(CLOSED_PORT_DSNS))
+def driver(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
 @pytest.fixture
-def unreachable_store() -> Iterator[LegacyStore]:
-    engine = build_engine(settings_for(CLOSED_PORT_DSN, write_timeout_seconds=2))
+def unreachable_store(driver: str) -> Iterator[LegacyStore]:
+    dsn = CLOSED_PORT_DSNS[driver]
+    engine = build_engine(settings_for(dsn, write_timeout_seconds=2))
     yield LegacyStore(engine)
     engine.dispose()
 
@@ -82,7 +100,7 @@ async def test_unreachable_database_naks_with_growing_delay_and_opens_the_breake
 
 
 async def test_last_delivery_goes_to_the_dlq_instead_of_another_nak(
-    unreachable_store: LegacyStore,
+    unreachable_store: LegacyStore, driver: str
 ) -> None:
     letters: Letters = []
     msg = message(MAX_DELIVER)
@@ -91,8 +109,8 @@ async def test_last_delivery_goes_to_the_dlq_instead_of_another_nak(
     [(body, headers)] = letters
     assert body == msg.data
     assert headers[DLQ_KIND] == "max_deliver"
-    assert headers[DLQ_REASON].startswith(f"gave up after {MAX_DELIVER} deliveries: "
-                                          "OperationalError: ")
+    assert headers[DLQ_REASON].startswith(
+        f"gave up after {MAX_DELIVER} deliveries: {REFUSAL[driver]}")
 
 
 async def test_message_is_not_acked_when_the_dlq_refuses_it(

@@ -82,7 +82,7 @@ def describe_error(exc: BaseException) -> str:
     """One line for the DLQ reason and logs: SQLSTATE (when any) and the driver's message."""
     orig = exc.orig if isinstance(exc, sa_exc.DBAPIError) else exc
     sqlstate = sqlstate_of(exc)
-    args = getattr(orig, "args", ())
+    args: tuple[object, ...] = tuple(getattr(orig, "args", ()))
     if type(orig).__module__ == "pyodbc" and len(args) >= 2:
         message = str(args[1])
     else:

@@ -42,7 +42,7 @@ RESOLVED = "resolved"
 DELTA_SPIKE = "DELTA_SPIKE"
 MESSAGE_CHARS = 500
 
-UtcDateTime = DateTime().with_variant(mssql.DATETIME2(), "mssql")
+UtcDateTime = DateTime().with_variant(mssql.DATETIME2(), "mssql")  # type: ignore[no-untyped-call]
 """UTC time without offset: DATETIME2 on SQL Server, ``timestamp`` on PostgreSQL."""
 
 metadata = MetaData(schema=SCHEMA)
@@ -121,7 +121,7 @@ def _clean(compiled: object) -> str:
 
 def ddl(dialect: Dialect | None = None) -> str:
     """CREATE TABLE / CREATE INDEX statements of the legacy schema for ``dialect`` (mssql)."""
-    dialect = dialect or mssql.dialect()
+    dialect = dialect or mssql.dialect()  # type: ignore[no-untyped-call]
     parts = [HEADER]
     for table in LEGACY_TABLES:
         parts.append(_clean(CreateTable(table).compile(dialect=dialect)))

@@ -252,7 +252,7 @@ class SensorDirectory:
 
     def __init__(self, kv: Any, on_change: Callable[[], None] | None = None) -> None:
         self._kv = kv
-        self._on_change = on_change
+        self.on_change = on_change
         self._sensors: dict[int, SensorIndexRecord] = {}
         self._watcher: Any = None
         self._task: asyncio.Task[None] | None = None
@@ -277,8 +277,8 @@ class SensorDirectory:
             except ValidationError as exc:
                 log.warning("ignoring an unreadable registry entry", key=key, error=str(exc)[:300])
                 return
-        if self._on_change is not None:
-            self._on_change()
+        if self.on_change is not None:
+            self.on_change()
 
     async def start(self, load_timeout: float = 10.0) -> None:
         """Watch ``sensor.*``; return once the current entries are loaded."""

@@ -120,6 +120,17 @@ async def test_refused_packets_name_the_reason_are_counted_and_publish_nothing(
     assert await read_stream(DP_RAW) == []
 
 
+async def test_a_sensor_uuid_that_is_no_uuid_gets_422(iot: Any, read_stream: Any) -> None:
+    reply = await post_packet(iot, packet((TEMP, 1), ("sensor-1", 2)))
+    assert reply.status_code == 422
+    [detail] = reply.json()["detail"]
+    assert (detail["loc"], detail["type"]) == (
+        ["body", "readings", 1, "sensor_uuid"],
+        "uuid_parsing",
+    )
+    assert await read_stream(DP_RAW) == []
+
+
 async def test_invalid_packet_gets_fastapi_shaped_422(iot: Any, read_stream: Any) -> None:
     body = {"device_uuid": "nope", "readings": [{"sensor_uuid": TEMP, "value": "NaN"}]}
     reply = await post_packet(iot, body)

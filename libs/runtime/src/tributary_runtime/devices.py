@@ -37,6 +37,8 @@ import structlog
 from nats.js.errors import KeyNotFoundError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from tributary_contracts import LegacyIds
+
 log = structlog.get_logger("tributary_runtime.devices")
 
 DEVICE_KEY_PREFIX = "dev_"
@@ -140,13 +142,25 @@ def sensor_uuid_key(sensor_uuid: str) -> str:
 
 
 class Device:
-    """A looked-up device with its sensors indexed by uuid (one dict lookup per reading)."""
+    """A looked-up device with its sensors indexed by uuid (one dict lookup per reading), each
+    with what its points carry made once: ``(stream_id, stream_type, LegacyIds)``."""
 
     __slots__ = ("by_uuid", "record")
 
     def __init__(self, record: DeviceRecord) -> None:
         self.record = record
-        self.by_uuid = {s.sensor_uuid: s for s in record.sensors}
+        self.by_uuid: dict[str, tuple[str, str | None, LegacyIds]] = {
+            s.sensor_uuid: (
+                str(s.sensor_id),
+                stream_type_of(s.sensor_type),
+                LegacyIds(
+                    sensor_id=s.sensor_id,
+                    device_uuid=record.device_uuid,
+                    sensor_uuid=s.sensor_uuid,
+                ),
+            )
+            for s in record.sensors
+        }
 
 
 class DeviceRegistry:

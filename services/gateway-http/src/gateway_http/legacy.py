@@ -54,8 +54,8 @@ from tributary_runtime.devices import (
     MAX_SENSOR_ID,
     DeviceRegistry,
     SensorIndexRecord,
+    canonical_uuid,
     key_matches,
-    stream_type_of,
     unregistered_source_id,
 )
 from tributary_runtime.ops import Reply
@@ -126,9 +126,10 @@ class BulkReadingsIn(BaseModel):
 
 
 class SensorReadingUuidIn(BaseModel):
-    """One reading of a packet, by sensor uuid."""
+    """One reading of a packet, by sensor uuid (checked to be a uuid when it is not one of the
+    device's in canonical form: most packets never pay for uuid parsing)."""
 
-    sensor_uuid: UUID
+    sensor_uuid: str
     value: Value
     timestamp: Timestamp = None
 
@@ -287,9 +288,12 @@ class LegacyIot:
         if not device.record.enabled:
             raise self._refuse(401, "disabled_device", f"device {device_uuid} is disabled")
         points = []
+        sensors = device.by_uuid
         for index, reading in enumerate(packet.readings):
-            sensor_uuid = str(reading.sensor_uuid)
-            sensor = device.by_uuid.get(sensor_uuid)
+            sensor = sensors.get(reading.sensor_uuid)
+            if sensor is None:
+                sensor_uuid = self._sensor_uuid(reading.sensor_uuid, index)
+                sensor = sensors.get(sensor_uuid)
             if sensor is None:
                 owner = await self._registry_call(registry.sensor_by_uuid(sensor_uuid))
                 if owner is None:
@@ -304,21 +308,36 @@ class LegacyIot:
                     f"readings[{index}]: sensor {sensor_uuid} is not a sensor of device "
                     f"{device_uuid}",
                 )
+            stream_id, stream_type, legacy = sensor
             points.append(
-                _point(
-                    sensor.sensor_id,
-                    reading.value,
-                    reading.timestamp or received_at,
-                    stream_type_of(sensor.sensor_type),
-                    LegacyIds(
-                        sensor_id=sensor.sensor_id,
-                        device_uuid=device_uuid,
-                        sensor_uuid=sensor_uuid,
-                    ),
+                build_point(
+                    {
+                        "stream_id": stream_id,
+                        "value": reading.value,
+                        "ts": reading.timestamp or received_at,
+                        "stream_type": stream_type,
+                        "sequence": None,
+                        "metadata": {},
+                        "legacy": legacy,
+                    }
                 )
             )
         inserted = await self._publish(bus, "packets", received_at, {device_uuid: points})
         return 200, {"inserted": inserted}
+
+    @staticmethod
+    def _sensor_uuid(raw: str, index: int) -> str:
+        """``raw`` in canonical form, or the 422 FastAPI gives a malformed UUID field."""
+        try:
+            return canonical_uuid(raw)
+        except ValueError as exc:
+            LEGACY_REFUSED.labels("invalid_body").inc()
+            detail = {
+                "loc": ["body", "readings", index, "sensor_uuid"],
+                "msg": f"Input should be a valid UUID: {exc}",
+                "type": "uuid_parsing",
+            }
+            raise Reply(422, {"detail": [detail]}) from None
 
     async def reading(self, request: Request) -> tuple[int, Any]:
         """POST /ingest/readings: one reading by sensor_id → dp.raw.iot.<device>."""

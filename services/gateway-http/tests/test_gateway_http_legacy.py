@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
+import nats
 import pytest
 from prometheus_client import REGISTRY
 
@@ -268,3 +269,13 @@ async def test_app_serves_the_legacy_routes_without_a_database(
         status = await gw.client.get("/sensors/5/status", headers={"X-API-Key": gw.key})
     assert (reply.status_code, reply.json()) == (200, {"inserted": 1})
     assert status.status_code == 503 and status.headers["Retry-After"]
+
+
+async def test_a_registry_that_does_not_answer_gets_503(start_gateway: Any, servers: Any) -> None:
+    nc = await nats.connect(servers.nats_url)
+    async with start_gateway(nc) as gw:
+        await nc.close()
+        reply = await post_packet(gw, packet((TEMP, 1)))
+    assert reply.status_code == 503, reply.text
+    assert reply.headers["Retry-After"] == "2"
+    assert reply.json()["detail"].startswith("the device registry did not answer")

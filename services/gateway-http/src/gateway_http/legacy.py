@@ -30,9 +30,9 @@ from typing import Annotated, Any
 from uuid import UUID
 
 import asyncpg
+import nats.errors
 import orjson
 import structlog
-from nats.js.errors import Error as JetStreamError
 from prometheus_client import Counter
 from pydantic import BaseModel, BeforeValidator, Field, ValidationError
 from starlette.requests import Request
@@ -242,7 +242,7 @@ class LegacyIot:
     async def _registry_call(self, call: Awaitable[Any]) -> Any:
         try:
             return await call
-        except (JetStreamError, TimeoutError, OSError) as exc:
+        except (nats.errors.Error, TimeoutError, OSError) as exc:
             raise self._unavailable(
                 "registry",
                 error_type(exc),

@@ -31,6 +31,7 @@ API_KEYS_BUCKET = "api-keys"
 CSV_JOBS_BUCKET = "csv-jobs"
 CLASSIFIER_STATE_BUCKET = "classifier-state"
 WS_RESUME_BUCKET = "ws-resume"
+DEVICES_BUCKET = "iot-devices"
 
 # Durable consumer names (scoped by their stream, so not prefixed).
 CLASSIFIER_DURABLE = "classifier"
@@ -80,6 +81,11 @@ BUCKETS: tuple[tuple[str, int, str], ...] = (
     (CSV_JOBS_BUCKET, 1, "CSV import job status."),
     (CLASSIFIER_STATE_BUCKET, 1, "Per-stream last value and alert state checkpoints."),
     (WS_RESUME_BUCKET, 1, "gateway-ws: last durably accepted sequence per (domain, source)."),
+    # Keys: ``device.<uuid>`` → the device (serial, SHA-256 of its key, enabled, its sensors);
+    # ``sensor.<sensor_id>`` and ``sensor-uuid.<uuid>`` → which device owns that sensor (the
+    # indexes the legacy IoT endpoints and topic resolve through). Written by
+    # ``tributary devices``; models in ``tributary_runtime.devices``.
+    (DEVICES_BUCKET, 1, "IoT device registry: devices, their keys (hashed) and sensors."),
 )
 
 

@@ -4,6 +4,7 @@ tributary bootstrap                      create/update every stream, bucket and 
 tributary keys create --role admin       print a new API key (last line of output)
 tributary streams get|set|list|delete|import …   stream classification configs (see
                                          `tributary streams --help`)
+tributary devices add|list|disable|enable|import …  the IoT device registry
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import nats.errors
 import yaml
 
 from tributary_contracts import API_KEYS_BUCKET, CONSUMERS, STREAM_CONFIGS_BUCKET, ensure_jetstream
-from tributary_runtime import streams_cli
+from tributary_runtime import devices_cli, streams_cli
 from tributary_runtime.apikeys import ApiKeyStore, Role
 from tributary_runtime.bus import connect_nats
 from tributary_runtime.logs import configure_logging
@@ -76,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--role", type=Role, choices=list(Role), required=True)
     create.add_argument("--name", default="", help="who or what the key is for")
     streams_cli.add_parser(commands)
+    devices_cli.add_parser(commands)
     return parser
 
 
@@ -106,6 +108,8 @@ def main(argv: list[str] | None = None) -> None:
             code = asyncio.run(_streams(settings, args, checked))
             if code:
                 raise SystemExit(code)
+        elif args.command == "devices" and (code := devices_cli.execute(args, settings)):
+            raise SystemExit(code)
     except (OSError, TimeoutError, nats.errors.NoServersError) as exc:
         print(f"tributary: cannot reach NATS at {settings.nats_url}: {exc}", file=sys.stderr)
         raise SystemExit(1) from None

@@ -1,6 +1,9 @@
 """Wiring: Starlette app with ``POST /ingest/data``, the config API, ``/health``, ``/ready``,
 ``/metrics``.
 
+The legacy IoT endpoints (``/ingest/packets``, ``/ingest/readings[/bulk]``,
+``/sensors/{id}/status``) live in ``legacy``; they are wired here.
+
 ``POST /ingest/data`` consumes ``{"source_id", "domain", "data_points": [...]}`` with an
 ``X-API-Key`` and produces ``PointBatch`` messages on ``dp.raw.<domain>.<source>`` (rejected points
 on ``dp.rejected.http``); it replies 202 only after JetStream acknowledged every batch.
@@ -28,6 +31,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from gateway_http import config_api
+from gateway_http.legacy import LegacyIot
 from gateway_http.metrics import (
     ACK_LATENCY,
     CONFIG_REQUESTS,
@@ -106,11 +110,13 @@ def create_app(
         state["bus"] = Bus(
             gateway.nc, gateway.js, gateway.keys, gateway.publisher, configs, gateway
         )
+        await legacy.start(gateway.js)
         log.info("started", port=settings.port, nats_url=settings.nats_url, stream=raw_stream)
         try:
             yield
         finally:
             state.clear()
+            await legacy.stop()
             await gateway.close()
 
     async def ready_check() -> dict[str, bool]:
@@ -291,8 +297,10 @@ def create_app(
             media_type="application/json",
         )
 
+    legacy = LegacyIot(settings, lambda: state.get("bus"), authorize, read_body, unavailable)
     routes = [
         Route("/ingest/data", ingest_data, methods=["POST"]),
+        *legacy.routes(),
         Route("/streams/{rest:path}", stream_config, methods=["GET", "PUT", "DELETE"]),
         *ops_routes(ready_check),
     ]

@@ -40,3 +40,14 @@ class GatewayHttpSettings(ServiceSettings):
         ge=16,
         description="Longest payload excerpt of a rejected point sent to dp.rejected.http.",
     )
+    device_cache_seconds: float = Field(
+        default=30.0,
+        ge=0,
+        description="How long a device/sensor looked up in the IoT registry (or its absence) is "
+        "cached; a disabled device is refused at most this much later.",
+    )
+    postgres_dsn: str = Field(
+        default="postgresql://postgres@127.0.0.1:5432/tributary",
+        description="PostgreSQL filled by writer-postgres; read only by GET /sensors/{id}/status "
+        "(connected on first use; ingest never depends on it).",
+    )

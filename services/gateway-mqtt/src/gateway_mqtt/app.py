@@ -21,8 +21,9 @@ from gateway_mqtt.metrics import CONNECTED, CONNECTS, ERRORS
 from gateway_mqtt.mqtt import MqttConnectError, MqttConnection
 from gateway_mqtt.pipeline import Pipeline, jetstream_publisher
 from gateway_mqtt.settings import GatewayMqttSettings
-from tributary_contracts import DP_RAW, ensure_jetstream
+from tributary_contracts import DEVICES_BUCKET, DP_RAW, ensure_jetstream
 from tributary_runtime.bus import connect_nats
+from tributary_runtime.devices import SensorDirectory
 from tributary_runtime.ops import ops_routes
 
 SERVICE_NAME = "gateway-mqtt"
@@ -138,11 +139,16 @@ def create_app(
             )
             raise
         js = nc.jetstream()
+        # Legacy topic iot/sensors/<id>/readings: the device registry, mirrored in memory.
+        sensors = SensorDirectory(await js.key_value(ns.bucket(DEVICES_BUCKET)))
+        await sensors.start(settings.startup_timeout_seconds)
         pipeline = Pipeline(
             settings,
             jetstream_publisher(js, settings.publish_timeout_seconds),
             max_message_bytes=min(nc.max_payload, MAX_STREAM_MESSAGE_BYTES),
+            resolve_sensor=sensors.get,
         )
+        sensors.on_change = pipeline.forget_routes
         supervisor = MqttSupervisor(settings, pipeline)
         task = asyncio.create_task(supervisor.run())
         state.update(nc=nc, supervisor=supervisor)
@@ -157,6 +163,7 @@ def create_app(
             except asyncio.CancelledError:
                 pass
             state.clear()
+            await sensors.stop()
             if nats_client is None and not nc.is_closed:
                 await nc.drain()
             log.info("stopped")

@@ -5,8 +5,10 @@ Topics (after the optional topic prefix):
 
 * ``<domain>/<source_id>/<stream_id>/data`` — universal; domain ``iot`` is refused there.
 * ``iot/sensors/<sensor_id>/readings`` — legacy IoT; ``sensor_id`` is an integer, the point gets
-  domain ``iot``, ``stream_id`` = the id as text, ``source_id`` = ``sensor-<id>`` (there is no
-  device registry yet) and ``legacy.sensor_id``.
+  domain ``iot``, ``stream_id`` = the id as text and ``legacy.sensor_id``. When the device
+  registry knows the sensor (``resolve_sensor``), ``source_id`` is its device's uuid,
+  ``stream_type`` = ``iot.<sensor_type>`` (so the IoT classification defaults apply) and
+  ``legacy`` carries the device and sensor uuids too; otherwise ``source_id`` = ``sensor-<id>``.
 
 Payload: a JSON object ``{"value": 45.2, "timestamp": ..., "metadata": {}, "sequence": 1,
 "stream_type": "..."}``; only ``value`` is required, a missing ``timestamp`` means receive time.
@@ -18,6 +20,7 @@ gateway shares (``tributary_ingest.points``: same rules, same wording).
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -37,6 +40,7 @@ from tributary_ingest.points import (
     json_type,
     unknown_fields,
 )
+from tributary_runtime.devices import SensorIndexRecord, unregistered_source_id
 
 UNIVERSAL_SUFFIX = "data"
 LEGACY_TOPIC = ("iot", "sensors", "<sensor_id>", "readings")
@@ -67,12 +71,18 @@ REJECTION_CODES = (
 
 @dataclass(frozen=True, slots=True)
 class Route:
-    """Where a topic's points go: (domain, source, stream) plus legacy ids."""
+    """Where a topic's points go: (domain, source, stream) plus legacy ids (and, for a
+    registered legacy sensor, its stream type)."""
 
     domain: str
     source_id: str
     stream_id: str
     legacy: LegacyIds | None = None
+    stream_type: str | None = None
+
+
+ResolveSensor = Callable[[int], SensorIndexRecord | None]
+"""The device registry's answer for a legacy integer sensor id (None: not registered)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,7 +96,9 @@ class Rejection:
     stream_id: str | None = None
 
 
-def parse_topic(topic: str, prefix: str = "") -> Route | Rejection:
+def parse_topic(
+    topic: str, prefix: str = "", resolve_sensor: ResolveSensor | None = None
+) -> Route | Rejection:
     """The ``Route`` of a topic (``prefix`` without trailing slash), or why it has none."""
     if prefix:
         if not topic.startswith(prefix + "/"):
@@ -99,7 +111,7 @@ def parse_topic(topic: str, prefix: str = "") -> Route | Rejection:
         and levels[1] == "sensors"
         and (levels[3] == "readings")
     ):
-        return _legacy_route(levels[2])
+        return _legacy_route(levels[2], resolve_sensor)
     if len(levels) != 4 or levels[3] != UNIVERSAL_SUFFIX or not all(levels):
         return Rejection(
             "topic",
@@ -129,7 +141,7 @@ def parse_topic(topic: str, prefix: str = "") -> Route | Rejection:
     return Route(domain, source_id, stream_id)
 
 
-def _legacy_route(sensor: str) -> Route | Rejection:
+def _legacy_route(sensor: str, resolve_sensor: ResolveSensor | None) -> Route | Rejection:
     if not (sensor.isascii() and sensor.isdigit()) or int(sensor) >= INT64:
         return Rejection(
             "sensor_id",
@@ -138,7 +150,23 @@ def _legacy_route(sensor: str) -> Route | Rejection:
             IOT_DOMAIN,
         )
     sensor_id = int(sensor)
-    return Route(IOT_DOMAIN, f"sensor-{sensor_id}", str(sensor_id), LegacyIds(sensor_id=sensor_id))
+    known = resolve_sensor(sensor_id) if resolve_sensor is not None else None
+    if known is None:
+        return Route(
+            IOT_DOMAIN,
+            unregistered_source_id(sensor_id),
+            str(sensor_id),
+            LegacyIds(sensor_id=sensor_id),
+        )
+    return Route(
+        IOT_DOMAIN,
+        known.device_uuid,
+        str(sensor_id),
+        LegacyIds(
+            sensor_id=sensor_id, device_uuid=known.device_uuid, sensor_uuid=known.sensor_uuid
+        ),
+        known.stream_type,
+    )
 
 
 def parse_payload(payload: bytes) -> Any:
@@ -185,6 +213,7 @@ def normalize_message(
                 problems.append(("stream_type", problem))
     else:
         allowed = _LEGACY_FIELD_SET
+        stream_type = route.stream_type
         sensor = raw.get("sensor_id")
         if sensor is not None and sensor != route.legacy.sensor_id:
             problems.append(

@@ -41,7 +41,14 @@ from gateway_mqtt.metrics import (
     POINTS_PUBLISHED,
     REDELIVERIES,
 )
-from gateway_mqtt.normalize import Rejection, Route, normalize_message, parse_topic, with_ts
+from gateway_mqtt.normalize import (
+    Rejection,
+    ResolveSensor,
+    Route,
+    normalize_message,
+    parse_topic,
+    with_ts,
+)
 from gateway_mqtt.settings import GatewayMqttSettings
 from tributary_contracts import DataPoint, Namespace, RejectedEntry, RejectedInput, Transport
 from tributary_ingest.batches import (
@@ -137,8 +144,10 @@ class Pipeline:
         publish: Publish,
         *,
         max_message_bytes: int = 1024 * 1024,
+        resolve_sensor: ResolveSensor | None = None,
     ) -> None:
         self._settings = settings
+        self._resolve_sensor = resolve_sensor
         self._publish = publish
         self._ns: Namespace = settings.namespace
         self._prefix = settings.topic_prefix
@@ -241,11 +250,15 @@ class Pipeline:
         except UnicodeDecodeError:
             route: Route | Rejection = Rejection("topic", "topic is not valid UTF-8")
         else:
-            route = parse_topic(topic, self._prefix)
+            route = parse_topic(topic, self._prefix, self._resolve_sensor)
         if len(self._routes) >= TOPIC_CACHE_SIZE:
             self._routes.clear()
         self._routes[topic_bytes] = route
         return route
+
+    def forget_routes(self) -> None:
+        """The device registry changed: topics are routed afresh from now on."""
+        self._routes.clear()
 
     def _keep_first_ts(
         self, batch: _Batch, topic: bytes, payload: bytes, mid: int, point: DataPoint

@@ -16,8 +16,9 @@ def _prediction(**overrides: object) -> dict[str, object]:
         "model": "trend",
         "as_of": T0.isoformat(),
         "points_used": 100,
+        "step_seconds": 300.0,
         "horizon_seconds": 600.0,
-        "forecast": [{"ts": (T0 + timedelta(minutes=10)).isoformat(), "value": 91.0}],
+        "forecast": [88.5, 91.0],
         "anomaly_score": 1.2,
         "is_anomaly": False,
         "threshold_events": [

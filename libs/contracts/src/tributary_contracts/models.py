@@ -211,15 +211,6 @@ class AlertEvent(BaseModel):
     emitted_at: UtcDatetime = Field(description="When the classifier emitted the event (UTC).")
 
 
-class ForecastPoint(BaseModel):
-    """One step of a forecast path."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    ts: UtcDatetime = Field(description="Instant predicted (UTC).")
-    value: float = Field(description="Predicted value at ``ts``.")
-
-
 class ThresholdCrossing(BaseModel):
     """The forecast crosses one of the stream's configured limits within the horizon."""
 
@@ -246,8 +237,13 @@ class Prediction(BaseModel):
     model: str = Field(description="Forecast model used: ewma, trend or taylor.")
     as_of: UtcDatetime = Field(description="Event time of the latest point used (the watermark).")
     points_used: int = Field(ge=1, description="Points of the window the model saw.")
+    step_seconds: float = Field(
+        gt=0, description="Forecast step: the stream's median sampling interval."
+    )
     horizon_seconds: float = Field(ge=0, description="How far ahead the forecast reaches.")
-    forecast: list[ForecastPoint] = Field(description="The forecast path, in time order.")
+    forecast: list[float] = Field(
+        description="The forecast path: value ``i`` is for ``as_of + (i + 1) × step_seconds``."
+    )
     lower_bound: float | None = Field(default=None, description="~95 % band low, at horizon end.")
     upper_bound: float | None = Field(default=None, description="~95 % band high, at horizon end.")
     anomaly_score: float = Field(

@@ -57,10 +57,11 @@ WITH recent AS (
 SELECT t.domain, t.source_id, t.stream_id, t.last_time, p.stream_type, p.rel, p.vals
 FROM todo t
 CROSS JOIN LATERAL (
-    SELECT (array_agg(x.stream_type ORDER BY x.time DESC)
-              FILTER (WHERE x.stream_type IS NOT NULL))[1] AS stream_type,
-           array_agg(extract(epoch FROM x.time - t.last_time)::float8 ORDER BY x.time) AS rel,
-           array_agg(x.value ORDER BY x.time) AS vals
+    -- Aggregated in the subquery's order (newest first; reversed by the reader): an ORDER BY
+    -- inside array_agg would sort every window a second time.
+    SELECT (array_agg(x.stream_type) FILTER (WHERE x.stream_type IS NOT NULL))[1] AS stream_type,
+           array_agg(extract(epoch FROM x.time - t.last_time)::float8) AS rel,
+           array_agg(x.value) AS vals
     FROM (
         SELECT d.time, d.value, d.stream_type
         FROM data_points d
@@ -86,8 +87,8 @@ async def load_postgres(
         out.keys.append((row["domain"], row["source_id"], row["stream_id"]))
         out.stream_types.append(row["stream_type"])
         out.last_times.append(row["last_time"])
-        out.rel_times.append(row["rel"])
-        out.values.append(row["vals"])
+        out.rel_times.append(row["rel"][::-1])
+        out.values.append(row["vals"][::-1])
     return out
 
 

@@ -26,7 +26,7 @@ class Params:
     ewma_alpha: float = 0.3
     taylor_points: int = 12
     score_points: int = 3
-    anomaly_threshold: float = 5.0
+    anomaly_threshold: float = 4.0
     explain_min_score: float = 5.0
     explainer_configured: bool = False
 
@@ -43,8 +43,8 @@ class PredictionRow:
     as_of: datetime
     computed_at: datetime
     points_used: int
+    step_seconds: float
     horizon_seconds: float
-    forecast_times: list[datetime]
     forecast_values: list[float]
     lower_bound: float
     upper_bound: float
@@ -57,13 +57,15 @@ class PredictionRow:
     @property
     def time(self) -> datetime:
         """Instant of the last forecast value (the table's ``time``)."""
-        return self.forecast_times[-1] if self.forecast_times else self.as_of
+        return self.as_of + timedelta(seconds=self.horizon_seconds)
 
 
 def resolve_limits(
     configs: dict[str, StreamConfig], domain: str, source: str, stream: str, stype: str | None
 ) -> ValueConstraints | None:
     """Value limits of the config the classifier would apply (first key present wins)."""
+    if not configs:
+        return None
     for key in config_lookup_keys(domain, source, stream, stype):
         config = configs.get(key)
         if config is not None:
@@ -118,57 +120,75 @@ def compute(
         for j, (_, direction, _) in enumerate(models.LIMITS)
     ]
 
-    horizon = fc.dt * params.horizon_points
+    # Plain Python values once for all rows (tolist), not numpy scalars element by element.
+    horizon = (fc.dt * params.horizon_points).tolist()
+    paths, lower, upper = fc.path.tolist(), fc.lower.tolist(), fc.upper.tolist()
+    dts, codes, n_points = fc.dt.tolist(), model_codes.tolist(), counts.tolist()
+    score_l, observed, baseline = (
+        scores.score.tolist(), scores.observed.tolist(), scores.baseline.tolist()
+    )
+    sigma, base_slope, fc_slope = (
+        scores.sigma.tolist(), scores.slope_per_second.tolist(), fc.slope_per_second.tolist()
+    )
+    rows_ = np.arange(s)
+    worst_x = w.x[rows_, scores.worst_index].tolist()
+    latest_l = latest.tolist()
+    hits = np.flatnonzero(~np.all(np.isnan(np.stack(crossings)), axis=0)).tolist()
+    crossing_l = [c.tolist() for c in crossings]
+    bounds_l = bounds.tolist()
+    events_of: dict[int, list[dict[str, Any]]] = {}
+    for i in hits:
+        as_of = loaded.last_times[i]
+        found = []
+        for j, (level, direction, _) in enumerate(models.LIMITS):
+            sec = crossing_l[j][i]
+            if sec != sec:  # NaN: no crossing of this limit
+                continue
+            found.append({
+                "level": level, "limit": names[j][i], "bound": bounds_l[j][i],
+                "direction": direction,
+                "expected_at": (as_of + timedelta(seconds=sec)).isoformat(),
+                "in_seconds": sec,
+            })
+        events_of[i] = sorted(found, key=lambda e: e["in_seconds"])
+
+    threshold, explain_min = params.anomaly_threshold, params.explain_min_score
+    ai = params.explainer_configured
     rows: list[PredictionRow] = []
-    for i in np.flatnonzero(counts >= params.min_points):
+    for i in np.flatnonzero(counts >= params.min_points).tolist():
         domain, source, stream = loaded.keys[i]
         as_of = loaded.last_times[i]
-        dt = float(fc.dt[i])
-        model = models.MODEL_NAMES[int(model_codes[i])]
-        events = []
-        for j, (level, direction, _) in enumerate(models.LIMITS):
-            sec = crossings[j][i]
-            if np.isnan(sec):
-                continue
-            events.append({
-                "level": level, "limit": names[j][i], "bound": float(bounds[j, i]),
-                "direction": direction,
-                "expected_at": (as_of + timedelta(seconds=float(sec))).isoformat(),
-                "in_seconds": float(sec),
-            })
-        events.sort(key=lambda e: e["in_seconds"])
-        score = float(scores.score[i])
-        is_anomaly = score >= params.anomaly_threshold
-        worst = int(scores.worst_index[i])
-        n = int(counts[i])
+        n = n_points[i]
+        score = score_l[i]
+        is_anomaly = score >= threshold
         details = {
-            "observed": float(scores.observed[i]),
-            "observed_at": (as_of + timedelta(seconds=float(w.x[i, worst]))).isoformat(),
-            "baseline": float(scores.baseline[i]),
-            "sigma": float(scores.sigma[i]),
+            "observed": observed[i],
+            "observed_offset_seconds": worst_x[i],
+            "baseline": baseline[i],
+            "sigma": sigma[i],
             "anomaly_score": score,
-            "threshold": params.anomaly_threshold,
+            "threshold": threshold,
             "score_points": min(params.score_points, n),
             "baseline_points": max(n - params.score_points, 0),
-            "baseline_slope_per_second": float(scores.slope_per_second[i]),
-            "forecast_slope_per_second": float(fc.slope_per_second[i]),
-            "step_seconds": dt,
-            "latest_value": float(latest[i]),
+            "baseline_slope_per_second": base_slope[i],
+            "forecast_slope_per_second": fc_slope[i],
+            "step_seconds": dts[i],
+            "latest_value": latest_l[i],
         }
         explanation = None
-        if is_anomaly and not (params.explainer_configured and score >= params.explain_min_score):
-            explanation = builtin_explanation(details)
+        if is_anomaly:
+            details["observed_at"] = (as_of + timedelta(seconds=worst_x[i])).isoformat()
+            if not (ai and score >= explain_min):
+                explanation = builtin_explanation(details)
         rows.append(
             PredictionRow(
                 domain=domain, source_id=source, stream_id=stream,
-                stream_type=loaded.stream_types[i], model=model, as_of=as_of,
-                computed_at=computed_at, points_used=n, horizon_seconds=float(horizon[i]),
-                forecast_times=[
-                    as_of + timedelta(seconds=dt * h) for h in range(1, params.horizon_points + 1)
-                ],
-                forecast_values=[float(v) for v in fc.path[i]],
-                lower_bound=float(fc.lower[i]), upper_bound=float(fc.upper[i]),
-                anomaly_score=score, is_anomaly=is_anomaly, threshold_events=events,
+                stream_type=loaded.stream_types[i], model=models.MODEL_NAMES[codes[i]],
+                as_of=as_of, computed_at=computed_at, points_used=n, step_seconds=dts[i],
+                horizon_seconds=horizon[i], forecast_values=paths[i],
+                lower_bound=lower[i], upper_bound=upper[i],
+                anomaly_score=score, is_anomaly=is_anomaly,
+                threshold_events=events_of.get(i, []),
                 explanation=explanation, details=details,
             )
         )

@@ -90,7 +90,7 @@ class MlBatchSettings(ServiceSettings):
         default=3, ge=1, description="Latest points scored for anomaly (the rest is baseline)."
     )
     ml_anomaly_threshold: float = Field(
-        default=5.0, gt=0, description="Robust z-score at or above which is_anomaly is true."
+        default=4.0, gt=0, description="Robust z-score at or above which is_anomaly is true."
     )
     ml_explain_min_score: float = Field(
         default=5.0, ge=0, description="Anomalies scoring at least this get an AI explanation."

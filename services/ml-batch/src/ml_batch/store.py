@@ -52,7 +52,7 @@ async def check_schema(conn: asyncpg.Connection) -> None:
 COLUMNS = (
     "time", "domain", "source_id", "stream_id", "model", "predicted_value", "lower_bound",
     "upper_bound", "anomaly_score", "computed_at", "metadata", "as_of", "stream_type",
-    "points_used", "horizon_seconds", "forecast_times", "forecast_values", "is_anomaly",
+    "points_used", "step_seconds", "horizon_seconds", "forecast_values", "is_anomaly",
     "threshold_events", "explanation",
 )
 
@@ -62,7 +62,7 @@ def _record(row: PredictionRow) -> tuple[Any, ...]:
         row.time, row.domain, row.source_id, row.stream_id, row.model,
         row.forecast_values[-1] if row.forecast_values else None, row.lower_bound,
         row.upper_bound, row.anomaly_score, row.computed_at, json.dumps(row.details), row.as_of,
-        row.stream_type, row.points_used, row.horizon_seconds, row.forecast_times,
+        row.stream_type, row.points_used, row.step_seconds, row.horizon_seconds,
         row.forecast_values, row.is_anomaly, json.dumps(row.threshold_events),
         None if row.explanation is None else json.dumps(row.explanation),
     )
@@ -105,7 +105,7 @@ async def save(
 
 UNPUBLISHED = """
 SELECT domain, source_id, stream_id, stream_type, model, as_of, computed_at, points_used,
-       horizon_seconds, forecast_times, forecast_values, lower_bound, upper_bound,
+       step_seconds, horizon_seconds, forecast_values, lower_bound, upper_bound,
        anomaly_score, is_anomaly, threshold_events, explanation
 FROM predictions
 WHERE published_at IS NULL
@@ -121,11 +121,9 @@ def _prediction(r: asyncpg.Record) -> Prediction:
         "model": r["model"],
         "as_of": r["as_of"],
         "points_used": r["points_used"] or 1,
+        "step_seconds": r["step_seconds"] or 1.0,
         "horizon_seconds": r["horizon_seconds"] or 0.0,
-        "forecast": [
-            {"ts": t, "value": v}
-            for t, v in zip(r["forecast_times"] or [], r["forecast_values"] or [], strict=True)
-        ],
+        "forecast": r["forecast_values"] or [],
         "lower_bound": r["lower_bound"],
         "upper_bound": r["upper_bound"],
         "anomaly_score": r["anomaly_score"] or 0.0,

@@ -6,8 +6,8 @@ ALTER TABLE predictions
     ADD COLUMN stream_type      text,
     ADD COLUMN points_used      integer,
     ADD COLUMN horizon_seconds  double precision,
-    ADD COLUMN forecast_times   timestamptz[],       -- the forecast path (time ends at horizon)
-    ADD COLUMN forecast_values  double precision[],
+    ADD COLUMN step_seconds     double precision,    -- forecast step (median sampling interval)
+    ADD COLUMN forecast_values  double precision[],  -- value i at as_of + (i+1) × step_seconds
     ADD COLUMN is_anomaly       boolean NOT NULL DEFAULT false,
     ADD COLUMN threshold_events jsonb   NOT NULL DEFAULT '[]'::jsonb,  -- ThresholdCrossing list
     ADD COLUMN explanation      jsonb,               -- {source: builtin|ai-explainer, text, …}

@@ -23,7 +23,9 @@ so all streams are judged alike.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -53,7 +55,7 @@ class Windows:
         return self.valid.sum(axis=1)
 
 
-def pad_windows(rel_times: list[list[float]], values: list[list[float]], width: int) -> Windows:
+def pad_windows(rel_times: Sequence[Any], values: Sequence[Any], width: int) -> Windows:
     """Right-aligned, NaN-padded matrices from per-stream lists (oldest first)."""
     s = len(values)
     if s and all(len(v) == width for v in values):  # the common case: every window is full

@@ -10,6 +10,7 @@ they live in PostgreSQL.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -164,7 +165,7 @@ def _utc(ts: datetime) -> datetime:
 
 
 def group_legacy_rows(
-    rows: list[Any], domain: str, watermarks: dict[tuple[str, str, str], datetime]
+    rows: Sequence[Any], domain: str, watermarks: dict[tuple[str, str, str], datetime]
 ) -> StreamWindows:
     """Rows (sensor_id, last_time, ts, value) ordered by sensor and time → windows, leaving
     out sensors with nothing newer than their watermark."""

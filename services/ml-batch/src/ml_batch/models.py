@@ -52,7 +52,7 @@ class Windows:
 
     @property
     def counts(self) -> npt.NDArray[np.int64]:
-        return self.valid.sum(axis=1)
+        return np.asarray(self.valid.sum(axis=1), dtype=np.int64)
 
 
 def pad_windows(rel_times: Sequence[Any], values: Sequence[Any], width: int) -> Windows:

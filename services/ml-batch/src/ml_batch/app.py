@@ -72,9 +72,23 @@ def create_app(settings: MlBatchSettings) -> Starlette:
     stopping = asyncio.Event()
 
     async def loop() -> None:
-        job = await connect_all(settings, conns, stopping)
-        if job is not None:
-            await run_forever(job, settings.ml_interval_seconds, stopping)
+        delay = 1.0
+        while not stopping.is_set():
+            try:
+                job = await connect_all(settings, conns, stopping)
+            except Exception as exc:  # e.g. NATS down at start: wait, retry
+                log.warning("cannot connect; retrying", error=f"{type(exc).__name__}: {exc}",
+                            retry_in=delay)
+                if conns.nc is not None:
+                    await conns.nc.close()
+                    conns.nc = None
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stopping.wait(), timeout=delay)
+                delay = min(delay * 2, 30.0)
+                continue
+            if job is not None:
+                await run_forever(job, settings.ml_interval_seconds, stopping)
+            return
 
     async def ready() -> dict[str, bool]:
         return {

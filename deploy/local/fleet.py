@@ -50,6 +50,8 @@ SERVICES = (
     Service("gateway-ws", "gateway_ws", 8002),
     Service("csv-importer", "csv_importer", 8003),
     Service("gateway-mqtt", "gateway_mqtt", 8004),
+    # A batch job: runs every ML_INTERVAL_SECONDS (60) and serves /health like the others.
+    Service("ml-batch", "ml_batch", 8030),
 )
 
 

@@ -22,6 +22,7 @@ BASE_PORTS = {
     "gateway-mqtt": 8004,
     "classifier": 8010,
     "writer-postgres": 8020,
+    "ml-batch": 8030,
 }
 
 

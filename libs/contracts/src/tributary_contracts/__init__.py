@@ -8,7 +8,7 @@ from tributary_contracts.dead_letters import (
     DLQ_SUBJECT,
     dead_letter_headers,
 )
-from tributary_contracts.ids import MSG_ID_HEADER, batch_msg_id, point_key
+from tributary_contracts.ids import MSG_ID_HEADER, batch_msg_id, point_key, prediction_msg_id
 from tributary_contracts.jetstream import (
     API_KEYS_BUCKET,
     CLASSIFIER_DURABLE,
@@ -40,8 +40,11 @@ from tributary_contracts.models import (
     LegacyIds,
     PointBatch,
     PointClass,
+    Prediction,
+    PredictionBatch,
     RejectedEntry,
     RejectedInput,
+    ThresholdCrossing,
     Transport,
 )
 from tributary_contracts.routes import SinkRoutes
@@ -95,12 +98,15 @@ __all__ = [
     "Namespace",
     "PointBatch",
     "PointClass",
+    "Prediction",
+    "PredictionBatch",
     "RateConstraints",
     "RejectedEntry",
     "RejectedInput",
     "Severity",
     "SinkRoutes",
     "StreamConfig",
+    "ThresholdCrossing",
     "Transport",
     "ValueConstraints",
     "batch_msg_id",
@@ -112,6 +118,7 @@ __all__ = [
     "escape_token",
     "parse_stream_config_key",
     "point_key",
+    "prediction_msg_id",
     "stream_config_key",
     "unescape_key",
     "unescape_token",

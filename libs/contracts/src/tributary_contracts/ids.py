@@ -32,3 +32,15 @@ def batch_msg_id(
         + [f"{stream_id}\x1f{ts.isoformat()}" for stream_id, ts in points]
     )
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def prediction_msg_id(
+    domain: str, source_id: str, predictions: Iterable[tuple[str, str, datetime]]
+) -> str:
+    """``Nats-Msg-Id`` of a ``PredictionBatch``: SHA-256 over its (stream_id, model, as_of)
+    keys, in order (the unique key of a row of the ``predictions`` table)."""
+    text = "\x1e".join(
+        [f"prediction\x1f{domain}\x1f{source_id}"]
+        + [f"{stream}\x1f{model}\x1f{as_of.isoformat()}" for stream, model, as_of in predictions]
+    )
+    return hashlib.sha256(text.encode()).hexdigest()

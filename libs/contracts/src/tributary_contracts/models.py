@@ -7,7 +7,7 @@ would cap the fleet at a few thousand points/s (Python client cost per JetStream
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
 from pydantic_core import to_json
@@ -209,3 +209,67 @@ class AlertEvent(BaseModel):
     )
     config_version: int | None = Field(default=None, description="StreamConfig revision used.")
     emitted_at: UtcDatetime = Field(description="When the classifier emitted the event (UTC).")
+
+
+class ThresholdCrossing(BaseModel):
+    """The forecast crosses one of the stream's configured limits within the horizon."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    level: Literal["warning", "critical"] = Field(description="Zone the forecast enters.")
+    limit: str = Field(
+        description="StreamConfig limit crossed: warning_max, operational_max, alert_max, "
+        "max_value, or their _min counterparts."
+    )
+    bound: float = Field(description="Value of that limit.")
+    direction: Literal["above", "below"] = Field(description="Crossing upwards or downwards.")
+    expected_at: UtcDatetime = Field(description="When the forecast reaches the limit (UTC).")
+    in_seconds: float = Field(ge=0, description="``expected_at`` minus the prediction's as_of.")
+
+
+class Prediction(BaseModel):
+    """ml-batch's verdict on one stream at one instant (``as_of``, its latest stored point)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    stream_id: Identifier = Field(description="The stream.")
+    stream_type: str | None = Field(default=None, description="Kind of stream, if known.")
+    model: str = Field(description="Forecast model used: ewma, trend or taylor.")
+    as_of: UtcDatetime = Field(description="Event time of the latest point used (the watermark).")
+    points_used: int = Field(ge=1, description="Points of the window the model saw.")
+    step_seconds: float = Field(
+        gt=0, description="Forecast step: the stream's median sampling interval."
+    )
+    horizon_seconds: float = Field(ge=0, description="How far ahead the forecast reaches.")
+    forecast: list[float] = Field(
+        description="The forecast path: value ``i`` is for ``as_of + (i + 1) × step_seconds``."
+    )
+    lower_bound: float | None = Field(default=None, description="~95 % band low, at horizon end.")
+    upper_bound: float | None = Field(default=None, description="~95 % band high, at horizon end.")
+    anomaly_score: float = Field(
+        ge=0, description="Robust z-score (median/MAD) of the latest points' residuals."
+    )
+    is_anomaly: bool = Field(description="``anomaly_score`` reached the job's threshold.")
+    threshold_events: list[ThresholdCrossing] = Field(
+        default_factory=list, description="Limits the forecast crosses within the horizon."
+    )
+    explanation: dict[str, Any] | None = Field(
+        default=None,
+        description="Why it is an anomaly: {source: builtin|ai-explainer, text, …}; None when "
+        "not an anomaly or when the AI explanation is still pending (see the predictions table).",
+    )
+
+
+class PredictionBatch(BaseModel):
+    """Predictions of streams of one (domain, source), published on ``dp.prediction.>``.
+
+    ``Nats-Msg-Id`` is ``prediction_msg_id`` of its (stream, model, as_of) keys, so a re-run
+    that publishes the same predictions again is dropped by JetStream's duplicate window.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    domain: Domain = Field(description="Domain of the source.")
+    source_id: Identifier = Field(description="Original source id.")
+    computed_at: UtcDatetime = Field(description="When ml-batch computed them (UTC).")
+    predictions: list[Prediction] = Field(min_length=1, description="One per stream.")

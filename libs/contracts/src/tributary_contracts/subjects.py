@@ -109,6 +109,9 @@ class Namespace:
     def all_alerts(self) -> str:
         return self._subject("dp", "alert", ">")
 
+    def all_predictions(self) -> str:
+        return self._subject("dp", "prediction", ">")
+
     # -- JetStream object names -----------------------------------------------------------
     def stream(self, base: str) -> str:
         """Name of stream ``base`` (DP_RAW, …) in this namespace."""

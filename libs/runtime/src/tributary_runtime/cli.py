@@ -5,6 +5,7 @@ tributary keys create --role admin       print a new API key (last line of outpu
 tributary streams get|set|list|delete|import …   stream classification configs (see
                                          `tributary streams --help`)
 tributary devices add|list|disable|enable|import …  the IoT device registry
+tributary ml run [--once] [--interval S] the ml-batch job (needs services/ml-batch installed)
 """
 
 from __future__ import annotations
@@ -78,11 +79,40 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--name", default="", help="who or what the key is for")
     streams_cli.add_parser(commands)
     devices_cli.add_parser(commands)
+    ml = commands.add_parser("ml", help="the ml-batch job").add_subparsers(
+        dest="ml_command", required=True
+    )
+    ml_run = ml.add_parser("run", help="predictions, anomaly scores and explanations")
+    ml_run.add_argument("--once", action="store_true", help="one run, then exit")
+    ml_run.add_argument(
+        "--interval", type=float, default=None, metavar="S",
+        help="seconds between runs (default ML_INTERVAL_SECONDS)",
+    )
     return parser
+
+
+def _ml(args: argparse.Namespace) -> None:
+    # Imported here: libs/runtime does not depend on ml-batch, which may not be installed.
+    try:
+        from ml_batch.__main__ import run  # type: ignore[import-not-found,unused-ignore]
+    except ModuleNotFoundError as exc:
+        print(
+            f"tributary: ml-batch is not installed ({exc}); install services/ml-batch "
+            "(make install does)",
+            file=sys.stderr,
+        )
+        raise SystemExit(1) from None
+    if args.interval is not None and not args.interval > 0:
+        print("tributary: --interval must be greater than 0 seconds", file=sys.stderr)
+        raise SystemExit(2)
+    run(once=args.once, interval=args.interval)
 
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    if args.command == "ml":  # its own settings and logging
+        _ml(args)
+        return
 
     settings = load_settings(ServiceSettings)
     # Commands print their results on stdout (``streams get > f.json``); connection chatter

@@ -1,1 +1,2 @@
-"""ml-batch: not implemented yet (issue #9)."""
+"""ml-batch: baseline forecasts, anomaly scores, threshold forecasts and explanations of every
+stream with new data, into the ``predictions`` table and ``dp.prediction.>``."""

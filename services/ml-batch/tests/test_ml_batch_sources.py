@@ -1,0 +1,99 @@
+"""Settings, the README's settings table, and the SQL Server source."""
+
+from __future__ import annotations
+
+import os
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from ml_batch.job import sqlserver_domains
+from ml_batch.load import group_legacy_rows, load_sqlserver, sqlalchemy_url
+from ml_batch.settings import MlBatchSettings
+from tributary_runtime.settings import settings_table
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+T = datetime(2026, 3, 1, 12, 0)
+
+
+def test_readme_settings_table_is_generated_from_the_settings_class() -> None:
+    text = README.read_text(encoding="utf-8")
+    section = text.split("## Settings\n", 1)[1].split("\n\n", 1)[0]
+    assert section == settings_table(MlBatchSettings)
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"ML_MODEL_BY_TYPE": "temperature=arima"}, "model must be one of ewma, trend, taylor"),
+        ({"ML_MODEL_BY_TYPE": "temperature"}, "must look like 'stream_type=model'"),
+        ({"AI_EXPLAINER_URL": "explainer:8003"}, "must start with http:// or https://"),
+        ({"SINK_ROUTES": "iot=oracle"}, "sink must be one of postgres, sqlserver"),
+        ({"ML_WINDOW_POINTS": "2"}, "greater than or equal to 3"),
+    ],
+)
+def test_bad_settings_are_refused_naming_the_problem(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], message: str
+) -> None:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ValueError, match=message):
+        MlBatchSettings()
+
+
+def test_sqlserver_is_read_only_for_domains_routed_there_and_only_with_a_dsn() -> None:
+    routes = "iot=sqlserver,*=postgres"
+    assert sqlserver_domains(MlBatchSettings(sink_routes=routes)) == []
+    with_dsn = MlBatchSettings(sink_routes=routes, mssql_dsn="DRIVER=x;SERVER=y")
+    assert sqlserver_domains(with_dsn) == ["iot"]
+    assert sqlserver_domains(MlBatchSettings(mssql_dsn="DRIVER=x")) == []
+
+
+def test_mssql_dsn_as_odbc_string_or_url() -> None:
+    assert sqlalchemy_url("mssql+pyodbc://u:p@h/db?driver=X") == "mssql+pyodbc://u:p@h/db?driver=X"
+    assert sqlalchemy_url("DRIVER={ODBC Driver 18};SERVER=h") == (
+        "mssql+pyodbc:///?odbc_connect=DRIVER%3D%7BODBC+Driver+18%7D%3BSERVER%3Dh"
+    )
+
+
+def test_legacy_rows_become_windows_and_watermarked_sensors_are_left_out() -> None:
+    rows = [
+        (17, T, T - timedelta(seconds=20), 1.5),
+        (17, T, T - timedelta(seconds=10), 2.5),
+        (17, T, T, 3.5),
+        (18, T, T - timedelta(seconds=5), 9.0),
+        (18, T, T, 9.5),
+    ]
+    marks = {("iot", "sensor-18", "18"): T.replace(tzinfo=UTC)}  # nothing new for 18
+    w = group_legacy_rows(rows, "iot", marks)
+    assert w.keys == [("iot", "sensor-17", "17")]
+    assert w.last_times == [T.replace(tzinfo=UTC)]
+    assert w.rel_times == [[-20.0, -10.0, 0.0]]
+    assert w.values == [[1.5, 2.5, 3.5]]
+    assert len(group_legacy_rows(rows, "iot", {})) == 2
+
+
+@pytest.mark.skipif(
+    not os.environ.get("MSSQL_TEST_DSN"),
+    reason="needs a SQL Server with the legacy schema (MSSQL_TEST_DSN); none on this machine",
+)
+def test_reads_the_legacy_sensor_readings_of_a_real_sql_server() -> None:
+    from sqlalchemy import create_engine, text
+
+    dsn = os.environ["MSSQL_TEST_DSN"]
+    now = datetime.now(UTC).replace(tzinfo=None, microsecond=0)
+    engine = create_engine(sqlalchemy_url(dsn))
+    with engine.begin() as conn:
+        conn.execute(text("DELETE FROM dbo.sensor_readings WHERE sensor_id = 990017"))
+        for i in range(12):
+            conn.execute(
+                text("INSERT INTO dbo.sensor_readings"
+                     " (sensor_id, value, device_timestamp, ingest_timestamp)"
+                     " VALUES (990017, :v, :t, :t)"),
+                {"v": float(i), "t": now - timedelta(seconds=12 - i)},
+            )
+    w = load_sqlserver(dsn, domain="iot", since=datetime.now(UTC) - timedelta(hours=1),
+                       window=10, max_streams=100_000, watermarks={})
+    i = w.keys.index(("iot", "sensor-990017", "990017"))
+    assert w.values[i] == [float(v) for v in range(2, 12)]

@@ -21,17 +21,25 @@ from tributary_runtime import streams_cli
 from tributary_runtime.apikeys import ApiKeyStore, Role
 from tributary_runtime.bus import connect_nats
 from tributary_runtime.logs import configure_logging
-from tributary_runtime.settings import ServiceSettings, load_settings
+from tributary_runtime.settings import OperatorSettings, ServiceSettings, load_settings
 from tributary_runtime.stream_configs import ConfigProblem, StreamConfigBucket
 
 
-async def _bootstrap(settings: ServiceSettings) -> None:
+async def _bootstrap(settings: OperatorSettings) -> None:
     nc = await connect_nats(settings, "tributary-cli", reconnect_attempts=2)
     try:
-        await ensure_jetstream(nc.jetstream(), settings.namespace, consumers=tuple(CONSUMERS))
+        await ensure_jetstream(
+            nc.jetstream(),
+            settings.namespace,
+            consumers=tuple(CONSUMERS),
+            replicas=settings.jetstream_replicas,
+        )
     finally:
         await nc.close()
-    print(f"JetStream objects ready on {settings.nats_url} (prefix {settings.bus_prefix!r})")
+    replicas = f", replicas {settings.jetstream_replicas}" if settings.jetstream_replicas else ""
+    print(
+        f"JetStream objects ready on {settings.nats_url} (prefix {settings.bus_prefix!r}{replicas})"
+    )
 
 
 async def _create_key(settings: ServiceSettings, role: Role, name: str) -> None:
@@ -82,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
 
-    settings = load_settings(ServiceSettings)
+    settings = load_settings(OperatorSettings)
     # Commands print their results on stdout (``streams get > f.json``); connection chatter
     # (a "disconnected" warning on every close) would only get in the way. Errors reach stderr.
     configure_logging("tributary-cli", level="ERROR", fmt="console")

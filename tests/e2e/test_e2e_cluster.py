@@ -10,7 +10,10 @@ nothing is stored that was never sent. The default run is short (~1 200 points);
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -152,6 +155,26 @@ async def _stored(dsn: str) -> tuple[int, set[tuple[str, str, int]]]:
 WRITTEN = "writer_postgres_points_written_total"
 
 
+def _operator_status(fleet: FleetProcess, cluster: NatsCluster, killed: str) -> dict[str, object]:
+    """``tributary status --json`` as an operator would run it against the surviving nodes."""
+    services = [
+        f"gateway-http={fleet.url('gateway-http')}",
+        f"classifier={fleet.url('classifier')}",
+    ]
+    services += [f"writer-postgres={fleet.url('writer-postgres', i)}" for i in (0, 1)]
+    env = {
+        **os.environ,
+        "NATS_URL": ",".join(n.url for n in cluster.nodes if n.name != killed),
+        "BUS_PREFIX": fleet.bus_prefix,
+    }
+    cmd = [str(Path(sys.executable).parent / "tributary"), "status", "--json", "--interval", "0.5"]
+    for service in services:
+        cmd += ["--service", service]
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return json.loads(result.stdout)  # type: ignore[no-any-return]
+
+
 async def _metric(base_url: str, name: str) -> int:
     import httpx
 
@@ -217,6 +240,14 @@ async def test_cluster_node_killed_mid_load_loses_and_doubles_no_acked_point(
     report += f" written_by_writer_replica={written}"
     print(report)
     assert sum(written) == len(stored), report  # the two replicas shared the work, no overlap
+    status = _operator_status(fleet, cluster, leader)
+    streams = {s["name"]: s for s in status["streams"]}
+    consumers = {c["durable"]: c for c in status["consumers"]}
+    assert streams[raw_stream]["replicas"] == 3, status
+    assert streams[raw_stream]["leader"] == new_leader, status
+    assert consumers["writer-postgres"]["num_pending"] == 0, status
+    assert consumers["writer-postgres"]["num_ack_pending"] == 0, status
+    assert all(s["up"] for s in status["services"]), status
     assert new_leader != leader, report
     assert ledger.acked, report
     assert missing == set(), report

@@ -4,6 +4,9 @@ tributary bootstrap                      create/update every stream, bucket and 
 tributary keys create --role admin       print a new API key (last line of output)
 tributary streams get|set|list|delete|import …   stream classification configs (see
                                          `tributary streams --help`)
+tributary status                         services, rates, consumer lag, DLQ depth, stream sizes
+tributary tail SUBJECT-FILTER            live classified points / alerts (--count, --seconds)
+tributary dlq list|replay                dead letters; replay to the original subject if safe
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import nats.errors
 import yaml
 
 from tributary_contracts import API_KEYS_BUCKET, CONSUMERS, STREAM_CONFIGS_BUCKET, ensure_jetstream
-from tributary_runtime import streams_cli
+from tributary_runtime import dlq_cli, status_cli, streams_cli, tail_cli
 from tributary_runtime.apikeys import ApiKeyStore, Role
 from tributary_runtime.bus import connect_nats
 from tributary_runtime.logs import configure_logging
@@ -84,6 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--role", type=Role, choices=list(Role), required=True)
     create.add_argument("--name", default="", help="who or what the key is for")
     streams_cli.add_parser(commands)
+    for module in (status_cli, tail_cli, dlq_cli):  # each sets its own `handler`
+        module.add_parser(commands)
     return parser
 
 
@@ -112,6 +117,10 @@ def main(argv: list[str] | None = None) -> None:
             asyncio.run(_create_key(settings, args.role, args.name))
         elif args.command == "streams":
             code = asyncio.run(_streams(settings, args, checked))
+            if code:
+                raise SystemExit(code)
+        elif hasattr(args, "handler"):
+            code = asyncio.run(args.handler(args, settings))
             if code:
                 raise SystemExit(code)
     except (OSError, TimeoutError, nats.errors.NoServersError) as exc:

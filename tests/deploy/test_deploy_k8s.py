@@ -8,6 +8,8 @@ without it the base's files are validated one by one and the overlay test skips,
 
 from __future__ import annotations
 
+import copy
+import functools
 import shutil
 import subprocess
 from pathlib import Path
@@ -36,6 +38,12 @@ KUBECTL = shutil.which("kubectl")
 
 
 def render(path: Path) -> list[dict[str, Any]]:
+    """The manifests kustomize builds from ``path`` (a fresh copy each call)."""
+    return copy.deepcopy(_render(path))
+
+
+@functools.cache
+def _render(path: Path) -> list[dict[str, Any]]:
     if KUBECTL:
         result = subprocess.run(
             [KUBECTL, "kustomize", str(path)], capture_output=True, text=True, timeout=60

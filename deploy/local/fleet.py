@@ -49,23 +49,26 @@ class Service:
 REPLICA_PORT_STEP = 1000
 
 
-def replica_env(name: str, index: int, count: int) -> dict[str, str]:
+def replica_env(name: str, index: int, count: int, prefix: str = "") -> dict[str, str]:
     """What differs between replicas of one service: the classifier's partition, the MQTT
-    gateway's client id (two MQTT clients with one id disconnect each other)."""
+    gateway's client id (two MQTT clients with one id disconnect each other; a stable id per
+    replica lets a restarted replica resume its broker session). Replica 0 keeps the default."""
     if name == "classifier":
         return {"CLASSIFIER_PARTITIONS": str(count), "CLASSIFIER_PARTITION": str(index)}
-    if name == "gateway-mqtt" and count > 1:
-        return {"MQTT_CLIENT_ID": f"tributary-gateway-mqtt-{os.getpid()}-{index}"}
+    if name == "gateway-mqtt" and index > 0:
+        return {"MQTT_CLIENT_ID": f"tributary-gateway-mqtt{'-' + prefix if prefix else ''}-{index}"}
     return {}
 
 
-def expand_replicas(services: list[Service], replicas: dict[str, int]) -> list[Service]:
+def expand_replicas(
+    services: list[Service], replicas: dict[str, int], prefix: str = ""
+) -> list[Service]:
     """Each service ``replicas[name]`` times (default once), replica i on port + i*1000."""
     out = []
     for s in services:
         count = replicas.get(s.name, 1)
         for i in range(count):
-            env = tuple(replica_env(s.name, i, count).items()) if count > 1 else ()
+            env = tuple(replica_env(s.name, i, count, prefix).items()) if count > 1 else ()
             out.append(Service(s.name, s.module, s.port + i * REPLICA_PORT_STEP, i, env))
     return out
 
@@ -228,7 +231,9 @@ async def main_async(args: argparse.Namespace) -> int:
         print(f"fleet: {exc}", file=sys.stderr)
         return 2
     services = expand_replicas(
-        [s for s in SERVICES if implemented(s) and s.name not in args.skip], replicas
+        [s for s in SERVICES if implemented(s) and s.name not in args.skip],
+        replicas,
+        env.get("BUS_PREFIX", ""),
     )
     fleet = Fleet(services, env, args.port_offset)
     stop = asyncio.Event()

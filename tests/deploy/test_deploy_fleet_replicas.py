@@ -41,13 +41,18 @@ def test_replicas_get_their_own_ports_and_partition_settings() -> None:
     assert all(s.env == () for s in expanded if s.name == "writer-postgres")
 
 
-def test_mqtt_replicas_get_distinct_client_ids() -> None:
+def test_mqtt_replicas_get_distinct_stable_client_ids() -> None:
     fleet = fleet_module()
     mqtt = [s for s in fleet.SERVICES if s.name == "gateway-mqtt"]
 
-    ids = [dict(s.env)["MQTT_CLIENT_ID"] for s in fleet.expand_replicas(mqtt, {"gateway-mqtt": 3})]
+    expanded = fleet.expand_replicas(mqtt, {"gateway-mqtt": 3}, "p1")
 
-    assert len(set(ids)) == 3
+    # Replica 0 keeps the gateway's default id (tributary-gateway-mqtt-p1).
+    assert [dict(s.env).get("MQTT_CLIENT_ID") for s in expanded] == [
+        None,
+        "tributary-gateway-mqtt-p1-1",
+        "tributary-gateway-mqtt-p1-2",
+    ]
 
 
 @pytest.mark.parametrize(

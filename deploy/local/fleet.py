@@ -1,6 +1,6 @@
 """Run the whole fleet locally, without Docker: one process per implemented service.
 
-    .venv/bin/python deploy/local/fleet.py [--bus-prefix P] [--port-offset N]
+    .venv/bin/python deploy/local/fleet.py [--bus-prefix P] [--port-offset N] [--replicas S=N]
 
 Ensures the JetStream objects, creates an admin API key on first run (kept in .tributary/),
 starts every implemented service with its output prefixed by its name, waits until each answers
@@ -25,7 +25,7 @@ from pathlib import Path
 from tributary_contracts import API_KEYS_BUCKET, CONSUMERS, ensure_jetstream
 from tributary_runtime.apikeys import ApiKeyStore, Role
 from tributary_runtime.bus import connect_nats
-from tributary_runtime.settings import ServiceSettings
+from tributary_runtime.settings import OperatorSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 STATE_DIR = ROOT / ".tributary"
@@ -39,6 +39,54 @@ class Service:
     module: str
     port: int
     needs_env: str | None = None  # started only when this variable is set (its database)
+    replica: int = 0  # index among the service's replicas; replica i listens on port + i*1000
+    env: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def label(self) -> str:
+        return self.name if self.replica == 0 else f"{self.name}#{self.replica}"
+
+
+REPLICA_PORT_STEP = 1000
+
+
+def replica_env(name: str, index: int, count: int, prefix: str = "") -> dict[str, str]:
+    """What differs between replicas of one service: the classifier's partition, the MQTT
+    gateway's client id (two MQTT clients with one id disconnect each other; a stable id per
+    replica lets a restarted replica resume its broker session). Replica 0 keeps the default."""
+    if name == "classifier":
+        return {"CLASSIFIER_PARTITIONS": str(count), "CLASSIFIER_PARTITION": str(index)}
+    if name == "gateway-mqtt" and index > 0:
+        return {"MQTT_CLIENT_ID": f"tributary-gateway-mqtt{'-' + prefix if prefix else ''}-{index}"}
+    return {}
+
+
+def expand_replicas(
+    services: list[Service], replicas: dict[str, int], prefix: str = ""
+) -> list[Service]:
+    """Each service ``replicas[name]`` times (default once), replica i on port + i*1000."""
+    out = []
+    for s in services:
+        count = replicas.get(s.name, 1)
+        for i in range(count):
+            env = tuple(replica_env(s.name, i, count, prefix).items()) if count > 1 else ()
+            port = s.port + i * REPLICA_PORT_STEP
+            out.append(Service(s.name, s.module, port, s.needs_env, replica=i, env=env))
+    return out
+
+
+def parse_replicas(values: list[str]) -> dict[str, int]:
+    """``["writer-postgres=2"]`` → ``{"writer-postgres": 2}``; one clear error otherwise."""
+    known = {s.name for s in SERVICES}
+    out: dict[str, int] = {}
+    for value in values:
+        name, _, count = value.partition("=")
+        if name not in known or not count.isdigit() or not 1 <= int(count) <= 8:
+            raise ValueError(
+                f"--replicas expects SERVICE=N, a known service and N in 1..8; got {value!r}"
+            )
+        out[name] = int(count)
+    return out
 
 
 # Every service of the fleet, in start order; those not implemented yet are skipped.
@@ -62,13 +110,15 @@ def implemented(service: Service) -> bool:
         return False
 
 
-async def prepare_bus(settings: ServiceSettings) -> str:
+async def prepare_bus(settings: OperatorSettings) -> str:
     """Create streams, buckets and consumers; return the local admin key (made on first run)."""
     nc = await connect_nats(settings, "tributary-fleet", reconnect_attempts=5)
     try:
         js = nc.jetstream()
         ns = settings.namespace
-        await ensure_jetstream(js, ns, consumers=tuple(CONSUMERS))
+        await ensure_jetstream(
+            js, ns, consumers=tuple(CONSUMERS), replicas=settings.jetstream_replicas
+        )
         store = ApiKeyStore(await js.key_value(ns.bucket(API_KEYS_BUCKET)))
         key_file = STATE_DIR / f"admin-key{'-' + ns.prefix if ns.prefix else ''}"
         if key_file.exists():
@@ -106,7 +156,7 @@ class Fleet:
         """Keep one service running until the fleet stops (restart with backoff if it dies)."""
         backoff = 1.0
         while not self.stopping:
-            env = {**self.env, "PORT": str(self.port(service))}
+            env = {**self.env, **dict(service.env), "PORT": str(self.port(service))}
             proc = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-m",
@@ -116,18 +166,18 @@ class Fleet:
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.STDOUT,
             )
-            self.procs[service.name] = proc
+            self.procs[service.label] = proc
             assert proc.stdout is not None
             started = time.monotonic()
-            await self._pump(service.name, colour, proc.stdout)
+            await self._pump(service.label, colour, proc.stdout)
             code = await proc.wait()
             if self.stopping:
                 return
             if code == 2:  # invalid settings: restarting cannot help
-                print(f"fleet: {service.name} refused its settings (exit 2); not restarting")
+                print(f"fleet: {service.label} refused its settings (exit 2); not restarting")
                 return
             backoff = 1.0 if time.monotonic() - started > 30 else min(backoff * 2, 30)
-            print(f"fleet: {service.name} exited with {code}; restarting in {backoff:.0f}s")
+            print(f"fleet: {service.label} exited with {code}; restarting in {backoff:.0f}s")
             await asyncio.sleep(backoff)
 
     async def wait_healthy(self, timeout: float = 60.0) -> list[str]:
@@ -145,7 +195,7 @@ class Fleet:
             pending = still
             if pending:
                 await asyncio.sleep(0.3)
-        return [s.name for s in pending]
+        return [s.label for s in pending]
 
     async def stop(self) -> None:
         self.stopping = True
@@ -167,8 +217,11 @@ async def main_async(args: argparse.Namespace) -> int:
         env["BUS_PREFIX"] = args.bus_prefix
     env.setdefault("LOG_FORMAT", "console")
     env.setdefault("POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/tributary")
-    settings = ServiceSettings(
-        nats_url=env.get("NATS_URL", "nats://127.0.0.1:4222"), bus_prefix=env.get("BUS_PREFIX", "")
+    replicas = env.get("JETSTREAM_REPLICAS")
+    settings = OperatorSettings(
+        nats_url=env.get("NATS_URL", "nats://127.0.0.1:4222"),
+        bus_prefix=env.get("BUS_PREFIX", ""),
+        jetstream_replicas=int(replicas) if replicas else None,
     )
     key = await prepare_bus(settings)
 
@@ -176,10 +229,20 @@ async def main_async(args: argparse.Namespace) -> int:
     if unknown:
         print(f"fleet: --skip names unknown services: {sorted(unknown)}", file=sys.stderr)
         return 2
+    try:
+        replicas = parse_replicas(args.replicas)
+    except ValueError as exc:
+        print(f"fleet: {exc}", file=sys.stderr)
+        return 2
     services = [s for s in SERVICES if implemented(s) and s.name not in args.skip]
     for s in [s for s in services if s.needs_env and not env.get(s.needs_env)]:
         print(f"fleet: {s.name} not started: {s.needs_env} is not set")
         services.remove(s)
+    services = expand_replicas(
+        services,
+        replicas,
+        env.get("BUS_PREFIX", ""),
+    )
     fleet = Fleet(services, env, args.port_offset)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -190,9 +253,9 @@ async def main_async(args: argparse.Namespace) -> int:
         for i, s in enumerate(services)
     ]
     late = await fleet.wait_healthy()
-    gateway = next((s for s in services if s.name == "gateway-http"), None)
+    gateway = next((s for s in services if s.label == "gateway-http"), None)
     lines = ["", "Tributary fleet " + ("ready" if not late else f"started; not healthy: {late}")]
-    lines += [f"  {s.name:<16} http://127.0.0.1:{fleet.port(s)}/health" for s in services]
+    lines += [f"  {s.label:<16} http://127.0.0.1:{fleet.port(s)}/health" for s in services]
     lines.append(f"  PostgreSQL       {env['POSTGRES_DSN']}")
     lines.append(f"admin key: {key}")
     if gateway:
@@ -224,6 +287,13 @@ def main() -> None:
         default=[],
         metavar="SERVICE",
         help="do not start this service (repeatable), e.g. to run it by hand",
+    )
+    parser.add_argument(
+        "--replicas",
+        action="append",
+        default=[],
+        metavar="SERVICE=N",
+        help="run N replicas of SERVICE sharing its durable consumer (replica i: port + i*1000)",
     )
     try:
         sys.exit(asyncio.run(main_async(parser.parse_args())))

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+REPLICA_PORT_STEP = 1000  # deploy/local/fleet.py: replica i of a service listens on port + i*1000
 BASE_PORTS = {
     "gateway-http": 8001,
     "gateway-ws": 8002,
@@ -32,8 +33,9 @@ def free_port_offset() -> int:
     Ports stay below 32768, where Linux starts handing out ephemeral ports to outgoing
     connections (one of those once took a port between this check and the service's bind)."""
     for _ in range(50):
-        offset = random.randrange(2_000, 24_000, 100)
-        if all(_port_free(p + offset) for p in BASE_PORTS.values()):
+        offset = random.randrange(2_000, 23_000, 100)
+        ports = [p + offset + i * REPLICA_PORT_STEP for p in BASE_PORTS.values() for i in (0, 1)]
+        if all(_port_free(p) for p in ports):
             return offset
     raise RuntimeError("no free port range found")
 
@@ -49,6 +51,7 @@ class FleetProcess:
     postgres_dsn: str
     nats_url: str
     skip: tuple[str, ...] = ()
+    replicas: dict[str, int] = field(default_factory=dict)  # service → count (fleet --replicas)
     extra_env: dict[str, str] = field(default_factory=dict)
     port_offset: int = field(default_factory=free_port_offset)
     admin_key: str = ""
@@ -56,8 +59,9 @@ class FleetProcess:
     _proc: subprocess.Popen[str] | None = None
     _queue: queue.Queue[str] = field(default_factory=queue.Queue)
 
-    def url(self, service: str) -> str:
-        return f"http://127.0.0.1:{BASE_PORTS[service] + self.port_offset}"
+    def url(self, service: str, replica: int = 0) -> str:
+        port = BASE_PORTS[service] + self.port_offset + replica * REPLICA_PORT_STEP
+        return f"http://127.0.0.1:{port}"
 
     def service_env(self) -> dict[str, str]:
         return {
@@ -80,6 +84,8 @@ class FleetProcess:
         ]
         for name in self.skip:
             cmd += ["--skip", name]
+        for name, count in self.replicas.items():
+            cmd += ["--replicas", f"{name}={count}"]
         self._proc = subprocess.Popen(
             cmd,
             cwd=ROOT,

@@ -153,19 +153,31 @@ def _is_not_found(exc: Exception) -> bool:
 
 
 async def ensure_jetstream(
-    js: JetStreamLike, ns: Namespace = Namespace(), consumers: tuple[str, ...] = ()
+    js: JetStreamLike,
+    ns: Namespace = Namespace(),
+    consumers: tuple[str, ...] = (),
+    replicas: int | None = None,
 ) -> None:
-    """Create or update every stream and bucket of ``ns``, plus the named durable consumers."""
+    """Create or update every stream and bucket of ``ns``, plus the named durable consumers.
+
+    ``replicas`` is the copies each stream and bucket keeps in a NATS cluster (3 in production,
+    see deploy/README.md). ``None`` (what services pass at start) creates missing objects with
+    one replica and leaves an existing stream's replica count alone, so a service starting after
+    ``tributary bootstrap`` never scales an R3 stream back down. Consumers inherit their stream's.
+    """
+    if replicas is not None and replicas < 1:
+        raise ValueError(f"replicas must be >= 1, got {replicas}")
     for stream in STREAMS:
         params = stream.kwargs(ns)
         try:
-            await js.stream_info(params["name"])
+            info = await js.stream_info(params["name"])
         except Exception as exc:
             if not _is_not_found(exc):
                 raise
-            await js.add_stream(**params)
+            await js.add_stream(**params, num_replicas=replicas or 1)
         else:
-            await js.update_stream(**params)
+            current = getattr(info.config, "num_replicas", None) or 1
+            await js.update_stream(**params, num_replicas=replicas or current)
     for base, history, description in BUCKETS:
         name = ns.bucket(base)
         try:
@@ -173,7 +185,9 @@ async def ensure_jetstream(
         except Exception as exc:
             if not _is_not_found(exc):
                 raise
-            await js.create_key_value(bucket=name, history=history, description=description)
+            await js.create_key_value(
+                bucket=name, history=history, description=description, replicas=replicas or 1
+            )
     for durable in consumers:
         await ensure_consumer(js, ns, durable)
 

@@ -6,6 +6,9 @@ tributary streams get|set|list|delete|import …   stream classification configs
                                          `tributary streams --help`)
 tributary devices add|list|disable|enable|import …  the IoT device registry
 tributary ml run [--once] [--interval S] the ml-batch job (needs services/ml-batch installed)
+tributary status                         services, rates, consumer lag, DLQ depth, stream sizes
+tributary tail SUBJECT-FILTER            live classified points / alerts (--count, --seconds)
+tributary dlq list|replay                dead letters; replay to the original subject if safe
 """
 
 from __future__ import annotations
@@ -19,21 +22,29 @@ import nats.errors
 import yaml
 
 from tributary_contracts import API_KEYS_BUCKET, CONSUMERS, STREAM_CONFIGS_BUCKET, ensure_jetstream
-from tributary_runtime import devices_cli, streams_cli
+from tributary_runtime import devices_cli, dlq_cli, status_cli, streams_cli, tail_cli
 from tributary_runtime.apikeys import ApiKeyStore, Role
 from tributary_runtime.bus import connect_nats
 from tributary_runtime.logs import configure_logging
-from tributary_runtime.settings import ServiceSettings, load_settings
+from tributary_runtime.settings import OperatorSettings, ServiceSettings, load_settings
 from tributary_runtime.stream_configs import ConfigProblem, StreamConfigBucket
 
 
-async def _bootstrap(settings: ServiceSettings) -> None:
+async def _bootstrap(settings: OperatorSettings) -> None:
     nc = await connect_nats(settings, "tributary-cli", reconnect_attempts=2)
     try:
-        await ensure_jetstream(nc.jetstream(), settings.namespace, consumers=tuple(CONSUMERS))
+        await ensure_jetstream(
+            nc.jetstream(),
+            settings.namespace,
+            consumers=tuple(CONSUMERS),
+            replicas=settings.jetstream_replicas,
+        )
     finally:
         await nc.close()
-    print(f"JetStream objects ready on {settings.nats_url} (prefix {settings.bus_prefix!r})")
+    replicas = f", replicas {settings.jetstream_replicas}" if settings.jetstream_replicas else ""
+    print(
+        f"JetStream objects ready on {settings.nats_url} (prefix {settings.bus_prefix!r}{replicas})"
+    )
 
 
 async def _create_key(settings: ServiceSettings, role: Role, name: str) -> None:
@@ -88,6 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--interval", type=float, default=None, metavar="S",
         help="seconds between runs (default ML_INTERVAL_SECONDS)",
     )
+    for module in (status_cli, tail_cli, dlq_cli):  # each sets its own `handler`
+        module.add_parser(commands)
     return parser
 
 
@@ -114,7 +127,7 @@ def main(argv: list[str] | None = None) -> None:
         _ml(args)
         return
 
-    settings = load_settings(ServiceSettings)
+    settings = load_settings(OperatorSettings)
     # Commands print their results on stdout (``streams get > f.json``); connection chatter
     # (a "disconnected" warning on every close) would only get in the way. Errors reach stderr.
     configure_logging("tributary-cli", level="ERROR", fmt="console")
@@ -138,8 +151,13 @@ def main(argv: list[str] | None = None) -> None:
             code = asyncio.run(_streams(settings, args, checked))
             if code:
                 raise SystemExit(code)
-        elif args.command == "devices" and (code := devices_cli.execute(args, settings)):
-            raise SystemExit(code)
+        elif args.command == "devices":
+            if code := devices_cli.execute(args, settings):
+                raise SystemExit(code)
+        elif hasattr(args, "handler"):
+            code = asyncio.run(args.handler(args, settings))
+            if code:
+                raise SystemExit(code)
     except (OSError, TimeoutError, nats.errors.NoServersError) as exc:
         print(f"tributary: cannot reach NATS at {settings.nats_url}: {exc}", file=sys.stderr)
         raise SystemExit(1) from None

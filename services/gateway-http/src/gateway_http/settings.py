@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from pydantic import Field
 
+from tributary_runtime.guard import GuardSettings
 from tributary_runtime.settings import ServiceSettings
 
 
-class GatewayHttpSettings(ServiceSettings):
+class GatewayHttpSettings(GuardSettings, ServiceSettings):
     """What the HTTP gateway reads from the environment."""
 
     port: int = Field(
@@ -39,4 +40,9 @@ class GatewayHttpSettings(ServiceSettings):
         default=512,
         ge=16,
         description="Longest payload excerpt of a rejected point sent to dp.rejected.http.",
+    )
+    key_rotation_overlap_seconds: float = Field(
+        default=24 * 3600.0,
+        ge=0,
+        description="How long a rotated key stays valid next to its successor by default.",
     )

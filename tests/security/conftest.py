@@ -194,3 +194,23 @@ def start_fleet(
 async def fleet(start_fleet: Any) -> AsyncIterator[Fleet]:
     async with start_fleet() as running_fleet:
         yield running_fleet
+
+
+@pytest.fixture
+def run_writer(servers: Any, bus_prefix: str, database_dsn: str, jetstream: Any) -> Any:
+    """``async with run_writer():`` writer-postgres started inline (create_app + lifespan) on
+    this test's bus prefix and database."""
+    from writer_postgres.app import create_app
+    from writer_postgres.settings import WriterPostgresSettings
+
+    @asynccontextmanager
+    async def run(**overrides: Any) -> AsyncIterator[Any]:
+        settings = WriterPostgresSettings(
+            nats_url=servers.nats_url, bus_prefix=bus_prefix, postgres_dsn=database_dsn,
+            fetch_timeout_seconds=0.05, **overrides,
+        )
+        app = create_app(settings)
+        async with app.router.lifespan_context(app):
+            yield app
+
+    return run

@@ -4,14 +4,16 @@ logged; revocation and rotation with an overlap period take effect on every tran
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
+import io
 from typing import Any
 
 import pytest
 
 from tests.security.conftest import Fleet
+from tributary_runtime import keys_cli
 from tributary_runtime.apikeys import key_id_of
+from tributary_runtime.cli import build_parser
+from tributary_runtime.settings import ServiceSettings
 
 pytestmark = pytest.mark.integration
 
@@ -101,26 +103,31 @@ async def test_keys_never_appear_in_logs(fleet: Fleet, capfd: Any) -> None:
         assert secret not in out and secret not in err
 
 
-def test_cli_create_list_revoke_rotate(servers: Any, bus_prefix: str, jetstream: Any) -> None:
-    role = "read_only"
-    env = {"NATS_URL": servers.nats_url, "BUS_PREFIX": bus_prefix, "PATH": ""}
+async def test_cli_create_list_revoke_rotate(
+    servers: Any, bus_prefix: str, jetstream: Any
+) -> None:
+    """The ``tributary keys`` commands, run in-process (argument parsing included)."""
+    settings = ServiceSettings(nats_url=servers.nats_url, bus_prefix=bus_prefix)
 
-    def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "tributary_runtime.cli", "keys", *args],
-                              env=env, capture_output=True, text=True, timeout=60)
+    async def cli(*args: str) -> tuple[int, str, str]:
+        out, err = io.StringIO(), io.StringIO()
+        code = await keys_cli.run(settings, build_parser().parse_args(["keys", *args]), out, err)
+        return code, out.getvalue(), err.getvalue()
 
-    created = cli("create", "--role", role, "--name", "ci")
-    key = created.stdout.strip().splitlines()[-1]
+    code, out, _ = await cli("create", "--role", "read_only", "--name", "ci")
+    key = out.strip().splitlines()[-1]
     key_id = key_id_of(key)
-    assert created.returncode == 0 and key_id is not None
-    rotated = cli("rotate", key_id, "--overlap-seconds", "0")
-    new_key = rotated.stdout.strip().splitlines()[-1]
-    listing = cli("list")
-    revoked = cli("revoke", key_id_of(new_key) or "")
+    assert code == 0 and key_id is not None
+    code, out, _ = await cli("rotate", key_id, "--overlap-seconds", "0")
+    new_key = out.strip().splitlines()[-1]
+    _, listing, listing_err = await cli("list")
+    revoked = await cli("revoke", key_id_of(new_key) or "")
+    again = await cli("revoke", key_id_of(new_key) or "")
+    writer = await cli("create", "--role", "source_writer")
 
-    assert rotated.returncode == 0 and key_id_of(new_key) not in (None, key_id)
-    assert f"{key_id}  {role}" in listing.stdout and "expired" in listing.stdout
-    assert key.split("_", 2)[2] not in listing.stdout + listing.stderr
-    assert revoked.returncode == 0 and "revoked" in revoked.stdout
-    writer = cli("create", "--role", "source_writer")
-    assert writer.returncode == 2 and "needs --source and --domain" in writer.stderr
+    assert code == 0 and key_id_of(new_key) not in (None, key_id)
+    assert f"{key_id}  read_only" in listing and "expired" in listing
+    assert key.split("_", 2)[2] not in listing + listing_err
+    assert revoked[0] == 0 and "revoked" in revoked[1]
+    assert again[0] == 1 and "already revoked" in again[2]
+    assert writer[0] == 2 and "needs --source and --domain" in writer[2]

@@ -8,6 +8,7 @@ WebSocket handshake is refused the same way, before the socket opens).
 
 from __future__ import annotations
 
+from collections.abc import MutableMapping
 from typing import Any
 
 import orjson
@@ -15,7 +16,7 @@ from pydantic import Field
 
 from tributary_runtime.ratelimit import RateLimitSettings
 
-Scope = dict[str, Any]
+Scope = MutableMapping[str, Any]
 
 
 class GuardSettings(RateLimitSettings):

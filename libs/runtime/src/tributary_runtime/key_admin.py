@@ -120,7 +120,7 @@ def parse_create(body: Any) -> tuple[Role, str, list[str] | None, list[str] | No
         )
     roles = ", ".join(r.value for r in Role)
     try:
-        role = Role(body.get("role"))
+        role = Role(str(body.get("role")))
     except ValueError:
         raise KeyProblem(422, f"role must be one of {roles}") from None
     name = body.get("name", "")

@@ -72,13 +72,15 @@ async def admin_key(js: Any, ns: Namespace) -> str:
     return await store.create(Role.ADMIN, "fuzz")
 
 
-async def stored_keys(js: Any, ns: Namespace) -> set[Key]:
+async def stored_keys(js: Any, ns: Namespace, domain: str | None = None) -> set[Key]:
+    """Point keys on ``DP_RAW`` (of ``domain`` only, when given)."""
     stream = ns.stream(DP_RAW)
     info = await js.stream_info(stream)
     keys: set[Key] = set()
     for seq in range(info.state.first_seq, info.state.last_seq + 1) if info.state.messages else ():
         batch = PointBatch.model_validate_json((await js.get_msg(stream, seq)).data or b"")
-        keys |= {(batch.domain, batch.source_id, p.stream_id, p.ts) for p in batch.points}
+        if domain is None or batch.domain == domain:
+            keys |= {(batch.domain, batch.source_id, p.stream_id, p.ts) for p in batch.points}
     return keys
 
 
@@ -204,6 +206,8 @@ async def fuzz_http(servers: Any, bus_prefix: str, nc: Any, max_examples: int) -
 
 # -- WebSocket -----------------------------------------------------------------------------
 
+WS_DOMAIN = "wsfuzz"  # the sessions' domain (the HTTP run may share the namespace)
+
 JSON = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.floats()
     | st.text(max_size=20),
@@ -245,7 +249,7 @@ async def fuzz_ws_session(url: str, key: str, source: str, frames: list[str | by
     """One session: connect, send the frames, read one reply per frame (or the close)."""
     async with websockets.connect(url) as ws:
         await ws.send(orjson.dumps({"type": "connect", "source_id": source,
-                                    "domain": "fuzz", "api_key": key}).decode())
+                                    "domain": WS_DOMAIN, "api_key": key}).decode())
         assert orjson.loads(await ws.recv())["type"] == "connected"
         for frame in frames:
             await ws.send(frame)
@@ -266,7 +270,7 @@ async def fuzz_ws_session(url: str, key: str, source: str, frames: list[str | by
                     report.failures.append(f"ack of {reply['accepted']} for {frame!r:.200}")
                 raw = [p for i, p in enumerate(batch)
                        if i not in {r.index for r in normalized.rejected}]
-                keys, explicit = accepted_keys("fuzz", source, raw, normalized.accepted,
+                keys, explicit = accepted_keys(WS_DOMAIN, source, raw, normalized.accepted,
                                                (source, index))
                 report.accepted_points += reply["accepted"]
                 report.expected |= keys
@@ -307,7 +311,7 @@ async def fuzz_ws(
             if health.status_code != 200:
                 report.failures.append("/health does not answer after the run")
         report.seconds = time.monotonic() - started
-        lost = report.lost(await stored_keys(js, ns))
+        lost = report.lost(await stored_keys(js, ns, WS_DOMAIN))
         if lost:
             report.failures.append(f"acked points not on DP_RAW: {lost[:5]}")
     return report

@@ -130,6 +130,8 @@ class Bench:
                 # Room for the bench's window: the broker then never queues for the gateway
                 # (Mosquitto drops beyond max_queued_messages, 1000 by default).
                 "MAX_IN_FLIGHT": str(max(2000, args.mqtt_window)),
+                # A bench measures capacity, not the rate-limit policy.
+                "RATE_LIMIT_ENABLED": "false",
             },
         )
         self.t0 = 0.0

@@ -228,3 +228,26 @@ def test_parse_json_turns_python_nan_and_overflow_into_values_not_errors() -> No
 def test_parse_json_refuses_malformed_input_naming_it(data: Any, what: str, words: str) -> None:
     with pytest.raises(MalformedJson, match=f"{words} valid JSON"):
         parse_json(data, what=what)
+
+
+def test_metadata_nested_deeper_than_the_limit_is_rejected_naming_the_limit() -> None:
+    from datetime import UTC, datetime
+
+    from tributary_ingest.points import MAX_METADATA_DEPTH, Rejection, normalize_point
+
+    def nested(levels: int) -> dict[str, object]:
+        value: dict[str, object] = {}
+        for _ in range(levels - 1):
+            value = {"a": value}
+        return value
+
+    now = datetime.now(UTC)
+    ok = normalize_point({"stream_id": "s", "value": 1, "metadata": nested(MAX_METADATA_DEPTH)},
+                         0, now)
+    deep = normalize_point(
+        {"stream_id": "s", "value": 1, "metadata": nested(MAX_METADATA_DEPTH + 1)}, 0, now
+    )
+    assert not isinstance(ok, Rejection)
+    assert isinstance(deep, Rejection) and deep.code == "metadata"
+    limit = MAX_METADATA_DEPTH
+    assert deep.reason == f"metadata nests objects/arrays more than {limit} levels deep"

@@ -2,12 +2,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from typing import Any
 
 import pytest
 from pydantic import Field
 
 from tributary_contracts import API_KEYS_BUCKET, Namespace
-from tributary_runtime.apikeys import ApiKeyStore, Role, hash_key
+from tributary_runtime.apikeys import ApiKeyStore, Role, hash_key, key_id_of
 from tributary_runtime.settings import ServiceSettings, load_settings, settings_table
 
 
@@ -45,7 +46,11 @@ async def test_api_keys_are_stored_hashed_and_looked_up(jetstream: object, bus_p
     kv = await jetstream.key_value(Namespace(bus_prefix).bucket(API_KEYS_BUCKET))  # type: ignore[attr-defined]
     store = ApiKeyStore(kv, cache_seconds=0)
     key = await store.create(Role.ADMIN, name="ops")
-    assert key.encode() not in (await kv.get(hash_key(key))).value
+    key_id = key_id_of(key)
+    assert key_id is not None and key.startswith(f"trb_{key_id}_")
+    stored = (await kv.get(key_id)).value
+    assert key.encode() not in stored and key.split("_", 2)[2].encode() not in stored
+    assert hash_key(key).encode() in stored
     record = await store.lookup(key)
     assert record is not None and record.role == Role.ADMIN and record.name == "ops"
     assert await store.lookup(key + "x") is None
@@ -75,3 +80,35 @@ def test_cli_says_clearly_when_nats_is_unreachable() -> None:
     )
     assert result.returncode == 1
     assert "cannot reach NATS at nats://127.0.0.1:1" in result.stderr
+
+
+def test_secrets_can_come_from_files_and_nats_tls_from_settings(
+    tmp_path: Any, monkeypatch: Any
+) -> None:
+    import ssl
+
+    from tributary_runtime.bus import nats_auth_options
+
+    secret = tmp_path / "password"
+    secret.write_text("s3cret\n")
+    monkeypatch.setenv("NATS_PASSWORD_FILE", str(secret))
+    monkeypatch.setenv("NATS_USER", "svc")
+    settings = ServiceSettings(nats_url="tls://nats:4222")
+    options = nats_auth_options(settings)
+    assert (options["user"], options["password"]) == ("svc", "s3cret")
+    assert isinstance(options["tls"], ssl.SSLContext)
+    assert options["tls"].verify_mode == ssl.CERT_REQUIRED
+
+    monkeypatch.setenv("NATS_PASSWORD", "from-env")  # the variable itself wins over _FILE
+    assert nats_auth_options(ServiceSettings())["password"] == "from-env"
+    assert "tls" not in nats_auth_options(ServiceSettings())  # plain local default
+
+
+def test_an_unreadable_secret_file_is_one_clear_line(monkeypatch: Any, capsys: Any) -> None:
+    from tributary_runtime.settings import load_settings
+
+    monkeypatch.setenv("NATS_TOKEN_FILE", "/nonexistent/token")
+    with pytest.raises(SystemExit) as exit_info:
+        load_settings(ServiceSettings)
+    assert exit_info.value.code == 2
+    assert "NATS_TOKEN_FILE: cannot read /nonexistent/token" in capsys.readouterr().err

@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 import pytest
 
-from gateway_ws.protocol import ErrorCode, ProtocolError
+from gateway_ws.protocol import Connect, ErrorCode, ProtocolError
 from gateway_ws.session import ChannelClosed, Session, SessionLimits
 from tributary_ingest.batches import PublishError, Submitted
 
@@ -92,8 +92,8 @@ class MemoryResume:
         return Tracker()
 
 
-async def allow(api_key: str) -> str | ProtocolError:
-    if api_key == "good":
+async def allow(connect: Connect) -> str | ProtocolError:
+    if connect.api_key == "good":
         return "key-1"
     return ProtocolError(ErrorCode.UNAUTHORIZED, "unknown api_key")
 

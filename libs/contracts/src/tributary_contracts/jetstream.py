@@ -24,6 +24,7 @@ DP_CLASSIFIED = "DP_CLASSIFIED"
 DP_EVENTS = "DP_EVENTS"
 DP_REJECTED = "DP_REJECTED"
 DP_DLQ = "DP_DLQ"
+AUDIT = "AUDIT"
 
 # KV bucket names (before the namespace prefix).
 STREAM_CONFIGS_BUCKET = "stream-configs"
@@ -38,6 +39,7 @@ CLASSIFIER_DURABLE = "classifier"
 WRITER_POSTGRES_DURABLE = "writer-postgres"
 WRITER_SQLSERVER_DURABLE = "writer-sqlserver"
 WRITER_POSTGRES_ALERTS_DURABLE = "writer-postgres-alerts"
+WRITER_POSTGRES_AUDIT_DURABLE = "writer-postgres-audit"
 
 MAX_DELIVER = 10
 """Deliveries of one message before its consumer sends it to ``dp.dlq.<consumer>``."""
@@ -73,11 +75,12 @@ STREAMS: tuple[StreamDef, ...] = (
     StreamDef(DP_EVENTS, ("dp.alert.>", "dp.prediction.>"), 30 * DAY, "Alerts and predictions."),
     StreamDef(DP_REJECTED, ("dp.rejected.>",), 7 * DAY, "Input a gateway could not accept."),
     StreamDef(DP_DLQ, ("dp.dlq.>",), 30 * DAY, "Messages a consumer gave up on."),
+    StreamDef(AUDIT, ("audit.>",), 90 * DAY, "Security audit events (AuditEvent)."),
 )
 
 BUCKETS: tuple[tuple[str, int, str], ...] = (
     (STREAM_CONFIGS_BUCKET, 16, "Classification config per stream (StreamConfig JSON)."),
-    (API_KEYS_BUCKET, 1, "API keys by SHA-256 of the key: role and name."),
+    (API_KEYS_BUCKET, 1, "API keys by id: SHA-256 of the key, role, scope, status."),
     (CSV_JOBS_BUCKET, 1, "CSV import job status."),
     (CLASSIFIER_STATE_BUCKET, 1, "Per-stream last value and alert state checkpoints."),
     (WS_RESUME_BUCKET, 1, "gateway-ws: last durably accepted sequence per (domain, source)."),
@@ -128,6 +131,7 @@ CONSUMERS: dict[str, ConsumerDef] = {
     WRITER_POSTGRES_ALERTS_DURABLE: ConsumerDef(
         WRITER_POSTGRES_ALERTS_DURABLE, DP_EVENTS, "dp.alert.>"
     ),
+    WRITER_POSTGRES_AUDIT_DURABLE: ConsumerDef(WRITER_POSTGRES_AUDIT_DURABLE, AUDIT, "audit.>"),
 }
 
 

@@ -273,3 +273,60 @@ class PredictionBatch(BaseModel):
     source_id: Identifier = Field(description="Original source id.")
     computed_at: UtcDatetime = Field(description="When ml-batch computed them (UTC).")
     predictions: list[Prediction] = Field(min_length=1, description="One per stream.")
+
+
+AUDIT_ACTION_PATTERN = r"^[a-z][a-z0-9_]{0,47}$"
+AUDIT_SERVICE_PATTERN = r"^[a-z][a-z0-9-]{0,47}$"
+
+
+class AuditAction(StrEnum):
+    """What an audit event records (the ``<action>`` token of ``audit.<service>.<action>``)."""
+
+    AUTH_FAILED = "auth_failed"
+    """A request with a missing, malformed, unknown, revoked or expired API key (401)."""
+    ACCESS_DENIED = "access_denied"
+    """A known key asked for something outside its role or scope (403)."""
+    KEY_CREATED = "key_created"
+    KEY_REVOKED = "key_revoked"
+    KEY_ROTATED = "key_rotated"
+    CONFIG_CHANGED = "config_changed"
+    CONFIG_DELETED = "config_deleted"
+
+
+class AuditEvent(BaseModel):
+    """One security-relevant event (ISO 27001 A.12.4), published on ``audit.<service>.<action>``
+    and stored by writer-postgres in ``ingestion_audit_log``: who, what, when, from where.
+
+    Never carries a key's secret: ``key_id`` is the public id part of ``trb_<id>_<secret>``.
+    ``Nats-Msg-Id`` is ``event_id``, and the table is unique on it, so a retry stores one row.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    event_id: str = Field(min_length=1, max_length=64, description="Unique id (uuid4 hex).")
+    at: UtcDatetime = Field(description="When it happened (UTC).")
+    service: Annotated[str, StringConstraints(pattern=AUDIT_SERVICE_PATTERN)] = Field(
+        description="Who recorded it: gateway-http, gateway-ws, csv-importer, cli."
+    )
+    action: Annotated[str, StringConstraints(pattern=AUDIT_ACTION_PATTERN)] = Field(
+        description="What happened (an ``AuditAction`` value)."
+    )
+    outcome: Literal["success", "failure"] = Field(
+        description="success for changes made, failure for refusals."
+    )
+    key_id: str | None = Field(
+        default=None, max_length=64, description="Who: id of the API key used (never the key)."
+    )
+    role: str | None = Field(default=None, max_length=32, description="Role of that key.")
+    client_ip: str | None = Field(
+        default=None, max_length=64, description="From where: the client's address."
+    )
+    target: str | None = Field(
+        default=None,
+        max_length=1024,
+        description="What: the endpoint, key id or config scope acted on.",
+    )
+    reason: str = Field(default="", max_length=2048, description="Human sentence: why/what.")
+    details: dict[str, Any] = Field(
+        default_factory=dict, description="Extra facts (role, scope, overlap…); small JSON."
+    )

@@ -100,6 +100,13 @@ class Namespace:
         """``dp.dlq.<consumer>``: messages a consumer gave up on."""
         return self._subject("dp", "dlq", consumer)
 
+    def audit_subject(self, service: str, action: str) -> str:
+        """``audit.<service>.<action>``: security audit events (``AuditEvent``)."""
+        return self._subject("audit", escape_token(service), escape_token(action))
+
+    def all_audit(self) -> str:
+        return self._subject("audit", ">")
+
     def all_raw(self) -> str:
         return self._subject("dp", "raw", ">")
 

@@ -22,6 +22,8 @@ from tributary_contracts import DataPoint
 from tributary_contracts.models import DOMAIN_PATTERN, MAX_METADATA_BYTES
 
 MAX_ID_CHARS = 256
+MAX_METADATA_DEPTH = 16
+"""Deepest nesting of objects/arrays inside a point's metadata (the object itself is level 1)."""
 IOT_DOMAIN = "iot"
 POINT_FIELDS = ("stream_id", "value", "timestamp", "metadata", "sequence", "stream_type")
 _POINT_FIELD_SET = frozenset(POINT_FIELDS)
@@ -180,7 +182,19 @@ def check_metadata(value: Any) -> dict[str, Any] | str:
         return f"metadata cannot be encoded as JSON: {exc}"
     if size > MAX_METADATA_BYTES:
         return f"metadata is {size} bytes of JSON; at most {MAX_METADATA_BYTES} bytes"
+    if _too_deep(value, MAX_METADATA_DEPTH):
+        return f"metadata nests objects/arrays more than {MAX_METADATA_DEPTH} levels deep"
     return value
+
+
+def _too_deep(value: Any, levels: int) -> bool:
+    """Whether ``value`` (a dict or list) nests containers deeper than ``levels``."""
+    if levels <= 0:
+        return True
+    children = value.values() if isinstance(value, dict) else value
+    return any(
+        isinstance(child, dict | list) and _too_deep(child, levels - 1) for child in children
+    )
 
 
 def check_sequence(sequence: Any) -> str | None:

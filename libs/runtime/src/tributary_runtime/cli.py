@@ -1,7 +1,7 @@
 """``tributary``: operator commands against the bus.
 
 tributary bootstrap                      create/update every stream, bucket and consumer
-tributary keys create --role admin       print a new API key (last line of output)
+tributary keys create|list|revoke|rotate  API keys (see `tributary keys --help`)
 tributary streams get|set|list|delete|import …   stream classification configs (see
                                          `tributary streams --help`)
 tributary devices add|list|disable|enable|import …  the IoT device registry
@@ -21,9 +21,8 @@ from typing import Any
 import nats.errors
 import yaml
 
-from tributary_contracts import API_KEYS_BUCKET, CONSUMERS, STREAM_CONFIGS_BUCKET, ensure_jetstream
-from tributary_runtime import devices_cli, dlq_cli, status_cli, streams_cli, tail_cli
-from tributary_runtime.apikeys import ApiKeyStore, Role
+from tributary_contracts import CONSUMERS, STREAM_CONFIGS_BUCKET, ensure_jetstream
+from tributary_runtime import devices_cli, dlq_cli, keys_cli, status_cli, streams_cli, tail_cli
 from tributary_runtime.bus import connect_nats
 from tributary_runtime.logs import configure_logging
 from tributary_runtime.settings import OperatorSettings, ServiceSettings, load_settings
@@ -47,22 +46,6 @@ async def _bootstrap(settings: OperatorSettings) -> None:
     )
 
 
-async def _create_key(settings: ServiceSettings, role: Role, name: str) -> None:
-    nc = await connect_nats(settings, "tributary-cli", reconnect_attempts=2)
-    try:
-        js = nc.jetstream()
-        await ensure_jetstream(js, settings.namespace)
-        store = ApiKeyStore(await js.key_value(settings.namespace.bucket(API_KEYS_BUCKET)))
-        key = await store.create(role, name)
-    finally:
-        await nc.close()
-    print(
-        f"created {role} key{f' for {name}' if name else ''}; it is shown only once:",
-        file=sys.stderr,
-    )
-    print(key)
-
-
 async def _streams(settings: ServiceSettings, args: argparse.Namespace, checked: Any) -> int:
     nc = await connect_nats(settings, "tributary-cli", reconnect_attempts=2)
     try:
@@ -82,12 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("bootstrap", help="create or update streams, buckets and consumers")
-    keys = commands.add_parser("keys", help="manage API keys").add_subparsers(
-        dest="keys_command", required=True
-    )
-    create = keys.add_parser("create", help="create a key and print it as the last line")
-    create.add_argument("--role", type=Role, choices=list(Role), required=True)
-    create.add_argument("--name", default="", help="who or what the key is for")
+    keys_cli.add_parser(commands)
     streams_cli.add_parser(commands)
     devices_cli.add_parser(commands)
     ml = commands.add_parser("ml", help="the ml-batch job").add_subparsers(
@@ -145,8 +123,10 @@ def main(argv: list[str] | None = None) -> None:
     try:
         if args.command == "bootstrap":
             asyncio.run(_bootstrap(settings))
-        elif args.command == "keys" and args.keys_command == "create":
-            asyncio.run(_create_key(settings, args.role, args.name))
+        elif args.command == "keys":
+            code = asyncio.run(keys_cli.run(settings, args))
+            if code:
+                raise SystemExit(code)
         elif args.command == "streams":
             code = asyncio.run(_streams(settings, args, checked))
             if code:

@@ -5,6 +5,11 @@ spool directory, creates a job in the ``csv-jobs`` bucket and replies 202 with i
 the job then publishes ``PointBatch``es (``transport=csv``) on ``dp.raw.<domain>.<source>`` and
 bad cells on ``dp.rejected.csv``. ``GET /ingest/csv/jobs[/{job_id}]`` shows jobs,
 ``DELETE /ingest/csv/jobs/{job_id}`` cancels one. At start every unfinished job resumes.
+
+Access as on gateway-http (``tributary_runtime.access``): each request spends a token of the
+client IP's budget (429), shows its key (401), and its role/scope is checked (403): uploads and
+cancels need a key that may write to the job's domain and source (a file with a source_id column
+needs one that may write to any source), job listings any valid key. Refusals are audited.
 """
 
 from __future__ import annotations
@@ -22,7 +27,6 @@ import orjson
 import structlog
 from nats.aio.client import Client
 from nats.js import JetStreamContext
-from pydantic import ValidationError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -50,13 +54,15 @@ from tributary_contracts import (
 from tributary_contracts.models import DOMAIN_PATTERN
 from tributary_ingest.batches import BatchPublisher, error_type
 from tributary_ingest.points import DOMAIN_RE, check_identifier
-from tributary_runtime.apikeys import ApiKeyStore, Role
+from tributary_runtime.access import RequestGuard
+from tributary_runtime.apikeys import Action, ApiKeyStore, Granted, Role
+from tributary_runtime.audit import AuditLog
 from tributary_runtime.bus import connect_nats
+from tributary_runtime.guard import HeaderLimits
 from tributary_runtime.ops import Reply, ops_routes
+from tributary_runtime.ratelimit import IngestLimiter
 
 SERVICE_NAME = "csv-importer"
-API_KEY_HEADER = "X-API-Key"
-INGEST_ROLES = frozenset({Role.ADMIN, Role.INGEST})
 READY_TIMEOUT_SECONDS = 2.0
 MAX_STREAM_MESSAGE_BYTES = 8 * 1024 * 1024  # the streams' max_msg_size (libs/contracts)
 JOB_ID_CHARS = frozenset("0123456789abcdef")
@@ -79,6 +85,8 @@ class Bus:
     keys: ApiKeyStore
     jobs: JobStore
     runner: JobRunner
+    guard: RequestGuard
+    audit: AuditLog
 
 
 def create_app(settings: CsvImporterSettings, *, nats_client: Client | None = None) -> Starlette:
@@ -88,6 +96,7 @@ def create_app(settings: CsvImporterSettings, *, nats_client: Client | None = No
     raw_stream = ns.stream(DP_RAW)
     spool_dir = Path(settings.spool_dir)
     state: dict[str, Bus] = {}
+    limiter = IngestLimiter(settings)
 
     async def start() -> tuple[Client, Bus]:
         nc = nats_client or await connect_nats(settings, SERVICE_NAME)
@@ -114,7 +123,8 @@ def create_app(settings: CsvImporterSettings, *, nats_client: Client | None = No
             publish_timeout=settings.publish_timeout_seconds,
             publish_retries=settings.publish_retries,
         )
-        return nc, Bus(nc, js, keys, jobs, runner)
+        audit = AuditLog(js, ns, SERVICE_NAME)
+        return nc, Bus(nc, js, keys, jobs, runner, RequestGuard(keys, limiter, audit), audit)
 
     async def resume(bus: Bus) -> None:
         """Pick up every unfinished job; forget finished ones past the retention."""
@@ -149,6 +159,7 @@ def create_app(settings: CsvImporterSettings, *, nats_client: Client | None = No
         finally:
             await bus.runner.stop()
             state.clear()
+            await bus.audit.close()
             if nats_client is None and not nc.is_closed:
                 await nc.drain()
 
@@ -176,30 +187,19 @@ def create_app(settings: CsvImporterSettings, *, nats_client: Client | None = No
             {"Retry-After": str(settings.retry_after_seconds)},
         )
 
-    async def connected(request: Request) -> Bus:
+    async def connected(request: Request, what: str = "requests") -> tuple[Bus, Granted]:
+        """Client IP budget (429), then the key (401/403); the bus and who asks."""
         bus = state.get("bus")
         if bus is None:
             raise unavailable("startup", RuntimeError("not started"))
-        key = request.headers.get(API_KEY_HEADER)
-        if not key:
-            raise Reply(401, {"error": f"missing {API_KEY_HEADER} header"})
+        bus.guard.admit(request, what)
         try:
-            record = await bus.keys.lookup(key)
-        except ValidationError:
-            raise Reply(403, {"error": "API key role may not import CSV"}) from None
+            granted = await bus.guard.authenticate(request)
+        except Reply:
+            raise
         except Exception as exc:
             raise unavailable("auth", exc) from None
-        if record is None:
-            raise Reply(401, {"error": f"unknown API key in {API_KEY_HEADER} header"})
-        if record.role not in INGEST_ROLES:
-            raise Reply(
-                403,
-                {
-                    "error": f"API key role {record.role.value!r} may not import CSV "
-                    f"(needs one of {', '.join(sorted(INGEST_ROLES))})"
-                },
-            )
-        return bus
+        return bus, granted
 
     def check_fields(fields: dict[str, str]) -> tuple[str, str | None]:
         domain = fields.get("domain", "").strip()
@@ -213,7 +213,9 @@ def create_app(settings: CsvImporterSettings, *, nats_client: Client | None = No
         return domain, source_id
 
     async def upload(request: Request) -> Response:
-        bus = await connected(request)
+        bus, granted = await connected(request, "uploads")
+        if granted.record.role is Role.READ_ONLY:  # refused before the file is received
+            bus.guard.check(request, granted, Action.WRITE_POINTS)
         job_id = uuid.uuid4().hex
         path = spool_dir / f"{job_id}.csv"
         try:
@@ -228,6 +230,7 @@ def create_app(settings: CsvImporterSettings, *, nats_client: Client | None = No
             raise Reply(exc.status, body) from None
         try:
             domain, source_id = check_fields(received.fields)
+            bus.guard.check(request, granted, Action.WRITE_POINTS, domain, source_id)
             options = detect_options(received.fields, received.head, received.utf8_valid)
         except OptionsProblem as exc:
             remove_spool_file(path)
@@ -284,12 +287,12 @@ def create_app(settings: CsvImporterSettings, *, nats_client: Client | None = No
         return job
 
     async def show_job(request: Request) -> Response:
-        bus = await connected(request)
+        bus, _ = await connected(request)
         job = await get_job(bus, request.path_params["job_id"])
         return json_response(200, job.public())
 
     async def list_jobs(request: Request) -> Response:
-        bus = await connected(request)
+        bus, _ = await connected(request)
         try:
             limit = int(request.query_params.get("limit", settings.jobs_listed))
         except ValueError:
@@ -308,8 +311,9 @@ def create_app(settings: CsvImporterSettings, *, nats_client: Client | None = No
         return json_response(200, {"jobs": listed, "total": len(jobs)})
 
     async def cancel_job(request: Request) -> Response:
-        bus = await connected(request)
+        bus, granted = await connected(request)
         job = await get_job(bus, request.path_params["job_id"])
+        bus.guard.check(request, granted, Action.WRITE_POINTS, job.domain, job.source_id)
         if job.status.finished:
             return json_response(
                 409, {"error": f"job is already {job.status.value}"} | {"job": job.public()}
@@ -356,6 +360,10 @@ def create_app(settings: CsvImporterSettings, *, nats_client: Client | None = No
         Route("/ingest/csv/jobs/{job_id}", handler(cancel_job), methods=["DELETE"]),
         *ops_routes(ready_check),
     ]
-    return Starlette(
+    app = Starlette(
         routes=routes, lifespan=lifespan, exception_handlers={HTTPException: http_error}
     )
+    app.add_middleware(
+        HeaderLimits, max_bytes=settings.max_header_bytes, max_count=settings.max_header_count
+    )
+    return app

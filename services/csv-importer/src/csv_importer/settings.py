@@ -6,10 +6,11 @@ from pathlib import Path
 
 from pydantic import Field
 
+from tributary_runtime.guard import GuardSettings
 from tributary_runtime.settings import ServiceSettings
 
 
-class CsvImporterSettings(ServiceSettings):
+class CsvImporterSettings(GuardSettings, ServiceSettings):
     """What the CSV importer reads from the environment."""
 
     port: int = Field(

@@ -7,8 +7,14 @@ The legacy IoT endpoints (``/ingest/packets``, ``/ingest/readings[/bulk]``,
 ``POST /ingest/data`` consumes ``{"source_id", "domain", "data_points": [...]}`` with an
 ``X-API-Key`` and produces ``PointBatch`` messages on ``dp.raw.<domain>.<source>`` (rejected points
 on ``dp.rejected.http``); it replies 202 only after JetStream acknowledged every batch.
-``GET|PUT|DELETE /streams/{domain}/{source_id}/{stream_id}/config`` (admin keys only) reads and
-writes StreamConfigs in the ``stream-configs`` bucket (``config_api``).
+``GET|PUT|DELETE /streams/{domain}/{source_id}/{stream_id}/config`` reads (any key) and writes
+(admin keys) StreamConfigs in the ``stream-configs`` bucket (``config_api``). ``/keys`` manages API
+keys (admin keys, ``keys_api``). ``/openapi.json`` serves the API's OpenAPI document.
+
+Every request first spends a token of its client IP's rate budget (429), then shows its
+``X-API-Key`` (401), then its role and scope are checked against what it asks (403); ingest
+requests then spend their points from the source's live/backfill budgets (429) before anything
+is published. Refusals and every change are published as audit events (``audit.gateway-http.*``).
 """
 
 from __future__ import annotations
@@ -17,20 +23,20 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from importlib import resources
 from typing import Any
 
 import orjson
 import structlog
 from nats.aio.client import Client
 from nats.js import JetStreamContext
-from pydantic import ValidationError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from gateway_http import config_api
+from gateway_http import config_api, keys_api
 from gateway_http.legacy import LegacyIot
 from gateway_http.metrics import (
     ACK_LATENCY,
@@ -46,20 +52,27 @@ from gateway_http.settings import GatewayHttpSettings
 from tributary_contracts import (
     DP_RAW,
     STREAM_CONFIGS_BUCKET,
+    AuditAction,
     Transport,
 )
 from tributary_ingest.batches import BatchPublisher, PublishError, error_type
 from tributary_ingest.bus import Connect, GatewayBus, open_gateway_bus
 from tributary_ingest.points import MalformedJson, parse_json
-from tributary_runtime.apikeys import ApiKeyStore, Role
+from tributary_runtime.access import API_KEY_HEADER, RequestGuard, refusal_reply
+from tributary_runtime.apikeys import Action, ApiKeyStore, Granted
+from tributary_runtime.audit import AuditLog
+from tributary_runtime.guard import HeaderLimits, client_ip
+from tributary_runtime.key_admin import Actor
 from tributary_runtime.logs import ThrottledWarning
 from tributary_runtime.ops import Reply, ops_routes
+from tributary_runtime.ratelimit import IngestLimiter, split_backfill
 from tributary_runtime.stream_configs import ConfigProblem, StreamConfigBucket
 
 SERVICE_NAME = "gateway-http"
-API_KEY_HEADER = "X-API-Key"
-INGEST_ROLES = frozenset({Role.ADMIN, Role.INGEST})
-CONFIG_ROLES = frozenset({Role.ADMIN})
+OPENAPI_DOCUMENT = (
+    resources.files("gateway_http").joinpath("openapi.json").read_bytes()
+)
+__all__ = ["API_KEY_HEADER", "SERVICE_NAME", "create_app"]
 
 log = structlog.get_logger("gateway_http")
 
@@ -81,6 +94,8 @@ class Bus:
     publisher: BatchPublisher
     configs: StreamConfigBucket
     gateway: GatewayBus
+    guard: RequestGuard
+    audit: AuditLog
 
 
 def create_app(
@@ -95,6 +110,7 @@ def create_app(
     raw_stream = ns.stream(DP_RAW)
     state: dict[str, Bus] = {}
     warn_unavailable = ThrottledWarning(log)
+    limiter = IngestLimiter(settings)
 
     @asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
@@ -107,8 +123,10 @@ def create_app(
             observe_ack_latency=ACK_LATENCY.observe,
         )
         configs = StreamConfigBucket(await gateway.js.key_value(ns.bucket(STREAM_CONFIGS_BUCKET)))
+        audit = AuditLog(gateway.js, ns, SERVICE_NAME, timeout=settings.publish_timeout_seconds)
+        guard = RequestGuard(gateway.keys, limiter, audit)
         state["bus"] = Bus(
-            gateway.nc, gateway.js, gateway.keys, gateway.publisher, configs, gateway
+            gateway.nc, gateway.js, gateway.keys, gateway.publisher, configs, gateway, guard, audit
         )
         await legacy.start(gateway.js)
         log.info("started", port=settings.port, nats_url=settings.nats_url, stream=raw_stream)
@@ -117,6 +135,7 @@ def create_app(
         finally:
             state.clear()
             await legacy.stop()
+            await audit.close()
             await gateway.close()
 
     async def ready_check() -> dict[str, bool]:
@@ -138,31 +157,20 @@ def create_app(
             {"Retry-After": str(settings.retry_after_seconds)},
         )
 
-    async def authorize(
-        request: Request, bus: Bus, roles: frozenset[Role] = INGEST_ROLES, action: str = "ingest"
-    ) -> None:
-        key = request.headers.get(API_KEY_HEADER)
-        if not key:
-            raise Reply(401, {"error": f"missing {API_KEY_HEADER} header"})
+    async def authenticate(request: Request, bus: Bus) -> Granted:
+        """Rate budget of the client IP (429), then the key (401/403); store down → 503."""
+        bus.guard.admit(request)
         try:
-            record = await bus.keys.lookup(key)
-        except ValidationError as exc:
-            # The key exists but its stored role is none this gateway knows: fail closed.
-            roles = [e["input"] for e in exc.errors() if e["loc"] == ("role",)]
-            role = str(roles[0])[:32] if roles else "unknown"
-            raise Reply(403, {"error": f"API key role {role!r} may not {action}"}) from None
+            return await bus.guard.authenticate(request)
+        except Reply:
+            raise
         except Exception as exc:
             raise unavailable("auth", error_type(exc), repr(exc)) from None
-        if record is None:
-            raise Reply(401, {"error": f"unknown API key in {API_KEY_HEADER} header"})
-        if record.role not in roles:
-            raise Reply(
-                403,
-                {
-                    "error": f"API key role {record.role.value!r} may not {action} "
-                    f"(needs one of {', '.join(sorted(roles))})"
-                },
-            )
+
+    async def authorize(request: Request, bus: Bus, action: Action = Action.WRITE_POINTS) -> None:
+        """The legacy IoT endpoints' check: the key, then its role and scope (domain iot)."""
+        granted = await authenticate(request, bus)
+        bus.guard.check(request, granted, action, "iot" if action is Action.WRITE_POINTS else None)
 
     async def read_body(request: Request) -> bytes:
         limit = settings.max_body_bytes
@@ -187,7 +195,7 @@ def create_app(
         bus = state.get("bus")
         if bus is None:
             raise unavailable("startup", "not_started", "lifespan has not connected the bus")
-        await authorize(request, bus)
+        granted = await authenticate(request, bus)
         body = await read_body(request)
         if not body:
             raise Reply(400, {"error": "request body is empty; expected a JSON object"})
@@ -201,7 +209,16 @@ def create_app(
                 413 if exc.too_large else 422, {"error": exc.message, "field": exc.field}
             ) from None
 
+        bus.guard.check(
+            request, granted, Action.WRITE_POINTS, normalized.domain, normalized.source_id
+        )
         accepted, rejected = normalized.accepted, normalized.rejected
+        live, backfill = split_backfill(
+            (p.ts for p in accepted), received_at, limiter.backfill_age_seconds
+        )
+        refusal = limiter.admit_points(normalized.domain, normalized.source_id, live, backfill)
+        if refusal is not None:
+            raise refusal_reply(refusal)
         POINTS_RECEIVED.inc(len(accepted) + len(rejected))
         for rejection in rejected:
             POINTS_REJECTED.labels(rejection.code).inc()
@@ -239,27 +256,33 @@ def create_app(
         if bus is None:
             raise unavailable("startup", "not_started", "lifespan has not connected the bus")
         raw_path = request.scope.get("raw_path") or request.url.path.encode()
+        granted = await authenticate(request, bus)
+        action = Action.READ if request.method in ("GET", "HEAD") else Action.MANAGE_CONFIGS
+        bus.guard.check(request, granted, action)
         try:
             scope = config_api.scope_from_path(raw_path)
         except ConfigProblem as exc:
-            await authorize(request, bus, CONFIG_ROLES, "manage stream configs")
             return config_api.ConfigReply(422, exc.to_reply())
         if scope is None:
             return config_api.ConfigReply(
                 404, {"error": f"not found; the config API is {config_api.PATH_SHAPE}"}
             )
-        await authorize(request, bus, CONFIG_ROLES, "manage stream configs")
         try:
             if request.method in ("GET", "HEAD"):
                 return await config_api.get_config(bus.configs, scope)
             if request.method == "PUT":
                 body = await read_body(request)
-                return await config_api.put_config(
+                reply = await config_api.put_config(
                     bus.configs, scope, body, request.headers.get("if-match")
                 )
-            if request.method == "DELETE":
-                return await config_api.delete_config(bus.configs, scope)
-            return config_api.ConfigReply(405, {"error": f"method {request.method} not allowed"})
+                audit_action = AuditAction.CONFIG_CHANGED
+            elif request.method == "DELETE":
+                reply = await config_api.delete_config(bus.configs, scope)
+                audit_action = AuditAction.CONFIG_DELETED
+            else:
+                return config_api.ConfigReply(
+                    405, {"error": f"method {request.method} not allowed"}
+                )
         except Reply:
             raise
         except Exception as exc:
@@ -269,6 +292,20 @@ def create_app(
                 repr(exc),
                 "the stream-configs bucket did not answer; nothing was changed, retry later",
             ) from None
+        if reply.status < 300:
+            version = (reply.body or {}).get("version")
+            await bus.audit.record(
+                bus.audit.event(
+                    audit_action,
+                    key_id=granted.key_id,
+                    role=granted.record.role.value,
+                    client_ip=client_ip(request.scope),
+                    target=str(scope),
+                    reason=f"{request.method} config of {scope}",
+                    details={"version": version} if version is not None else {},
+                )
+            )
+        return reply
 
     async def stream_config(request: Request) -> Response:
         """GET|PUT|DELETE /streams/{domain}/{source_id}/{stream_id}/config: StreamConfigs in
@@ -288,6 +325,44 @@ def create_app(
             orjson.dumps(reply.body), reply.status, reply.headers, media_type="application/json"
         )
 
+    async def keys(request: Request) -> Response:
+        """GET|POST /keys, GET|DELETE /keys/{id}, POST /keys/{id}/rotate (admin only)."""
+        try:
+            bus = state.get("bus")
+            if bus is None:
+                raise unavailable("startup", "not_started", "lifespan has not connected the bus")
+            granted = await authenticate(request, bus)
+            bus.guard.check(request, granted, Action.MANAGE_KEYS)
+            parts = request.url.path.strip("/").split("/")
+            if len(parts) > 3 or (len(parts) == 3 and parts[2] != "rotate"):
+                raise Reply(404, {"error": "not found; see /keys, /keys/{id}, /keys/{id}/rotate"})
+            key_id = parts[1] if len(parts) > 1 else None
+            body = await read_body(request) if request.method == "POST" else b""
+            actor = Actor(granted.key_id, granted.record.role.value, client_ip(request.scope))
+            try:
+                status, reply = await keys_api.handle(
+                    request.method, key_id, len(parts) == 3, body, bus.keys, bus.audit, actor,
+                    settings.key_rotation_overlap_seconds,
+                )
+            except Reply:
+                raise
+            except Exception as exc:
+                raise unavailable(
+                    "keys", error_type(exc), repr(exc),
+                    "the api-keys bucket did not answer; retry later",
+                ) from None
+        except Reply as early:
+            status, reply = early.status, early.body
+            return json_response(status, reply, early.headers)
+        except Exception as exc:
+            ERRORS.labels("keys_handler", "unexpected").inc()
+            log.exception("keys_request_failed", error=repr(exc))
+            return json_response(500, {"error": "internal error; it was logged"})
+        return json_response(status, reply, {"Cache-Control": "no-store"})
+
+    async def openapi(_: Request) -> Response:
+        return Response(OPENAPI_DOCUMENT, media_type="application/json")
+
     async def http_error(_: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
         return Response(
@@ -302,8 +377,15 @@ def create_app(
         Route("/ingest/data", ingest_data, methods=["POST"]),
         *legacy.routes(),
         Route("/streams/{rest:path}", stream_config, methods=["GET", "PUT", "DELETE"]),
+        Route("/keys", keys, methods=["GET", "POST"]),
+        Route("/keys/{rest:path}", keys, methods=["GET", "POST", "DELETE"]),
+        Route("/openapi.json", openapi, methods=["GET"]),
         *ops_routes(ready_check),
     ]
-    return Starlette(
+    app = Starlette(
         routes=routes, lifespan=lifespan, exception_handlers={HTTPException: http_error}
     )
+    app.add_middleware(
+        HeaderLimits, max_bytes=settings.max_header_bytes, max_count=settings.max_header_count
+    )
+    return app

@@ -49,7 +49,7 @@ from tributary_ingest.points import (
     parse_json,
     parse_timestamp,
 )
-from tributary_runtime.apikeys import Role
+from tributary_runtime.apikeys import Action
 from tributary_runtime.devices import (
     MAX_SENSOR_ID,
     DeviceRegistry,
@@ -61,7 +61,6 @@ from tributary_runtime.devices import (
 from tributary_runtime.ops import Reply
 
 DEVICE_KEY_HEADER = "X-Device-Key"
-ANY_ROLE = frozenset(Role)
 
 log = structlog.get_logger("gateway_http.legacy")
 
@@ -388,7 +387,7 @@ class LegacyIot:
     async def status(self, request: Request) -> tuple[int, Any]:
         """GET /sensors/{sensor_id}/status: latest stored reading, its class, the open alert."""
         bus, registry = self._ready()
-        await self._authorize(request, bus, ANY_ROLE, "read sensor status")
+        await self._authorize(request, bus, Action.READ)
         raw = request.path_params["sensor_id"]
         if not (raw.isascii() and raw.isdigit()) or int(raw) > MAX_SENSOR_ID:
             LEGACY_REFUSED.labels("invalid_body").inc()

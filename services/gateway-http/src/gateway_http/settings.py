@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from pydantic import Field
 
+from tributary_runtime.guard import GuardSettings
 from tributary_runtime.settings import ServiceSettings
 
 
-class GatewayHttpSettings(ServiceSettings):
+class GatewayHttpSettings(GuardSettings, ServiceSettings):
     """What the HTTP gateway reads from the environment."""
 
     port: int = Field(
@@ -50,4 +51,9 @@ class GatewayHttpSettings(ServiceSettings):
         default="postgresql://postgres@127.0.0.1:5432/tributary",
         description="PostgreSQL filled by writer-postgres; read only by GET /sensors/{id}/status "
         "(connected on first use; ingest never depends on it).",
+    )
+    key_rotation_overlap_seconds: float = Field(
+        default=24 * 3600.0,
+        ge=0,
+        description="How long a rotated key stays valid next to its successor by default.",
     )

@@ -4,6 +4,12 @@
 ``/ingest/stream`` consumes the streaming protocol (``connect``, ``data``, ``ping``; see the
 README) and produces ``PointBatch`` messages on ``dp.raw.<domain>.<source>`` (rejected points on
 ``dp.rejected.ws``); each ``ack`` is sent only after JetStream acknowledged its points.
+
+Access is decided like on gateway-http (``tributary_runtime``): every frame (and the connection
+itself) spends a token of the client IP's budget, ``connect`` checks the key (``unauthorized``)
+and its role and scope for the connect's domain/source (``forbidden``), each ``data`` spends the
+source's live/backfill point budgets before anything is published; refusals are audited on
+``audit.gateway-ws.*``.
 """
 
 from __future__ import annotations
@@ -11,31 +17,42 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import structlog
 from nats.aio.client import Client
 from nats.js import JetStreamContext
-from pydantic import ValidationError
 from starlette.applications import Starlette
 from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket
 
 from gateway_ws.metrics import ERRORS
-from gateway_ws.protocol import CloseCode, ErrorCode, ProtocolError
+from gateway_ws.protocol import (
+    CloseCode,
+    Connect,
+    ErrorCode,
+    NormalizedBatch,
+    ProtocolError,
+    encode,
+    error_reply,
+)
 from gateway_ws.registry import SessionRegistry
 from gateway_ws.resume import ResumeStore, ResumeTracker
 from gateway_ws.session import ChannelClosed, Session, SessionLimits
 from gateway_ws.settings import GatewayWsSettings
-from tributary_contracts import DP_RAW, Transport
+from tributary_contracts import DP_RAW, AuditAction, Transport
 from tributary_ingest.batches import BatchPublisher, error_type
-from tributary_ingest.bus import Connect, GatewayBus, open_gateway_bus
-from tributary_runtime.apikeys import ApiKeyStore, Role, hash_key
+from tributary_ingest.bus import Connect as ConnectNats
+from tributary_ingest.bus import GatewayBus, open_gateway_bus
+from tributary_runtime.apikeys import Action, ApiKeyStore, Denied
+from tributary_runtime.audit import AuditLog
+from tributary_runtime.guard import HeaderLimits, client_ip
 from tributary_runtime.ops import ops_routes
+from tributary_runtime.ratelimit import IngestLimiter, Refusal, split_backfill
 
 SERVICE_NAME = "gateway-ws"
 STREAM_PATH = "/ingest/stream"
-INGEST_ROLES = frozenset({Role.ADMIN, Role.INGEST})
 TRANSPORT_FRAME_FACTOR = 4
 """Frames up to this × ``MAX_FRAME_BYTES`` get an error reply; larger ones close with 1009."""
 
@@ -78,6 +95,8 @@ class Bus:
     resume: ResumeStore
     publisher: BatchPublisher
     gateway: GatewayBus
+    audit: AuditLog
+    limiter: IngestLimiter
 
     async def last_sequence(self, domain: str, source_id: str) -> int | None:
         return await self.resume.last_sequence(domain, source_id)
@@ -85,27 +104,38 @@ class Bus:
     def tracker(self, domain: str, source_id: str, session_id: str) -> ResumeTracker:
         return ResumeTracker(self.resume, domain, source_id, session_id)
 
-    async def authorize(self, api_key: str) -> str | ProtocolError:
-        """The key's hash (its id for the session limit), or the error to reply."""
+    async def authorize(self, connect: Connect, ip: str | None) -> str | ProtocolError:
+        """The key's id (for the session limit), or the error to reply (audited)."""
         try:
-            record = await self.keys.lookup(api_key)
-        except ValidationError:
-            # The key exists but its stored role is none this gateway knows: fail closed.
-            return ProtocolError(ErrorCode.FORBIDDEN, "this API key's role may not ingest")
+            result = await self.keys.authorize(
+                connect.api_key, Action.WRITE_POINTS, connect.domain, connect.source_id
+            )
         except Exception as exc:
             ERRORS.labels("auth", error_type(exc)).inc()
             return ProtocolError(
                 ErrorCode.BUS_UNAVAILABLE, "the API key could not be checked; reconnect later"
             )
-        if record is None:
-            return ProtocolError(ErrorCode.UNAUTHORIZED, "unknown api_key")
-        if record.role not in INGEST_ROLES:
-            return ProtocolError(
-                ErrorCode.FORBIDDEN,
-                f"API key role {record.role.value!r} may not ingest "
-                f"(needs one of {', '.join(sorted(INGEST_ROLES))})",
+        if isinstance(result, Denied):
+            self.audit.record_soon(
+                self.audit.event(
+                    AuditAction.AUTH_FAILED if result.status == 401 else AuditAction.ACCESS_DENIED,
+                    outcome="failure",
+                    key_id=result.key_id,
+                    role=result.role,
+                    client_ip=ip,
+                    target=f"WS {STREAM_PATH} connect {connect.domain}/{connect.source_id}",
+                    reason=result.reason,
+                )
             )
-        return hash_key(api_key)
+            code = ErrorCode.UNAUTHORIZED if result.status == 401 else ErrorCode.FORBIDDEN
+            return ProtocolError(code, result.reason)
+        return result.key_id
+
+
+def rate_limited(refusal: Refusal, fatal: bool = False) -> ProtocolError:
+    if refusal.status != 429:  # more points than a burst: never fits, split the message
+        return ProtocolError(ErrorCode.BAD_BATCH, refusal.reason)
+    return ProtocolError(ErrorCode.RATE_LIMITED, refusal.reason, refusal.retry_after, fatal)
 
 
 def session_limits(settings: GatewayWsSettings) -> SessionLimits:
@@ -123,7 +153,7 @@ def create_app(
     settings: GatewayWsSettings,
     *,
     nats_client: Client | None = None,
-    connect: Connect | None = None,
+    connect: ConnectNats | None = None,
 ) -> Starlette:
     """Build the gateway. ``nats_client`` (used, never closed) or ``connect`` (its client is
     closed on shutdown) replace the default ``connect_nats(settings)`` connection.
@@ -135,6 +165,7 @@ def create_app(
     state: dict[str, Bus] = {}
     registry = SessionRegistry(settings.max_sessions_per_key)
     limits = session_limits(settings)
+    limiter = IngestLimiter(settings)
 
     @asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
@@ -142,7 +173,11 @@ def create_app(
             settings, SERVICE_NAME, Transport.WS, nats_client=nats_client, connect=connect
         )
         resume = await ResumeStore.open(gateway.js, ns)
-        state["bus"] = Bus(gateway.nc, gateway.js, gateway.keys, resume, gateway.publisher, gateway)
+        audit = AuditLog(gateway.js, ns, SERVICE_NAME, timeout=settings.publish_timeout_seconds)
+        state["bus"] = Bus(
+            gateway.nc, gateway.js, gateway.keys, resume, gateway.publisher, gateway, audit,
+            limiter,
+        )
         log.info("started", port=settings.port, nats_url=settings.nats_url, stream=raw_stream)
         try:
             yield
@@ -151,6 +186,7 @@ def create_app(
             # the app without it): drain them now, before the bus goes away.
             await registry.drain(settings.shutdown_timeout_seconds)
             state.clear()
+            await audit.close()
             await gateway.close()
 
     async def ready_check() -> dict[str, bool]:
@@ -165,13 +201,39 @@ def create_app(
         if bus is None or registry.draining:
             await channel.close(CloseCode.GOING_AWAY, "going away")
             return
+        ip = client_ip(websocket.scope)
+        refusal = limiter.admit(ip, "connections and frames")
+        if refusal is not None:
+            error = rate_limited(refusal, fatal=True)
+            await channel.send(encode(error_reply(error)))
+            await channel.close(CloseCode.TRY_AGAIN_LATER, "rate limited")
+            return
+
+        async def authorize(connect: Connect) -> str | ProtocolError:
+            return await bus.authorize(connect, ip)
+
+        def admit_frame() -> ProtocolError | None:
+            refused = limiter.admit(ip, "frames")
+            return None if refused is None else rate_limited(refused)
+
+        def admit_points(
+            domain: str, source_id: str, batch: NormalizedBatch, received_at: datetime
+        ) -> ProtocolError | None:
+            live, backfill = split_backfill(
+                (p.ts for p in batch.accepted), received_at, limiter.backfill_age_seconds
+            )
+            refused = limiter.admit_points(domain, source_id, live, backfill)
+            return None if refused is None else rate_limited(refused)
+
         session = Session(
             channel,
             limits,
-            authorize=bus.authorize,
+            authorize=authorize,
             publisher=bus.publisher,
             registry=registry,
             resume=bus,
+            admit_frame=admit_frame,
+            admit_points=admit_points,
         )
         registry.add(session)
         try:
@@ -181,6 +243,9 @@ def create_app(
 
     routes = [WebSocketRoute(STREAM_PATH, ingest_stream), *ops_routes(ready_check)]
     app = Starlette(routes=routes, lifespan=lifespan)
+    app.add_middleware(
+        HeaderLimits, max_bytes=settings.max_header_bytes, max_count=settings.max_header_count
+    )
     app.state.sessions = registry
     return app
 

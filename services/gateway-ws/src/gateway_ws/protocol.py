@@ -63,6 +63,9 @@ class ErrorCode(StrEnum):
     """The key holds ``MAX_SESSIONS_PER_KEY`` sessions already (fatal: closed with 1013)."""
     BUS_UNAVAILABLE = "bus_unavailable"
     """JetStream did not acknowledge (fatal: closed with 1013; reconnect and resume)."""
+    RATE_LIMITED = "rate_limited"
+    """Over the client IP's frame rate or the source's point rate: this message was NOT
+    accepted (no ack); resend it after ``retry_after`` seconds. Fatal only on connect."""
 
 
 FATAL_CODES = frozenset(
@@ -100,10 +103,12 @@ class ProtocolError:
 
     code: ErrorCode
     reason: str
+    retry_after: int | None = None  # rate_limited: seconds before resending
+    fatal_override: bool = False  # fatal although its code is not (rate_limited on connect)
 
     @property
     def fatal(self) -> bool:
-        return self.code in FATAL_CODES
+        return self.fatal_override or self.code in FATAL_CODES
 
 
 @dataclass(frozen=True)
@@ -286,7 +291,10 @@ def ack_reply(normalized: NormalizedBatch) -> dict[str, Any]:
 
 
 def error_reply(error: ProtocolError) -> dict[str, Any]:
-    return {"type": "error", "code": error.code.value, "reason": error.reason}
+    reply: dict[str, Any] = {"type": "error", "code": error.code.value, "reason": error.reason}
+    if error.retry_after is not None:
+        reply["retry_after"] = error.retry_after
+    return reply
 
 
 def pong_reply(ping: Ping) -> dict[str, Any]:

@@ -112,8 +112,20 @@ class Tracker(Protocol):
     async def close(self, timeout: float) -> None: ...
 
 
-Authorize = Callable[[str], Awaitable["str | ProtocolError"]]
-"""``api_key`` → an id of the key (for the per-key session limit) or the error to reply."""
+Authorize = Callable[[Connect], Awaitable["str | ProtocolError"]]
+"""A ``connect`` (key, domain, source) → an id of the key (for the per-key session limit) or
+the error to reply (401-like ``unauthorized``, 403-like ``forbidden``, ``rate_limited``)."""
+
+AdmitFrame = Callable[[], "ProtocolError | None"]
+"""Spend one token of the client IP's frame budget, or the ``rate_limited`` error."""
+
+AdmitPoints = Callable[[str, str, NormalizedBatch, datetime], "ProtocolError | None"]
+"""(domain, source_id, points, received_at): spend the source's live/backfill budgets for the
+accepted points, or the error (nothing is then published nor acked)."""
+
+
+def _admit_all(*_: Any) -> ProtocolError | None:
+    return None
 
 
 @dataclass(frozen=True)
@@ -163,8 +175,12 @@ class Session:
         publisher: Publisher,
         registry: Registry,
         resume: Resume,
+        admit_frame: AdmitFrame = _admit_all,
+        admit_points: AdmitPoints = _admit_all,
     ) -> None:
         self.id = uuid.uuid4().hex
+        self._admit_frame = admit_frame
+        self._admit_points = admit_points
         self.channel = channel
         self.limits = limits
         self._authorize = authorize
@@ -285,6 +301,11 @@ class Session:
             self.max_in_flight_seen = self._owed
 
     async def _handle(self, frame: str | bytes) -> None:
+        refused = self._admit_frame()
+        if refused is not None:
+            MESSAGES.labels("rate_limited").inc()
+            self._reply_error(refused)
+            return
         message = parse_message(frame, self.limits.max_frame_bytes)
         if isinstance(message, Data):
             MESSAGES.labels("data").inc()
@@ -326,7 +347,7 @@ class Session:
                 )
             )
             return
-        key_id = await self._authorize(message.api_key)
+        key_id = await self._authorize(message)
         if isinstance(key_id, ProtocolError):
             self._reply_error(key_id)
             return
@@ -379,6 +400,10 @@ class Session:
         received = time.perf_counter()
         received_at = datetime.now(UTC)
         normalized = normalize_batch(batch, received_at)
+        refused = self._admit_points(self.domain, self.source_id, normalized, received_at)
+        if refused is not None:
+            self._reply_error(refused)
+            return
         POINTS_RECEIVED.inc(len(batch))
         for rejection in normalized.rejected:
             POINTS_REJECTED.labels(rejection.code).inc()

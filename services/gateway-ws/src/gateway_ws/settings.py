@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from pydantic import Field
 
+from tributary_runtime.guard import GuardSettings
 from tributary_runtime.settings import ServiceSettings
 
 
-class GatewayWsSettings(ServiceSettings):
+class GatewayWsSettings(GuardSettings, ServiceSettings):
     """What the WebSocket gateway reads from the environment."""
 
     port: int = Field(

@@ -26,11 +26,13 @@ from nats.js import JetStreamContext
 from starlette.applications import Starlette
 
 from tributary_contracts import (
+    AUDIT,
     CONSUMERS,
     DP_CLASSIFIED,
     DP_DLQ,
     DP_EVENTS,
     WRITER_POSTGRES_ALERTS_DURABLE,
+    WRITER_POSTGRES_AUDIT_DURABLE,
     WRITER_POSTGRES_DURABLE,
     ensure_consumer,
     ensure_jetstream,
@@ -39,6 +41,7 @@ from tributary_runtime.bus import connect_nats
 from tributary_runtime.ops import ops_routes
 from writer_postgres import metrics
 from writer_postgres.alerts import AlertStore, AlertWriter
+from writer_postgres.audit import AuditStore, AuditWriter
 from writer_postgres.consume import CONSUMER, ClassifiedWriter, DeadLetterPublish
 from writer_postgres.errors import Failure, classify_error, describe_error
 from writer_postgres.migrate import migrate, storage_mode
@@ -141,7 +144,9 @@ class WriterService:
         self.nc = await connect_nats(s, CONSUMER)
         js = self.nc.jetstream()
         await ensure_jetstream(js, s.namespace)
-        for durable in (WRITER_POSTGRES_DURABLE, WRITER_POSTGRES_ALERTS_DURABLE):
+        for durable in (
+            WRITER_POSTGRES_DURABLE, WRITER_POSTGRES_ALERTS_DURABLE, WRITER_POSTGRES_AUDIT_DURABLE
+        ):
             await ensure_consumer(js, s.namespace, durable)
             await self._check_consumer(js, durable)
         self.writer = ClassifiedWriter(
@@ -167,6 +172,17 @@ class WriterService:
             consume(js, s, self.alerts.handle, self._stopping,
                     durable=WRITER_POSTGRES_ALERTS_DURABLE, stream_base=DP_EVENTS),
             name="consume-alerts",
+        ))
+        # Audit events (ISO 27001 A.12.4) → ingestion_audit_log; few, one loop.
+        audit = AuditWriter(
+            AuditStore(self.pool, s.write_timeout_seconds),
+            dead_letter_publisher(js, s, WRITER_POSTGRES_AUDIT_DURABLE),
+            s.nak_backoff_seconds, s.nak_backoff_max_seconds,
+        )
+        self._tasks.append(asyncio.create_task(
+            consume(js, s, audit.handle, self._stopping,
+                    durable=WRITER_POSTGRES_AUDIT_DURABLE, stream_base=AUDIT),
+            name="consume-audit",
         ))
         self._tasks.append(asyncio.create_task(self._keep_partitions(), name="partitions"))
         log.info("writer-postgres started", subject=s.namespace.all_classified(),

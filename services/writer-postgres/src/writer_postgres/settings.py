@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
 from pydantic import Field, SecretStr, field_validator
 
 from tributary_contracts import SinkRoutes
@@ -19,6 +22,11 @@ class WriterPostgresSettings(ServiceSettings):
     postgres_dsn: SecretStr = Field(
         default=SecretStr(DEFAULT_DSN),
         description=f"PostgreSQL DSN (default {DEFAULT_DSN}); the database is created if missing.",
+    )
+    postgres_ssl_ca_file: Path | None = Field(
+        default=None,
+        description="CA bundle to verify PostgreSQL's certificate: adds sslrootcert and "
+        "sslmode=verify-full to the DSN unless it sets them (TLS can also be set in the DSN).",
     )
     sink_routes: str = Field(
         default="*=postgres",
@@ -79,4 +87,15 @@ class WriterPostgresSettings(ServiceSettings):
 
     @property
     def dsn(self) -> str:
-        return self.postgres_dsn.get_secret_value()
+        return dsn_with_ca(self.postgres_dsn.get_secret_value(), self.postgres_ssl_ca_file)
+
+
+def dsn_with_ca(dsn: str, ca_file: Path | None) -> str:
+    """``dsn`` with ``sslrootcert=<ca_file>`` and ``sslmode=verify-full`` added where absent."""
+    if ca_file is None:
+        return dsn
+    parts = urlsplit(dsn)
+    query = dict(parse_qsl(parts.query))
+    query.setdefault("sslrootcert", str(ca_file))
+    query.setdefault("sslmode", "verify-full")
+    return urlunsplit(parts._replace(query=urlencode(query)))

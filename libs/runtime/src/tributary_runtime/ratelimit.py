@@ -1,0 +1,222 @@
+"""Rate limits: token buckets per client IP and per (domain, source), decided before accepting.
+
+Every gateway uses one ``IngestLimiter``:
+
+- ``admit(ip)`` — one token of the client IP's budget per request (HTTP), frame (WebSocket) or
+  upload (CSV); refused → 429 with ``Retry-After``.
+- ``admit_points(domain, source_id, live, backfill)`` — the points of one request/message, from
+  the source's *live* budget, and those older than ``BACKFILL_AGE_SECONDS`` from its separate
+  *backfill* budget, so a device flushing a day of buffered readings cannot starve its (or
+  anyone's) live data. Both budgets are checked first and taken together, or not at all: a
+  request is either accepted whole or refused whole with 429 before anything is published —
+  never accepted and then dropped.
+
+Buckets live in the process (each replica has its own budget: divide the limits by the replica
+count, or put a shared limiter in front). Memory is bounded: beyond ``max_keys`` buckets, the
+ones that have refilled completely (equivalent to new) are forgotten first, then the oldest.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from pydantic import BaseModel, Field
+
+
+class RateLimitSettings(BaseModel):
+    """The limits (mixed into each gateway's settings; env vars of the same names)."""
+
+    rate_limit_enabled: bool = Field(
+        default=True, description="Apply the rate limits below (false: no limit at all)."
+    )
+    rate_limit_ip_per_second: float = Field(
+        default=1000.0,
+        gt=0,
+        description="Requests (HTTP), frames (WebSocket) or uploads (CSV) per second per client "
+        "IP, sustained.",
+    )
+    rate_limit_ip_burst: float = Field(
+        default=2000.0, ge=1, description="Most requests/frames a client IP may send at once."
+    )
+    rate_limit_source_points_per_second: float = Field(
+        default=20_000.0, gt=0, description="Live points per second per (domain, source_id)."
+    )
+    rate_limit_source_burst: float = Field(
+        default=40_000.0, ge=1, description="Most live points a source may send at once."
+    )
+    rate_limit_backfill_points_per_second: float = Field(
+        default=5_000.0,
+        gt=0,
+        description="Backfill points (older than BACKFILL_AGE_SECONDS) per second per source.",
+    )
+    rate_limit_backfill_burst: float = Field(
+        default=20_000.0, ge=1, description="Most backfill points a source may send at once."
+    )
+    backfill_age_seconds: float = Field(
+        default=300.0,
+        gt=0,
+        description="Points whose timestamp is older than this (vs receive time) are backfill.",
+    )
+
+
+@dataclass(frozen=True)
+class Limit:
+    rate: float  # tokens per second
+    burst: float  # bucket size
+
+
+class TokenBuckets:
+    """Token buckets keyed by anything hashable, all with the same ``Limit``."""
+
+    def __init__(
+        self, limit: Limit, max_keys: int = 100_000, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.limit = limit
+        self._max_keys = max_keys
+        self._clock = clock
+        self._buckets: dict[object, tuple[float, float]] = {}  # key → (tokens, at)
+
+    def _level(self, key: object, now: float) -> float:
+        state = self._buckets.get(key)
+        if state is None:
+            return self.limit.burst
+        tokens, at = state
+        return min(self.limit.burst, tokens + (now - at) * self.limit.rate)
+
+    def wait(self, key: object, cost: float) -> float:
+        """Seconds until ``cost`` tokens are there (0: now; inf: never, cost > burst)."""
+        if cost <= 0:
+            return 0.0
+        if cost > self.limit.burst:
+            return math.inf
+        level = self._level(key, self._clock())
+        return 0.0 if level >= cost else (cost - level) / self.limit.rate
+
+    def take(self, key: object, cost: float) -> None:
+        """Take ``cost`` tokens (call after ``wait`` said 0)."""
+        if cost <= 0:
+            return
+        now = self._clock()
+        level = self._level(key, now)
+        self._buckets.pop(key, None)  # re-insert: dict order is then least recently used first
+        self._buckets[key] = (level - cost, now)
+        if len(self._buckets) > self._max_keys:
+            self._prune(now)
+
+    def _prune(self, now: float) -> None:
+        full = [k for k in self._buckets if self._level(k, now) >= self.limit.burst]
+        for key in full:
+            del self._buckets[key]
+        while len(self._buckets) > self._max_keys:
+            del self._buckets[next(iter(self._buckets))]
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why a request is refused: 429 (come back after ``retry_after`` s) or 413 (never fits)."""
+
+    status: int
+    reason: str
+    retry_after: int  # whole seconds, ≥ 1
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)} if self.status == 429 else {}
+
+
+def _retry_after(seconds: float) -> int:
+    return max(1, math.ceil(seconds))
+
+
+def split_backfill(
+    timestamps: Iterable[datetime], received_at: datetime, backfill_age_seconds: float
+) -> tuple[int, int]:
+    """``(live, backfill)`` counts: backfill points are older than the age vs ``received_at``."""
+    cutoff = received_at - timedelta(seconds=backfill_age_seconds)
+    live = backfill = 0
+    for ts in timestamps:
+        if ts < cutoff:
+            backfill += 1
+        else:
+            live += 1
+    return live, backfill
+
+
+class IngestLimiter:
+    """The gateway's limits (see the module docstring). ``enabled=False`` admits everything."""
+
+    def __init__(
+        self, settings: RateLimitSettings, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        s = settings
+        self.enabled = s.rate_limit_enabled
+        self.backfill_age_seconds = s.backfill_age_seconds
+        self.per_ip = TokenBuckets(Limit(s.rate_limit_ip_per_second, s.rate_limit_ip_burst),
+                                   clock=clock)
+        self.live = TokenBuckets(
+            Limit(s.rate_limit_source_points_per_second, s.rate_limit_source_burst), clock=clock
+        )
+        self.backfill = TokenBuckets(
+            Limit(s.rate_limit_backfill_points_per_second, s.rate_limit_backfill_burst),
+            clock=clock,
+        )
+
+    def admit(self, ip: str | None, what: str = "requests") -> Refusal | None:
+        """One token of ``ip``'s budget, or the refusal."""
+        if not self.enabled:
+            return None
+        key = ip or "unknown"
+        wait = self.per_ip.wait(key, 1)
+        if wait > 0:
+            limit = self.per_ip.limit
+            return Refusal(
+                429,
+                f"rate limit: more than {limit.rate:g} {what}/s (burst {limit.burst:g}) from "
+                f"client address {key}; retry after {_retry_after(wait)} s",
+                _retry_after(wait),
+            )
+        self.per_ip.take(key, 1)
+        return None
+
+    def admit_points(
+        self, domain: str, source_id: str, live: int, backfill: int
+    ) -> Refusal | None:
+        """Take ``live`` + ``backfill`` points of the source's budgets together, or refuse."""
+        if not self.enabled:
+            return None
+        key = (domain, source_id)
+        checks = (
+            ("live", self.live, live),
+            (f"backfill (older than {self.backfill_age_seconds:g} s)", self.backfill, backfill),
+        )
+        worst: tuple[float, str, Limit, int] | None = None
+        for name, buckets, cost in checks:
+            wait = buckets.wait(key, cost)
+            if wait > 0 and (worst is None or wait > worst[0]):
+                worst = (wait, name, buckets.limit, cost)
+        if worst is not None:
+            wait, name, limit, cost = worst
+            if math.isinf(wait):
+                return Refusal(
+                    413,
+                    f"rate limit: {cost} {name} points in one request exceed the burst of "
+                    f"{limit.burst:g} points per source; split the request",
+                    1,
+                )
+            return Refusal(
+                429,
+                f"rate limit: source {source_id[:64]!r} in domain {domain!r} sends more than "
+                f"{limit.rate:g} {name} points/s (burst {limit.burst:g}); nothing of this "
+                f"request was accepted, retry after {_retry_after(wait)} s",
+                _retry_after(wait),
+            )
+        for _, buckets, cost in checks:
+            buckets.take(key, cost)
+        return None

@@ -1,0 +1,76 @@
+"""Admin endpoints for API keys (admin keys only; every change audited):
+
+- ``POST /keys`` ``{"role", "name", "source_ids", "domains"}`` → 201 with the key, shown once;
+- ``GET /keys`` → every key's record, never a secret or hash;
+- ``GET /keys/{key_id}`` → one record;
+- ``DELETE /keys/{key_id}`` → revoke (refused from now on, kept for the record);
+- ``POST /keys/{key_id}/rotate`` ``{"overlap_seconds": n}`` → 201 with the successor key; the old
+  one stays valid for ``n`` seconds (default ``KEY_ROTATION_OVERLAP_SECONDS``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tributary_ingest.points import MalformedJson, parse_json
+from tributary_runtime.apikeys import ApiKeyStore, IssuedKey, KeyProblem
+from tributary_runtime.audit import AuditLog
+from tributary_runtime.key_admin import Actor, create_key, parse_create, revoke_key, rotate_key
+from tributary_runtime.ops import Reply
+
+
+def issued_body(issued: IssuedKey) -> dict[str, Any]:
+    return {"key": issued.key, **issued.record.public()}
+
+
+def _json(body: bytes, default: Any) -> Any:
+    if not body:
+        return default
+    try:
+        return parse_json(body)
+    except MalformedJson as exc:
+        raise Reply(400, {"error": str(exc)}) from None
+
+
+async def handle(
+    method: str,
+    key_id: str | None,
+    rotate: bool,
+    body: bytes,
+    store: ApiKeyStore,
+    audit: AuditLog,
+    actor: Actor,
+    default_overlap: float,
+) -> tuple[int, dict[str, Any]]:
+    """One request of the keys API → (status, JSON body); ``KeyProblem`` → its status."""
+    try:
+        if key_id is None:
+            if method == "GET":
+                return 200, {"keys": [r.public() for r in await store.list()]}
+            if method == "POST":
+                role, name, sources, domains = parse_create(_json(body, None))
+                issued = await create_key(store, audit, actor, role, name, sources, domains)
+                return 201, issued_body(issued)
+        elif rotate:
+            if method == "POST":
+                options = _json(body, {})
+                if not isinstance(options, dict) or set(options) - {"overlap_seconds"}:
+                    raise KeyProblem(422, "body must be {\"overlap_seconds\": n} or empty")
+                overlap = options.get("overlap_seconds", default_overlap)
+                if isinstance(overlap, bool) or not isinstance(overlap, int | float):
+                    raise KeyProblem(422, "overlap_seconds must be a number of seconds")
+                if not 0 <= overlap <= 365 * 24 * 3600:
+                    raise KeyProblem(422, "overlap_seconds must be between 0 and one year")
+                issued, old = await rotate_key(store, audit, actor, key_id, float(overlap))
+                return 201, issued_body(issued) | {"previous": old.public()}
+        else:
+            if method == "GET":
+                record = await store.get(key_id)
+                if record is None:
+                    raise KeyProblem(404, f"no API key with id {key_id[:32]!r}")
+                return 200, record.public()
+            if method == "DELETE":
+                return 200, (await revoke_key(store, audit, actor, key_id)).public()
+        return 405, {"error": f"method {method} not allowed here"}
+    except KeyProblem as exc:
+        return exc.status, {"error": exc.message}

@@ -17,7 +17,13 @@ class ClassifierSettings(ServiceSettings):
         default=64,
         ge=1,
         le=1000,
-        description="Raw messages one fetch asks for; they are handled concurrently.",
+        description="Raw messages one fetch asks for; classified together, published as one group.",
+    )
+    max_inflight_fetches: int = Field(
+        default=4,
+        ge=1,
+        le=64,
+        description="Fetches whose outputs may wait for their publish acks at once (pipelining).",
     )
     fetch_timeout_seconds: float = Field(
         default=0.1,

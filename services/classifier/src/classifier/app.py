@@ -14,14 +14,13 @@ from classifier.checkpoint import Checkpointer, StateFollower
 from classifier.config_store import StreamConfigStore
 from classifier.consume import consume
 from classifier.handler import CoalescingOutbox, JetStreamOutbox, RawBatchHandler
+from classifier.partition import PartitionFilter, ensure_partition_consumer
 from classifier.settings import ClassifierSettings
 from classifier.state import ClassifierState
 from tributary_contracts import (
-    CLASSIFIER_DURABLE,
     CLASSIFIER_STATE_BUCKET,
     DP_RAW,
     STREAM_CONFIGS_BUCKET,
-    ensure_consumer,
     ensure_jetstream,
 )
 from tributary_runtime.bus import connect_nats
@@ -74,12 +73,18 @@ def create_app(settings: ClassifierSettings) -> Starlette:
         nc = await connect_nats(settings, SERVICE_NAME)
         js = nc.jetstream()
         await ensure_jetstream(js, ns)
-        await ensure_consumer(js, ns, CLASSIFIER_DURABLE)
+        partitions, index = settings.classifier_partitions, settings.classifier_partition
+        durable = await ensure_partition_consumer(js, ns, index, partitions)
+        partition = PartitionFilter(ns, index, partitions) if partitions > 1 else None
         store = StreamConfigStore(await js.key_value(ns.bucket(STREAM_CONFIGS_BUCKET)))
         await store.start(settings.config_load_timeout_seconds)
         state = ClassifierState()
         state_bucket = ns.bucket(CLASSIFIER_STATE_BUCKET)
-        follower = StateFollower(await js.key_value(state_bucket), state)
+        follower = StateFollower(
+            await js.key_value(state_bucket),
+            state,
+            owns_source=partition.owns_source if partition is not None else None,
+        )
         await follower.start(settings.state_load_timeout_seconds)
         outbox = CoalescingOutbox(JetStreamOutbox(js, settings.publish_timeout_seconds))
         checkpointer = Checkpointer(outbox, state, state_bucket)
@@ -91,13 +96,14 @@ def create_app(settings: ClassifierSettings) -> Starlette:
             checkpointer=checkpointer,
             nak_delay=settings.nak_delay_seconds,
             nak_max_delay=settings.nak_max_delay_seconds,
+            owns_subject=partition.owns_subject if partition is not None else None,
         )
         stopping = asyncio.Event()
         consumer = asyncio.create_task(
             consume(
                 js,
                 ns.stream(DP_RAW),
-                CLASSIFIER_DURABLE,
+                durable,
                 handler,
                 stopping,
                 batch_size=settings.fetch_batch_size,
@@ -115,7 +121,14 @@ def create_app(settings: ClassifierSettings) -> Starlette:
         app.state.handler = handler
         app.state.store = store
         app.state.state = state
-        log.info("classifier started", configs=len(store), streams=len(state), subject=ns.all_raw())
+        log.info(
+            "classifier started",
+            configs=len(store),
+            streams=len(state),
+            subject=ns.all_raw(),
+            durable=durable,
+            partition=f"{index} of {partitions}",
+        )
         try:
             yield
         finally:

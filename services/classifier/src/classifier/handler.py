@@ -43,6 +43,7 @@ from classifier.metrics import (
     CHECKPOINT_WRITES,
     DLQ_MESSAGES,
     ERRORS,
+    OTHER_PARTITION_MESSAGES,
     PUBLISHED_POINTS,
     RECEIVED_MESSAGES,
     RECEIVED_POINTS,
@@ -216,6 +217,8 @@ class Outcome:
     acked: list[Msg] = field(default_factory=list)
     nacked: list[Msg] = field(default_factory=list)
     dead_lettered: list[tuple[Msg, str]] = field(default_factory=list)
+    skipped: list[Msg] = field(default_factory=list)
+    """Acked without output: another partition's."""
 
 
 @dataclass(slots=True)
@@ -235,6 +238,8 @@ class Prepared:
     dead: list[tuple[Msg, int, str, str]] = field(default_factory=list)
     """(message, deliveries, kind, reason) of the dead letters."""
     retry: list[tuple[Msg, int]] = field(default_factory=list)
+    others: list[Msg] = field(default_factory=list)
+    """Messages of another partition: acked without output."""
 
 
 class RawBatchHandler:
@@ -251,6 +256,7 @@ class RawBatchHandler:
         nak_delay: float = 1.0,
         nak_max_delay: float = 60.0,
         max_deliver: int = MAX_DELIVER,
+        owns_subject: Callable[[str], bool] | None = None,
     ) -> None:
         self.ns = ns
         self.resolve_config = resolve_config
@@ -260,6 +266,8 @@ class RawBatchHandler:
         self.nak_delay = nak_delay
         self.nak_max_delay = nak_max_delay
         self.max_deliver = max_deliver
+        self.owns_subject = owns_subject
+        """With partitions: whether a raw message's subject is this partition's to classify."""
         self.dlq_subject = ns.dlq_subject(CLASSIFIER_DURABLE)
         self.classified_stream = ns.stream(DP_CLASSIFIED)
         self.dlq_stream = ns.stream(DP_DLQ)
@@ -277,6 +285,13 @@ class RawBatchHandler:
         for their publish acks.
         """
         prepared = Prepared(perf_counter())
+        owns = self.owns_subject
+        if owns is not None:
+            mine = [m for m in msgs if owns(m.subject)]
+            if len(mine) < len(msgs):
+                prepared.others = [m for m in msgs if not owns(m.subject)]
+                OTHER_PARTITION_MESSAGES.inc(len(prepared.others))
+            msgs = mine
         RECEIVED_MESSAGES.inc(len(msgs))
         for msg in msgs:
             deliveries = _deliveries(msg)
@@ -319,6 +334,9 @@ class RawBatchHandler:
     async def settle(self, prepared: Prepared) -> Outcome:
         """Publish what ``prepare`` made, then ack, nak or dead-letter each message."""
         outcome = Outcome()
+        for msg in prepared.others:  # another partition classifies it (its own durable)
+            if await self._ack(msg):
+                outcome.skipped.append(msg)
         retry = prepared.retry
         await self._publish_and_ack(prepared.classified, outcome, retry)
         for msg, deliveries, reason, detail in prepared.dead:

@@ -195,3 +195,11 @@ def test_dead_letter_headers_are_one_line_and_deterministic() -> None:
     assert first[MSG_ID_HEADER] == again[MSG_ID_HEADER]
     other = dead_letter_headers("writer-postgres", "bad_rows", "bad row", "s", 3, b"y")
     assert other[MSG_ID_HEADER] != first[MSG_ID_HEADER]
+
+
+def test_batch_msg_id_tells_apart_times_one_microsecond_apart_and_the_point_count() -> None:
+    for base in (T0, datetime(2230, 12, 31, 23, 59, 59, tzinfo=UTC)):
+        one_us = [("cpu", base + timedelta(microseconds=1))]
+        assert batch_msg_id("d", "s", [("cpu", base)]) != batch_msg_id("d", "s", one_us)
+    assert batch_msg_id("d", "s", [("a", T0)]) != batch_msg_id("d", "s", [("a", T0), ("a", T0)])
+    assert batch_msg_id("d", "s", [("a", T0)], "x") != batch_msg_id("d", "s\x1fx", [("a", T0)])

@@ -18,6 +18,8 @@ import argparse
 import asyncio
 import os
 import random
+import subprocess
+import sys
 import time
 import uuid
 from datetime import UTC, datetime
@@ -60,14 +62,55 @@ def config_of(k: int) -> StreamConfig:
     )
 
 
-async def run(streams: int, rounds: int) -> None:
+def raw_messages(ns: Namespace, streams: int, rounds: int) -> list[tuple[str, bytes]]:
+    """The workload: ``rounds`` PointBatches per source, one point per stream, ~2 % violating
+    (the same for every run: seeded)."""
+    rng = random.Random(7)
+    sources = (streams + PER_SOURCE - 1) // PER_SOURCE
+    messages = []
+    for r in range(rounds):
+        for s in range(sources):
+            count = min(PER_SOURCE, streams - s * PER_SOURCE)
+            points = []
+            for j in range(count):
+                violating = rng.random() < 0.02
+                value = rng.uniform(85, 99) if violating else rng.uniform(20, 60)
+                points.append(
+                    {
+                        "stream_id": f"m{s * PER_SOURCE + j}",
+                        "value": round(value, 2),
+                        "ts": datetime.fromtimestamp(1_700_000_000 + r, UTC).isoformat(),
+                    }
+                )
+            payload = orjson.dumps(
+                {
+                    "domain": "infrastructure",
+                    "source_id": f"src-{s}",
+                    "transport": "http",
+                    "received_at": datetime.now(UTC).isoformat(),
+                    "points": points,
+                }
+            )
+            messages.append((ns.raw_subject("infrastructure", f"src-{s}"), payload))
+    return messages
+
+
+def start_py_spy(output: str) -> subprocess.Popen[bytes]:
+    """py-spy sampling this process (raw collapsed stacks to ``output``) until terminated."""
+    py_spy = os.path.join(os.path.dirname(sys.executable), "py-spy")
+    return subprocess.Popen(
+        [py_spy, "record", "-r", "200", "-f", "raw", "-o", output, "--pid", str(os.getpid())],
+        stdout=subprocess.DEVNULL,
+    )
+
+
+async def run(streams: int, rounds: int, py_spy_output: str | None = None) -> None:
     url = os.environ.get("NATS_URL", "nats://127.0.0.1:4222")
     prefix = f"mbench{uuid.uuid4().hex[:8]}"
     ns = Namespace(prefix)
     nc = await nats.connect(url)
     js = nc.jetstream()
     await ensure_jetstream(js, ns)
-    rng = random.Random(7)
     sources = (streams + PER_SOURCE - 1) // PER_SOURCE
     try:
         await ensure_consumer(js, ns, CLASSIFIER_DURABLE)
@@ -82,32 +125,8 @@ async def run(streams: int, rounds: int) -> None:
             )
         await asyncio.gather(*acks)
         acks = []
-        for r in range(rounds):
-            for s in range(sources):
-                count = min(PER_SOURCE, streams - s * PER_SOURCE)
-                points = []
-                for j in range(count):
-                    violating = rng.random() < 0.02
-                    value = rng.uniform(85, 99) if violating else rng.uniform(20, 60)
-                    points.append(
-                        {
-                            "stream_id": f"m{s * PER_SOURCE + j}",
-                            "value": round(value, 2),
-                            "ts": datetime.fromtimestamp(1_700_000_000 + r, UTC).isoformat(),
-                        }
-                    )
-                payload = orjson.dumps(
-                    {
-                        "domain": "infrastructure",
-                        "source_id": f"src-{s}",
-                        "transport": "http",
-                        "received_at": datetime.now(UTC).isoformat(),
-                        "points": points,
-                    }
-                )
-                acks.append(
-                    await js.publish_async(ns.raw_subject("infrastructure", f"src-{s}"), payload)
-                )
+        for subject, payload in raw_messages(ns, streams, rounds):
+            acks.append(await js.publish_async(subject, payload))
         await asyncio.gather(*acks)
 
         settings = ClassifierSettings(
@@ -116,13 +135,18 @@ async def run(streams: int, rounds: int) -> None:
         app = create_app(settings)
         async with app.router.lifespan_context(app):
             configs = len(app.state.store)
-            wall, cpu = time.perf_counter(), time.process_time()
+            spy = start_py_spy(py_spy_output) if py_spy_output else None
+            wall, cpu, sys_cpu = time.perf_counter(), time.process_time(), os.times().system
             while True:
                 info = await js.consumer_info(ns.stream(DP_RAW), CLASSIFIER_DURABLE)
                 if info.num_pending == 0 and info.num_ack_pending == 0:
                     break
                 await asyncio.sleep(0.02)
             wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+            sys_cpu = os.times().system - sys_cpu
+            if spy is not None:
+                spy.send_signal(2)  # SIGINT: py-spy writes its output and exits
+                await asyncio.to_thread(spy.wait, 30)
             held = len(getattr(app.state, "state", ()))
         total = streams * rounds
         events = sum(
@@ -130,7 +154,8 @@ async def run(streams: int, rounds: int) -> None:
         )
         print(
             f"{streams} streams / {configs} configs, {sources * rounds} messages, {total} points: "
-            f"{wall:.2f} s, {total / wall:,.0f} points/s, CPU {cpu / total * 1e6:.1f} µs/pt; "
+            f"{wall:.2f} s, {total / wall:,.0f} points/s, CPU {cpu / total * 1e6:.1f} µs/pt "
+            f"(system {sys_cpu / total * 1e6:.1f}); "
             f"alert events {events:.0f}, checkpoint writes asked "
             f"{CHECKPOINT_WRITES._value.get():.0f}, streams in memory {held}"
         )
@@ -146,8 +171,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--streams", type=int, default=10_000)
     parser.add_argument("--rounds", type=int, default=10, help="points per stream")
+    parser.add_argument(
+        "--py-spy",
+        metavar="FILE",
+        help="sample the drain with py-spy (installed by hand in .venv) into FILE (raw stacks)",
+    )
     args = parser.parse_args()
-    asyncio.run(run(args.streams, args.rounds))
+    asyncio.run(run(args.streams, args.rounds, args.py_spy))
 
 
 if __name__ == "__main__":

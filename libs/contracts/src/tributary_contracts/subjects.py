@@ -142,12 +142,12 @@ def stream_config_key(domain: str, source_id: str, stream_id: str) -> str:
     return f"{escape_key(domain)}.{escape_key(source_id)}.{escape_key(stream_id)}"
 
 
-def config_lookup_keys(
+def config_lookup_scopes(
     domain: str, source_id: str, stream_id: str, stream_type: str | None
-) -> list[str]:
-    """Keys to try for a point's config, most specific first; the first one present wins:
-    exact stream → source wildcard by stream id → by stream type → domain default → global
-    default for the stream type → global default."""
+) -> list[tuple[str, str, str]]:
+    """``(domain, source_id, stream_id)`` scopes to try for a point's config, most specific
+    first; the first one present wins: exact stream → source wildcard by stream id → by stream
+    type → domain default → global default for the stream type → global default."""
     w = WILDCARD
     scopes = [(domain, source_id, stream_id), (domain, w, stream_id)]
     if stream_type:
@@ -156,7 +156,17 @@ def config_lookup_keys(
     if stream_type:
         scopes.append((w, w, stream_type))
     scopes.append((w, w, w))
-    return [stream_config_key(*scope) for scope in scopes]
+    return scopes
+
+
+def config_lookup_keys(
+    domain: str, source_id: str, stream_id: str, stream_type: str | None
+) -> list[str]:
+    """``config_lookup_scopes`` as bucket keys (``stream_config_key``), in the same order."""
+    return [
+        stream_config_key(*scope)
+        for scope in config_lookup_scopes(domain, source_id, stream_id, stream_type)
+    ]
 
 
 def parse_stream_config_key(key: str) -> tuple[str, str, str]:

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from time import time
 from typing import Any
 
@@ -179,10 +179,19 @@ class Checkpointer:
 class StateFollower:
     """Loads the bucket's checkpoints into ``state`` at start and follows later writes."""
 
-    def __init__(self, kv: Any, state: ClassifierState, follow: bool = False) -> None:
+    def __init__(
+        self,
+        kv: Any,
+        state: ClassifierState,
+        follow: bool = False,
+        owns_source: Callable[[str, str], bool] | None = None,
+    ) -> None:
         self._kv = kv
         self.state = state
         self.follow = follow
+        self.owns_source = owns_source
+        """With partitions: only the streams of this partition's sources are restored (another
+        partition's would otherwise get staleness alerts here too)."""
         self.loaded = asyncio.Event()
         self._watcher: Any = None
         self._task: asyncio.Task[None] | None = None
@@ -200,7 +209,10 @@ class StateFollower:
             log.warning("ignoring an unreadable checkpoint", key=key, error=repr(exc)[:300])
             return
         now = time()
+        owns = self.owns_source
         for ids, stream_state in restored:
+            if owns is not None and not owns(ids[0], ids[1]):
+                continue
             # Silence while no classifier ran is not the stream's: its staleness clock restarts.
             stream_state.seen_at = max(stream_state.seen_at, now)
             self.state.restore(ids, stream_state)

@@ -37,6 +37,7 @@ from tributary_contracts import (
     PointBatch,
     PointClass,
     RateConstraints,
+    Severity,
     StreamConfig,
 )
 
@@ -81,6 +82,9 @@ class Verdict(NamedTuple):
 NO_CONFIG_VERDICT = Verdict(PointClass.NORMAL, NO_CONFIG_REASON, "none")
 """The verdict of every point of an unconfigured stream (immutable, so shared)."""
 
+_SEVERITY_CLASS = {severity: PointClass(severity.value) for severity in Severity}
+"""Class of a broken rate limit by its configured severity (a dict lookup: building the enum
+per point was ~8 % of the classification CPU)."""
 _NORMAL = PointClass.NORMAL
 _CRITICAL = PointClass.CRITICAL
 _WARNING = PointClass.WARNING
@@ -172,7 +176,7 @@ def _rate_verdict(
     delta = value - prev
     change = abs(delta)
     side = 1 if delta >= 0 else -1
-    cls = PointClass(rates.severity.value)
+    cls = _SEVERITY_CLASS[rates.severity]
     if rates.abs_delta is not None and change > rates.abs_delta:
         return Verdict(
             cls,

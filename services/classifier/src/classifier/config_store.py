@@ -1,7 +1,7 @@
 """Stream configurations held in memory, kept current by watching the ``stream-configs`` bucket.
 
 Keys are ``stream_config_key(domain, source_id, stream_id)``; ``*`` stands for "any" (see
-``config_lookup_keys`` for the order). The version of a config is its KV revision. An entry
+``config_lookup_scopes`` for the order). The version of a config is its KV revision. An entry
 that is not a valid StreamConfig is logged and ignored: it changes nothing, so the last valid
 config of that key stays in force (and a watch never crashes).
 
@@ -23,9 +23,8 @@ from pydantic import ValidationError
 from classifier.metrics import CONFIG_ERRORS, CONFIGS_LOADED
 from tributary_contracts import (
     StreamConfig,
-    config_lookup_keys,
+    config_lookup_scopes,
     parse_stream_config_key,
-    stream_config_key,
 )
 
 log = structlog.get_logger(__name__)
@@ -55,8 +54,9 @@ class StreamConfigStore:
 
     def __init__(self, kv: Any = None, defaults: dict[str, StreamConfig] | None = None) -> None:
         self._kv = kv
-        self._configs: dict[str, StreamConfig] = {}
-        """By bucket key (``stream_config_key``)."""
+        self._configs: dict[tuple[str, str, str], StreamConfig] = {}
+        """By ``(domain, source_id, stream_id)`` (the bucket key parsed: no escaping per
+        lookup)."""
         self._defaults = load_shipped_defaults() if defaults is None else defaults
         self._resolved: dict[tuple[str, str, str, str | None], StreamConfig | None] = {}
         """Resolution results, emptied whenever a config changes."""
@@ -69,7 +69,7 @@ class StreamConfigStore:
     def resolve(
         self, domain: str, source_id: str, stream_id: str, stream_type: str | None = None
     ) -> StreamConfig | None:
-        """The first config present in ``config_lookup_keys`` order (exact → (domain, *, id) →
+        """The first config present in ``config_lookup_scopes`` order (exact → (domain, *, id) →
         (domain, *, type) → (domain, *, *) → (*, *, type) → (*, *, *)); the shipped default of
         the stream type stands in at (*, *, type) when the bucket has none there."""
         ids = (domain, source_id, stream_id, stream_type)
@@ -86,16 +86,12 @@ class StreamConfigStore:
         self, domain: str, source_id: str, stream_id: str, stream_type: str | None
     ) -> StreamConfig | None:
         configs = self._configs
-        type_default = (
-            stream_config_key(WILDCARD_SOURCE, WILDCARD_SOURCE, stream_type)
-            if stream_type
-            else None
-        )
-        for key in config_lookup_keys(domain, source_id, stream_id, stream_type):
-            config = configs.get(key)
+        type_default = (WILDCARD_SOURCE, WILDCARD_SOURCE, stream_type) if stream_type else None
+        for scope in config_lookup_scopes(domain, source_id, stream_id, stream_type):
+            config = configs.get(scope)
             if config is not None:
                 return config
-            if key == type_default and stream_type in self._defaults:
+            if scope == type_default and stream_type in self._defaults:
                 return self._defaults[stream_type]
         return None
 
@@ -108,15 +104,15 @@ class StreamConfigStore:
     ) -> None:
         """Apply one bucket entry (a put, a delete or a purge) to the in-memory configs."""
         try:
-            parse_stream_config_key(key)
+            scope = parse_stream_config_key(key)
         except (ValueError, UnicodeDecodeError):
             CONFIG_ERRORS.labels(reason="invalid_key").inc()
             log.warning("ignoring stream config with an invalid key", key=key)
             return
         if operation in _DELETE_OPERATIONS or not value:
-            if self._configs.pop(key, None) is not None:
+            if self._configs.pop(scope, None) is not None:
                 self._resolved.clear()
-                log.info("stream config removed", key=key, revision=revision)
+                self._log_change("stream config removed", key=key, revision=revision)
         else:
             try:
                 config = StreamConfig.model_validate_json(value)
@@ -130,10 +126,14 @@ class StreamConfigStore:
                 )
                 return
             config.version = revision
-            self._configs[key] = config
+            self._configs[scope] = config
             self._resolved.clear()
-            log.info("stream config applied", key=key, revision=revision)
+            self._log_change("stream config applied", key=key, revision=revision)
         CONFIGS_LOADED.set(len(self._configs))
+
+    def _log_change(self, event: str, **fields: Any) -> None:
+        # One line per change once running; the initial load (maybe 10,000s) only at debug.
+        (log.info if self.loaded.is_set() else log.debug)(event, **fields)
 
     # -- watching -------------------------------------------------------------------------
     async def start(self, load_timeout: float = 10.0) -> None:
@@ -147,6 +147,7 @@ class StreamConfigStore:
         except TimeoutError:
             await self.stop()
             raise
+        log.info("stream configs loaded", configs=len(self._configs))
 
     async def _follow(self) -> None:
         assert self._watcher is not None

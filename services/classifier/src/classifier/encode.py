@@ -12,7 +12,7 @@ orjson refuses what pydantic accepts in a few corners (integers beyond 64 bits i
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -27,6 +27,23 @@ def _model_fields(value: Any) -> Any:
     if isinstance(value, BaseModel):
         return value.model_dump(mode="json")
     raise TypeError(f"cannot encode {type(value).__name__} as JSON")
+
+
+def parse_batch(data: bytes) -> PointBatch:
+    """A raw message as a validated ``PointBatch`` whose point times share one tzinfo (UTC).
+
+    pydantic-core gives every parsed datetime its own ``TzInfo`` object, and two datetimes
+    with different tzinfo objects compare, subtract and convert through ``utcoffset()`` calls:
+    ~10× slower than with a shared one. Each point's ``ts`` is converted once here
+    (``astimezone(UTC)``: the same instant; the contract's times are UTC anyway), so the
+    comparisons with the stream's state, the msg ids and the JSON of outputs and checkpoints
+    take the fast paths. Raises ``ValidationError`` like ``model_validate_json``.
+    """
+    batch = PointBatch.model_validate_json(data)
+    for point in batch.points:
+        fields = point.__dict__  # as validated: no second validation through __setattr__
+        fields["ts"] = fields["ts"].astimezone(UTC)
+    return batch
 
 
 def classified_batch_json(

@@ -36,13 +36,14 @@ from pydantic import ValidationError
 
 from classifier.alerts import KeyedEvent, event_msg_id, staleness_events
 from classifier.classify import Classified, ClassifierState, ConfigResolver, classify_message
-from classifier.encode import classified_batch_json
+from classifier.encode import classified_batch_json, parse_batch
 from classifier.metrics import (
     ALERT_EVENTS,
     BATCH_SECONDS,
     CHECKPOINT_WRITES,
     DLQ_MESSAGES,
     ERRORS,
+    OTHER_PARTITION_MESSAGES,
     PUBLISHED_POINTS,
     RECEIVED_MESSAGES,
     RECEIVED_POINTS,
@@ -151,18 +152,20 @@ class JetStreamOutbox:
 class CoalescingOutbox:
     """Gathers the ``publish_all`` calls of one event-loop turn into one group.
 
-    The handler runs once per fetched message, all of them concurrently; each would publish
-    its outputs and wait for their acks on its own. Here the calls made in the same loop turn
-    are sent together, and messages with the same ``coalesce`` key (the checkpoint of a stream
-    touched by several inputs of the fetch) are sent once, with the body made at send time: the
-    stream's newest state covers every caller.
+    Calls made in the same loop turn (the settle task of a fetch, a staleness check, a
+    checkpoint flush) are sent together, and messages with the same ``coalesce`` key (the
+    checkpoint of a source touched by several inputs) are sent once, with the body made at send
+    time: the source's newest state covers every caller. Groups of different turns are in
+    flight at the same time (the consume loop pipelines fetches); each is sent in one go, in
+    turn order, so a later write of a checkpoint is always sent after an earlier one.
     """
 
     def __init__(self, inner: Outbox) -> None:
         self.inner = inner
         self._queued: list[tuple[Sequence[Outgoing], asyncio.Future[list[BaseException | None]]]]
         self._queued = []
-        self._task: asyncio.Task[None] | None = None
+        self._flushing: set[asyncio.Task[None]] = set()
+        self._scheduled = False
 
     async def publish_all(self, messages: Sequence[Outgoing]) -> list[BaseException | None]:
         if not messages:
@@ -170,35 +173,38 @@ class CoalescingOutbox:
         future: asyncio.Future[list[BaseException | None]]
         future = asyncio.get_running_loop().create_future()
         self._queued.append((messages, future))
-        if self._task is None or self._task.done():
-            self._task = asyncio.create_task(self._flush(), name="classifier-publish-group")
+        if not self._scheduled:
+            self._scheduled = True
+            task = asyncio.create_task(self._flush(), name="classifier-publish-group")
+            self._flushing.add(task)
+            task.add_done_callback(self._flushing.discard)
         return await asyncio.shield(future)
 
     async def _flush(self) -> None:
-        await asyncio.sleep(0)  # let the other handler calls of this loop turn join
-        while self._queued:
-            group, self._queued = self._queued, []
-            unique: list[Outgoing] = []
-            slots: list[list[int]] = []
-            by_key: dict[str, int] = {}
-            for messages, _ in group:
-                positions = []
-                for m in messages:
-                    if m.coalesce is not None and m.coalesce in by_key:
-                        positions.append(by_key[m.coalesce])
-                        continue
-                    if m.coalesce is not None:
-                        by_key[m.coalesce] = len(unique)
-                    positions.append(len(unique))
-                    unique.append(m)
-                slots.append(positions)
-            try:
-                results = await self.inner.publish_all(unique)
-            except Exception as exc:  # never leave a caller waiting
-                results = [exc] * len(unique)
-            for (_, future), positions in zip(group, slots, strict=True):
-                if not future.done():
-                    future.set_result([results[i] for i in positions])
+        await asyncio.sleep(0)  # let the other calls of this loop turn join
+        group, self._queued = self._queued, []
+        self._scheduled = False
+        unique: list[Outgoing] = []
+        slots: list[list[int]] = []
+        by_key: dict[str, int] = {}
+        for messages, _ in group:
+            positions = []
+            for m in messages:
+                if m.coalesce is not None and m.coalesce in by_key:
+                    positions.append(by_key[m.coalesce])
+                    continue
+                if m.coalesce is not None:
+                    by_key[m.coalesce] = len(unique)
+                positions.append(len(unique))
+                unique.append(m)
+            slots.append(positions)
+        try:
+            results = await self.inner.publish_all(unique)
+        except Exception as exc:  # never leave a caller waiting
+            results = [exc] * len(unique)
+        for (_, future), positions in zip(group, slots, strict=True):
+            if not future.done():
+                future.set_result([results[i] for i in positions])
 
     async def publish(self, message: Outgoing) -> None:
         await self.inner.publish(message)
@@ -211,6 +217,8 @@ class Outcome:
     acked: list[Msg] = field(default_factory=list)
     nacked: list[Msg] = field(default_factory=list)
     dead_lettered: list[tuple[Msg, str]] = field(default_factory=list)
+    skipped: list[Msg] = field(default_factory=list)
+    """Acked without output: another partition's."""
 
 
 @dataclass(slots=True)
@@ -219,6 +227,19 @@ class _Classified:
     deliveries: int
     outputs: list[tuple[Outgoing, str, int]]  # message, class or event kind, point count
     touched: set[StreamKey] = field(default_factory=set)
+
+
+@dataclass(slots=True)
+class Prepared:
+    """The messages of one fetch, classified and ready to publish (``RawBatchHandler.prepare``)."""
+
+    started: float
+    classified: list[_Classified] = field(default_factory=list)
+    dead: list[tuple[Msg, int, str, str]] = field(default_factory=list)
+    """(message, deliveries, kind, reason) of the dead letters."""
+    retry: list[tuple[Msg, int]] = field(default_factory=list)
+    others: list[Msg] = field(default_factory=list)
+    """Messages of another partition: acked without output."""
 
 
 class RawBatchHandler:
@@ -235,6 +256,7 @@ class RawBatchHandler:
         nak_delay: float = 1.0,
         nak_max_delay: float = 60.0,
         max_deliver: int = MAX_DELIVER,
+        owns_subject: Callable[[str], bool] | None = None,
     ) -> None:
         self.ns = ns
         self.resolve_config = resolve_config
@@ -244,6 +266,8 @@ class RawBatchHandler:
         self.nak_delay = nak_delay
         self.nak_max_delay = nak_max_delay
         self.max_deliver = max_deliver
+        self.owns_subject = owns_subject
+        """With partitions: whether a raw message's subject is this partition's to classify."""
         self.dlq_subject = ns.dlq_subject(CLASSIFIER_DURABLE)
         self.classified_stream = ns.stream(DP_CLASSIFIED)
         self.dlq_stream = ns.stream(DP_DLQ)
@@ -251,21 +275,35 @@ class RawBatchHandler:
 
     async def handle(self, msgs: Sequence[Msg]) -> Outcome:
         """Classify and publish ``msgs``, then ack, nak or dead-letter each of them."""
-        started = perf_counter()
-        outcome = Outcome()
+        return await self.settle(self.prepare(msgs))
+
+    def prepare(self, msgs: Sequence[Msg]) -> Prepared:
+        """Parse and classify ``msgs`` (advancing the stream state), without any ``await``.
+
+        The consume loop calls this for each fetch in delivery order, then settles the fetches
+        concurrently: the state sees the points in order even while earlier fetches still wait
+        for their publish acks.
+        """
+        prepared = Prepared(perf_counter())
+        owns = self.owns_subject
+        if owns is not None:
+            mine = [m for m in msgs if owns(m.subject)]
+            if len(mine) < len(msgs):
+                prepared.others = [m for m in msgs if not owns(m.subject)]
+                OTHER_PARTITION_MESSAGES.inc(len(prepared.others))
+            msgs = mine
         RECEIVED_MESSAGES.inc(len(msgs))
-        classified: list[_Classified] = []
-        dead: list[tuple[Msg, int, str, str]] = []
-        retry: list[tuple[Msg, int]] = []
         for msg in msgs:
             deliveries = _deliveries(msg)
             if deliveries >= self.max_deliver:
-                dead.append((msg, deliveries, "max_deliver", f"delivered {deliveries} times"))
+                prepared.dead.append(
+                    (msg, deliveries, "max_deliver", f"delivered {deliveries} times")
+                )
                 continue
             try:
-                batch = PointBatch.model_validate_json(msg.data)
+                batch = parse_batch(msg.data)
             except ValidationError as exc:
-                dead.append((msg, deliveries, "invalid_batch", _describe(exc)))
+                prepared.dead.append((msg, deliveries, "invalid_batch", _describe(exc)))
                 continue
             RECEIVED_POINTS.inc(len(batch.points))
             try:
@@ -286,18 +324,26 @@ class RawBatchHandler:
             except Exception as exc:  # a defect, not bad data: retried, dead-lettered at the end
                 ERRORS.labels(stage="classify", error_type=type(exc).__name__).inc()
                 log.exception("classification failed", subject=msg.subject)
-                retry.append((msg, deliveries))
+                prepared.retry.append((msg, deliveries))
                 continue
-            classified.append(
+            prepared.classified.append(
                 _Classified(msg, deliveries, outputs, result.touched | result.republish)
             )
+        return prepared
 
-        await self._publish_and_ack(classified, outcome, retry)
-        for msg, deliveries, reason, detail in dead:
+    async def settle(self, prepared: Prepared) -> Outcome:
+        """Publish what ``prepare`` made, then ack, nak or dead-letter each message."""
+        outcome = Outcome()
+        for msg in prepared.others:  # another partition classifies it (its own durable)
+            if await self._ack(msg):
+                outcome.skipped.append(msg)
+        retry = prepared.retry
+        await self._publish_and_ack(prepared.classified, outcome, retry)
+        for msg, deliveries, reason, detail in prepared.dead:
             await self._dead_letter(msg, deliveries, reason, detail, outcome, retry)
         for msg, deliveries in retry:
             await self._nak(msg, deliveries, outcome)
-        BATCH_SECONDS.observe(perf_counter() - started)
+        BATCH_SECONDS.observe(perf_counter() - prepared.started)
         return outcome
 
     def _outgoing(

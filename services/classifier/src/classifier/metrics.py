@@ -36,3 +36,7 @@ CHECKPOINT_WRITES = Counter(
     "classifier_checkpoint_writes", "Stream state checkpoints written to classifier-state."
 )
 STATE_STREAMS = Gauge("classifier_streams", "Streams whose state is held in memory.")
+OTHER_PARTITION_MESSAGES = Counter(
+    "classifier_other_partition_messages",
+    "Raw messages of another partition, acked without output (CLASSIFIER_PARTITIONS > 1).",
+)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from typing import Self
+
+from pydantic import Field, model_validator
 
 from tributary_runtime.settings import ServiceSettings
 
@@ -17,7 +19,13 @@ class ClassifierSettings(ServiceSettings):
         default=64,
         ge=1,
         le=1000,
-        description="Raw messages one fetch asks for; they are handled concurrently.",
+        description="Raw messages one fetch asks for; classified together, published as one group.",
+    )
+    max_inflight_fetches: int = Field(
+        default=4,
+        ge=1,
+        le=64,
+        description="Fetches whose outputs may wait for their publish acks at once (pipelining).",
     )
     fetch_timeout_seconds: float = Field(
         default=0.1,
@@ -63,3 +71,23 @@ class ClassifierSettings(ServiceSettings):
         le=3600,
         description="How often streams whose only change is their latest point are checkpointed.",
     )
+    classifier_partitions: int = Field(
+        default=1,
+        ge=1,
+        le=1024,
+        description="Partitions N: each process classifies the sources hashed to its index.",
+    )
+    classifier_partition: int = Field(
+        default=0,
+        ge=0,
+        description="This process's partition index, 0 … CLASSIFIER_PARTITIONS - 1.",
+    )
+
+    @model_validator(mode="after")
+    def _partition_in_range(self) -> Self:
+        if self.classifier_partition >= self.classifier_partitions:
+            raise ValueError(
+                f"CLASSIFIER_PARTITION must be below CLASSIFIER_PARTITIONS "
+                f"({self.classifier_partitions}), got {self.classifier_partition}"
+            )
+        return self

@@ -50,6 +50,10 @@ class StreamDef:
     subjects: tuple[str, ...]  # patterns relative to the namespace, e.g. "dp.raw.>"
     max_age_seconds: float
     description: str
+    # "new": once an operator-set limit (max_bytes / max_msgs) is reached, publishes are refused
+    # (gateways answer 503) instead of old messages being dropped — for the streams holding
+    # points on their way to storage, dropping the oldest would lose acknowledged points.
+    discard: str = "old"
 
     def kwargs(self, ns: Namespace) -> dict[str, Any]:
         prefix = f"{ns.prefix}." if ns.prefix else ""
@@ -59,16 +63,19 @@ class StreamDef:
             "subjects": [prefix + s for s in self.subjects],
             "retention": "limits",
             "storage": "file",
-            "discard": "old",
+            "discard": self.discard,
             "max_age": self.max_age_seconds,
             "max_msg_size": 8 * 1024 * 1024,
             "duplicate_window": DUPLICATE_WINDOW_SECONDS,
         }
 
 
+OPERATOR_LIMITS = ("max_bytes", "max_msgs")
+"""Stream limits an operator may set (``nats stream edit``); ``ensure_jetstream`` keeps them."""
+
 STREAMS: tuple[StreamDef, ...] = (
-    StreamDef(DP_RAW, ("dp.raw.>",), 7 * DAY, "Normalised, unclassified point batches."),
-    StreamDef(DP_CLASSIFIED, ("dp.classified.>",), 7 * DAY, "Classified point batches."),
+    StreamDef(DP_RAW, ("dp.raw.>",), 7 * DAY, "Normalised, unclassified point batches.", "new"),
+    StreamDef(DP_CLASSIFIED, ("dp.classified.>",), 7 * DAY, "Classified point batches.", "new"),
     StreamDef(DP_EVENTS, ("dp.alert.>", "dp.prediction.>"), 30 * DAY, "Alerts and predictions."),
     StreamDef(DP_REJECTED, ("dp.rejected.>",), 7 * DAY, "Input a gateway could not accept."),
     StreamDef(DP_DLQ, ("dp.dlq.>",), 30 * DAY, "Messages a consumer gave up on."),
@@ -149,16 +156,24 @@ def _is_not_found(exc: Exception) -> bool:
 async def ensure_jetstream(
     js: JetStreamLike, ns: Namespace = Namespace(), consumers: tuple[str, ...] = ()
 ) -> None:
-    """Create or update every stream and bucket of ``ns``, plus the named durable consumers."""
+    """Create or update every stream and bucket of ``ns``, plus the named durable consumers.
+
+    An existing stream's ``OPERATOR_LIMITS`` (size caps set by an operator) are kept: the
+    declared config has none, and an update without them would silently lift the cap again at
+    every service start."""
     for stream in STREAMS:
         params = stream.kwargs(ns)
         try:
-            await js.stream_info(params["name"])
+            info = await js.stream_info(params["name"])
         except Exception as exc:
             if not _is_not_found(exc):
                 raise
             await js.add_stream(**params)
         else:
+            for limit in OPERATOR_LIMITS:
+                value = getattr(getattr(info, "config", None), limit, None)
+                if isinstance(value, int) and value > 0:
+                    params[limit] = value
             await js.update_stream(**params)
     for base, history, description in BUCKETS:
         name = ns.bucket(base)

@@ -112,6 +112,7 @@ async def consumer_lag(nats_url: str, prefix: str) -> dict[str, int]:
 class Reconciliation:
     counts: dict[str, Any] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
+    dead_letters: list[DeadLetter] = field(default_factory=list)
 
     def summary(self) -> str:
         return " ".join(f"{k}={v}" for k, v in self.counts.items())
@@ -120,7 +121,7 @@ class Reconciliation:
 def reconcile(
     ledger: Ledger, rows: list[tuple[Key, float]], dlq: list[DeadLetter], allow_dlq: bool
 ) -> Reconciliation:
-    result = Reconciliation()
+    result = Reconciliation(dead_letters=dlq)
     stored = Counter(key for key, _ in rows)
     values = dict(rows)
     dead = Counter(d.key for d in dlq)

@@ -49,10 +49,15 @@ def plan(tag: str, **overrides: object) -> LoadPlan:
     return base
 
 
-def record(name: str, result: Reconciliation, ledger: Ledger, seconds: float) -> None:
+def record(
+    name: str, result: Reconciliation, ledger: Ledger, seconds: float,
+    fault_window: dict[str, int] | None = None,
+) -> None:
     entry = {"scenario": name, "long": LONG, **result.counts, "seconds": round(seconds, 1),
-             "per_transport": ledger.by_transport(), "events": ledger.events}  # fmt: skip
-    print(f"\n{name}: {result.summary()} {ledger.by_transport()} events={ledger.events}")
+             **(fault_window or {}), "per_transport": ledger.by_transport(),
+             "events": ledger.events}  # fmt: skip
+    print(f"\n{name}: {result.summary()} {fault_window or ''} {ledger.by_transport()} "
+          f"events={ledger.events}")
     REPORT.parent.mkdir(exist_ok=True)
     with REPORT.open("a") as out:
         out.write(json.dumps(entry) + "\n")
@@ -66,15 +71,25 @@ async def run_scenario(
     started = time.monotonic()
     ledger = Ledger()
     task = asyncio.create_task(run_load(fleet, servers.mosquitto.port, load, ledger))
+    window: dict[str, int] = {}
     if fault is not None:
         await asyncio.sleep(fault_at)
+        deadline = time.monotonic() + 20  # a busy machine may be slow to the first acks
+        while not ledger.acked and not task.done() and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        assert not task.done(), "the load ended before the fault: not mid-stream"
+        window["acked_before_fault"] = len(ledger.acked)
         await fault()
+        window["acked_during_fault"] = len(ledger.acked) - window["acked_before_fault"]
     await task
+    if fault is not None:
+        window["acked_after_fault"] = len(ledger.acked) - sum(window.values())
+        assert window["acked_before_fault"] > 0, window  # mid-stream, not before it
     result = await drain_and_reconcile(
         ledger, load.sources, fleet.postgres_dsn, fleet.nats_url, fleet.bus_prefix,
         allow_dlq=allow_dlq, timeout=drain_timeout,
     )
-    record(name, result, ledger, time.monotonic() - started)
+    record(name, result, ledger, time.monotonic() - started, window)
     assert result.problems == []
     assert result.counts["duplicates"] == 0
     assert ledger.unresolved == set()
@@ -146,7 +161,7 @@ async def test_postgres_outage_is_waited_out_and_drained_without_operator_action
     await run_scenario(
         f"postgres down {PG_OUTAGE_SECONDS:.0f}s", fleet, private_servers,
         plan("pgdown", duration=max(PG_OUTAGE_SECONDS + 4, 6.0 * SCALE)),
-        fault, fault_at=1.5, drain_timeout=120,
+        fault, fault_at=3.0, drain_timeout=120,
     )  # fmt: skip
     assert any(breaker_opened), "the writer's circuit breaker never opened during the outage"
 
@@ -174,6 +189,8 @@ async def test_a_poison_point_goes_to_the_dlq_with_its_reason_while_the_rest_flo
     )
     poisoned = result.counts["dead_lettered"]
     assert poisoned == 3 * SCALE  # one per 10 HTTP requests; everything else stored
+    assert {(d.key[0], d.kind) for d in result.dead_letters} == {("http-poison", "bad_rows")}
+    assert all(d.reason.startswith("22P05") for d in result.dead_letters), result.dead_letters
     assert result.counts["stored"] == result.counts["acked"] - poisoned
 
 
@@ -187,16 +204,16 @@ async def lift_cap(js: object, stream: str) -> None:
 async def test_a_full_raw_stream_makes_gateways_answer_503_not_2xx(
     fleet: FleetProcess, private_servers: PrivateServers
 ) -> None:
-    """The operator caps DP_RAW at a small max_bytes (the cap is kept by every service's
-    ensure_jetstream at restart); once full, gateways refuse (503 / WS error / CSV job not
-    completed) instead of acknowledging, and what they did acknowledge is stored once the
-    operator raises the cap again (MQTT messages wait in the broker meanwhile)."""
+    """The operator caps DP_RAW at its current size (the cap is kept by every service's
+    ensure_jetstream at restart); while it is full, gateways refuse (HTTP 503, WS error) and
+    acknowledge nothing; CSV jobs wait (not completed) and MQTT messages wait in the broker;
+    once the operator lifts the cap, those are stored — each exactly once."""
     nc = await nats.connect(fleet.nats_url)
     js = nc.jetstream()
     stream = Namespace(fleet.bus_prefix).stream(DP_RAW)
     try:
         info = await js.stream_info(stream)
-        cap = info.state.bytes + 40_000  # room for a few requests, then full
+        cap = info.state.bytes + 1_000  # less than one more batch: full from now on
         await js.update_stream(config=info.config.__class__.from_response(
             {**info.config.as_dict(), "max_bytes": cap}))  # fmt: skip
         # Service restarts re-run ensure_jetstream: the operator's cap must survive them.
@@ -204,13 +221,14 @@ async def test_a_full_raw_stream_makes_gateways_answer_503_not_2xx(
         assert (await js.stream_info(stream)).config.max_bytes == cap
 
         ledger = Ledger()
-        load = plan("full", retry_for=2.0, duration=3.0, http_requests=10, ws_messages=10,
-                    mqtt_messages=60)  # fmt: skip
+        load = plan("full", retry_for=2.0, duration=3.0, http_requests=5, ws_messages=5,
+                    mqtt_messages=60, csv_jobs=2)  # fmt: skip
         task = asyncio.create_task(run_load(fleet, private_servers.mosquitto.port, load, ledger))
         deadline = time.monotonic() + 120
         while not {"http", "ws"} <= ledger.done and time.monotonic() < deadline:
             await asyncio.sleep(0.2)
         assert ledger.events.get("http_503", 0) > 0, ledger.events
+        assert not ledger.acked & {k for k in ledger.sent if k[0].startswith(("http-", "ws-"))}
         assert any("503" in r for r in ledger.refused.values()), "HTTP refused nothing"
         assert any(k[0].startswith("ws-") and "unavailable" in r
                    for k, r in ledger.refused.items()), ledger.events  # fmt: skip

@@ -31,3 +31,38 @@ async def test_ensure_jetstream_is_idempotent_and_creates_declared_objects(
             await js.delete_stream(ns.stream(stream.base))
         for base, _, _ in BUCKETS:
             await js.delete_key_value(ns.bucket(base))
+
+
+@pytest.mark.integration
+async def test_ensure_jetstream_keeps_an_operator_size_cap_and_refuses_when_full(
+    nats_client: object, bus_prefix: str
+) -> None:
+    """DP_RAW discards new: once an operator's max_bytes is reached a publish is refused (the
+    gateway answers 503) rather than an older, acknowledged batch being dropped; and a service
+    start (ensure_jetstream) does not lift the cap again."""
+    import nats.js.errors
+
+    js = nats_client.jetstream()  # type: ignore[attr-defined]
+    ns = Namespace(bus_prefix)
+    name = ns.stream("DP_RAW")
+    try:
+        await ensure_jetstream(js, ns)
+        info = await js.stream_info(name)
+        assert info.config.discard == "new"
+        await js.update_stream(
+            config=info.config.__class__.from_response({**info.config.as_dict(), "max_bytes": 4096})
+        )
+        await ensure_jetstream(js, ns)
+        assert (await js.stream_info(name)).config.max_bytes == 4096
+
+        subject = f"{bus_prefix}.dp.raw.infrastructure.s"
+        with pytest.raises(nats.js.errors.APIError):
+            for i in range(20):
+                await js.publish(subject, b"x" * 1000, headers={"Nats-Msg-Id": str(i)})
+        first = await js.get_msg(name, 1)
+        assert first.data == b"x" * 1000  # the oldest message is still there
+    finally:
+        for stream in STREAMS:
+            await js.delete_stream(ns.stream(stream.base))
+        for base, _, _ in BUCKETS:
+            await js.delete_key_value(ns.bucket(base))

@@ -53,6 +53,10 @@ class StreamDef:
     subjects: tuple[str, ...]  # patterns relative to the namespace, e.g. "dp.raw.>"
     max_age_seconds: float
     description: str
+    # "new": once an operator-set limit (max_bytes / max_msgs) is reached, publishes are refused
+    # (gateways answer 503) instead of old messages being dropped — for the streams holding
+    # points on their way to storage, dropping the oldest would lose acknowledged points.
+    discard: str = "old"
 
     def kwargs(self, ns: Namespace) -> dict[str, Any]:
         prefix = f"{ns.prefix}." if ns.prefix else ""
@@ -62,16 +66,19 @@ class StreamDef:
             "subjects": [prefix + s for s in self.subjects],
             "retention": "limits",
             "storage": "file",
-            "discard": "old",
+            "discard": self.discard,
             "max_age": self.max_age_seconds,
             "max_msg_size": 8 * 1024 * 1024,
             "duplicate_window": DUPLICATE_WINDOW_SECONDS,
         }
 
 
+OPERATOR_LIMITS = ("max_bytes", "max_msgs")
+"""Stream limits an operator may set (``nats stream edit``); ``ensure_jetstream`` keeps them."""
+
 STREAMS: tuple[StreamDef, ...] = (
-    StreamDef(DP_RAW, ("dp.raw.>",), 7 * DAY, "Normalised, unclassified point batches."),
-    StreamDef(DP_CLASSIFIED, ("dp.classified.>",), 7 * DAY, "Classified point batches."),
+    StreamDef(DP_RAW, ("dp.raw.>",), 7 * DAY, "Normalised, unclassified point batches.", "new"),
+    StreamDef(DP_CLASSIFIED, ("dp.classified.>",), 7 * DAY, "Classified point batches.", "new"),
     StreamDef(DP_EVENTS, ("dp.alert.>", "dp.prediction.>"), 30 * DAY, "Alerts and predictions."),
     StreamDef(DP_REJECTED, ("dp.rejected.>",), 7 * DAY, "Input a gateway could not accept."),
     StreamDef(DP_DLQ, ("dp.dlq.>",), 30 * DAY, "Messages a consumer gave up on."),
@@ -168,7 +175,10 @@ async def ensure_jetstream(
     see deploy/README.md). ``None`` (what services pass at start) creates missing objects with
     one replica and leaves an existing stream's replica count alone, so a service starting after
     ``tributary bootstrap`` never scales an R3 stream back down. Consumers inherit their stream's.
-    """
+
+    An existing stream's ``OPERATOR_LIMITS`` (size caps set by an operator) are kept: the
+    declared config has none, and an update without them would silently lift the cap again at
+    every service start."""
     if replicas is not None and replicas < 1:
         raise ValueError(f"replicas must be >= 1, got {replicas}")
     for stream in STREAMS:
@@ -180,6 +190,10 @@ async def ensure_jetstream(
                 raise
             await js.add_stream(**params, num_replicas=replicas or 1)
         else:
+            for limit in OPERATOR_LIMITS:
+                value = getattr(getattr(info, "config", None), limit, None)
+                if isinstance(value, int) and value > 0:
+                    params[limit] = value
             current = getattr(info.config, "num_replicas", None) or 1
             await js.update_stream(**params, num_replicas=replicas or current)
     for base, history, description in BUCKETS:

@@ -42,6 +42,7 @@ from tributary_runtime.ops import ops_routes
 from writer_postgres import metrics
 from writer_postgres.alerts import AlertStore, AlertWriter
 from writer_postgres.audit import AuditStore, AuditWriter
+from writer_postgres.breaker import CircuitBreaker, GuardedStore
 from writer_postgres.consume import CONSUMER, ClassifiedWriter, DeadLetterPublish
 from writer_postgres.errors import Failure, classify_error, describe_error
 from writer_postgres.migrate import migrate, storage_mode
@@ -70,18 +71,22 @@ def dead_letter_publisher(
 async def consume(
     js: JetStreamContext, settings: WriterPostgresSettings, handle: FetchHandler,
     stopping: asyncio.Event, durable: str = WRITER_POSTGRES_DURABLE,
-    stream_base: str = DP_CLASSIFIED,
+    stream_base: str = DP_CLASSIFIED, breaker: CircuitBreaker | None = None,
 ) -> None:
     """Fetch from the durable consumer ``durable`` (on ``stream_base``) into ``handle`` until
     ``stopping``.
 
     Never ends on an error: a failed fetch (bus restarting, consumer briefly missing) is counted,
-    logged and retried after a second; nats-py reconnects underneath.
+    logged and retried after a second; nats-py reconnects underneath. While ``breaker`` is
+    open (PostgreSQL down) nothing is fetched.
     """
     ns = settings.namespace
     sub: JetStreamContext.PullSubscription | None = None
     try:
         while not stopping.is_set():
+            if breaker is not None and breaker.is_open:
+                await breaker.wait_closed(stopping)
+                continue
             try:
                 if sub is None:
                     sub = await js.pull_subscribe_bind(
@@ -129,6 +134,7 @@ class WriterService:
         self.alerts: AlertWriter | None = None
         self._stopping = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self.breaker: CircuitBreaker | None = None
 
     async def start(self) -> None:
         s = self.settings
@@ -149,8 +155,10 @@ class WriterService:
         ):
             await ensure_consumer(js, s.namespace, durable)
             await self._check_consumer(js, durable)
+        pool = self.pool
+        self.breaker = CircuitBreaker(lambda: pool.fetchval("SELECT 1", timeout=2))
         self.writer = ClassifiedWriter(
-            store=PointStore(self.pool, s.write_timeout_seconds),
+            store=GuardedStore(PointStore(self.pool, s.write_timeout_seconds), self.breaker),
             routes=s.routes,
             dead_letter=dead_letter_publisher(js, s),
             backoff_seconds=s.nak_backoff_seconds,
@@ -158,7 +166,10 @@ class WriterService:
         )
         self._stopping.clear()
         self._tasks = [
-            asyncio.create_task(consume(js, s, self.writer.handle, self._stopping), name="consume")
+            asyncio.create_task(
+                consume(js, s, self.writer.handle, self._stopping, breaker=self.breaker),
+                name="consume",
+            )
             for _ in range(s.consumers)
         ]
         # Alert events are few (one per alert transition): one loop is plenty.
@@ -170,7 +181,8 @@ class WriterService:
         )
         self._tasks.append(asyncio.create_task(
             consume(js, s, self.alerts.handle, self._stopping,
-                    durable=WRITER_POSTGRES_ALERTS_DURABLE, stream_base=DP_EVENTS),
+                    durable=WRITER_POSTGRES_ALERTS_DURABLE, stream_base=DP_EVENTS,
+                    breaker=self.breaker),
             name="consume-alerts",
         ))
         # Audit events (ISO 27001 A.12.4) → ingestion_audit_log; few, one loop.
@@ -181,7 +193,8 @@ class WriterService:
         )
         self._tasks.append(asyncio.create_task(
             consume(js, s, audit.handle, self._stopping,
-                    durable=WRITER_POSTGRES_AUDIT_DURABLE, stream_base=AUDIT),
+                    durable=WRITER_POSTGRES_AUDIT_DURABLE, stream_base=AUDIT,
+                    breaker=self.breaker),
             name="consume-audit",
         ))
         self._tasks.append(asyncio.create_task(self._keep_partitions(), name="partitions"))
@@ -226,6 +239,8 @@ class WriterService:
             for task in late:  # unacked messages are redelivered after the ack wait
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.breaker is not None:
+            await self.breaker.close()
         if self.nc is not None:
             # Not drain(): it would wait for the pull inbox, which nobody reads any more.
             with contextlib.suppress(Exception):

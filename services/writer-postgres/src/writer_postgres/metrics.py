@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 MESSAGES_RECEIVED = Counter(
     "writer_postgres_messages_received", "Classified batches (messages) fetched."
@@ -44,4 +44,11 @@ ALERT_EVENTS_APPLIED = Counter(
 ALERT_EVENTS_UNCHANGED = Counter(
     "writer_postgres_alert_events_unchanged",
     "Alert events that changed nothing (redelivered, duplicated, or older than the row).",
+)
+CIRCUIT_OPEN = Gauge(
+    "writer_postgres_circuit_open",
+    "1 while PostgreSQL is unreachable and fetching is paused (circuit breaker open), else 0.",
+)
+CIRCUIT_OPENED = Counter(
+    "writer_postgres_circuit_opened", "Times the circuit breaker opened (PostgreSQL went away)."
 )

@@ -269,7 +269,7 @@ async def test_cluster_node_killed_mid_load_loses_and_doubles_no_acked_point(
     print(report)
     assert sum(written) == len(stored), report  # the two replicas shared the work, no overlap
     streams = {s["name"]: s for s in status["streams"]}
-    assert not _busy(status), status
+    assert not _busy(status), status["consumers"]
     assert streams[raw_stream]["replicas"] == 3, status
     assert streams[raw_stream]["leader"] == new_leader, status
     assert all(s["up"] for s in status["services"]), status

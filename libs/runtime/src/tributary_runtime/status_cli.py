@@ -200,19 +200,29 @@ async def collect_services(urls: dict[str, str], interval: float) -> list[Servic
 
 
 async def collect_bus(js: Any, ns: Namespace) -> tuple[list[ConsumerStatus], list[StreamStatus]]:
+    # Every durable on our streams (the classifier's partition durables too), then the declared
+    # ones that do not exist (that writer is not deployed).
     consumers = []
-    for durable, definition in CONSUMERS.items():
-        c = ConsumerStatus(durable, definition.stream_name(ns))
+    for stream_def in STREAMS:
+        stream = ns.stream(stream_def.base)
         try:
-            info = await js.consumer_info(c.stream, durable)
-        except Exception:  # not created (that writer is not deployed)
-            consumers.append(c)
+            infos = await js.consumers_info(stream)
+        except Exception:  # stream missing: shown in the stream table
             continue
-        c.exists = True
-        c.num_pending = info.num_pending or 0
-        c.num_ack_pending = info.num_ack_pending or 0
-        c.num_redelivered = info.num_redelivered or 0
-        consumers.append(c)
+        for info in infos:
+            if info.config.durable_name:
+                consumers.append(ConsumerStatus(
+                    info.config.durable_name,
+                    stream,
+                    exists=True,
+                    num_pending=info.num_pending or 0,
+                    num_ack_pending=info.num_ack_pending or 0,
+                    num_redelivered=info.num_redelivered or 0,
+                ))
+    seen = {(c.stream, c.durable) for c in consumers}
+    for durable, definition in CONSUMERS.items():
+        if (definition.stream_name(ns), durable) not in seen:
+            consumers.append(ConsumerStatus(durable, definition.stream_name(ns)))
     streams = []
     for stream_def in STREAMS:
         s = StreamStatus(ns.stream(stream_def.base))

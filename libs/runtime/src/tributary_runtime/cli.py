@@ -4,6 +4,7 @@ tributary bootstrap                      create/update every stream, bucket and 
 tributary keys create --role admin       print a new API key (last line of output)
 tributary streams get|set|list|delete|import …   stream classification configs (see
                                          `tributary streams --help`)
+tributary csv upload FILE --source S --domain D [--wait]   import a CSV (`tributary csv --help`)
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import nats.errors
 import yaml
 
 from tributary_contracts import API_KEYS_BUCKET, CONSUMERS, STREAM_CONFIGS_BUCKET, ensure_jetstream
-from tributary_runtime import streams_cli
+from tributary_runtime import csv_cli, streams_cli
 from tributary_runtime.apikeys import ApiKeyStore, Role
 from tributary_runtime.bus import connect_nats
 from tributary_runtime.logs import configure_logging
@@ -76,11 +77,14 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--role", type=Role, choices=list(Role), required=True)
     create.add_argument("--name", default="", help="who or what the key is for")
     streams_cli.add_parser(commands)
+    csv_cli.add_parser(commands)
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    if args.command == "csv":  # HTTP to the csv-importer; no NATS settings needed
+        raise SystemExit(csv_cli.run(args))
 
     settings = load_settings(ServiceSettings)
     # Commands print their results on stdout (``streams get > f.json``); connection chatter

@@ -106,7 +106,7 @@ def importer(servers: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     proc = subprocess.Popen([sys.executable, "-m", "csv_importer"], env=env)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 90  # a busy 2-core machine starts it slowly
         while time.monotonic() < deadline:
             try:
                 if httpx.get(url + "/ready", timeout=1).status_code == 200:

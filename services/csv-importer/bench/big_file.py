@@ -84,7 +84,7 @@ async def drop(nats_url: str, prefix: str) -> list[str]:
     js = nc.jetstream()
     dropped = []
     for info in await js.streams_info():
-        if prefix in info.config.name:
+        if prefix.lower() in info.config.name.lower():  # streams: upper-cased prefix
             await js.delete_stream(info.config.name)
             dropped.append(f"{info.config.name} ({info.state.bytes / 1e9:.2f} GB)")
     await nc.close()

@@ -125,7 +125,7 @@ async def drop_everything(nats_url: str, prefix: str, admin_dsn: str, dsn: str) 
     nc = await nats.connect(nats_url)
     js = nc.jetstream()
     for info in await js.streams_info():
-        if prefix in info.config.name:
+        if prefix.lower() in info.config.name.lower():  # streams: upper-cased prefix
             await js.delete_stream(info.config.name)
     await nc.close()
     conn = await asyncpg.connect(admin_dsn)

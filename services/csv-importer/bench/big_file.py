@@ -178,7 +178,7 @@ def main() -> None:
             sample_at = next((s for s in samples if s[1] >= target), samples[-1])
             print(f"  {fraction:4.0%} t={sample_at[0]:6.0f}s rows={sample_at[1]:>11,} "
                   f"RSS={sample_at[2]:5.0f} MB")  # fmt: skip
-        with (Path(__file__).parent / "big_file_rss.csv").open("w") as f:
+        with (Path(__file__).parent / f"big_file_rss_note{args.note_chars}.csv").open("w") as f:
             f.write("t_s,rows_processed,rss_mb\n")
             f.writelines(f"{t:.1f},{r},{m:.1f}\n" for t, r, m in samples)
     finally:

@@ -7,7 +7,7 @@ second against the rows processed, to show it does not grow with the file.
 The file: ``timestamp`` (unix s), three numeric columns (the imported streams) and a ``note``
 text column of ``--note-chars`` characters that is read and parsed with every chunk but not
 imported (``value_columns`` names the three), so a 1 GB file is a few million rows and the run
-takes minutes, not an hour, on a shared 2-core machine (``--note-chars 0``: numbers only, ~24M
+takes minutes on a shared 2-core machine (``--note-chars 0``: numbers only, ~20M
 rows). It goes to /tmp and is deleted afterwards, as are the spool, the bus namespace's streams
 (the points on DP_RAW) and its buckets. ``df -h`` of the file system is printed before and after.
 """

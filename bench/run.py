@@ -175,7 +175,10 @@ class Bench:
                 if last_written is not None and last_t is not None and written == written
                 else 0.0
             )
-            last_written, last_t = written, t
+            if rate != rate:  # the previous scrape failed (NaN): no rate for this second
+                rate = 0.0
+            if written == written:
+                last_written, last_t = written, t
             self.samples.append(
                 {
                     "t": round(t, 2),

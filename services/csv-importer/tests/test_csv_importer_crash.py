@@ -41,7 +41,7 @@ def start_process(env: dict[str, str]) -> subprocess.Popen[bytes]:
     )
 
 
-async def wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
+async def wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout: float = 90.0) -> None:
     deadline = time.monotonic() + timeout
     async with httpx.AsyncClient(base_url=url) as client:
         while time.monotonic() < deadline:

@@ -59,7 +59,8 @@ def convert_all(
         for result in convert_chunk(
             frame, options, fields.get("source_id", "src"), bad, last + 1, slice_rows
         ):
-            for source, pts in result.points.items():
+            for source, source_points in result.points.items():
+                pts = source_points.data_points()
                 for p in pts:
                     DataPoint.model_validate(p.model_dump())  # built points are valid points
                     points.append((source, p.stream_id, p.value, p.ts))

@@ -236,7 +236,26 @@ class BatchPublisher:
             self._max_bytes,
             transport=self.transport,
         )
-        rejected = encode_rejections(
+        rejected = self.rejection_messages(domain, source_id, received_at, rejections)
+        return await self.submit_messages(batches, rejected)
+
+    @property
+    def max_message_bytes(self) -> int:
+        """Largest payload of one message (the server's limit minus room for headers)."""
+        return self._max_bytes
+
+    def raw_subject(self, domain: str, source_id: str) -> str:
+        return self._ns.raw_subject(domain, source_id)
+
+    def rejection_messages(
+        self,
+        domain: str,
+        source_id: str,
+        received_at: datetime,
+        rejections: Sequence[Rejection],
+    ) -> list[OutgoingMessage]:
+        """``rejections`` as ``dp.rejected.<transport>`` messages."""
+        return encode_rejections(
             domain,
             source_id,
             received_at,
@@ -245,6 +264,12 @@ class BatchPublisher:
             self._excerpt_bytes,
             transport=self.transport,
         )
+
+    async def submit_messages(
+        self, batches: Sequence[OutgoingMessage], rejected: Sequence[OutgoingMessage] = ()
+    ) -> Submitted:
+        """``submit`` for messages encoded by the caller (e.g. the CSV importer, which writes
+        its batches' JSON directly); same ``PublishError`` on a publish that cannot start."""
         submitted = Submitted([], [])
         try:
             for message in batches:

@@ -9,6 +9,7 @@ tributary ml run [--once] [--interval S] the ml-batch job (needs services/ml-bat
 tributary status                         services, rates, consumer lag, DLQ depth, stream sizes
 tributary tail SUBJECT-FILTER            live classified points / alerts (--count, --seconds)
 tributary dlq list|replay                dead letters; replay to the original subject if safe
+tributary csv upload FILE --source S --domain D [--wait]   import a CSV (`tributary csv --help`)
 """
 
 from __future__ import annotations
@@ -22,7 +23,15 @@ import nats.errors
 import yaml
 
 from tributary_contracts import CONSUMERS, STREAM_CONFIGS_BUCKET, ensure_jetstream
-from tributary_runtime import devices_cli, dlq_cli, keys_cli, status_cli, streams_cli, tail_cli
+from tributary_runtime import (
+    csv_cli,
+    devices_cli,
+    dlq_cli,
+    keys_cli,
+    status_cli,
+    streams_cli,
+    tail_cli,
+)
 from tributary_runtime.bus import connect_nats
 from tributary_runtime.logs import configure_logging
 from tributary_runtime.settings import OperatorSettings, ServiceSettings, load_settings
@@ -68,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     keys_cli.add_parser(commands)
     streams_cli.add_parser(commands)
     devices_cli.add_parser(commands)
+    csv_cli.add_parser(commands)
     ml = commands.add_parser("ml", help="the ml-batch job").add_subparsers(
         dest="ml_command", required=True
     )
@@ -104,6 +114,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "ml":  # its own settings and logging
         _ml(args)
         return
+    if args.command == "csv":  # HTTP to the csv-importer; no NATS settings needed
+        raise SystemExit(csv_cli.run(args))
 
     settings = load_settings(OperatorSettings)
     # Commands print their results on stdout (``streams get > f.json``); connection chatter

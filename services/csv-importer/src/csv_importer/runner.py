@@ -22,6 +22,7 @@ from pathlib import Path
 import pandas as pd
 import structlog
 
+from csv_importer.encode import encode_points
 from csv_importer.jobs import Checkpoint, ErrorEntry, Job, JobStatus, JobStore, now
 from csv_importer.metrics import (
     ERRORS,
@@ -243,10 +244,19 @@ class JobRunner:
         submitted = Submitted([], [])
         tally = Tally()
         for result in results:
+            publisher = self._publisher
             for source, points in result.points.items():
                 rejections = result.rejections.pop(source, [])
-                part = await self._publisher.submit(
-                    job.domain, source, received_at, points, rejections
+                part = await publisher.submit_messages(
+                    encode_points(
+                        job.domain,
+                        source,
+                        received_at,
+                        points,
+                        publisher.raw_subject(job.domain, source),
+                        publisher.max_message_bytes,
+                    ),
+                    publisher.rejection_messages(job.domain, source, received_at, rejections),
                 )
                 submitted.batch_futures += part.batch_futures
                 submitted.rejected_futures += part.rejected_futures

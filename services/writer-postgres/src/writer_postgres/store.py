@@ -45,8 +45,20 @@ _INSERT = (
 _EMPTY_JSON = "{}"
 
 
-def point_row(batch: ClassifiedBatch, point: ClassifiedPoint) -> Row:
+BatchFields = tuple[str, str, str, str, Any]
+"""The row values every point of a batch shares: domain, source_id, cls, transport, received_at."""
+
+
+def batch_fields(batch: ClassifiedBatch) -> BatchFields:
+    # Read once per batch: an enum's ``.value`` per point was a tenth of the writer's CPU.
+    return batch.domain, batch.source_id, batch.cls.value, batch.transport.value, batch.received_at
+
+
+def point_row(
+    batch: ClassifiedBatch, point: ClassifiedPoint, shared: BatchFields | None = None
+) -> Row:
     """The ``data_points`` row of one point (metadata and legacy ids as JSON text)."""
+    domain, source_id, cls, transport, received_at = shared or batch_fields(batch)
     metadata = orjson.dumps(point.metadata).decode() if point.metadata else _EMPTY_JSON
     legacy = (
         orjson.dumps(point.legacy.model_dump(exclude_none=True)).decode()
@@ -54,17 +66,18 @@ def point_row(batch: ClassifiedBatch, point: ClassifiedPoint) -> Row:
         else None
     )
     return (
-        point.ts, batch.domain, batch.source_id, point.stream_id, point.value, batch.cls.value,
-        point.reason, point.stream_type, point.sequence, metadata, batch.transport.value,
-        batch.received_at, point.rule, point.config_version, legacy,
+        point.ts, domain, source_id, point.stream_id, point.value, cls,
+        point.reason, point.stream_type, point.sequence, metadata, transport,
+        received_at, point.rule, point.config_version, legacy,
     )
 
 
 def batch_rows(batch: ClassifiedBatch) -> tuple[list[Row], list[int], list[tuple[int, Exception]]]:
     """Rows of a batch's points, the point index of each row, and (point index, error) for
     points no row can be built of (orjson refuses e.g. a lone surrogate in metadata)."""
+    shared = batch_fields(batch)
     try:
-        rows = [point_row(batch, point) for point in batch.points]
+        rows = [point_row(batch, point, shared) for point in batch.points]
     except (TypeError, ValueError):
         pass  # rare: redo point by point to find which
     else:
@@ -73,7 +86,7 @@ def batch_rows(batch: ClassifiedBatch) -> tuple[list[Row], list[int], list[tuple
     unbuildable: list[tuple[int, Exception]] = []
     for index, point in enumerate(batch.points):
         try:
-            rows.append(point_row(batch, point))
+            rows.append(point_row(batch, point, shared))
             row_points.append(index)
         except (TypeError, ValueError) as exc:
             unbuildable.append((index, exc))

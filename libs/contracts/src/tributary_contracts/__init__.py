@@ -8,7 +8,13 @@ from tributary_contracts.dead_letters import (
     DLQ_SUBJECT,
     dead_letter_headers,
 )
-from tributary_contracts.ids import MSG_ID_HEADER, batch_msg_id, point_key, prediction_msg_id
+from tributary_contracts.ids import (
+    MSG_ID_HEADER,
+    batch_msg_id,
+    batch_msg_id_of,
+    point_key,
+    prediction_msg_id,
+)
 from tributary_contracts.jetstream import (
     API_KEYS_BUCKET,
     AUDIT,
@@ -120,6 +126,7 @@ __all__ = [
     "Transport",
     "ValueConstraints",
     "batch_msg_id",
+    "batch_msg_id_of",
     "config_lookup_keys",
     "config_lookup_scopes",
     "dead_letter_headers",

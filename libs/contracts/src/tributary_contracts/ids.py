@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import struct
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 
 MSG_ID_HEADER = "Nats-Msg-Id"
@@ -35,8 +35,22 @@ def batch_msg_id(
     CPU). Deterministic: the same points in the same order always give the same id.
     """
     keys = list(points)
-    head = f"{domain}\x1f{source_id}\x1f{cls or ''}\x1e" + "\x1f".join([s for s, _ in keys])
-    times = struct.pack(f"<{len(keys)}d", *[ts.timestamp() for _, ts in keys])
+    return batch_msg_id_of(
+        domain, source_id, [s for s, _ in keys], [ts.timestamp() for _, ts in keys], cls
+    )
+
+
+def batch_msg_id_of(
+    domain: str,
+    source_id: str,
+    stream_ids: Sequence[str],
+    epoch_seconds: Sequence[float],
+    cls: str | None = None,
+) -> str:
+    """``batch_msg_id`` from the points' stream ids and times as epoch seconds (what
+    ``datetime.timestamp()`` gives), for producers that hold plain values, not datetimes."""
+    head = f"{domain}\x1f{source_id}\x1f{cls or ''}\x1e" + "\x1f".join(stream_ids)
+    times = struct.pack(f"<{len(epoch_seconds)}d", *epoch_seconds)
     return hashlib.sha256(head.encode() + b"\x1e" + times).hexdigest()
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from typing import Any
 
 import orjson
@@ -15,7 +16,7 @@ import pytest
 from gateway_http.provision import main, parse_body, provisioning_body, sign
 from tributary_contracts import AUDIT, DEVICES_BUCKET, DP_RAW, PROVISION_NONCES_BUCKET
 from tributary_contracts.jetstream import PROVISION_NONCE_TTL_SECONDS
-from tributary_runtime.devices import DeviceRegistry, SensorRecord
+from tributary_runtime.devices import DeviceRecord, DeviceRegistry, SensorRecord
 
 pytestmark = pytest.mark.integration
 
@@ -218,3 +219,33 @@ def test_signing_cli_prints_a_body_the_gateway_accepts(
     assert parse_body(orjson.dumps(body)) == ("SN-700", 1700000000, "n" * 16, body["signature"])
     monkeypatch.delenv("PROVISIONING_SECRET")
     assert main(["--serial", "SN-700"]) == 2
+
+
+async def test_one_serial_raced_on_two_gateways_registers_one_device(
+    start_gateway: Any,
+) -> None:
+    async with (
+        start_gateway(provisioning_secret=SECRET) as first,
+        start_gateway(provisioning_secret=SECRET) as second,
+    ):
+        replies = await asyncio.gather(
+            provision(first, provisioning_body(SECRET, "SN-800")),
+            provision(second, provisioning_body(SECRET, "SN-800")),
+        )
+        assert sorted(r.status_code for r in replies) == [200, 201]
+        assert len({r.json()["device_uuid"] for r in replies}) == 1
+        registry = DeviceRegistry(await first.js.key_value(first.ns.bucket(DEVICES_BUCKET)), 0)
+        assert [d.serial for d in await registry.list_devices()] == ["SN-800"]
+
+
+async def test_a_device_added_by_the_cli_with_its_serial_is_confirmed(start_gateway: Any) -> None:
+    async with start_gateway(provisioning_secret=SECRET) as gw:
+        registry = DeviceRegistry(await gw.js.key_value(gw.ns.bucket(DEVICES_BUCKET)), 0)
+        added = DeviceRecord(device_uuid=str(uuid.uuid4()), serial="SN-900", key_sha256="ab" * 32)
+        await registry.put_device(added)  # what `tributary devices add --serial SN-900` stores
+        reply = await provision(gw, provisioning_body(SECRET, "SN-900"))
+        assert reply.status_code == 200, reply.text
+        assert reply.json()["device_uuid"] == added.device_uuid
+        assert reply.json()["device_key"] is None
+        stored = await registry.read_device(added.device_uuid)
+        assert stored is not None and stored.key_sha256 == "ab" * 32

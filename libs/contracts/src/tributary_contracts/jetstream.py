@@ -98,8 +98,9 @@ BUCKETS: tuple[tuple[str, int, str], ...] = (
     (WS_RESUME_BUCKET, 1, "gateway-ws: last durably accepted sequence per (domain, source)."),
     # Keys: ``device.<uuid>`` → the device (serial, SHA-256 of its key, enabled, its sensors);
     # ``sensor.<sensor_id>`` and ``sensor-uuid.<uuid>`` → which device owns that sensor (the
-    # indexes the legacy IoT endpoints and topic resolve through). Written by
-    # ``tributary devices``; models in ``tributary_runtime.devices``.
+    # indexes the legacy IoT endpoints and topic resolve through); ``serial.<serial>`` → device
+    # uuid (``POST /devices/provision`` looks serials up by it). Written by ``tributary devices``
+    # and gateway-http provisioning; models in ``tributary_runtime.devices``.
     (DEVICES_BUCKET, 1, "IoT device registry: devices, their keys (hashed) and sensors."),
     # Keys: ``nonce.<nonce>`` of every accepted ``POST /devices/provision``, written create-only
     # (atomic replay detection across gateway replicas); entries expire after the bucket TTL.

@@ -25,11 +25,12 @@ Then the device of ``serial`` (index ``serial.<serial>`` → device uuid in ``io
   ``"created": false, "device_key": null``. A device that lost its key is re-keyed by an operator
   (``tributary devices``), not by provisioning.
 
-The index entry is created create-only after the device record, so two replicas provisioning one
-serial at once register one device (the loser removes its record and confirms the winner's).
-Devices registered with ``tributary devices add --serial`` have no index entry; provisioning their
-serial registers a second device. Success and refusals (401/409/503) are audit events
-``device_provisioned`` / ``provision_failed``.
+``DeviceRegistry.put_device`` creates the index entry create-only after the device record, so two
+replicas provisioning one serial at once register one device (the loser removes its record and
+confirms the winner's), and devices added with ``tributary devices add|import`` (serial in the
+index's alphabet) are confirmed too. Devices stored before the index existed are not indexed:
+provisioning their serial registers a second device. Success and refusals (401/409/503) are
+audit events ``device_provisioned`` / ``provision_failed``.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ from typing import Any
 
 import orjson
 import structlog
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.errors import KeyWrongLastSequenceError
 from prometheus_client import Counter
 from starlette.requests import Request
 from starlette.responses import Response
@@ -59,6 +60,8 @@ from tributary_contracts import DEVICES_BUCKET, PROVISION_NONCES_BUCKET, AuditAc
 from tributary_ingest.batches import error_type
 from tributary_ingest.points import MalformedJson, parse_json
 from tributary_runtime.devices import (
+    MAX_SERIAL,
+    SERIAL_PATTERN,
     DeviceRecord,
     DeviceRegistry,
     device_key,
@@ -71,10 +74,8 @@ from tributary_runtime.ops import Reply
 log = structlog.get_logger("gateway_http.provision")
 
 PATH = "/devices/provision"
-SERIAL_PATTERN = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
 NONCE_PATTERN = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
 SIGNATURE_PATTERN = re.compile(r"^[0-9a-fA-F]{64}$")
-MAX_SERIAL = 64
 MAX_TIMESTAMP = 2**40
 FIELDS = ("serial", "timestamp", "nonce", "signature")
 NOT_CONFIGURED = (
@@ -154,10 +155,6 @@ def parse_body(body: bytes) -> tuple[str, int, str, str]:
     if not isinstance(signature, str) or not SIGNATURE_PATTERN.match(signature):
         raise Problem("signature", "signature must be 64 hex characters (HMAC-SHA256)")
     return serial, timestamp, nonce, signature.lower()
-
-
-def serial_key(serial: str) -> str:
-    return f"serial.{serial}"
 
 
 class Provisioning:
@@ -296,7 +293,6 @@ class Provisioning:
         return reply
 
     async def _register(self, registry: DeviceRegistry, serial: str) -> tuple[int, dict[str, Any]]:
-        kv = self._devices
         existing = await self._device_of(registry, serial)
         if existing is not None:
             return 200, _reply(existing, None)
@@ -304,25 +300,20 @@ class Provisioning:
         record = DeviceRecord(
             device_uuid=str(uuid.uuid4()), serial=serial, key_sha256=hash_device_key(key)
         )
-        await registry.put_device(record)
-        try:
-            await kv.create(serial_key(serial), record.device_uuid.encode())
-        except KeyWrongLastSequenceError:  # another replica registered this serial just now
-            await kv.delete(device_key(record.device_uuid))
+        await registry.put_device(record)  # also claims serial.<serial>, create-only
+        owner = await registry.device_uuid_by_serial(serial)
+        if owner != record.device_uuid:  # another replica registered this serial just now
+            await self._devices.delete(device_key(record.device_uuid))
             existing = await self._device_of(registry, serial)
             if existing is None:
-                raise
+                raise RuntimeError(f"serial {serial} is indexed to a missing device {owner}")
             return 200, _reply(existing, None)
         return 201, _reply(record, key)
 
-    async def _device_of(self, registry: DeviceRegistry, serial: str) -> DeviceRecord | None:
-        try:
-            entry = await self._devices.get(serial_key(serial))
-        except KeyNotFoundError:
-            return None
-        if not entry.value:
-            return None
-        return await registry.read_device(entry.value.decode())
+    @staticmethod
+    async def _device_of(registry: DeviceRegistry, serial: str) -> DeviceRecord | None:
+        device_uuid = await registry.device_uuid_by_serial(serial)
+        return None if device_uuid is None else await registry.read_device(device_uuid)
 
 
 def _reply(record: DeviceRecord, key: str | None) -> dict[str, Any]:

@@ -185,7 +185,10 @@ async def fuzz_http(servers: Any, bus_prefix: str, nc: Any, max_examples: int) -
     js = nc.jetstream()
     port = free_port()
     http_settings = GatewayHttpSettings(
-        nats_url=servers.nats_url, bus_prefix=bus_prefix, port=port
+        nats_url=servers.nats_url,
+        bus_prefix=bus_prefix,
+        port=port,
+        provisioning_secret="fuzz-provisioning-secret",  # else POST /devices/provision is 503
     )
     app = create_http(http_settings, nats_client=nc)
     report = Report()

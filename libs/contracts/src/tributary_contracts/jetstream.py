@@ -33,6 +33,11 @@ CSV_JOBS_BUCKET = "csv-jobs"
 CLASSIFIER_STATE_BUCKET = "classifier-state"
 WS_RESUME_BUCKET = "ws-resume"
 DEVICES_BUCKET = "iot-devices"
+PROVISION_NONCES_BUCKET = "provision-nonces"
+PROVISION_NONCE_TTL_SECONDS = 3600.0
+"""How long a provisioning nonce is remembered: at least twice the largest timestamp window
+gateway-http accepts (``PROVISIONING_WINDOW_SECONDS`` ≤ 1800), so a signed request is refused as
+a replay for as long as its timestamp can still pass the window check."""
 
 # Durable consumer names (scoped by their stream, so not prefixed).
 CLASSIFIER_DURABLE = "classifier"
@@ -93,10 +98,17 @@ BUCKETS: tuple[tuple[str, int, str], ...] = (
     (WS_RESUME_BUCKET, 1, "gateway-ws: last durably accepted sequence per (domain, source)."),
     # Keys: ``device.<uuid>`` → the device (serial, SHA-256 of its key, enabled, its sensors);
     # ``sensor.<sensor_id>`` and ``sensor-uuid.<uuid>`` → which device owns that sensor (the
-    # indexes the legacy IoT endpoints and topic resolve through). Written by
-    # ``tributary devices``; models in ``tributary_runtime.devices``.
+    # indexes the legacy IoT endpoints and topic resolve through); ``serial.<serial>`` → device
+    # uuid (``POST /devices/provision`` looks serials up by it). Written by ``tributary devices``
+    # and gateway-http provisioning; models in ``tributary_runtime.devices``.
     (DEVICES_BUCKET, 1, "IoT device registry: devices, their keys (hashed) and sensors."),
+    # Keys: ``nonce.<nonce>`` of every accepted ``POST /devices/provision``, written create-only
+    # (atomic replay detection across gateway replicas); entries expire after the bucket TTL.
+    (PROVISION_NONCES_BUCKET, 1, "gateway-http: provisioning nonces already used (TTL 1 h)."),
 )
+
+BUCKET_TTLS: dict[str, float] = {PROVISION_NONCES_BUCKET: PROVISION_NONCE_TTL_SECONDS}
+"""Buckets whose entries expire (seconds); the others keep their entries."""
 
 
 @dataclass(frozen=True)
@@ -203,8 +215,13 @@ async def ensure_jetstream(
         except Exception as exc:
             if not _is_not_found(exc):
                 raise
+            ttl = {"ttl": BUCKET_TTLS[base]} if base in BUCKET_TTLS else {}
             await js.create_key_value(
-                bucket=name, history=history, description=description, replicas=replicas or 1
+                bucket=name,
+                history=history,
+                description=description,
+                replicas=replicas or 1,
+                **ttl,
             )
     for durable in consumers:
         await ensure_consumer(js, ns, durable)

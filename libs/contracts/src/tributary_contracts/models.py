@@ -291,6 +291,11 @@ class AuditAction(StrEnum):
     KEY_ROTATED = "key_rotated"
     CONFIG_CHANGED = "config_changed"
     CONFIG_DELETED = "config_deleted"
+    DEVICE_PROVISIONED = "device_provisioned"
+    """``POST /devices/provision`` created a device (key issued) or confirmed an existing one."""
+    PROVISION_FAILED = "provision_failed"
+    """A provisioning request refused: bad signature, timestamp outside the window, replayed
+    nonce, or provisioning not configured."""
 
 
 class AuditEvent(BaseModel):

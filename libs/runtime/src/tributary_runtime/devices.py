@@ -13,6 +13,9 @@ Bucket keys (NATS KV keys allow ``[-/_=.a-zA-Z0-9]``; uuids are stored in canoni
 - ``sensor.<sensor_id>`` and ``sensor-uuid.<sensor_uuid>`` → ``SensorIndexRecord`` (which device
   owns the sensor, its type): the indexes lookups by integer id, and the 403-vs-404 decision for a
   sensor_uuid sent by the wrong device, go through.
+- ``serial.<serial>`` → the device uuid (bytes) of the first device stored with that serial
+  (created create-only by ``put_device``; only serials matching ``SERIAL_PATTERN``, ≤ 64
+  characters): what ``POST /devices/provision`` looks a serial up by.
 
 A device key is shown once, when made (``dev_`` + 32 random bytes, URL-safe); only its SHA-256
 is stored. ``DeviceRegistry`` caches answers (and absences) for ``cache_seconds`` so the hot path
@@ -26,6 +29,7 @@ import asyncio
 import contextlib
 import hashlib
 import hmac
+import re
 import secrets
 import time
 import uuid
@@ -34,7 +38,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import structlog
-from nats.js.errors import KeyNotFoundError
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from tributary_contracts import LegacyIds
@@ -47,6 +51,9 @@ STREAM_TYPE_PREFIX = "iot."
 range and delta spike only) never mix with the generic defaults of ``temperature`` & co."""
 MAX_SENSOR_ID = 2**63 - 1
 _CACHE_LIMIT = 100_000
+SERIAL_PATTERN = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
+"""Serials the ``serial.<serial>`` index holds (valid NATS KV key tokens)."""
+MAX_SERIAL = 64
 _DELETE_OPERATIONS = ("DEL", "PURGE")
 
 
@@ -139,6 +146,14 @@ def sensor_key(sensor_id: int) -> str:
 
 def sensor_uuid_key(sensor_uuid: str) -> str:
     return f"sensor-uuid.{sensor_uuid}"
+
+
+def indexable_serial(serial: str) -> bool:
+    return len(serial) <= MAX_SERIAL and SERIAL_PATTERN.match(serial) is not None
+
+
+def serial_key(serial: str) -> str:
+    return f"serial.{serial}"
 
 
 class Device:
@@ -240,7 +255,20 @@ class DeviceRegistry:
                 if old.sensor_uuid not in kept_uuids:
                     await self._kv.delete(sensor_uuid_key(old.sensor_uuid))
         await self._kv.put(device_key(record.device_uuid), record.model_dump_json().encode())
+        if record.serial and indexable_serial(record.serial):
+            with contextlib.suppress(KeyWrongLastSequenceError):  # indexed already: first wins
+                await self._kv.create(serial_key(record.serial), record.device_uuid.encode())
         self._cache.clear()
+
+    async def device_uuid_by_serial(self, serial: str) -> str | None:
+        """Uncached: the uuid the ``serial.<serial>`` index names, or None."""
+        if not indexable_serial(serial):
+            return None
+        try:
+            entry = await self._kv.get(serial_key(serial))
+        except KeyNotFoundError:
+            return None
+        return entry.value.decode() if entry.value else None
 
     async def list_devices(self) -> list[DeviceRecord]:
         """Every registered device, by uuid."""

@@ -9,7 +9,8 @@ The legacy IoT endpoints (``/ingest/packets``, ``/ingest/readings[/bulk]``,
 on ``dp.rejected.http``); it replies 202 only after JetStream acknowledged every batch.
 ``GET|PUT|DELETE /streams/{domain}/{source_id}/{stream_id}/config`` reads (any key) and writes
 (admin keys) StreamConfigs in the ``stream-configs`` bucket (``config_api``). ``/keys`` manages API
-keys (admin keys, ``keys_api``). ``/openapi.json`` serves the API's OpenAPI document.
+keys (admin keys, ``keys_api``). ``POST /devices/provision`` registers IoT devices by an HMAC-signed
+request (``provision``). ``/openapi.json`` serves the API's OpenAPI document.
 
 Every request first spends a token of its client IP's rate budget (429), then shows its
 ``X-API-Key`` (401), then its role and scope are checked against what it asks (403); ingest
@@ -48,6 +49,7 @@ from gateway_http.metrics import (
     REQUESTS,
 )
 from gateway_http.normalize import EnvelopeError, normalize_request
+from gateway_http.provision import Provisioning
 from gateway_http.settings import GatewayHttpSettings
 from tributary_contracts import (
     DP_RAW,
@@ -129,6 +131,7 @@ def create_app(
             gateway.nc, gateway.js, gateway.keys, gateway.publisher, configs, gateway, guard, audit
         )
         await legacy.start(gateway.js)
+        await provisioning.start(gateway.js)
         log.info("started", port=settings.port, nats_url=settings.nats_url, stream=raw_stream)
         try:
             yield
@@ -373,9 +376,13 @@ def create_app(
         )
 
     legacy = LegacyIot(settings, lambda: state.get("bus"), authorize, read_body, unavailable)
+    provisioning = Provisioning(
+        settings, lambda: state.get("bus"), lambda: legacy.registry, read_body, unavailable
+    )
     routes = [
         Route("/ingest/data", ingest_data, methods=["POST"]),
         *legacy.routes(),
+        *provisioning.routes(),
         Route("/streams/{rest:path}", stream_config, methods=["GET", "PUT", "DELETE"]),
         Route("/keys", keys, methods=["GET", "POST"]),
         Route("/keys/{rest:path}", keys, methods=["GET", "POST", "DELETE"]),

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 
 from tributary_runtime.guard import GuardSettings
 from tributary_runtime.settings import ServiceSettings
@@ -56,4 +56,17 @@ class GatewayHttpSettings(GuardSettings, ServiceSettings):
         default=24 * 3600.0,
         ge=0,
         description="How long a rotated key stays valid next to its successor by default.",
+    )
+    provisioning_secret: SecretStr | None = Field(
+        default=None,
+        description="Shared HMAC-SHA256 secret of POST /devices/provision (or "
+        "PROVISIONING_SECRET_FILE); unset: the endpoint answers 503 'provisioning is not "
+        "configured'.",
+    )
+    provisioning_window_seconds: int = Field(
+        default=300,
+        ge=1,
+        le=1800,
+        description="Largest difference between a provisioning request's timestamp and the "
+        "gateway's clock (either way); nonces are remembered 1 h, at least twice this.",
     )

@@ -23,10 +23,14 @@ metrics module must define ``MESSAGES_RECEIVED``, ``MESSAGES_ACKED``, ``MESSAGES
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
+import nats.errors
+from nats.js import JetStreamContext
 from pydantic import ValidationError
 
 from tributary_contracts import MAX_DELIVER, ClassifiedBatch, SinkRoutes, dead_letter_headers
@@ -60,6 +64,48 @@ def deliveries(msg: Delivery) -> int:
 def backoff_delay(delivered: int, base: float, cap: float) -> float:
     """Redelivery delay after the ``delivered``-th failed delivery: base·2^(n-1), at most cap."""
     return float(min(cap, base * 2 ** max(0, min(delivered - 1, 30))))
+
+
+async def pause(stopping: asyncio.Event, seconds: float) -> None:
+    """Sleep ``seconds``, or less when ``stopping`` is set meanwhile."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stopping.wait(), timeout=seconds)
+
+
+async def pull_loop(
+    js: JetStreamContext, stream: str, durable: str,
+    handle: Callable[[Sequence[Any]], Awaitable[None]], stopping: asyncio.Event, *,
+    fetch_size: Callable[[], int], fetch_timeout: float,
+    ready: Callable[[], Awaitable[bool]] | None = None,
+    on_error: Callable[[Exception], None],
+) -> None:
+    """Fetch from the durable ``durable`` on ``stream`` into ``handle`` until ``stopping``.
+
+    Before each fetch ``ready()`` may wait (a circuit breaker is open) and return False to skip
+    it. Never ends on an error: a failed fetch (bus restarting, consumer briefly missing) is
+    passed to ``on_error`` (count and log it) and retried after a second; nats-py reconnects
+    underneath.
+    """
+    sub: JetStreamContext.PullSubscription | None = None
+    try:
+        while not stopping.is_set():
+            if ready is not None and not await ready():
+                continue
+            try:
+                if sub is None:
+                    sub = await js.pull_subscribe_bind(durable=durable, stream=stream)
+                try:
+                    messages = await sub.fetch(fetch_size(), timeout=fetch_timeout)
+                except (TimeoutError, nats.errors.TimeoutError):
+                    continue  # nothing to do right now
+                await handle(messages)
+            except Exception as exc:
+                on_error(exc)
+                await pause(stopping, 1.0)
+    finally:
+        if sub is not None:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
 
 
 @dataclass

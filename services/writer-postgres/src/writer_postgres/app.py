@@ -18,7 +18,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 import asyncpg
-import nats.errors
 import structlog
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -39,6 +38,7 @@ from tributary_contracts import (
 )
 from tributary_runtime.bus import connect_nats
 from tributary_runtime.ops import ops_routes
+from tributary_runtime.writer import pull_loop
 from writer_postgres import metrics
 from writer_postgres.alerts import AlertStore, AlertWriter
 from writer_postgres.audit import AuditStore, AuditWriter
@@ -80,34 +80,23 @@ async def consume(
     logged and retried after a second; nats-py reconnects underneath. While ``breaker`` is
     open (PostgreSQL down) nothing is fetched.
     """
-    ns = settings.namespace
-    sub: JetStreamContext.PullSubscription | None = None
-    try:
-        while not stopping.is_set():
-            if breaker is not None and breaker.is_open:
-                await breaker.wait_closed(stopping)
-                continue
-            try:
-                if sub is None:
-                    sub = await js.pull_subscribe_bind(
-                        durable=durable, stream=ns.stream(stream_base)
-                    )
-                try:
-                    messages = await sub.fetch(
-                        settings.fetch_batch_size, timeout=settings.fetch_timeout_seconds
-                    )
-                except (TimeoutError, nats.errors.TimeoutError):
-                    continue  # nothing to do right now
-                await handle(messages)
-            except Exception as exc:
-                metrics.ERRORS.labels("fetch", type(exc).__name__).inc()
-                log.warning("fetch failed, retrying", error=describe_error(exc))
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stopping.wait(), timeout=1.0)
-    finally:
-        if sub is not None:
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
+
+    async def ready() -> bool:
+        if breaker is not None and breaker.is_open:
+            await breaker.wait_closed(stopping)
+            return False
+        return True
+
+    await pull_loop(
+        js, settings.namespace.stream(stream_base), durable, handle, stopping,
+        fetch_size=lambda: settings.fetch_batch_size,
+        fetch_timeout=settings.fetch_timeout_seconds, ready=ready, on_error=_fetch_failed,
+    )
+
+
+def _fetch_failed(exc: Exception) -> None:
+    metrics.ERRORS.labels("fetch", type(exc).__name__).inc()
+    log.warning("fetch failed, retrying", error=describe_error(exc))
 
 
 async def _retry_transient(what: str, action: Callable[[], Awaitable[Any]], within: float) -> Any:

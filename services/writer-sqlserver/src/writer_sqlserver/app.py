@@ -14,7 +14,6 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
-import nats.errors
 import structlog
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -33,6 +32,7 @@ from tributary_contracts import (
 )
 from tributary_runtime.bus import connect_nats
 from tributary_runtime.ops import ops_routes
+from tributary_runtime.writer import pause, pull_loop
 from writer_sqlserver import metrics
 from writer_sqlserver.breaker import BreakerState, CircuitBreaker
 from writer_sqlserver.consume import CONSUMER, ClassifiedWriter, DeadLetterPublish
@@ -59,45 +59,34 @@ def dead_letter_publisher(
     return publish
 
 
-async def _pause(stopping: asyncio.Event, seconds: float) -> None:
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stopping.wait(), timeout=seconds)
-
-
 async def consume(
     js: JetStreamContext, settings: WriterSqlServerSettings, handle: FetchHandler,
     breaker: CircuitBreaker, stopping: asyncio.Event,
 ) -> None:
     """Fetch from the durable ``writer-sqlserver`` into ``handle`` until ``stopping``; while the
     breaker is open, fetch nothing. Never ends on an error (counted, logged, retried)."""
-    ns = settings.namespace
-    sub: JetStreamContext.PullSubscription | None = None
-    try:
-        while not stopping.is_set():
-            metrics.BREAKER_OPEN.set(0 if breaker.allow() else 1)
-            if not breaker.allow():
-                await _pause(stopping, min(1.0, breaker.seconds_until_trial() or 1.0))
-                continue
-            try:
-                if sub is None:
-                    sub = await js.pull_subscribe_bind(
-                        durable=WRITER_SQLSERVER_DURABLE, stream=ns.stream(DP_CLASSIFIED)
-                    )
-                # The half-open trial takes a single message: one failure costs one delivery.
-                size = 1 if breaker.state is BreakerState.HALF_OPEN else settings.fetch_batch_size
-                try:
-                    messages = await sub.fetch(size, timeout=settings.fetch_timeout_seconds)
-                except (TimeoutError, nats.errors.TimeoutError):
-                    continue
-                await handle(messages)
-            except Exception as exc:
-                metrics.ERRORS.labels("fetch", type(exc).__name__).inc()
-                log.warning("fetch failed, retrying", error=describe_error(exc))
-                await _pause(stopping, 1.0)
-    finally:
-        if sub is not None:
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
+
+    async def ready() -> bool:
+        metrics.BREAKER_OPEN.set(0 if breaker.allow() else 1)
+        if not breaker.allow():
+            await pause(stopping, min(1.0, breaker.seconds_until_trial() or 1.0))
+            return False
+        return True
+
+    def fetch_size() -> int:
+        # The half-open trial takes a single message: one failure costs one delivery.
+        return 1 if breaker.state is BreakerState.HALF_OPEN else settings.fetch_batch_size
+
+    await pull_loop(
+        js, settings.namespace.stream(DP_CLASSIFIED), WRITER_SQLSERVER_DURABLE, handle, stopping,
+        fetch_size=fetch_size, fetch_timeout=settings.fetch_timeout_seconds, ready=ready,
+        on_error=_fetch_failed,
+    )
+
+
+def _fetch_failed(exc: Exception) -> None:
+    metrics.ERRORS.labels("fetch", type(exc).__name__).inc()
+    log.warning("fetch failed, retrying", error=describe_error(exc))
 
 
 async def _retry_transient(what: str, action: Callable[[], Any], within: float) -> Any:

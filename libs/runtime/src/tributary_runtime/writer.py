@@ -33,7 +33,14 @@ import nats.errors
 from nats.js import JetStreamContext
 from pydantic import ValidationError
 
-from tributary_contracts import MAX_DELIVER, ClassifiedBatch, SinkRoutes, dead_letter_headers
+from tributary_contracts import (
+    DP_DLQ,
+    MAX_DELIVER,
+    ClassifiedBatch,
+    Namespace,
+    SinkRoutes,
+    dead_letter_headers,
+)
 from tributary_contracts.dead_letters import one_line
 
 RowT = TypeVar("RowT")
@@ -51,6 +58,18 @@ class Delivery(Protocol):
 
 DeadLetterPublish = Callable[[bytes, dict[str, str]], Awaitable[None]]
 """Publish ``body`` with ``headers`` on the DLQ subject and await the JetStream ack."""
+
+
+def dead_letter_publisher(
+    js: JetStreamContext, namespace: Namespace, consumer: str
+) -> DeadLetterPublish:
+    """Publish on ``dp.dlq.<consumer>``, awaiting the JetStream ack."""
+    subject, stream = namespace.dlq_subject(consumer), namespace.stream(DP_DLQ)
+
+    async def publish(body: bytes, headers: dict[str, str]) -> None:
+        await js.publish(subject, body, headers=headers, stream=stream, timeout=5.0)
+
+    return publish
 
 
 def deliveries(msg: Delivery) -> int:

@@ -28,7 +28,6 @@ from tributary_contracts import (
     AUDIT,
     CONSUMERS,
     DP_CLASSIFIED,
-    DP_DLQ,
     DP_EVENTS,
     WRITER_POSTGRES_ALERTS_DURABLE,
     WRITER_POSTGRES_AUDIT_DURABLE,
@@ -38,6 +37,7 @@ from tributary_contracts import (
 )
 from tributary_runtime.bus import connect_nats
 from tributary_runtime.ops import ops_routes
+from tributary_runtime.writer import dead_letter_publisher as shared_dead_letter_publisher
 from tributary_runtime.writer import pull_loop
 from writer_postgres import metrics
 from writer_postgres.alerts import AlertStore, AlertWriter
@@ -59,13 +59,7 @@ def dead_letter_publisher(
     js: JetStreamContext, settings: WriterPostgresSettings, consumer: str = CONSUMER
 ) -> DeadLetterPublish:
     """Publish on ``dp.dlq.<consumer>``, awaiting the JetStream ack."""
-    ns = settings.namespace
-    subject, stream = ns.dlq_subject(consumer), ns.stream(DP_DLQ)
-
-    async def publish(body: bytes, headers: dict[str, str]) -> None:
-        await js.publish(subject, body, headers=headers, stream=stream, timeout=5.0)
-
-    return publish
+    return shared_dead_letter_publisher(js, settings.namespace, consumer)
 
 
 async def consume(

@@ -25,13 +25,13 @@ from starlette.applications import Starlette
 from tributary_contracts import (
     CONSUMERS,
     DP_CLASSIFIED,
-    DP_DLQ,
     WRITER_SQLSERVER_DURABLE,
     ensure_consumer,
     ensure_jetstream,
 )
 from tributary_runtime.bus import connect_nats
 from tributary_runtime.ops import ops_routes
+from tributary_runtime.writer import dead_letter_publisher as shared_dead_letter_publisher
 from tributary_runtime.writer import pause, pull_loop
 from writer_sqlserver import metrics
 from writer_sqlserver.breaker import BreakerState, CircuitBreaker
@@ -50,13 +50,7 @@ def dead_letter_publisher(
     js: JetStreamContext, settings: WriterSqlServerSettings
 ) -> DeadLetterPublish:
     """Publish on ``dp.dlq.writer-sqlserver``, awaiting the JetStream ack."""
-    ns = settings.namespace
-    subject, stream = ns.dlq_subject(CONSUMER), ns.stream(DP_DLQ)
-
-    async def publish(body: bytes, headers: dict[str, str]) -> None:
-        await js.publish(subject, body, headers=headers, stream=stream, timeout=5.0)
-
-    return publish
+    return shared_dead_letter_publisher(js, settings.namespace, CONSUMER)
 
 
 async def consume(

@@ -31,7 +31,7 @@ from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 import nats.errors
 from nats.js import JetStreamContext
-from pydantic import ValidationError
+from pydantic import Field, ValidationError, field_validator
 
 from tributary_contracts import (
     DP_DLQ,
@@ -42,8 +42,43 @@ from tributary_contracts import (
     dead_letter_headers,
 )
 from tributary_contracts.dead_letters import one_line
+from tributary_runtime.settings import ServiceSettings
 
 RowT = TypeVar("RowT")
+
+
+class WriterSettings(ServiceSettings):
+    """The settings every writer of ``dp.classified.>`` reads (routing, fetch, redelivery)."""
+
+    sink_routes: str = Field(
+        default="*=postgres",
+        description="Which writer owns which domain (e.g. iot=sqlserver,*=postgres).",
+    )
+    fetch_batch_size: int = Field(
+        default=64, ge=1, le=10_000,
+        description="Most messages (batches of points) pulled and written in one transaction.",
+    )
+    fetch_timeout_seconds: float = Field(
+        default=0.5, gt=0, le=30,
+        description="Longest wait for a fetch's first message (a fetch takes what is there).",
+    )
+    nak_backoff_seconds: float = Field(
+        default=1.0, ge=0,
+        description="Redelivery delay after a transient error; doubles with each delivery.",
+    )
+    nak_backoff_max_seconds: float = Field(
+        default=60.0, ge=0, description="Upper bound of the redelivery delay."
+    )
+
+    @field_validator("sink_routes")
+    @classmethod
+    def _routes_parse(cls, value: str) -> str:
+        SinkRoutes.parse(value)  # raises ValueError naming the bad entry
+        return value
+
+    @property
+    def routes(self) -> SinkRoutes:
+        return SinkRoutes.parse(self.sink_routes)
 
 
 class Delivery(Protocol):

@@ -23,7 +23,6 @@ in memory through a KV watch for callers that cannot await (the MQTT receive pat
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import hmac
 import secrets
@@ -38,6 +37,7 @@ from nats.js.errors import KeyNotFoundError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from tributary_contracts import LegacyIds
+from tributary_runtime.kvwatch import KvFollower
 
 log = structlog.get_logger("tributary_runtime.devices")
 
@@ -258,7 +258,7 @@ class DeviceRegistry:
         return devices
 
 
-class SensorDirectory:
+class SensorDirectory(KvFollower):
     """An in-memory mirror of the ``sensor.<id>`` index, kept current by a KV watch.
 
     ``get(sensor_id)`` is a dict lookup (for the synchronous MQTT receive path); ``on_change``
@@ -304,26 +304,8 @@ class SensorDirectory:
             await self.stop()
             raise
 
-    async def _follow(self) -> None:
-        assert self._watcher is not None
-        async for entry in self._watcher:
-            if entry is None:  # marker: the initial content has been delivered
-                self.loaded.set()
-                continue
-            try:
-                self.apply(entry.key, entry.value, entry.operation)
-            except Exception:  # one bad entry must never stop the watch
-                log.exception("failed to apply a registry entry", key=entry.key)
-            if entry.delta == 0:
-                self.loaded.set()
+    def _apply_entry(self, entry: Any) -> None:
+        self.apply(entry.key, entry.value, entry.operation)
 
-    async def stop(self) -> None:
-        if self._watcher is not None:
-            with contextlib.suppress(Exception):
-                await self._watcher.stop()
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        self._watcher = None
-        self._task = None
+    def _apply_failed(self, entry: Any) -> None:
+        log.exception("failed to apply a registry entry", key=entry.key)

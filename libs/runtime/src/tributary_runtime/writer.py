@@ -34,6 +34,7 @@ from nats.js import JetStreamContext
 from pydantic import Field, ValidationError, field_validator
 
 from tributary_contracts import (
+    CONSUMERS,
     DP_DLQ,
     MAX_DELIVER,
     ClassifiedBatch,
@@ -105,6 +106,21 @@ def dead_letter_publisher(
         await js.publish(subject, body, headers=headers, stream=stream, timeout=5.0)
 
     return publish
+
+
+async def check_consumer(js: JetStreamContext, namespace: Namespace, durable: str) -> None:
+    """Raise when the durable ``durable`` does not filter what ``CONSUMERS`` says it should.
+
+    nats-server 2.9 silently ignores what it does not know: verify what was created.
+    """
+    definition = CONSUMERS[durable]
+    info = await js.consumer_info(definition.stream_name(namespace), durable)
+    expected = definition.filter_subject(namespace)
+    if info.config.filter_subject != expected:
+        raise RuntimeError(
+            f"consumer {durable} filters {info.config.filter_subject!r}, "
+            f"expected {expected!r}; delete it to let the writer recreate it"
+        )
 
 
 def deliveries(msg: Delivery) -> int:

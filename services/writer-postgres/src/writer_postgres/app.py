@@ -26,7 +26,6 @@ from starlette.applications import Starlette
 
 from tributary_contracts import (
     AUDIT,
-    CONSUMERS,
     DP_CLASSIFIED,
     DP_EVENTS,
     WRITER_POSTGRES_ALERTS_DURABLE,
@@ -37,8 +36,8 @@ from tributary_contracts import (
 )
 from tributary_runtime.bus import connect_nats
 from tributary_runtime.ops import ops_routes
+from tributary_runtime.writer import check_consumer, pull_loop
 from tributary_runtime.writer import dead_letter_publisher as shared_dead_letter_publisher
-from tributary_runtime.writer import pull_loop
 from writer_postgres import metrics
 from writer_postgres.alerts import AlertStore, AlertWriter
 from writer_postgres.audit import AuditStore, AuditWriter
@@ -137,7 +136,7 @@ class WriterService:
             WRITER_POSTGRES_DURABLE, WRITER_POSTGRES_ALERTS_DURABLE, WRITER_POSTGRES_AUDIT_DURABLE
         ):
             await ensure_consumer(js, s.namespace, durable)
-            await self._check_consumer(js, durable)
+            await check_consumer(js, s.namespace, durable)
         pool = self.pool
         self.breaker = CircuitBreaker(lambda: pool.fetchval("SELECT 1", timeout=2))
         self.writer = ClassifiedWriter(
@@ -184,17 +183,6 @@ class WriterService:
         log.info("writer-postgres started", subject=s.namespace.all_classified(),
                  durable=WRITER_POSTGRES_DURABLE, alerts_subject=s.namespace.all_alerts(),
                  alerts_durable=WRITER_POSTGRES_ALERTS_DURABLE, routes=s.sink_routes)
-
-    async def _check_consumer(self, js: JetStreamContext, durable: str) -> None:
-        # nats-server 2.9 silently ignores what it does not know: verify what was created.
-        definition = CONSUMERS[durable]
-        info = await js.consumer_info(definition.stream_name(self.settings.namespace), durable)
-        expected = definition.filter_subject(self.settings.namespace)
-        if info.config.filter_subject != expected:
-            raise RuntimeError(
-                f"consumer {durable} filters {info.config.filter_subject!r}, "
-                f"expected {expected!r}; delete it to let the writer recreate it"
-            )
 
     async def _keep_partitions(self) -> None:
         """Every ``partition_check_seconds``: make sure monthly partitions exist ahead."""

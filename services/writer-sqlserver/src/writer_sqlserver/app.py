@@ -23,7 +23,6 @@ from sqlalchemy.engine import Engine
 from starlette.applications import Starlette
 
 from tributary_contracts import (
-    CONSUMERS,
     DP_CLASSIFIED,
     WRITER_SQLSERVER_DURABLE,
     ensure_consumer,
@@ -31,8 +30,8 @@ from tributary_contracts import (
 )
 from tributary_runtime.bus import connect_nats
 from tributary_runtime.ops import ops_routes
+from tributary_runtime.writer import check_consumer, pause, pull_loop
 from tributary_runtime.writer import dead_letter_publisher as shared_dead_letter_publisher
-from tributary_runtime.writer import pause, pull_loop
 from writer_sqlserver import metrics
 from writer_sqlserver.breaker import BreakerState, CircuitBreaker
 from writer_sqlserver.consume import CONSUMER, ClassifiedWriter, DeadLetterPublish
@@ -124,7 +123,7 @@ class WriterService:
         js = self.nc.jetstream()
         await ensure_jetstream(js, s.namespace)
         await ensure_consumer(js, s.namespace, WRITER_SQLSERVER_DURABLE)
-        await self._check_consumer(js)
+        await check_consumer(js, s.namespace, WRITER_SQLSERVER_DURABLE)
         self.writer = ClassifiedWriter(
             store=LegacyStore(engine, s.mssql_write_mode),
             routes=s.routes,
@@ -140,18 +139,6 @@ class WriterService:
         log.info("writer-sqlserver started", subject=s.namespace.all_classified(),
                  durable=WRITER_SQLSERVER_DURABLE, routes=s.sink_routes,
                  database=engine.dialect.name, mode=s.mssql_write_mode)
-
-    async def _check_consumer(self, js: JetStreamContext) -> None:
-        # nats-server 2.9 silently ignores what it does not know: verify what was created.
-        definition = CONSUMERS[WRITER_SQLSERVER_DURABLE]
-        info = await js.consumer_info(definition.stream_name(self.settings.namespace),
-                                      WRITER_SQLSERVER_DURABLE)
-        expected = definition.filter_subject(self.settings.namespace)
-        if info.config.filter_subject != expected:
-            raise RuntimeError(
-                f"consumer {WRITER_SQLSERVER_DURABLE} filters {info.config.filter_subject!r}, "
-                f"expected {expected!r}; delete it to let the writer recreate it"
-            )
 
     async def stop(self) -> None:
         """Let the current fetch finish (its acks sent), then close NATS and the engine."""

@@ -37,7 +37,7 @@ from nats.js.errors import KeyNotFoundError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from tributary_contracts import LegacyIds
-from tributary_runtime.kvwatch import KvFollower
+from tributary_runtime.kvwatch import KvFollower, kv_keys
 
 log = structlog.get_logger("tributary_runtime.devices")
 
@@ -244,12 +244,7 @@ class DeviceRegistry:
 
     async def list_devices(self) -> list[DeviceRecord]:
         """Every registered device, by uuid."""
-        try:
-            keys = await self._kv.keys()
-        except Exception as exc:  # nats-py raises NoKeysError on an empty bucket
-            if type(exc).__name__ == "NoKeysError":
-                return []
-            raise
+        keys = await kv_keys(self._kv)
         devices = []
         for key in sorted(k for k in keys if k.startswith("device.")):
             record = await self.read_device(key.removeprefix("device."))

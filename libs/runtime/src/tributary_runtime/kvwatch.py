@@ -1,10 +1,20 @@
-"""Following a JetStream KV watch: the loop and the stop every KV-backed cache shares."""
+"""JetStream KV helpers: the watch loop and stop every KV-backed cache shares, ``kv_keys``."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 from typing import Any
+
+from nats.js.errors import NoKeysError
+
+
+async def kv_keys(kv: Any) -> list[str]:
+    """The keys of KV bucket ``kv``; [] for an empty bucket (nats-py raises NoKeysError)."""
+    try:
+        return list(await kv.keys())
+    except NoKeysError:
+        return []
 
 
 class KvFollower:

@@ -35,9 +35,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 
-from nats.js.errors import KeyNotFoundError, NoKeysError
+from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 from pydantic import BaseModel, Field, ValidationError
+
+from tributary_runtime.kvwatch import kv_keys
 
 KEY_PREFIX = "trb_"
 ANY = "*"
@@ -277,10 +279,7 @@ class ApiKeyStore:
 
     async def list(self) -> list[ApiKeyRecord]:
         """Every key record, oldest first (unreadable entries are skipped)."""
-        try:
-            names = await self._kv.keys()
-        except NoKeysError:
-            return []
+        names = await kv_keys(self._kv)
         records = []
         for name in names:
             if not KEY_ID_RE.match(name):

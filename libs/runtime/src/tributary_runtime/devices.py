@@ -26,7 +26,6 @@ in memory through a KV watch for callers that cannot await (the MQTT receive pat
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import hmac
 import re
@@ -42,6 +41,7 @@ from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from tributary_contracts import LegacyIds
+from tributary_runtime.kvwatch import KvFollower, kv_keys
 
 log = structlog.get_logger("tributary_runtime.devices")
 
@@ -272,12 +272,7 @@ class DeviceRegistry:
 
     async def list_devices(self) -> list[DeviceRecord]:
         """Every registered device, by uuid."""
-        try:
-            keys = await self._kv.keys()
-        except Exception as exc:  # nats-py raises NoKeysError on an empty bucket
-            if type(exc).__name__ == "NoKeysError":
-                return []
-            raise
+        keys = await kv_keys(self._kv)
         devices = []
         for key in sorted(k for k in keys if k.startswith("device.")):
             record = await self.read_device(key.removeprefix("device."))
@@ -286,7 +281,7 @@ class DeviceRegistry:
         return devices
 
 
-class SensorDirectory:
+class SensorDirectory(KvFollower):
     """An in-memory mirror of the ``sensor.<id>`` index, kept current by a KV watch.
 
     ``get(sensor_id)`` is a dict lookup (for the synchronous MQTT receive path); ``on_change``
@@ -332,26 +327,8 @@ class SensorDirectory:
             await self.stop()
             raise
 
-    async def _follow(self) -> None:
-        assert self._watcher is not None
-        async for entry in self._watcher:
-            if entry is None:  # marker: the initial content has been delivered
-                self.loaded.set()
-                continue
-            try:
-                self.apply(entry.key, entry.value, entry.operation)
-            except Exception:  # one bad entry must never stop the watch
-                log.exception("failed to apply a registry entry", key=entry.key)
-            if entry.delta == 0:
-                self.loaded.set()
+    def _apply_entry(self, entry: Any) -> None:
+        self.apply(entry.key, entry.value, entry.operation)
 
-    async def stop(self) -> None:
-        if self._watcher is not None:
-            with contextlib.suppress(Exception):
-                await self._watcher.stop()
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        self._watcher = None
-        self._task = None
+    def _apply_failed(self, entry: Any) -> None:
+        log.exception("failed to apply a registry entry", key=entry.key)

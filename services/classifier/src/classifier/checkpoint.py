@@ -33,7 +33,6 @@ Checkpoints of the former format (one document per stream, ``"f": 1``) are still
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Callable, Iterable
 from time import time
 from typing import Any
@@ -52,6 +51,7 @@ from classifier.state import (
     state_from_json,
 )
 from tributary_contracts import parse_stream_config_key
+from tributary_runtime.kvwatch import KvFollower
 
 log = structlog.get_logger(__name__)
 
@@ -176,7 +176,7 @@ class Checkpointer:
         return not failed
 
 
-class StateFollower:
+class StateFollower(KvFollower):
     """Loads the bucket's checkpoints into ``state`` at start and follows later writes."""
 
     def __init__(
@@ -228,26 +228,8 @@ class StateFollower:
                 await self.stop()
         STATE_STREAMS.set(len(self.state))
 
-    async def _follow(self) -> None:
-        assert self._watcher is not None
-        async for entry in self._watcher:
-            if entry is None:  # marker: the initial content has been delivered
-                self.loaded.set()
-                continue
-            try:
-                self.apply(entry.key, entry.value, entry.operation)
-            except Exception:  # one bad entry must never stop the watch
-                log.exception("failed to apply a checkpoint", key=entry.key)
-            if entry.delta == 0:
-                self.loaded.set()
+    def _apply_entry(self, entry: Any) -> None:
+        self.apply(entry.key, entry.value, entry.operation)
 
-    async def stop(self) -> None:
-        if self._watcher is not None:
-            with contextlib.suppress(Exception):
-                await self._watcher.stop()
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        self._watcher = None
-        self._task = None
+    def _apply_failed(self, entry: Any) -> None:
+        log.exception("failed to apply a checkpoint", key=entry.key)

@@ -12,7 +12,6 @@ Shipped defaults by stream type (``data/stream_type_defaults.json``, version 0) 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 from importlib import resources
 from typing import Any
@@ -26,6 +25,7 @@ from tributary_contracts import (
     config_lookup_scopes,
     parse_stream_config_key,
 )
+from tributary_runtime.kvwatch import KvFollower
 
 log = structlog.get_logger(__name__)
 
@@ -49,7 +49,7 @@ def load_shipped_defaults() -> dict[str, StreamConfig]:
     return configs
 
 
-class StreamConfigStore:
+class StreamConfigStore(KvFollower):
     """In-memory StreamConfigs by ``(domain, source_id, stream_id)``, resolved per point."""
 
     def __init__(self, kv: Any = None, defaults: dict[str, StreamConfig] | None = None) -> None:
@@ -149,27 +149,9 @@ class StreamConfigStore:
             raise
         log.info("stream configs loaded", configs=len(self._configs))
 
-    async def _follow(self) -> None:
-        assert self._watcher is not None
-        async for entry in self._watcher:
-            if entry is None:  # marker: the initial content has been delivered
-                self.loaded.set()
-                continue
-            try:
-                self.apply(entry.key, entry.value, entry.revision, entry.operation)
-            except Exception:  # one bad entry must never stop the watch
-                CONFIG_ERRORS.labels(reason="apply_failed").inc()
-                log.exception("failed to apply a stream config entry", key=entry.key)
-            if entry.delta == 0:
-                self.loaded.set()
+    def _apply_entry(self, entry: Any) -> None:
+        self.apply(entry.key, entry.value, entry.revision, entry.operation)
 
-    async def stop(self) -> None:
-        if self._watcher is not None:
-            with contextlib.suppress(Exception):
-                await self._watcher.stop()
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        self._watcher = None
-        self._task = None
+    def _apply_failed(self, entry: Any) -> None:
+        CONFIG_ERRORS.labels(reason="apply_failed").inc()
+        log.exception("failed to apply a stream config entry", key=entry.key)

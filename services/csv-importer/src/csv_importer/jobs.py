@@ -17,6 +17,7 @@ from nats.js.kv import KeyValue
 from pydantic import BaseModel, ConfigDict, Field
 
 from csv_importer.reading import CsvOptions
+from tributary_runtime.kvwatch import kv_keys
 
 
 class JobStatus(StrEnum):
@@ -116,11 +117,6 @@ class JobStore:
 
     async def all(self) -> list[Job]:
         """Every job in the bucket (bounded by the retention cleanup at start)."""
-        try:
-            keys = await self._kv.keys()
-        except Exception as exc:  # nats-py raises NoKeysError on an empty bucket
-            if type(exc).__name__ == "NoKeysError":
-                return []
-            raise
+        keys = await kv_keys(self._kv)
         jobs = await asyncio.gather(*(self.get(key) for key in keys))
         return [job for job in jobs if job is not None]

@@ -2,7 +2,8 @@
 
 ``AlertWriter.handle(messages)`` consumes a fetch of ``dp.alert.>`` messages (``AlertEvent``
 JSON, durable ``writer-postgres-alerts`` on ``DP_EVENTS``) and produces upserts of
-``stream_alerts`` (and messages on ``dp.dlq.writer-postgres-alerts``):
+``stream_alerts`` (and messages on ``dp.dlq.writer-postgres-alerts``), by the delivery rules it
+shares with the audit loop (``writer_postgres.events``):
 
 - not a valid ``AlertEvent`` → DLQ (``invalid_message``), ack;
 - every valid event of the fetch is applied in ONE transaction, acked after the commit;
@@ -23,22 +24,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import asyncpg
-import structlog
-from pydantic import ValidationError
 
-from tributary_contracts import (
-    MAX_DELIVER,
-    WRITER_POSTGRES_ALERTS_DURABLE,
-    AlertEvent,
-    AlertEventKind,
-    dead_letter_headers,
-)
-from tributary_contracts.dead_letters import one_line
+from tributary_contracts import WRITER_POSTGRES_ALERTS_DURABLE, AlertEvent, AlertEventKind
 from writer_postgres import metrics
-from writer_postgres.consume import DeadLetterPublish, Delivery, backoff_delay, deliveries
-from writer_postgres.errors import Failure, classify_error, describe_error
-
-log = structlog.get_logger(__name__)
+from writer_postgres.events import EventWriter
 
 CONSUMER = WRITER_POSTGRES_ALERTS_DURABLE
 
@@ -105,130 +94,22 @@ class AlertStore:
 
 
 @dataclass
-class Parsed:
-    msg: Delivery
-    event: AlertEvent
-    delivered: int
-
-
-@dataclass
-class AlertWriter:
+class AlertWriter(EventWriter[AlertEvent]):
     """The delivery rules of the alerts loop (see the module docstring). Never raises."""
 
+    model = AlertEvent
+    CONSUMER = CONSUMER
+    stage = "alerts"
+    noun = "alert event"
+
     store: AlertStore
-    dead_letter: DeadLetterPublish
-    backoff_seconds: float = 1.0
-    backoff_max_seconds: float = 60.0
 
-    async def handle(self, messages: Sequence[Delivery]) -> None:
-        metrics.ALERT_EVENTS_RECEIVED.inc(len(messages))
-        settled: set[int] = set()
-        try:
-            parsed = []
-            for msg in messages:
-                event = await self._parse(msg, settled)
-                if event is not None:
-                    parsed.append(event)
-            await self._apply(parsed, settled)
-        except Exception:  # a bug or an unexpected failure: every unsettled message comes back
-            metrics.ERRORS.labels("alerts_handle", "unexpected").inc()
-            log.exception("unexpected failure handling alert events; redelivery scheduled")
-            for msg in messages:
-                if id(msg) not in settled:
-                    await self._nak(msg, deliveries(msg), settled)
+    async def _write(self, events: Sequence[AlertEvent]) -> int:
+        return await self.store.apply(events)
 
-    async def _parse(self, msg: Delivery, settled: set[int]) -> Parsed | None:
-        delivered = deliveries(msg)
-        try:
-            return Parsed(msg, AlertEvent.model_validate_json(msg.data), delivered)
-        except (ValidationError, ValueError) as exc:
-            metrics.ERRORS.labels("alerts_parse", type(exc).__name__).inc()
-            reason = f"invalid AlertEvent: {exc}"
-            log.warning("invalid alert event dead-lettered", subject=msg.subject,
-                        reason=one_line(reason))
-            if await self._dead_letter(msg, "invalid_message", reason, delivered):
-                await self._ack(msg, settled)
-            else:
-                await self._nak(msg, delivered, settled)
-            return None
-
-    async def _apply(self, parsed: list[Parsed], settled: set[int]) -> None:
-        if not parsed:
-            return
-        try:
-            changed = await self.store.apply([p.event for p in parsed])
-        except Exception as exc:
-            metrics.ERRORS.labels("alerts_write", type(exc).__name__).inc()
-            if classify_error(exc) is Failure.TRANSIENT:
-                await self._retry_later(parsed, exc, settled)
-                return
-            await self._one_by_one(parsed, settled)
-            return
-        self._count(changed, len(parsed))
-        for p in parsed:
-            await self._ack(p.msg, settled)
-
-    async def _one_by_one(self, parsed: list[Parsed], settled: set[int]) -> None:
-        """After a permanent error: apply each event alone, dead-letter the refused ones."""
-        for index, p in enumerate(parsed):
-            try:
-                self._count(await self.store.apply([p.event]), 1)
-            except Exception as exc:
-                if classify_error(exc) is Failure.TRANSIENT:
-                    metrics.ERRORS.labels("alerts_write", type(exc).__name__).inc()
-                    await self._retry_later(parsed[index:], exc, settled)
-                    return
-                log.warning("alert event refused by the database is dead-lettered",
-                            alert_id=p.event.alert_id, error=describe_error(exc))
-                if not await self._dead_letter(p.msg, "bad_rows", describe_error(exc),
-                                               p.delivered):
-                    await self._nak(p.msg, p.delivered, settled)
-                    continue
-            await self._ack(p.msg, settled)
-
-    @staticmethod
-    def _count(changed: int, applied: int) -> None:
+    def _count(self, changed: int, events: int) -> None:
         metrics.ALERT_EVENTS_APPLIED.inc(changed)
-        metrics.ALERT_EVENTS_UNCHANGED.inc(applied - changed)
+        metrics.ALERT_EVENTS_UNCHANGED.inc(events - changed)
 
-    async def _retry_later(self, parsed: list[Parsed], exc: BaseException,
-                           settled: set[int]) -> None:
-        log.warning("alert write failed, redelivery scheduled", messages=len(parsed),
-                    error=describe_error(exc))
-        for p in parsed:
-            if p.delivered >= MAX_DELIVER:
-                reason = f"gave up after {p.delivered} deliveries: {describe_error(exc)}"
-                log.error("alert event dead-lettered after max deliveries",
-                          subject=p.msg.subject, reason=one_line(reason))
-                if await self._dead_letter(p.msg, "max_deliver", reason, p.delivered):
-                    await self._ack(p.msg, settled)
-                    continue
-            await self._nak(p.msg, p.delivered, settled)
-
-    async def _dead_letter(self, msg: Delivery, kind: str, reason: str, delivered: int) -> bool:
-        """Publish ``msg``'s body on the DLQ; False (logged) when the bus refused it."""
-        headers = dead_letter_headers(CONSUMER, kind, reason, msg.subject, delivered, msg.data)
-        try:
-            await self.dead_letter(msg.data, headers)
-        except Exception as exc:
-            metrics.ERRORS.labels("alerts_dlq", type(exc).__name__).inc()
-            log.warning("dead-letter publish failed; alert event will be redelivered",
-                        subject=msg.subject, error=describe_error(exc))
-            return False
-        metrics.DLQ.labels(kind).inc()
-        return True
-
-    async def _ack(self, msg: Delivery, settled: set[int]) -> None:
-        settled.add(id(msg))
-        try:
-            await msg.ack()
-        except Exception as exc:  # redelivered later; applying it again changes nothing
-            metrics.ERRORS.labels("alerts_ack", type(exc).__name__).inc()
-
-    async def _nak(self, msg: Delivery, delivered: int, settled: set[int]) -> None:
-        settled.add(id(msg))
-        try:
-            await msg.nak(delay=backoff_delay(delivered, self.backoff_seconds,
-                                              self.backoff_max_seconds))
-        except Exception as exc:  # the ack wait expires and JetStream redelivers anyway
-            metrics.ERRORS.labels("alerts_nak", type(exc).__name__).inc()
+    def _received(self, messages: int) -> None:
+        metrics.ALERT_EVENTS_RECEIVED.inc(messages)

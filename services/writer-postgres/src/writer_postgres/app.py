@@ -18,7 +18,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 import asyncpg
-import nats.errors
 import structlog
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -27,9 +26,7 @@ from starlette.applications import Starlette
 
 from tributary_contracts import (
     AUDIT,
-    CONSUMERS,
     DP_CLASSIFIED,
-    DP_DLQ,
     DP_EVENTS,
     WRITER_POSTGRES_ALERTS_DURABLE,
     WRITER_POSTGRES_AUDIT_DURABLE,
@@ -39,6 +36,8 @@ from tributary_contracts import (
 )
 from tributary_runtime.bus import connect_nats
 from tributary_runtime.ops import ops_routes
+from tributary_runtime.writer import check_consumer, pull_loop
+from tributary_runtime.writer import dead_letter_publisher as shared_dead_letter_publisher
 from writer_postgres import metrics
 from writer_postgres.alerts import AlertStore, AlertWriter
 from writer_postgres.audit import AuditStore, AuditWriter
@@ -59,13 +58,7 @@ def dead_letter_publisher(
     js: JetStreamContext, settings: WriterPostgresSettings, consumer: str = CONSUMER
 ) -> DeadLetterPublish:
     """Publish on ``dp.dlq.<consumer>``, awaiting the JetStream ack."""
-    ns = settings.namespace
-    subject, stream = ns.dlq_subject(consumer), ns.stream(DP_DLQ)
-
-    async def publish(body: bytes, headers: dict[str, str]) -> None:
-        await js.publish(subject, body, headers=headers, stream=stream, timeout=5.0)
-
-    return publish
+    return shared_dead_letter_publisher(js, settings.namespace, consumer)
 
 
 async def consume(
@@ -80,34 +73,23 @@ async def consume(
     logged and retried after a second; nats-py reconnects underneath. While ``breaker`` is
     open (PostgreSQL down) nothing is fetched.
     """
-    ns = settings.namespace
-    sub: JetStreamContext.PullSubscription | None = None
-    try:
-        while not stopping.is_set():
-            if breaker is not None and breaker.is_open:
-                await breaker.wait_closed(stopping)
-                continue
-            try:
-                if sub is None:
-                    sub = await js.pull_subscribe_bind(
-                        durable=durable, stream=ns.stream(stream_base)
-                    )
-                try:
-                    messages = await sub.fetch(
-                        settings.fetch_batch_size, timeout=settings.fetch_timeout_seconds
-                    )
-                except (TimeoutError, nats.errors.TimeoutError):
-                    continue  # nothing to do right now
-                await handle(messages)
-            except Exception as exc:
-                metrics.ERRORS.labels("fetch", type(exc).__name__).inc()
-                log.warning("fetch failed, retrying", error=describe_error(exc))
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stopping.wait(), timeout=1.0)
-    finally:
-        if sub is not None:
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
+
+    async def ready() -> bool:
+        if breaker is not None and breaker.is_open:
+            await breaker.wait_closed(stopping)
+            return False
+        return True
+
+    await pull_loop(
+        js, settings.namespace.stream(stream_base), durable, handle, stopping,
+        fetch_size=lambda: settings.fetch_batch_size,
+        fetch_timeout=settings.fetch_timeout_seconds, ready=ready, on_error=_fetch_failed,
+    )
+
+
+def _fetch_failed(exc: Exception) -> None:
+    metrics.ERRORS.labels("fetch", type(exc).__name__).inc()
+    log.warning("fetch failed, retrying", error=describe_error(exc))
 
 
 async def _retry_transient(what: str, action: Callable[[], Awaitable[Any]], within: float) -> Any:
@@ -154,7 +136,7 @@ class WriterService:
             WRITER_POSTGRES_DURABLE, WRITER_POSTGRES_ALERTS_DURABLE, WRITER_POSTGRES_AUDIT_DURABLE
         ):
             await ensure_consumer(js, s.namespace, durable)
-            await self._check_consumer(js, durable)
+            await check_consumer(js, s.namespace, durable)
         pool = self.pool
         self.breaker = CircuitBreaker(lambda: pool.fetchval("SELECT 1", timeout=2))
         self.writer = ClassifiedWriter(
@@ -201,17 +183,6 @@ class WriterService:
         log.info("writer-postgres started", subject=s.namespace.all_classified(),
                  durable=WRITER_POSTGRES_DURABLE, alerts_subject=s.namespace.all_alerts(),
                  alerts_durable=WRITER_POSTGRES_ALERTS_DURABLE, routes=s.sink_routes)
-
-    async def _check_consumer(self, js: JetStreamContext, durable: str) -> None:
-        # nats-server 2.9 silently ignores what it does not know: verify what was created.
-        definition = CONSUMERS[durable]
-        info = await js.consumer_info(definition.stream_name(self.settings.namespace), durable)
-        expected = definition.filter_subject(self.settings.namespace)
-        if info.config.filter_subject != expected:
-            raise RuntimeError(
-                f"consumer {durable} filters {info.config.filter_subject!r}, "
-                f"expected {expected!r}; delete it to let the writer recreate it"
-            )
 
     async def _keep_partitions(self) -> None:
         """Every ``partition_check_seconds``: make sure monthly partitions exist ahead."""

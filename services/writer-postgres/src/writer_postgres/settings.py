@@ -5,15 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr
 
-from tributary_contracts import SinkRoutes
-from tributary_runtime.settings import ServiceSettings
+from tributary_runtime.writer import WriterSettings
 
 DEFAULT_DSN = "postgresql://postgres@127.0.0.1:5432/tributary"
 
 
-class WriterPostgresSettings(ServiceSettings):
+class WriterPostgresSettings(WriterSettings):
     """Everything writer-postgres reads from the environment."""
 
     port: int = Field(
@@ -27,18 +26,6 @@ class WriterPostgresSettings(ServiceSettings):
         default=None,
         description="CA bundle to verify PostgreSQL's certificate: adds sslrootcert and "
         "sslmode=verify-full to the DSN unless it sets them (TLS can also be set in the DSN).",
-    )
-    sink_routes: str = Field(
-        default="*=postgres",
-        description="Which writer owns which domain (e.g. iot=sqlserver,*=postgres).",
-    )
-    fetch_batch_size: int = Field(
-        default=64, ge=1, le=10_000,
-        description="Most messages (batches of points) pulled and written in one transaction.",
-    )
-    fetch_timeout_seconds: float = Field(
-        default=0.5, gt=0, le=30,
-        description="Longest wait for a fetch's first message (a fetch takes what is there).",
     )
     consumers: int = Field(
         default=2, ge=1, le=32,
@@ -67,23 +54,6 @@ class WriterPostgresSettings(ServiceSettings):
         default=60.0, ge=0,
         description="How long start waits for an unreachable PostgreSQL before giving up.",
     )
-    nak_backoff_seconds: float = Field(
-        default=1.0, ge=0,
-        description="Redelivery delay after a transient error; doubles with each delivery.",
-    )
-    nak_backoff_max_seconds: float = Field(
-        default=60.0, ge=0, description="Upper bound of the redelivery delay."
-    )
-
-    @field_validator("sink_routes")
-    @classmethod
-    def _routes_parse(cls, value: str) -> str:
-        SinkRoutes.parse(value)  # raises ValueError naming the bad entry
-        return value
-
-    @property
-    def routes(self) -> SinkRoutes:
-        return SinkRoutes.parse(self.sink_routes)
 
     @property
     def dsn(self) -> str:

@@ -14,7 +14,6 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
-import nats.errors
 import structlog
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -24,15 +23,15 @@ from sqlalchemy.engine import Engine
 from starlette.applications import Starlette
 
 from tributary_contracts import (
-    CONSUMERS,
     DP_CLASSIFIED,
-    DP_DLQ,
     WRITER_SQLSERVER_DURABLE,
     ensure_consumer,
     ensure_jetstream,
 )
 from tributary_runtime.bus import connect_nats
 from tributary_runtime.ops import ops_routes
+from tributary_runtime.writer import check_consumer, pause, pull_loop
+from tributary_runtime.writer import dead_letter_publisher as shared_dead_letter_publisher
 from writer_sqlserver import metrics
 from writer_sqlserver.breaker import BreakerState, CircuitBreaker
 from writer_sqlserver.consume import CONSUMER, ClassifiedWriter, DeadLetterPublish
@@ -50,18 +49,7 @@ def dead_letter_publisher(
     js: JetStreamContext, settings: WriterSqlServerSettings
 ) -> DeadLetterPublish:
     """Publish on ``dp.dlq.writer-sqlserver``, awaiting the JetStream ack."""
-    ns = settings.namespace
-    subject, stream = ns.dlq_subject(CONSUMER), ns.stream(DP_DLQ)
-
-    async def publish(body: bytes, headers: dict[str, str]) -> None:
-        await js.publish(subject, body, headers=headers, stream=stream, timeout=5.0)
-
-    return publish
-
-
-async def _pause(stopping: asyncio.Event, seconds: float) -> None:
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stopping.wait(), timeout=seconds)
+    return shared_dead_letter_publisher(js, settings.namespace, CONSUMER)
 
 
 async def consume(
@@ -70,34 +58,28 @@ async def consume(
 ) -> None:
     """Fetch from the durable ``writer-sqlserver`` into ``handle`` until ``stopping``; while the
     breaker is open, fetch nothing. Never ends on an error (counted, logged, retried)."""
-    ns = settings.namespace
-    sub: JetStreamContext.PullSubscription | None = None
-    try:
-        while not stopping.is_set():
-            metrics.BREAKER_OPEN.set(0 if breaker.allow() else 1)
-            if not breaker.allow():
-                await _pause(stopping, min(1.0, breaker.seconds_until_trial() or 1.0))
-                continue
-            try:
-                if sub is None:
-                    sub = await js.pull_subscribe_bind(
-                        durable=WRITER_SQLSERVER_DURABLE, stream=ns.stream(DP_CLASSIFIED)
-                    )
-                # The half-open trial takes a single message: one failure costs one delivery.
-                size = 1 if breaker.state is BreakerState.HALF_OPEN else settings.fetch_batch_size
-                try:
-                    messages = await sub.fetch(size, timeout=settings.fetch_timeout_seconds)
-                except (TimeoutError, nats.errors.TimeoutError):
-                    continue
-                await handle(messages)
-            except Exception as exc:
-                metrics.ERRORS.labels("fetch", type(exc).__name__).inc()
-                log.warning("fetch failed, retrying", error=describe_error(exc))
-                await _pause(stopping, 1.0)
-    finally:
-        if sub is not None:
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
+
+    async def ready() -> bool:
+        metrics.BREAKER_OPEN.set(0 if breaker.allow() else 1)
+        if not breaker.allow():
+            await pause(stopping, min(1.0, breaker.seconds_until_trial() or 1.0))
+            return False
+        return True
+
+    def fetch_size() -> int:
+        # The half-open trial takes a single message: one failure costs one delivery.
+        return 1 if breaker.state is BreakerState.HALF_OPEN else settings.fetch_batch_size
+
+    await pull_loop(
+        js, settings.namespace.stream(DP_CLASSIFIED), WRITER_SQLSERVER_DURABLE, handle, stopping,
+        fetch_size=fetch_size, fetch_timeout=settings.fetch_timeout_seconds, ready=ready,
+        on_error=_fetch_failed,
+    )
+
+
+def _fetch_failed(exc: Exception) -> None:
+    metrics.ERRORS.labels("fetch", type(exc).__name__).inc()
+    log.warning("fetch failed, retrying", error=describe_error(exc))
 
 
 async def _retry_transient(what: str, action: Callable[[], Any], within: float) -> Any:
@@ -141,7 +123,7 @@ class WriterService:
         js = self.nc.jetstream()
         await ensure_jetstream(js, s.namespace)
         await ensure_consumer(js, s.namespace, WRITER_SQLSERVER_DURABLE)
-        await self._check_consumer(js)
+        await check_consumer(js, s.namespace, WRITER_SQLSERVER_DURABLE)
         self.writer = ClassifiedWriter(
             store=LegacyStore(engine, s.mssql_write_mode),
             routes=s.routes,
@@ -157,18 +139,6 @@ class WriterService:
         log.info("writer-sqlserver started", subject=s.namespace.all_classified(),
                  durable=WRITER_SQLSERVER_DURABLE, routes=s.sink_routes,
                  database=engine.dialect.name, mode=s.mssql_write_mode)
-
-    async def _check_consumer(self, js: JetStreamContext) -> None:
-        # nats-server 2.9 silently ignores what it does not know: verify what was created.
-        definition = CONSUMERS[WRITER_SQLSERVER_DURABLE]
-        info = await js.consumer_info(definition.stream_name(self.settings.namespace),
-                                      WRITER_SQLSERVER_DURABLE)
-        expected = definition.filter_subject(self.settings.namespace)
-        if info.config.filter_subject != expected:
-            raise RuntimeError(
-                f"consumer {WRITER_SQLSERVER_DURABLE} filters {info.config.filter_subject!r}, "
-                f"expected {expected!r}; delete it to let the writer recreate it"
-            )
 
     async def stop(self) -> None:
         """Let the current fetch finish (its acks sent), then close NATS and the engine."""

@@ -7,13 +7,12 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator
 from sqlalchemy.engine import make_url
 
-from tributary_contracts import SinkRoutes
-from tributary_runtime.settings import ServiceSettings
+from tributary_runtime.writer import WriterSettings
 
 DSN_SCHEMES = ("mssql", "mssql+pyodbc", "postgresql", "postgresql+psycopg2")
 
 
-class WriterSqlServerSettings(ServiceSettings):
+class WriterSqlServerSettings(WriterSettings):
     """Everything writer-sqlserver reads from the environment."""
 
     port: int = Field(
@@ -52,18 +51,6 @@ class WriterSqlServerSettings(ServiceSettings):
             "stops the start with a clear message."
         ),
     )
-    sink_routes: str = Field(
-        default="*=postgres",
-        description="Which writer owns which domain (e.g. iot=sqlserver,*=postgres).",
-    )
-    fetch_batch_size: int = Field(
-        default=64, ge=1, le=10_000,
-        description="Most messages (batches of points) pulled and written in one transaction.",
-    )
-    fetch_timeout_seconds: float = Field(
-        default=0.5, gt=0, le=30,
-        description="Longest wait for a fetch's first message (a fetch takes what is there).",
-    )
     pool_size: int = Field(
         default=2, ge=1, le=50, description="Most database connections kept in the pool."
     )
@@ -75,13 +62,6 @@ class WriterSqlServerSettings(ServiceSettings):
         default=60.0, ge=0,
         description="How long start waits for an unreachable database before giving up.",
     )
-    nak_backoff_seconds: float = Field(
-        default=1.0, ge=0,
-        description="Redelivery delay after a transient error; doubles with each delivery.",
-    )
-    nak_backoff_max_seconds: float = Field(
-        default=60.0, ge=0, description="Upper bound of the redelivery delay."
-    )
     breaker_failure_threshold: int = Field(
         default=5, ge=1, le=1000,
         description="Consecutive failed writes (transient) that open the circuit breaker.",
@@ -90,12 +70,6 @@ class WriterSqlServerSettings(ServiceSettings):
         default=30.0, gt=0, le=3600,
         description="How long an open breaker pauses fetching before one trial write.",
     )
-
-    @field_validator("sink_routes")
-    @classmethod
-    def _routes_parse(cls, value: str) -> str:
-        SinkRoutes.parse(value)  # raises ValueError naming the bad entry
-        return value
 
     @field_validator("mssql_dsn")
     @classmethod
@@ -111,10 +85,6 @@ class WriterSqlServerSettings(ServiceSettings):
                 f"scheme {url.drivername!r} not supported; use one of {', '.join(DSN_SCHEMES)}"
             )
         return value
-
-    @property
-    def routes(self) -> SinkRoutes:
-        return SinkRoutes.parse(self.sink_routes)
 
     @property
     def dsn(self) -> str:

@@ -26,6 +26,7 @@ in memory through a KV watch for callers that cannot await (the MQTT receive pat
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import re

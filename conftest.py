@@ -94,3 +94,15 @@ async def database_dsn(servers: Servers) -> AsyncIterator[str]:
         await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     finally:
         await conn.close()
+
+
+@pytest.fixture
+def read_stream(jetstream: object, bus_prefix: str) -> object:
+    """``await read_stream(DP_RAW)``: the messages on this test's namespaced stream."""
+    from tests.streams import StoredMessage, stored_messages
+    from tributary_contracts import Namespace
+
+    async def read(base: str) -> list[StoredMessage]:
+        return await stored_messages(jetstream, Namespace(bus_prefix).stream(base))
+
+    return read

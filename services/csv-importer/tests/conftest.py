@@ -101,32 +101,3 @@ def start_importer(
         return importer_on(settings, nats_client, jetstream)
 
     return start
-
-
-@dataclass
-class StoredMessage:
-    subject: str
-    headers: dict[str, str]
-    data: bytes
-
-
-async def stored_messages(js: JetStreamContext, stream: str) -> list[StoredMessage]:
-    """Every message currently in ``stream``, in order (read with direct stream gets)."""
-    info = await js.stream_info(stream)
-    if info.state.messages == 0:
-        return []
-    messages = []
-    for seq in range(info.state.first_seq, info.state.last_seq + 1):
-        msg = await js.get_msg(stream, seq)
-        messages.append(StoredMessage(msg.subject or "", dict(msg.headers or {}), msg.data or b""))
-    return messages
-
-
-@pytest.fixture
-def read_stream(jetstream: JetStreamContext, bus_prefix: str) -> Any:
-    """``await read_stream(DP_RAW)``: the messages on this test's namespaced stream."""
-
-    async def read(base: str) -> list[StoredMessage]:
-        return await stored_messages(jetstream, Namespace(bus_prefix).stream(base))
-
-    return read

@@ -22,6 +22,7 @@ from starlette.applications import Starlette
 from gateway_mqtt.app import create_app
 from gateway_mqtt.settings import GatewayMqttSettings
 from tests.asgi import running
+from tests.streams import StoredMessage, stored_messages
 from tributary_contracts import Namespace
 
 MQTT_HOST, MQTT_PORT = "127.0.0.1", 1883
@@ -59,25 +60,6 @@ async def mosquitto_pub(topic: str, message: str, qos: int = 1) -> None:
         "-t", topic, "-m", message,
     )  # fmt: skip
     assert await asyncio.wait_for(proc.wait(), 10) == 0
-
-
-@dataclass
-class StoredMessage:
-    subject: str
-    headers: dict[str, str]
-    data: bytes
-
-
-async def stored_messages(js: JetStreamContext, stream: str) -> list[StoredMessage]:
-    """Every message currently in ``stream``, in order (direct stream gets)."""
-    info = await js.stream_info(stream)
-    if info.state.messages == 0:
-        return []
-    out = []
-    for seq in range(info.state.first_seq, info.state.last_seq + 1):
-        msg = await js.get_msg(stream, seq)
-        out.append(StoredMessage(msg.subject or "", dict(msg.headers or {}), msg.data or b""))
-    return out
 
 
 async def wait_for_messages(

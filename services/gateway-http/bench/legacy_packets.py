@@ -16,19 +16,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import statistics
 import subprocess
 import sys
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
 
-import httpx
 import nats
-import orjson
+from openloop import drive, drop_namespace, post_request, wait_ready
 
 from tributary_contracts import DEVICES_BUCKET, DP_RAW, Namespace, ensure_jetstream
-from tributary_contracts.jetstream import BUCKETS, STREAMS
 from tributary_runtime.devices import (
     DeviceRecord,
     DeviceRegistry,
@@ -38,24 +35,7 @@ from tributary_runtime.devices import (
 
 
 def packet_request(key: str, body: object) -> bytes:
-    content = orjson.dumps(body)
-    head = (
-        f"POST /ingest/packets HTTP/1.1\r\nHost: gateway\r\nX-Device-Key: {key}\r\n"
-        f"Content-Type: application/json\r\nContent-Length: {len(content)}\r\n\r\n"
-    )
-    return head.encode() + content
-
-
-async def wait_ready(port: int) -> None:
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
-        for _ in range(300):
-            try:
-                if (await client.get("/ready")).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            await asyncio.sleep(0.1)
-    raise RuntimeError("gateway did not become ready")
+    return post_request("/ingest/packets", "X-Device-Key", key, body)
 
 
 async def lookup_costs(kv: object, device_uuid: str, sensor_uuids: list[str]) -> None:
@@ -137,59 +117,14 @@ async def run(args: argparse.Namespace) -> None:
                 ],
             }
             requests.append(packet_request(key, body))
-        queue: asyncio.Queue[tuple[float, bytes] | None] = asyncio.Queue()
-        latencies: list[float] = []
-        statuses: dict[bytes, int] = {}
-
-        async def connection() -> None:
-            reader, writer = await asyncio.open_connection("127.0.0.1", args.port)
-            while (item := await queue.get()) is not None:
-                scheduled, request = item
-                writer.write(request)
-                head = await reader.readuntil(b"\r\n\r\n")
-                length = next(
-                    int(line.split(b":")[1])
-                    for line in head.split(b"\r\n")
-                    if line.lower().startswith(b"content-length")
-                )
-                await reader.readexactly(length)
-                latencies.append(time.perf_counter() - scheduled)
-                status = head[9:12]
-                statuses[status] = statuses.get(status, 0) + 1
-            writer.close()
-
-        workers = [asyncio.create_task(connection()) for _ in range(args.connections)]
-        began = time.perf_counter()
-        for i, request in enumerate(requests):
-            due = began + i / args.rate
-            delay = due - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            queue.put_nowait((due, request))
-        for _ in workers:
-            queue.put_nowait(None)
-        await asyncio.gather(*workers)
-        elapsed = time.perf_counter() - began
+        replies = await drive(args.port, requests, args.rate, args.connections)
         stored = (await js.stream_info(ns.stream(DP_RAW))).state.messages
-        q = statistics.quantiles(latencies, n=100)
-        print(
-            f"{total} packets x {args.sensors} readings in {elapsed:.2f}s "
-            f"({total * args.sensors / elapsed:,.0f} readings/s), statuses "
-            f"{ {k.decode(): v for k, v in statuses.items()} }, batches stored {stored}"
-        )
-        print(
-            f"reply latency p50 {q[49] * 1000:.1f} ms, p99 {q[98] * 1000:.1f} ms, "
-            f"max {max(latencies) * 1000:.1f} ms"
-        )
+        print(replies.report("packets", args.sensors, "readings", stored))
     finally:
         server.terminate()
         server.wait(10)
-        for stream in STREAMS:
-            await js.delete_stream(ns.stream(stream.base))
-        for base_name, _, _ in BUCKETS:
-            await js.delete_key_value(ns.bucket(base_name))
+        await drop_namespace(js, ns)
         await nc.close()
-
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)

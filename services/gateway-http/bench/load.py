@@ -13,41 +13,21 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import statistics
 import subprocess
 import sys
-import time
 import uuid
 from datetime import UTC, datetime, timedelta
 
 import httpx
 import nats
-import orjson
+from openloop import drive, drop_namespace, post_request, wait_ready
 
 from tributary_contracts import API_KEYS_BUCKET, DP_RAW, Namespace, ensure_jetstream
-from tributary_contracts.jetstream import BUCKETS, STREAMS
 from tributary_runtime.apikeys import ApiKeyStore, Role
 
 
 def http_request(key: str, body: object) -> bytes:
-    content = orjson.dumps(body)
-    head = (
-        f"POST /ingest/data HTTP/1.1\r\nHost: gateway\r\nX-API-Key: {key}\r\n"
-        f"Content-Type: application/json\r\nContent-Length: {len(content)}\r\n\r\n"
-    )
-    return head.encode() + content
-
-
-async def wait_ready(port: int) -> None:
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
-        for _ in range(100):
-            try:
-                if (await client.get("/ready")).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            await asyncio.sleep(0.1)
-    raise RuntimeError("gateway did not become ready")
+    return post_request("/ingest/data", "X-API-Key", key, body)
 
 
 async def ack_latency_summary(port: int) -> str:
@@ -106,61 +86,15 @@ async def run(
             )
             for i in range(total)
         ]
-        queue: asyncio.Queue[tuple[float, bytes] | None] = asyncio.Queue()
-        latencies: list[float] = []
-        statuses: dict[bytes, int] = {}
-
-        async def connection() -> None:
-            reader, writer = await asyncio.open_connection("127.0.0.1", port)
-            while (item := await queue.get()) is not None:
-                scheduled, request = item
-                writer.write(request)
-                head = await reader.readuntil(b"\r\n\r\n")
-                length = next(
-                    int(line.split(b":")[1])
-                    for line in head.split(b"\r\n")
-                    if line.lower().startswith(b"content-length")
-                )
-                await reader.readexactly(length)
-                # Latency from when the request was due: queueing on the client counts too.
-                latencies.append(time.perf_counter() - scheduled)
-                status = head[9:12]
-                statuses[status] = statuses.get(status, 0) + 1
-            writer.close()
-
-        workers = [asyncio.create_task(connection()) for _ in range(connections)]
-        began = time.perf_counter()
-        for i, request in enumerate(requests):
-            due = began + i / rate
-            delay = due - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            queue.put_nowait((due, request))
-        for _ in workers:
-            queue.put_nowait(None)
-        await asyncio.gather(*workers)
-        elapsed = time.perf_counter() - began
+        replies = await drive(port, requests, rate, connections)
         print(await ack_latency_summary(port))
         stored = (await js.stream_info(ns.stream(DP_RAW))).state.messages
-        q = statistics.quantiles(latencies, n=100)
-        print(
-            f"{total} requests x {points} points in {elapsed:.2f}s "
-            f"({total * points / elapsed:,.0f} points/s), statuses "
-            f"{ {k.decode(): v for k, v in statuses.items()} }, batches stored {stored}"
-        )
-        print(
-            f"reply latency p50 {q[49] * 1000:.1f} ms, p99 {q[98] * 1000:.1f} ms, "
-            f"max {max(latencies) * 1000:.1f} ms"
-        )
+        print(replies.report("requests", points, "points", stored))
     finally:
         server.terminate()
         server.wait(10)
-        for stream in STREAMS:
-            await js.delete_stream(ns.stream(stream.base))
-        for base_name, _, _ in BUCKETS:
-            await js.delete_key_value(ns.bucket(base_name))
+        await drop_namespace(js, ns)
         await nc.close()
-
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)

@@ -43,9 +43,12 @@ async def test_a_duplicate_batch_adds_no_rows(
 
 
 async def test_staging_is_empty_after_each_commit(store: PointStore, make_batch: Any) -> None:
-    assert await store.write_batches([make_batch(2)]) == 2
-    later = make_batch(2, start=make_batch(1).points[0].ts + timedelta(hours=1))
-    assert await store.write_batches([later]) == 2  # staging rows of the first write are gone
+    first = make_batch(2)
+    assert await store.write_batches([first]) == 2  # straight COPY
+    assert await store.write_batches([first, make_batch(3)]) == 1  # conflict: via staging
+    later = make_batch(2, start=first.points[0].ts + timedelta(hours=1))
+    # via staging again (a point twice in one fetch): the first staging's rows are gone
+    assert await store.write_batches([later, later]) == 2
 
 
 @pytest.mark.parametrize(

@@ -1,9 +1,13 @@
-"""Writing classified points into ``data_points``: COPY into staging, one INSERT … SELECT.
+"""Writing classified points into ``data_points``: COPY, and COPY into staging on a replay.
 
-Per transaction: the rows are COPYed (binary, fast) into a per-connection temporary staging
-table, then moved with ``INSERT … ON CONFLICT (domain, source_id, stream_id, time) DO NOTHING``.
-A point already stored (a replay, a retry) is skipped silently: that is the idempotency promise.
-The staging table is created once per connection and emptied by every commit.
+Per transaction, first try: the rows are COPYed (binary) straight into ``data_points``. Almost
+every fetch holds only new points, and this costs PostgreSQL half the CPU of the upsert below
+(measured: 3.3 against 6.4 µs per row). When the unique key refuses a row (a replay, a retry,
+the same point twice in one fetch) the transaction is rolled back and the rows go the way that
+skips what is stored: COPY into a per-connection temporary staging table, then
+``INSERT … ON CONFLICT (domain, source_id, stream_id, time) DO NOTHING``. Either way a point
+already stored is skipped silently: that is the idempotency promise. The staging table is
+created once per connection and emptied by every commit.
 """
 
 from __future__ import annotations
@@ -109,11 +113,20 @@ class PointStore:
         """Store ``rows`` in one transaction; returns how many were new (duplicates skipped)."""
         if not rows:
             return 0
-        async with self._pool.acquire(timeout=self._timeout) as conn, conn.transaction():
-            await conn.copy_records_to_table(
-                STAGING_TABLE, records=rows, columns=COLUMNS, timeout=self._timeout
-            )
-            status = await conn.execute(_INSERT, timeout=self._timeout)
+        async with self._pool.acquire(timeout=self._timeout) as conn:
+            try:
+                async with conn.transaction():
+                    await conn.copy_records_to_table(
+                        "data_points", records=rows, columns=COLUMNS, timeout=self._timeout
+                    )
+                return len(rows)
+            except asyncpg.UniqueViolationError:
+                pass  # some rows are stored already: let ON CONFLICT skip them
+            async with conn.transaction():
+                await conn.copy_records_to_table(
+                    STAGING_TABLE, records=rows, columns=COLUMNS, timeout=self._timeout
+                )
+                status = await conn.execute(_INSERT, timeout=self._timeout)
         return int(status.rsplit(" ", 1)[-1])  # "INSERT 0 <n>"
 
     async def write_batches(self, batches: Iterable[ClassifiedBatch]) -> int:

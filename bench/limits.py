@@ -1,8 +1,9 @@
 """Physical limits of this machine, measured in the same run as the fleet, for the ratios.
 
-- PostgreSQL: binary COPY into a scratch table without indexes, and the writer's own staged path
-  (COPY into its temporary staging table, then its ``INSERT … SELECT … ON CONFLICT DO NOTHING``)
-  into a scratch table with the ``data_points`` unique key — rows/s.
+- PostgreSQL: binary COPY into a scratch table without indexes; the writer's two paths into a
+  scratch table with the ``data_points`` unique key: binary COPY straight in (its usual path),
+  and its replay path (COPY into its temporary staging table, then its ``INSERT … SELECT … ON
+  CONFLICT DO NOTHING``) — rows/s.
 - JetStream from Python (nats-py): ``publish_async`` with the PubAcks awaited together, and a
   durable pull consumer doing ``fetch(500)`` + ack per message — msgs/s.
 - An empty Starlette POST handler (reads the body, answers 202) under uvicorn with uvloop and
@@ -29,6 +30,7 @@ from loads import http_post, make_points, post_head
 from writer_postgres.store import _INSERT, _STAGING_DDL, COLUMNS, STAGING_TABLE
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
+_SCRATCH = "bench_copy_scratch, bench_keyed_scratch, bench_upsert_scratch"
 
 
 def scratch_rows(first: int, count: int) -> list[tuple[object, ...]]:
@@ -58,15 +60,14 @@ def scratch_rows(first: int, count: int) -> list[tuple[object, ...]]:
 async def pg_limits(dsn: str, rows: int, batch: int, seconds: float) -> dict[str, float]:
     conn = await asyncpg.connect(dsn)
     try:
-        await conn.execute("DROP TABLE IF EXISTS bench_copy_scratch, bench_upsert_scratch")
-        await conn.execute("CREATE TABLE bench_copy_scratch (LIKE data_points INCLUDING DEFAULTS)")
-        await conn.execute(
-            "CREATE TABLE bench_upsert_scratch (LIKE data_points INCLUDING DEFAULTS)"
-        )
-        await conn.execute(
-            "ALTER TABLE bench_upsert_scratch ADD CONSTRAINT bench_upsert_scratch_key "
-            "UNIQUE (domain, source_id, stream_id, time)"
-        )
+        await conn.execute(f"DROP TABLE IF EXISTS {_SCRATCH}")
+        for table in _SCRATCH.split(", "):
+            await conn.execute(f"CREATE TABLE {table} (LIKE data_points INCLUDING DEFAULTS)")
+        for table in ("bench_keyed_scratch", "bench_upsert_scratch"):
+            await conn.execute(
+                f"ALTER TABLE {table} ADD CONSTRAINT {table}_key "
+                "UNIQUE (domain, source_id, stream_id, time)"
+            )
         prepared = [scratch_rows(i, min(batch, rows - i)) for i in range(0, rows, batch)]
 
         async def timed(one_batch: object) -> float:
@@ -81,6 +82,12 @@ async def pg_limits(dsn: str, rows: int, batch: int, seconds: float) -> dict[str
         async def copy(chunk: list[tuple[object, ...]]) -> None:
             await conn.copy_records_to_table("bench_copy_scratch", records=chunk, columns=COLUMNS)
 
+        async def keyed(chunk: list[tuple[object, ...]]) -> None:
+            async with conn.transaction():
+                await conn.copy_records_to_table(
+                    "bench_keyed_scratch", records=chunk, columns=COLUMNS
+                )
+
         await conn.execute(_STAGING_DDL)
         upsert_sql = _INSERT.replace("INTO data_points", "INTO bench_upsert_scratch")
 
@@ -91,10 +98,11 @@ async def pg_limits(dsn: str, rows: int, batch: int, seconds: float) -> dict[str
 
         return {
             "pg_copy_rows_per_s": round(await timed(copy)),
+            "pg_keyed_copy_rows_per_s": round(await timed(keyed)),
             "pg_staged_upsert_rows_per_s": round(await timed(staged)),
         }
     finally:
-        await conn.execute("DROP TABLE IF EXISTS bench_copy_scratch, bench_upsert_scratch")
+        await conn.execute(f"DROP TABLE IF EXISTS {_SCRATCH}")
         await conn.close()
 
 

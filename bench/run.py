@@ -449,7 +449,7 @@ def ratios(phases: list[dict[str, Any]], limits: dict[str, float]) -> list[dict[
         if p["phase"] != "saturation":
             continue
         t = p["transport"]
-        add(f"{t} e2e points/s to rows", p["e2e_points_per_s"], "pg_staged_upsert_rows_per_s")
+        add(f"{t} e2e points/s to rows", p["e2e_points_per_s"], "pg_keyed_copy_rows_per_s")
         add(f"{t} e2e points/s to rows", p["e2e_points_per_s"], "pg_copy_rows_per_s")
         add(f"{t} DP_RAW msgs/s published", p["dp_raw_msgs_per_s"], "js_publish_async_msgs_per_s")
         add(

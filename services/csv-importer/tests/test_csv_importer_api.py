@@ -5,8 +5,10 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+import nats.errors
 import orjson
 import pytest
+from csv_importer.jobs import JobStore
 
 from tributary_contracts import (
     DP_RAW,
@@ -290,6 +292,32 @@ async def test_an_unfinished_job_resumes_at_start_from_its_checkpoint(
     # The replayed chunks had the same Nats-Msg-Ids: JetStream kept every point once.
     points = await raw_points(read_stream)
     assert len(points) == 9000 and len({(p[2], p[4]) for p in points}) == 9000
+
+
+async def test_job_state_writes_lost_to_a_bus_hiccup_are_retried(
+    start_importer: Any, read_stream: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A NATS restart while the job's state is written (the bucket put times out) must not
+    leave the job ``processing`` or fail it: every state write is retried until it lands."""
+    put = JobStore.put
+    calls = 0
+
+    async def put_failing_every_other_time(self: JobStore, job: Any) -> None:
+        nonlocal calls
+        calls += 1  # 1: the upload's (succeeds); then start, chunk, end each fail once
+        if calls % 2 == 0:
+            raise nats.errors.TimeoutError
+        await put(self, job)
+
+    monkeypatch.setattr(JobStore, "put", put_failing_every_other_time)
+    async with start_importer(chunk_rows=1000) as imp:
+        job = await imp.finished((await imp.upload(wide_rows(2000))).json()["job_id"])
+
+    assert job["status"] == "completed", job
+    assert (job["rows_processed"], job["points_published"]) == (2000, 6000)
+    assert calls == 9  # upload + (start, 2 chunks, end) × (failed + retried)
+    points = await raw_points(read_stream)
+    assert len(points) == 6000 and len({(p[2], p[4]) for p in points}) == 6000
 
 
 async def test_health_ready_and_metrics(start_importer: Any) -> None:

@@ -129,7 +129,7 @@ class JobRunner:
                 raise JobCancelled
             job.status = JobStatus.PROCESSING
             job.started_at = job.started_at or now()
-            await self._store.put(job)
+            await self._save(job)
             log.info("job_started", resumed=job.resumed, chunks_done=job.checkpoint.chunks_done)
             await self._process_with_retries(job, cancel)
             job.status = JobStatus.COMPLETED
@@ -161,12 +161,28 @@ class JobRunner:
             rejected=job.points_rejected,
         )
         try:
-            await self._store.put(job)
-        except Exception as exc:  # the bus is gone: the job resumes at the next start
-            ERRORS.labels("jobs", type(exc).__name__).inc()
-            log.warning("job_state_not_saved", error=repr(exc))
+            await self._save(job)
+        except PublishError:  # the bus stayed away: the job resumes at the next start
             return
         remove_spool_file(job.spool_file)
+
+    async def _save(self, job: Job) -> None:
+        """Write the job's state to its bucket, retrying while the bus is briefly away (a NATS
+        restart): a lost write would leave the job ``processing`` until the importer restarts.
+        ``PublishError`` after ``publish_retries`` retries."""
+        delay = 0.5
+        for attempt in range(self._retries + 1):
+            try:
+                await self._store.put(job)
+                return
+            except Exception as exc:
+                ERRORS.labels("jobs", type(exc).__name__).inc()
+                if attempt == self._retries:
+                    log.warning("job_state_not_saved", attempts=attempt + 1, error=repr(exc))
+                    raise PublishError("job_state", f"job state not saved: {exc!r}") from exc
+                log.warning("job_state_retry", attempt=attempt + 1, error=repr(exc), retry_in=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RETRY_BACKOFF_MAX_SECONDS)
 
     async def _process_with_retries(self, job: Job, cancel: asyncio.Event) -> None:
         delay = 0.5
@@ -228,7 +244,7 @@ class JobRunner:
             await self._publish_chunk(job, results, received_at, cancel)
             job.checkpoint.chunks_done = index
             progress(job, started, base)
-            await self._store.put(job)
+            await self._save(job)
             if cancel.is_set():
                 raise JobCancelled
         tail = leftover_bad_lines(bad_lines, job.checkpoint.last_line, job.options, job.source_id)

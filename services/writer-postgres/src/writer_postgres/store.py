@@ -13,6 +13,7 @@ created once per connection and emptied by every commit.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from datetime import UTC
 from typing import Any
 
 import asyncpg
@@ -55,7 +56,10 @@ BatchFields = tuple[str, str, str, str, Any]
 
 def batch_fields(batch: ClassifiedBatch) -> BatchFields:
     # Read once per batch: an enum's ``.value`` per point was a tenth of the writer's CPU.
-    return batch.domain, batch.source_id, batch.cls.value, batch.transport.value, batch.received_at
+    # received_at with the shared UTC tzinfo: asyncpg encodes it ~3× faster than with the
+    # per-datetime tzinfo pydantic-core parses (0.2 µs per row; the same instant).
+    received_at = batch.received_at.astimezone(UTC)
+    return batch.domain, batch.source_id, batch.cls.value, batch.transport.value, received_at
 
 
 def point_row(

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 from typing import Any
@@ -57,8 +58,11 @@ async def test_api_keys_are_stored_hashed_and_looked_up(jetstream: object, bus_p
 
 
 @pytest.mark.integration
-def test_cli_prints_the_new_key_as_its_last_line(servers: object, bus_prefix: str) -> None:
-    result = subprocess.run(
+async def test_cli_prints_the_new_key_as_its_last_line(
+    servers: object, bus_prefix: str, jetstream: object  # jetstream: the namespace is removed after
+) -> None:
+    result = await asyncio.to_thread(
+        subprocess.run,
         [sys.executable, "-m", "tributary_runtime.cli", "keys", "create", "--role", "admin"],
         env={"NATS_URL": servers.nats_url, "BUS_PREFIX": bus_prefix, "PATH": ""},  # type: ignore[attr-defined]
         capture_output=True,

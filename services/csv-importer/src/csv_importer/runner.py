@@ -42,10 +42,16 @@ from csv_importer.reading import (
 )
 from csv_importer.upload import remove_spool_file, spool_file_present
 from tributary_ingest.batches import BatchPublisher, PublishError, Submitted, settle
+from tributary_runtime.writer import backoff_delay
 
 log = structlog.get_logger("csv_importer")
 
 RETRY_BACKOFF_MAX_SECONDS = 30.0
+
+
+def retry_delay(attempt: int) -> float:
+    """Wait after the ``attempt``-th failed try (0-based): 0.5 s, doubling, at most 30 s."""
+    return backoff_delay(attempt + 1, 0.5, RETRY_BACKOFF_MAX_SECONDS)
 
 
 class JobFailure(Exception):
@@ -170,7 +176,6 @@ class JobRunner:
         """Write the job's state to its bucket, retrying while the bus is briefly away (a NATS
         restart): a lost write would leave the job ``processing`` until the importer restarts.
         ``PublishError`` after ``publish_retries`` retries."""
-        delay = 0.5
         for attempt in range(self._retries + 1):
             try:
                 await self._store.put(job)
@@ -180,12 +185,11 @@ class JobRunner:
                 if attempt == self._retries:
                     log.warning("job_state_not_saved", attempts=attempt + 1, error=repr(exc))
                     raise PublishError("job_state", f"job state not saved: {exc!r}") from exc
+                delay = retry_delay(attempt)
                 log.warning("job_state_retry", attempt=attempt + 1, error=repr(exc), retry_in=delay)
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, RETRY_BACKOFF_MAX_SECONDS)
 
     async def _process_with_retries(self, job: Job, cancel: asyncio.Event) -> None:
-        delay = 0.5
         for attempt in range(self._retries + 1):
             try:
                 await self._process(job, cancel)
@@ -197,6 +201,7 @@ class JobRunner:
                         f"JetStream did not acknowledge chunk {job.checkpoint.chunks_done + 1} "
                         f"after {self._retries + 1} attempts: {exc}"
                     ) from None
+                delay = retry_delay(attempt)
                 log.warning("chunk_not_acked", attempt=attempt + 1, error=str(exc), retry_in=delay)
                 try:
                     await asyncio.wait_for(cancel.wait(), delay)
@@ -204,7 +209,6 @@ class JobRunner:
                     pass
                 if cancel.is_set():
                     raise JobCancelled from None
-                delay = min(delay * 2, RETRY_BACKOFF_MAX_SECONDS)
 
     async def _process(self, job: Job, cancel: asyncio.Event) -> None:
         """One pass from the checkpoint to the end of the file."""

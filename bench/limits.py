@@ -30,7 +30,8 @@ from loads import http_post, make_points, post_head
 from writer_postgres.store import _INSERT, _STAGING_DDL, COLUMNS, STAGING_TABLE
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
-_SCRATCH = "bench_copy_scratch, bench_keyed_scratch, bench_upsert_scratch"
+_SCRATCH_TABLES = ("bench_copy_scratch", "bench_keyed_scratch", "bench_upsert_scratch")
+_SCRATCH = ", ".join(_SCRATCH_TABLES)
 
 
 def scratch_rows(first: int, count: int) -> list[tuple[object, ...]]:
@@ -61,7 +62,7 @@ async def pg_limits(dsn: str, rows: int, batch: int, seconds: float) -> dict[str
     conn = await asyncpg.connect(dsn)
     try:
         await conn.execute(f"DROP TABLE IF EXISTS {_SCRATCH}")
-        for table in _SCRATCH.split(", "):
+        for table in _SCRATCH_TABLES:
             await conn.execute(f"CREATE TABLE {table} (LIKE data_points INCLUDING DEFAULTS)")
         for table in ("bench_keyed_scratch", "bench_upsert_scratch"):
             await conn.execute(

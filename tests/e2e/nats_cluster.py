@@ -136,12 +136,6 @@ class NatsCluster:
                 node.proc.kill()
                 node.proc.wait(timeout=5)
 
-    def logs(self) -> str:
-        return "\n".join(
-            f"--- {n.name}\n" + n.log_file.read_text(errors="replace")[-3000:]
-            for n in self.nodes
-            if n.log_file.exists()
-        )
 
 
 async def wait_for_jetstream(url: str, timeout: float = 30.0) -> None:

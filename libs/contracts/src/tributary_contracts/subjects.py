@@ -104,9 +104,6 @@ class Namespace:
         """``audit.<service>.<action>``: security audit events (``AuditEvent``)."""
         return self._subject("audit", escape_token(service), escape_token(action))
 
-    def all_audit(self) -> str:
-        return self._subject("audit", ">")
-
     def all_raw(self) -> str:
         return self._subject("dp", "raw", ">")
 

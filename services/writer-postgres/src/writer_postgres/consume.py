@@ -20,22 +20,10 @@ from typing import Any
 import structlog
 
 from tributary_contracts import ClassifiedBatch
-from tributary_runtime.writer import (
-    ClassifiedWriterBase,
-    DeadLetterPublish,
-    Delivery,
-    Pending,
-    backoff_delay,
-    deliveries,
-)
+from tributary_runtime.writer import ClassifiedWriterBase, Pending
 from writer_postgres import metrics
 from writer_postgres.errors import Failure, classify_error, describe_error
 from writer_postgres.store import PointStore, Row, batch_rows
-
-__all__ = [
-    "CONSUMER", "SINK", "ClassifiedWriter", "DeadLetterPublish", "Delivery", "Pending",
-    "backoff_delay", "deliveries",
-]
 
 log = structlog.get_logger(__name__)
 

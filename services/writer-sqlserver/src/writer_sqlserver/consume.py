@@ -29,23 +29,11 @@ from typing import Any
 import structlog
 
 from tributary_contracts import WRITER_SQLSERVER_DURABLE, ClassifiedBatch
-from tributary_runtime.writer import (
-    ClassifiedWriterBase,
-    DeadLetterPublish,
-    Delivery,
-    Pending,
-    backoff_delay,
-    deliveries,
-)
+from tributary_runtime.writer import ClassifiedWriterBase, Pending
 from writer_sqlserver import metrics
 from writer_sqlserver.breaker import CircuitBreaker
 from writer_sqlserver.errors import Failure, classify_error, describe_error
 from writer_sqlserver.store import LegacyStore, Reading, WriteCounts, batch_readings
-
-__all__ = [
-    "CONSUMER", "SINK", "ClassifiedWriter", "DeadLetterPublish", "Delivery", "Pending",
-    "backoff_delay", "deliveries",
-]
 
 log = structlog.get_logger(__name__)
 

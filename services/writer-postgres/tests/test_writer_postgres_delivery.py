@@ -7,36 +7,17 @@ for nats-py ``Msg`` that record how the writer settled them.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
-from types import SimpleNamespace
 from typing import Any
 
 import asyncpg
 import pytest
 
+from tests.writers import RecordingMsg
 from tributary_contracts import DLQ_KIND, DLQ_REASON, MAX_DELIVER, SinkRoutes
 from writer_postgres.consume import ClassifiedWriter
 from writer_postgres.store import PointStore
 
 CLOSED_PORT_DSN = "postgresql://postgres@127.0.0.1:9/nowhere"  # port 9 (discard): refused
-
-
-@dataclass
-class RecordingMsg:
-    data: bytes
-    num_delivered: int = 1
-    subject: str = "dp.classified.infrastructure.warning.server-01"
-    settled: list[tuple[str, float | None]] = field(default_factory=list)
-
-    @property
-    def metadata(self) -> Any:
-        return SimpleNamespace(num_delivered=self.num_delivered)
-
-    async def ack(self) -> None:
-        self.settled.append(("ack", None))
-
-    async def nak(self, delay: float | None = None) -> None:
-        self.settled.append(("nak", delay))
 
 
 @pytest.fixture

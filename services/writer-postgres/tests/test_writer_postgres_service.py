@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
@@ -13,12 +12,12 @@ import httpx
 import pytest
 from starlette.applications import Starlette
 
+from tests.writers import consumer_settled, dead_letters, publish, wait_until
 from tributary_contracts import (
     DLQ_KIND,
     DLQ_REASON,
     DLQ_SUBJECT,
     DP_CLASSIFIED,
-    DP_DLQ,
     WRITER_POSTGRES_DURABLE,
     ClassifiedBatch,
     Namespace,
@@ -27,60 +26,12 @@ from tributary_contracts import (
 
 pytestmark = pytest.mark.integration
 
-WAIT_SECONDS = 20.0
-
 RunWriter = Callable[..., AbstractAsyncContextManager[Starlette]]
-
-
-async def wait_until(check: Callable[[], Awaitable[bool]], what: str) -> None:
-    """Poll ``check`` until true; fail after WAIT_SECONDS (every wait here is bounded)."""
-    deadline = asyncio.get_running_loop().time() + WAIT_SECONDS
-    while not await check():
-        if asyncio.get_running_loop().time() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 @pytest.fixture
 def ns(bus_prefix: str) -> Namespace:
     return Namespace(bus_prefix)
-
-
-async def publish(js: Any, ns: Namespace, batch: ClassifiedBatch) -> None:
-    subject = ns.classified_subject(batch.domain, batch.cls, batch.source_id)
-    await js.publish(subject, batch.model_dump_json().encode(), stream=ns.stream(DP_CLASSIFIED))
-
-
-async def count_rows(dsn: str) -> int:
-    conn = await asyncpg.connect(dsn)
-    try:
-        return int(await conn.fetchval("SELECT count(*) FROM data_points"))
-    finally:
-        await conn.close()
-
-
-async def consumer_settled(js: Any, ns: Namespace) -> bool:
-    info = await js.consumer_info(ns.stream(DP_CLASSIFIED), WRITER_POSTGRES_DURABLE)
-    return bool(info.num_pending == 0 and info.num_ack_pending == 0 and info.delivered.stream_seq
-                == (await js.stream_info(ns.stream(DP_CLASSIFIED))).state.last_seq)
-
-
-async def dead_letters(js: Any, ns: Namespace, expected: int) -> list[Any]:
-    """Exactly the messages on this namespace's writer-postgres DLQ (waits for ``expected``)."""
-    sub = await js.pull_subscribe(ns.dlq_subject("writer-postgres"), stream=ns.stream(DP_DLQ))
-    got: list[Any] = []
-    deadline = asyncio.get_running_loop().time() + WAIT_SECONDS
-    while len(got) < expected and asyncio.get_running_loop().time() < deadline:
-        try:
-            got += await sub.fetch(expected - len(got), timeout=1)
-        except TimeoutError:
-            continue
-    try:  # and nothing more than expected
-        got += await sub.fetch(1, timeout=0.5)
-    except TimeoutError:
-        pass
-    await sub.unsubscribe()
-    return got
 
 
 async def test_published_batches_are_stored_exactly_and_acked(
@@ -94,9 +45,10 @@ async def test_published_batches_are_stored_exactly_and_acked(
     async with run_writer():
         for batch in batches:
             await publish(jetstream, ns, batch)
-        await wait_until(lambda: consumer_settled(jetstream, ns), "the consumer to ack all")
+        await wait_until(lambda: consumer_settled(jetstream, ns, WRITER_POSTGRES_DURABLE),
+                         "the consumer to ack all")
     assert await read_rows(database_dsn) == expect(*batches)
-    assert await dead_letters(jetstream, ns, 0) == []
+    assert await dead_letters(jetstream, ns, WRITER_POSTGRES_DURABLE, 0) == []
 
 
 async def test_a_row_postgres_refuses_goes_to_the_dlq_and_the_rest_is_stored(
@@ -109,8 +61,9 @@ async def test_a_row_postgres_refuses_goes_to_the_dlq_and_the_rest_is_stored(
     async with run_writer():
         await publish(jetstream, ns, poisoned)
         await publish(jetstream, ns, clean)
-        await wait_until(lambda: consumer_settled(jetstream, ns), "the consumer to ack all")
-        letters = await dead_letters(jetstream, ns, 1)
+        await wait_until(lambda: consumer_settled(jetstream, ns, WRITER_POSTGRES_DURABLE),
+                         "the consumer to ack all")
+        letters = await dead_letters(jetstream, ns, WRITER_POSTGRES_DURABLE, 1)
     good = poisoned.model_copy(update={"points": [poisoned.points[0], poisoned.points[2]]})
     assert await read_rows(database_dsn) == expect(good, clean)
     assert len(letters) == 1
@@ -132,9 +85,10 @@ async def test_a_domain_routed_to_sqlserver_is_not_written(
     async with run_writer(sink_routes="iot=sqlserver,*=postgres"):
         await publish(jetstream, ns, iot)
         await publish(jetstream, ns, infra)
-        await wait_until(lambda: consumer_settled(jetstream, ns), "the consumer to ack all")
+        await wait_until(lambda: consumer_settled(jetstream, ns, WRITER_POSTGRES_DURABLE),
+                         "the consumer to ack all")
     assert await read_rows(database_dsn) == expect(infra)
-    assert await dead_letters(jetstream, ns, 0) == []
+    assert await dead_letters(jetstream, ns, WRITER_POSTGRES_DURABLE, 0) == []
 
 
 async def test_a_message_that_is_not_json_lands_on_the_dlq(
@@ -150,8 +104,9 @@ async def test_a_message_that_is_not_json_lands_on_the_dlq(
             stream=ns.stream(DP_CLASSIFIED),
         )
         await publish(jetstream, ns, valid)
-        await wait_until(lambda: consumer_settled(jetstream, ns), "the consumer to ack all")
-        letters = await dead_letters(jetstream, ns, 2)
+        await wait_until(lambda: consumer_settled(jetstream, ns, WRITER_POSTGRES_DURABLE),
+                         "the consumer to ack all")
+        letters = await dead_letters(jetstream, ns, WRITER_POSTGRES_DURABLE, 2)
     assert [m.data for m in letters] == [b"not json {", b'{"domain": "infrastructure"}']
     assert [m.headers[DLQ_KIND] for m in letters] == ["invalid_message"] * 2
     assert "Invalid JSON" in letters[0].headers[DLQ_REASON]
@@ -167,7 +122,8 @@ async def test_writer_recovers_when_postgres_drops_its_connections(
     after = make_batch(3, source_id="after")
     async with run_writer():
         await publish(jetstream, ns, before)
-        await wait_until(lambda: consumer_settled(jetstream, ns), "the first batch")
+        await wait_until(lambda: consumer_settled(jetstream, ns, WRITER_POSTGRES_DURABLE),
+                         "the first batch")
         admin = await asyncpg.connect(servers.postgres_dsn)
         try:  # what a PostgreSQL restart does to the pool's connections
             killed = await admin.fetchval(
@@ -179,7 +135,8 @@ async def test_writer_recovers_when_postgres_drops_its_connections(
             await admin.close()
         assert killed >= 1
         await publish(jetstream, ns, after)
-        await wait_until(lambda: consumer_settled(jetstream, ns), "the second batch")
+        await wait_until(lambda: consumer_settled(jetstream, ns, WRITER_POSTGRES_DURABLE),
+                         "the second batch")
     assert await read_rows(database_dsn) == expect(before, after)
 
 
@@ -188,7 +145,8 @@ async def test_ops_endpoints_report_readiness_and_metrics(
 ) -> None:
     async with run_writer() as app:
         await publish(jetstream, ns, make_batch(2))
-        await wait_until(lambda: consumer_settled(jetstream, ns), "the consumer to ack all")
+        await wait_until(lambda: consumer_settled(jetstream, ns, WRITER_POSTGRES_DURABLE),
+                         "the consumer to ack all")
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://writer") as client:
             health = await client.get("/health")

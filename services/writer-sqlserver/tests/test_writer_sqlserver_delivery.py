@@ -9,12 +9,10 @@ with SQLSTATE 08S01 before any server is involved). The messages are stand-ins f
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from types import SimpleNamespace
-from typing import Any
 
 import pytest
 
+from tests.writers import RecordingMsg
 from tributary_contracts import DLQ_KIND, DLQ_REASON, MAX_DELIVER, PointClass, SinkRoutes
 from writer_sqlserver.breaker import BreakerState, CircuitBreaker
 from writer_sqlserver.consume import ClassifiedWriter
@@ -27,24 +25,6 @@ CLOSED_PORT_DSNS = {  # port 9 (discard): refused
     "psycopg2": "postgresql://postgres@127.0.0.1:9/nowhere",
     "freetds": "mssql://sa:pw@127.0.0.1:9/nowhere",
 }
-
-
-@dataclass
-class RecordingMsg:
-    data: bytes
-    num_delivered: int = 1
-    subject: str = "dp.classified.iot.normal.dev-0001"
-    settled: list[tuple[str, float | None]] = field(default_factory=list)
-
-    @property
-    def metadata(self) -> Any:
-        return SimpleNamespace(num_delivered=self.num_delivered)
-
-    async def ack(self) -> None:
-        self.settled.append(("ack", None))
-
-    async def nak(self, delay: float | None = None) -> None:
-        self.settled.append(("nak", delay))
 
 
 REFUSAL = {
@@ -84,7 +64,7 @@ def writer(store: LegacyStore, letters: Letters | None, threshold: int = 5) -> C
 
 def message(delivered: int = 1) -> RecordingMsg:
     body = build_batch([(17, 0, 1.0)], cls=PointClass.NORMAL).model_dump_json().encode()
-    return RecordingMsg(body, num_delivered=delivered)
+    return RecordingMsg(body, num_delivered=delivered, subject="dp.classified.iot.normal.dev-0001")
 
 
 async def test_unreachable_database_naks_with_growing_delay_and_opens_the_breaker(

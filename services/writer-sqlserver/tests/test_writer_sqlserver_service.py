@@ -5,7 +5,7 @@ exactly the code SQL Server gets; only the dialect of the engine differs."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
@@ -15,12 +15,12 @@ from sqlalchemy import text
 from sqlalchemy.engine import Engine
 from starlette.applications import Starlette
 
+from tests.writers import consumer_settled, dead_letters, publish, wait_until
 from tributary_contracts import (
     DLQ_CONSUMER,
     DLQ_KIND,
     DLQ_REASON,
     DP_CLASSIFIED,
-    DP_DLQ,
     WRITER_SQLSERVER_DURABLE,
     ClassifiedBatch,
     Namespace,
@@ -35,17 +35,7 @@ from .conftest import at, build_batch, rows
 
 pytestmark = pytest.mark.integration
 
-WAIT_SECONDS = 20.0
 RunWriter = Callable[..., AbstractAsyncContextManager[Starlette]]
-
-
-async def wait_until(check: Callable[[], Awaitable[bool]], what: str) -> None:
-    """Poll ``check`` until true; fail after WAIT_SECONDS (every wait here is bounded)."""
-    deadline = asyncio.get_running_loop().time() + WAIT_SECONDS
-    while not await check():
-        if asyncio.get_running_loop().time() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 @pytest.fixture
@@ -70,37 +60,6 @@ def run_writer(servers: Any, bus_prefix: str, standin_dsn: str, jetstream: Any) 
     return run
 
 
-async def publish(js: Any, ns: Namespace, batch: ClassifiedBatch) -> None:
-    subject = ns.classified_subject(batch.domain, batch.cls, batch.source_id)
-    await js.publish(subject, batch.model_dump_json().encode(), stream=ns.stream(DP_CLASSIFIED))
-
-
-async def consumer_settled(js: Any, ns: Namespace) -> bool:
-    info = await js.consumer_info(ns.stream(DP_CLASSIFIED), WRITER_SQLSERVER_DURABLE)
-    last = (await js.stream_info(ns.stream(DP_CLASSIFIED))).state.last_seq
-    return bool(info.num_pending == 0 and info.num_ack_pending == 0
-                and info.delivered.stream_seq == last)
-
-
-async def dead_letters(js: Any, ns: Namespace, expected: int) -> list[Any]:
-    """Exactly the messages on this namespace's writer-sqlserver DLQ (waits for ``expected``)."""
-    sub = await js.pull_subscribe(ns.dlq_subject(WRITER_SQLSERVER_DURABLE),
-                                  stream=ns.stream(DP_DLQ))
-    got: list[Any] = []
-    deadline = asyncio.get_running_loop().time() + WAIT_SECONDS
-    while len(got) < expected and asyncio.get_running_loop().time() < deadline:
-        try:
-            got += await sub.fetch(expected - len(got), timeout=1)
-        except TimeoutError:
-            continue
-    try:  # and nothing more than expected
-        got += await sub.fetch(1, timeout=0.3)
-    except TimeoutError:
-        pass
-    await sub.unsubscribe()
-    return got
-
-
 async def test_classified_iot_batches_end_as_legacy_rows_and_other_domains_are_skipped(
     run_writer: RunWriter, jetstream: Any, ns: Namespace, standin_engine: Engine
 ) -> None:
@@ -114,7 +73,8 @@ async def test_classified_iot_batches_end_as_legacy_rows_and_other_domains_are_s
     async with run_writer():
         for batch in batches:
             await publish(jetstream, ns, batch)
-        await wait_until(lambda: consumer_settled(jetstream, ns), "the consumer to ack all")
+        await wait_until(lambda: consumer_settled(jetstream, ns, WRITER_SQLSERVER_DURABLE),
+                         "the consumer to ack all")
     assert rows(standin_engine, sensor_readings, "sensor_id", "device_timestamp", "value") == [
         (17, at(0), 21.5), (17, at(10), 130.0), (17, at(20), 140.0), (18, at(0), 5.0),
     ]
@@ -127,7 +87,7 @@ async def test_classified_iot_batches_end_as_legacy_rows_and_other_domains_are_s
     assert rows(standin_engine, ml_events, "sensor_id", "event_type", "status") == [
         (18, "DELTA_SPIKE", "active"),
     ]
-    assert await dead_letters(jetstream, ns, 0) == []
+    assert await dead_letters(jetstream, ns, WRITER_SQLSERVER_DURABLE, 0) == []
 
 
 async def test_what_the_legacy_schema_refuses_goes_to_the_dlq_with_its_reason(
@@ -144,8 +104,10 @@ async def test_what_the_legacy_schema_refuses_goes_to_the_dlq_with_its_reason(
                                 b"{not json", stream=ns.stream(DP_CLASSIFIED))
         await publish(jetstream, ns, unmappable)
         await publish(jetstream, ns, refused_by_db)
-        await wait_until(lambda: consumer_settled(jetstream, ns), "the consumer to ack all")
-    letters = sorted(await dead_letters(jetstream, ns, 3), key=lambda m: m.headers[DLQ_REASON])
+        await wait_until(lambda: consumer_settled(jetstream, ns, WRITER_SQLSERVER_DURABLE),
+                         "the consumer to ack all")
+    letters = sorted(await dead_letters(jetstream, ns, WRITER_SQLSERVER_DURABLE, 3),
+                     key=lambda m: m.headers[DLQ_REASON])
     assert [(m.headers[DLQ_CONSUMER], m.headers[DLQ_KIND]) for m in letters] == [
         ("writer-sqlserver", "bad_rows"), ("writer-sqlserver", "bad_rows"),
         ("writer-sqlserver", "invalid_message"),
@@ -183,12 +145,13 @@ async def test_a_failing_database_opens_the_breaker_and_nothing_is_lost_after_re
         assert (ready.status_code, ready.json()["checks"]["breaker_closed"]) == (503, False)
         with standin_engine.begin() as conn:
             conn.execute(text("ALTER TABLE dbo.sensor_readings_away RENAME TO sensor_readings"))
-        await wait_until(lambda: consumer_settled(jetstream, ns), "the batch after recovery")
+        await wait_until(lambda: consumer_settled(jetstream, ns, WRITER_SQLSERVER_DURABLE),
+                         "the batch after recovery")
         assert service.breaker.state is BreakerState.CLOSED
     assert rows(standin_engine, sensor_readings, "sensor_id", "device_timestamp") == [
         (17, at(0)), (17, at(1)),
     ]
-    assert await dead_letters(jetstream, ns, 0) == []
+    assert await dead_letters(jetstream, ns, WRITER_SQLSERVER_DURABLE, 0) == []
 
 
 async def test_ops_endpoints_report_readiness_and_metrics(
@@ -196,7 +159,8 @@ async def test_ops_endpoints_report_readiness_and_metrics(
 ) -> None:
     async with run_writer() as app:
         await publish(jetstream, ns, build_batch([(17, 0, 1.0)]))
-        await wait_until(lambda: consumer_settled(jetstream, ns), "the consumer to ack all")
+        await wait_until(lambda: consumer_settled(jetstream, ns, WRITER_SQLSERVER_DURABLE),
+                         "the consumer to ack all")
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://writer") as client:
             health = await client.get("/health")

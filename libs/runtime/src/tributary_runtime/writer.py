@@ -2,10 +2,11 @@
 
 ``ClassifiedWriterBase.handle(messages)`` applies them to one fetch; a writer (writer-postgres,
 writer-sqlserver) subclasses it and supplies only what differs: how a batch becomes rows
-(``_rows``), how rows are written (``_write``) and bisected on a permanent error (``_isolate``),
-how a database error is classified and described, its metrics module, logger and DLQ consumer
-name, and optional hooks (``_write_failed``, ``_stored``, ``_retry_context``) for a circuit
-breaker or extra logging.
+(``_rows``), how rows are written (``_write``), how the rows of a permanent error are isolated
+(``_isolate``, normally the shared in-order bisection ``_bisect`` plus a log line), how a
+database error is classified and described, its metrics module, logger and DLQ consumer name,
+and optional hooks (``_write_failed``, ``_stored``, ``_retry_context``) for a circuit breaker or
+extra logging.
 
 - a message that is not a valid ``ClassifiedBatch`` → DLQ (reason ``invalid_message``), ack;
 - a domain ``SINK_ROUTES`` gives another writer → ack without writing;
@@ -228,7 +229,7 @@ class ClassifiedWriterBase(Generic[RowT]):
         self, pending: list[Pending[RowT]], rows: list[RowT], first: Exception
     ) -> Any:
         """Store every writable row of a refused fetch, append each refused one to its owner's
-        ``refused``; a transient error propagates."""
+        ``refused``; a transient error propagates. (``_bisect`` does the work.)"""
         raise NotImplementedError
 
     def _is_transient(self, exc: BaseException) -> bool:
@@ -248,6 +249,42 @@ class ClassifiedWriterBase(Generic[RowT]):
         return {}
 
     # --- the shared rules ------------------------------------------------------------------
+
+    async def _bisect(
+        self, pending: list[Pending[RowT]], rows: list[RowT], first: Exception
+    ) -> tuple[list[Any], int]:
+        """Bisect a fetch the database refused (``first``): store every writable row, append
+        each refused one to its owner's ``refused``. Returns (what ``_write`` returned for each
+        stored part, how many rows were refused).
+
+        Bisecting the whole fetch finds k bad rows among n in about 2·k·log2(n) small
+        transactions (retrying message by message would cost one per message first). The parts
+        are written in order, so rows whose effect depends on time order (writer-sqlserver's
+        alert close-before-open) still see it. A transient error propagates: the caller naks,
+        and the parts already stored dedupe on replay.
+        """
+        owners = [(p, index) for p in pending for index in p.indexes]
+        stored: list[Any] = []
+        refused = 0
+
+        async def split(lo: int, hi: int, exc: Exception) -> None:
+            nonlocal refused
+            if hi - lo == 1:
+                owner, index = owners[lo]
+                owner.refused.append((index, exc))
+                refused += 1
+                return
+            mid = (lo + hi) // 2
+            for a, b in ((lo, mid), (mid, hi)):
+                try:
+                    stored.append(await self._write(rows[a:b]))
+                except Exception as part_exc:
+                    if self._is_transient(part_exc):
+                        raise
+                    await split(a, b, part_exc)
+
+        await split(0, len(rows), first)
+        return stored, refused
 
     async def handle(self, messages: Sequence[Delivery]) -> None:
         """Write, dead-letter, skip, ack or nak every message of one fetch; never raises."""

@@ -36,13 +36,12 @@ from tributary_contracts import (
 )
 from tributary_runtime.bus import connect_nats
 from tributary_runtime.ops import ops_routes
-from tributary_runtime.writer import check_consumer, pull_loop
-from tributary_runtime.writer import dead_letter_publisher as shared_dead_letter_publisher
+from tributary_runtime.writer import check_consumer, dead_letter_publisher, pull_loop
 from writer_postgres import metrics
 from writer_postgres.alerts import AlertStore, AlertWriter
 from writer_postgres.audit import AuditStore, AuditWriter
 from writer_postgres.breaker import CircuitBreaker, GuardedStore
-from writer_postgres.consume import CONSUMER, ClassifiedWriter, DeadLetterPublish
+from writer_postgres.consume import CONSUMER, ClassifiedWriter
 from writer_postgres.errors import Failure, classify_error, describe_error
 from writer_postgres.migrate import migrate, storage_mode
 from writer_postgres.partitions import ensure_partitions
@@ -52,13 +51,6 @@ from writer_postgres.store import PointStore, prepare_connection
 log = structlog.get_logger(__name__)
 
 FetchHandler = Callable[[Sequence[Msg]], Awaitable[None]]
-
-
-def dead_letter_publisher(
-    js: JetStreamContext, settings: WriterPostgresSettings, consumer: str = CONSUMER
-) -> DeadLetterPublish:
-    """Publish on ``dp.dlq.<consumer>``, awaiting the JetStream ack."""
-    return shared_dead_letter_publisher(js, settings.namespace, consumer)
 
 
 async def consume(
@@ -142,7 +134,7 @@ class WriterService:
         self.writer = ClassifiedWriter(
             store=GuardedStore(PointStore(self.pool, s.write_timeout_seconds), self.breaker),
             routes=s.routes,
-            dead_letter=dead_letter_publisher(js, s),
+            dead_letter=dead_letter_publisher(js, s.namespace, CONSUMER),
             backoff_seconds=s.nak_backoff_seconds,
             backoff_max_seconds=s.nak_backoff_max_seconds,
         )
@@ -157,7 +149,7 @@ class WriterService:
         # Alert events are few (one per alert transition): one loop is plenty.
         self.alerts = AlertWriter(
             store=AlertStore(self.pool, s.write_timeout_seconds),
-            dead_letter=dead_letter_publisher(js, s, WRITER_POSTGRES_ALERTS_DURABLE),
+            dead_letter=dead_letter_publisher(js, s.namespace, WRITER_POSTGRES_ALERTS_DURABLE),
             backoff_seconds=s.nak_backoff_seconds,
             backoff_max_seconds=s.nak_backoff_max_seconds,
         )
@@ -170,7 +162,7 @@ class WriterService:
         # Audit events (ISO 27001 A.12.4) → ingestion_audit_log; few, one loop.
         audit = AuditWriter(
             AuditStore(self.pool, s.write_timeout_seconds),
-            dead_letter_publisher(js, s, WRITER_POSTGRES_AUDIT_DURABLE),
+            dead_letter_publisher(js, s.namespace, WRITER_POSTGRES_AUDIT_DURABLE),
             s.nak_backoff_seconds, s.nak_backoff_max_seconds,
         )
         self._tasks.append(asyncio.create_task(

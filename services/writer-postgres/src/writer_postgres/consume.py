@@ -5,7 +5,7 @@ produces rows in ``data_points`` (and messages on ``dp.dlq.writer-postgres``). T
 (invalid message → DLQ ``invalid_message``; another sink's domain → ack without writing; one
 transaction per fetch, ack after commit; transient error → nak with backoff, ``max_deliver`` DLQ;
 permanent error → refused rows dead-lettered as ``bad_rows``) are shared with writer-sqlserver in
-``tributary_runtime.writer``; this module supplies the rows, the store and the bisection.
+``tributary_runtime.writer``; so is the bisection; this module supplies the rows and the store.
 
 Nothing here raises: every failure is counted, logged once, and ends in ack, nak or DLQ.
 """
@@ -20,22 +20,10 @@ from typing import Any
 import structlog
 
 from tributary_contracts import ClassifiedBatch
-from tributary_runtime.writer import (
-    ClassifiedWriterBase,
-    DeadLetterPublish,
-    Delivery,
-    Pending,
-    backoff_delay,
-    deliveries,
-)
+from tributary_runtime.writer import ClassifiedWriterBase, Pending
 from writer_postgres import metrics
 from writer_postgres.errors import Failure, classify_error, describe_error
 from writer_postgres.store import PointStore, Row, batch_rows
-
-__all__ = [
-    "CONSUMER", "SINK", "ClassifiedWriter", "DeadLetterPublish", "Delivery", "Pending",
-    "backoff_delay", "deliveries",
-]
 
 log = structlog.get_logger(__name__)
 
@@ -81,31 +69,10 @@ class ClassifiedWriter(ClassifiedWriterBase[Row]):
         return inserted
 
     async def _isolate(self, pending: list[Pending[Row]], rows: list[Row], first: Exception) -> int:
-        """Bisect the refused fetch: store every writable row, mark each refused one.
-
-        Bisecting the whole fetch finds k bad rows among n in about 2·k·log2(n) small
-        transactions (retrying message by message would cost one per message first). A
-        transient error propagates: the caller naks, and the stored halves dedupe on replay.
-        """
-        owners = [(p, point) for p in pending for point in p.indexes]
-        inserted = 0
-        refused = 0
-        failing: list[tuple[int, int, Exception]] = [(0, len(rows), first)]
-        while failing:
-            lo, hi, exc = failing.pop()
-            if hi - lo == 1:
-                owner, point = owners[lo]
-                owner.refused.append((point, exc))
-                refused += 1
-                continue
-            mid = (lo + hi) // 2
-            for a, b in ((lo, mid), (mid, hi)):
-                try:
-                    inserted += await self._write(rows[a:b])
-                except Exception as part_exc:
-                    if classify_error(part_exc) is Failure.TRANSIENT:
-                        raise
-                    failing.append((a, b, part_exc))
+        """Bisect the refused fetch (``_bisect``): store every writable row, mark each refused
+        one; the rows inserted."""
+        parts, refused = await self._bisect(pending, rows, first)
+        inserted = sum(parts)
         log.warning("rows refused by the database are dead-lettered", refused=refused,
                     stored=inserted, error=describe_error(first))
         return inserted

@@ -30,11 +30,10 @@ from tributary_contracts import (
 )
 from tributary_runtime.bus import connect_nats
 from tributary_runtime.ops import ops_routes
-from tributary_runtime.writer import check_consumer, pause, pull_loop
-from tributary_runtime.writer import dead_letter_publisher as shared_dead_letter_publisher
+from tributary_runtime.writer import check_consumer, dead_letter_publisher, pause, pull_loop
 from writer_sqlserver import metrics
 from writer_sqlserver.breaker import BreakerState, CircuitBreaker
-from writer_sqlserver.consume import CONSUMER, ClassifiedWriter, DeadLetterPublish
+from writer_sqlserver.consume import CONSUMER, ClassifiedWriter
 from writer_sqlserver.database import SchemaMissing, build_engine, check_schema
 from writer_sqlserver.errors import Failure, classify_error, describe_error
 from writer_sqlserver.settings import WriterSqlServerSettings
@@ -43,13 +42,6 @@ from writer_sqlserver.store import LegacyStore
 log = structlog.get_logger(__name__)
 
 FetchHandler = Callable[[Sequence[Msg]], Awaitable[None]]
-
-
-def dead_letter_publisher(
-    js: JetStreamContext, settings: WriterSqlServerSettings
-) -> DeadLetterPublish:
-    """Publish on ``dp.dlq.writer-sqlserver``, awaiting the JetStream ack."""
-    return shared_dead_letter_publisher(js, settings.namespace, CONSUMER)
 
 
 async def consume(
@@ -127,7 +119,7 @@ class WriterService:
         self.writer = ClassifiedWriter(
             store=LegacyStore(engine, s.mssql_write_mode),
             routes=s.routes,
-            dead_letter=dead_letter_publisher(js, s),
+            dead_letter=dead_letter_publisher(js, s.namespace, CONSUMER),
             breaker=self.breaker,
             backoff_seconds=s.nak_backoff_seconds,
             backoff_max_seconds=s.nak_backoff_max_seconds,

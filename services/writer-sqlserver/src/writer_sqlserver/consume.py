@@ -29,23 +29,11 @@ from typing import Any
 import structlog
 
 from tributary_contracts import WRITER_SQLSERVER_DURABLE, ClassifiedBatch
-from tributary_runtime.writer import (
-    ClassifiedWriterBase,
-    DeadLetterPublish,
-    Delivery,
-    Pending,
-    backoff_delay,
-    deliveries,
-)
+from tributary_runtime.writer import ClassifiedWriterBase, Pending
 from writer_sqlserver import metrics
 from writer_sqlserver.breaker import CircuitBreaker
 from writer_sqlserver.errors import Failure, classify_error, describe_error
 from writer_sqlserver.store import LegacyStore, Reading, WriteCounts, batch_readings
-
-__all__ = [
-    "CONSUMER", "SINK", "ClassifiedWriter", "DeadLetterPublish", "Delivery", "Pending",
-    "backoff_delay", "deliveries",
-]
 
 log = structlog.get_logger(__name__)
 
@@ -105,27 +93,9 @@ class ClassifiedWriter(ClassifiedWriterBase[Reading]):
     async def _isolate(
         self, pending: list[Pending[Reading]], readings: list[Reading], first: Exception
     ) -> None:
-        """Bisect the refused fetch in time order: store every writable reading, mark each
-        refused one. A transient error propagates (the caller naks; stored parts dedupe)."""
-        owners = [(p, index) for p in pending for index in p.indexes]
-        refused = 0
-
-        async def split(lo: int, hi: int, exc: Exception) -> None:
-            nonlocal refused
-            if hi - lo == 1:
-                owner, index = owners[lo]
-                owner.refused.append((index, exc))
-                refused += 1
-                return
-            mid = (lo + hi) // 2
-            for a, b in ((lo, mid), (mid, hi)):
-                try:
-                    await self._write(readings[a:b])
-                except Exception as part_exc:
-                    if classify_error(part_exc) is Failure.TRANSIENT:
-                        raise
-                    await split(a, b, part_exc)
-
-        await split(0, len(readings), first)
+        """Bisect the refused fetch in time order (``_bisect``): store every writable reading,
+        mark each refused one. A transient error propagates (the caller naks; stored parts
+        dedupe)."""
+        _, refused = await self._bisect(pending, readings, first)
         log.warning("rows refused by the database are dead-lettered", refused=refused,
                     error=describe_error(first))

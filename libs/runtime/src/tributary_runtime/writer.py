@@ -44,6 +44,7 @@ from tributary_contracts import (
     dead_letter_headers,
 )
 from tributary_contracts.dead_letters import one_line
+from tributary_runtime.redelivery import backoff_delay, deliveries
 from tributary_runtime.settings import ServiceSettings
 
 RowT = TypeVar("RowT")
@@ -122,19 +123,6 @@ async def check_consumer(js: JetStreamContext, namespace: Namespace, durable: st
             f"consumer {durable} filters {info.config.filter_subject!r}, "
             f"expected {expected!r}; delete it to let the writer recreate it"
         )
-
-
-def deliveries(msg: Delivery) -> int:
-    """How many times JetStream has delivered ``msg`` (1 for a message outside JetStream)."""
-    try:
-        return int(msg.metadata.num_delivered)  # type: ignore[attr-defined]
-    except Exception:  # in-memory test brokers and core NATS messages carry no JS metadata
-        return 1
-
-
-def backoff_delay(delivered: int, base: float, cap: float) -> float:
-    """Redelivery delay after the ``delivered``-th failed delivery: base·2^(n-1), at most cap."""
-    return float(min(cap, base * 2 ** max(0, min(delivered - 1, 30))))
 
 
 async def pause(stopping: asyncio.Event, seconds: float) -> None:

@@ -63,6 +63,7 @@ from tributary_contracts import (
     batch_msg_id,
     dead_letter_headers,
 )
+from tributary_runtime.redelivery import backoff_delay, deliveries
 
 if TYPE_CHECKING:
     from classifier.checkpoint import Checkpointer
@@ -294,16 +295,16 @@ class RawBatchHandler:
             msgs = mine
         RECEIVED_MESSAGES.inc(len(msgs))
         for msg in msgs:
-            deliveries = _deliveries(msg)
-            if deliveries >= self.max_deliver:
+            delivered = deliveries(msg)
+            if delivered >= self.max_deliver:
                 prepared.dead.append(
-                    (msg, deliveries, "max_deliver", f"delivered {deliveries} times")
+                    (msg, delivered, "max_deliver", f"delivered {delivered} times")
                 )
                 continue
             try:
                 batch = parse_batch(msg.data)
             except ValidationError as exc:
-                prepared.dead.append((msg, deliveries, "invalid_batch", _describe(exc)))
+                prepared.dead.append((msg, delivered, "invalid_batch", _describe(exc)))
                 continue
             RECEIVED_POINTS.inc(len(batch.points))
             try:
@@ -324,10 +325,10 @@ class RawBatchHandler:
             except Exception as exc:  # a defect, not bad data: retried, dead-lettered at the end
                 ERRORS.labels(stage="classify", error_type=type(exc).__name__).inc()
                 log.exception("classification failed", subject=msg.subject)
-                prepared.retry.append((msg, deliveries))
+                prepared.retry.append((msg, delivered))
                 continue
             prepared.classified.append(
-                _Classified(msg, deliveries, outputs, result.touched | result.republish)
+                _Classified(msg, delivered, outputs, result.touched | result.republish)
             )
         return prepared
 
@@ -339,10 +340,10 @@ class RawBatchHandler:
                 outcome.skipped.append(msg)
         retry = prepared.retry
         await self._publish_and_ack(prepared.classified, outcome, retry)
-        for msg, deliveries, reason, detail in prepared.dead:
-            await self._dead_letter(msg, deliveries, reason, detail, outcome, retry)
-        for msg, deliveries in retry:
-            await self._nak(msg, deliveries, outcome)
+        for msg, delivered, reason, detail in prepared.dead:
+            await self._dead_letter(msg, delivered, reason, detail, outcome, retry)
+        for msg, delivered in retry:
+            await self._nak(msg, delivered, outcome)
         BATCH_SECONDS.observe(perf_counter() - prepared.started)
         return outcome
 
@@ -529,7 +530,7 @@ class RawBatchHandler:
         return True
 
     async def _nak(self, msg: Msg, deliveries: int, outcome: Outcome) -> None:
-        delay = min(self.nak_max_delay, self.nak_delay * 2 ** max(0, deliveries - 1))
+        delay = backoff_delay(deliveries, self.nak_delay, self.nak_max_delay)
         try:
             await msg.nak(delay=delay)
         except Exception as exc:  # connection lost: ack_wait redelivers it anyway
@@ -537,13 +538,6 @@ class RawBatchHandler:
             return
         outcome.nacked.append(msg)
 
-
-def _deliveries(msg: Msg) -> int:
-    """How many times JetStream has delivered ``msg`` (1 for a message without metadata)."""
-    try:
-        return int(msg.metadata.num_delivered)
-    except Exception:
-        return 1
 
 
 def _describe(exc: ValidationError) -> str:

@@ -42,7 +42,7 @@ from csv_importer.reading import (
 )
 from csv_importer.upload import remove_spool_file, spool_file_present
 from tributary_ingest.batches import BatchPublisher, PublishError, Submitted, settle
-from tributary_runtime.writer import backoff_delay
+from tributary_runtime.redelivery import backoff_delay
 
 log = structlog.get_logger("csv_importer")
 

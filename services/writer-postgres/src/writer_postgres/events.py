@@ -23,7 +23,8 @@ from pydantic import BaseModel, ValidationError
 
 from tributary_contracts import MAX_DELIVER, dead_letter_headers
 from tributary_contracts.dead_letters import one_line
-from tributary_runtime.writer import DeadLetterPublish, Delivery, backoff_delay, deliveries
+from tributary_runtime.redelivery import backoff_delay, deliveries
+from tributary_runtime.writer import DeadLetterPublish, Delivery
 from writer_postgres import metrics
 from writer_postgres.errors import Failure, classify_error, describe_error
 

@@ -2,9 +2,9 @@
 
 Per transaction, first try: the rows are COPYed (binary) straight into ``data_points``. Almost
 every fetch holds only new points, and this costs PostgreSQL half the CPU of the upsert below
-(``bench/write_paths.py``: 2.6 against 5.3 µs per row). When the unique key refuses a row (a replay, a retry,
-the same point twice in one fetch) the transaction is rolled back and the rows go the way that
-skips what is stored: COPY into a per-connection temporary staging table, then
+(``bench/write_paths.py``: 2.6 against 5.3 µs per row). When the unique key refuses a row (a
+replay, a retry, the same point twice in one fetch) the transaction is rolled back and the rows
+go the way that skips what is stored: COPY into a per-connection temporary staging table, then
 ``INSERT … ON CONFLICT (domain, source_id, stream_id, time) DO NOTHING``. Either way a point
 already stored is skipped silently: that is the idempotency promise. The staging table is
 created once per connection and emptied by every commit.

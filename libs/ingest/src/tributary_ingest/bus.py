@@ -11,6 +11,7 @@ from typing import Protocol, TypeVar
 import structlog
 from nats.aio.client import Client
 from nats.js import JetStreamContext
+from pydantic import BaseModel, Field
 
 from tributary_contracts import API_KEYS_BUCKET, DP_RAW, Namespace, Transport, ensure_jetstream
 from tributary_ingest.batches import BatchPublisher
@@ -43,6 +44,24 @@ class GatewaySettings(BusSettings, Protocol):
     api_key_cache_seconds: float
     publish_timeout_seconds: float
     rejected_excerpt_bytes: int
+
+
+class BusStartupSettings(BaseModel):
+    """``open_bus``'s deadline (env var of the same name); mixed into a gateway's settings."""
+
+    startup_timeout_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description="How long startup waits for NATS and JetStream before exiting with an error.",
+    )
+
+
+class GatewayBusSettings(BusStartupSettings):
+    """Plus the key store's cache, for the gateways that open it (``open_gateway_bus``)."""
+
+    api_key_cache_seconds: float = Field(
+        default=5.0, ge=0, description="How long a looked-up API key (or its absence) is cached."
+    )
 
 
 @dataclass

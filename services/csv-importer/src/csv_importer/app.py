@@ -22,10 +22,8 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import orjson
 import structlog
 from nats.aio.client import Client
-from nats.js import JetStreamContext
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -52,10 +50,10 @@ from tributary_ingest.batches import error_type
 from tributary_ingest.bus import GatewayBus, open_gateway_bus
 from tributary_ingest.points import DOMAIN_RE, check_identifier
 from tributary_runtime.access import RequestGuard
-from tributary_runtime.apikeys import Action, ApiKeyStore, Granted, Role
+from tributary_runtime.apikeys import Action, Granted, Role
 from tributary_runtime.audit import AuditLog
 from tributary_runtime.guard import HeaderLimits
-from tributary_runtime.ops import Reply, ops_routes
+from tributary_runtime.ops import Reply, json_response, ops_routes
 from tributary_runtime.ratelimit import IngestLimiter
 
 SERVICE_NAME = "csv-importer"
@@ -64,19 +62,10 @@ JOB_ID_CHARS = frozenset("0123456789abcdef")
 log = structlog.get_logger("csv_importer")
 
 
-def json_response(
-    status: int, body: dict[str, Any], headers: dict[str, str] | None = None
-) -> Response:
-    return Response(orjson.dumps(body), status, headers, media_type="application/json")
-
-
 @dataclass
 class Bus:
     """What the lifespan connects; the handlers use it."""
 
-    nc: Client
-    js: JetStreamContext
-    keys: ApiKeyStore
     jobs: JobStore
     runner: JobRunner
     guard: RequestGuard
@@ -107,7 +96,7 @@ def create_app(settings: CsvImporterSettings, *, nats_client: Client | None = No
         )
         audit = AuditLog(gateway.js, ns, SERVICE_NAME)
         guard = RequestGuard(gateway.keys, limiter, audit)
-        return Bus(gateway.nc, gateway.js, gateway.keys, jobs, runner, guard, audit, gateway)
+        return Bus(jobs, runner, guard, audit, gateway)
 
     async def resume(bus: Bus) -> None:
         """Pick up every unfinished job; forget finished ones past the retention."""

@@ -6,11 +6,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import structlog
 from nats.aio.client import Client
 from nats.js import JetStreamContext
+from pydantic import BaseModel, Field
 
 from tributary_contracts import API_KEYS_BUCKET, DP_RAW, Namespace, Transport, ensure_jetstream
 from tributary_ingest.batches import BatchPublisher
@@ -22,21 +23,45 @@ MAX_STREAM_MESSAGE_BYTES = 8 * 1024 * 1024  # the streams' max_msg_size (libs/co
 READY_TIMEOUT_SECONDS = 2.0
 
 Connect = Callable[[], Awaitable[Client]]
+T = TypeVar("T")
 
 log = structlog.get_logger("tributary_ingest")
 
 
-class GatewaySettings(Protocol):
-    """The settings every gateway has (on top of ``ServiceSettings``)."""
+class BusSettings(Protocol):
+    """What ``open_bus`` reads (on top of ``ServiceSettings``)."""
 
     nats_url: str
     startup_timeout_seconds: float
+
+    @property
+    def namespace(self) -> Namespace: ...
+
+
+class GatewaySettings(BusSettings, Protocol):
+    """The settings every gateway with API keys and a ``BatchPublisher`` has."""
+
     api_key_cache_seconds: float
     publish_timeout_seconds: float
     rejected_excerpt_bytes: int
 
-    @property
-    def namespace(self) -> Namespace: ...
+
+class BusStartupSettings(BaseModel):
+    """``open_bus``'s deadline (env var of the same name); mixed into a gateway's settings."""
+
+    startup_timeout_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description="How long startup waits for NATS and JetStream before exiting with an error.",
+    )
+
+
+class GatewayBusSettings(BusStartupSettings):
+    """Plus the key store's cache, for the gateways that open it (``open_gateway_bus``)."""
+
+    api_key_cache_seconds: float = Field(
+        default=5.0, ge=0, description="How long a looked-up API key (or its absence) is cached."
+    )
 
 
 @dataclass
@@ -65,6 +90,20 @@ class GatewayBus:
             return {"nats": True, "stream": False}
 
 
+async def open_bus(
+    settings: BusSettings,
+    service: str,
+    *,
+    nats_client: Client | None = None,
+    connect: Connect | None = None,
+) -> Client:
+    """Connect (or use ``nats_client`` or ``connect``, see ``open_gateway_bus``) and ensure the
+    JetStream objects, within ``startup_timeout_seconds``; closing is the caller's."""
+    return await _within_startup_timeout(
+        settings, service, _connect(settings, service, nats_client, connect)
+    )
+
+
 async def open_gateway_bus(
     settings: GatewaySettings,
     service: str,
@@ -80,15 +119,8 @@ async def open_gateway_bus(
     ns = s.namespace
 
     async def start() -> GatewayBus:
-        if nats_client is not None:
-            nc = nats_client
-        elif connect is not None:
-            nc = await connect()
-        else:
-            assert isinstance(settings, ServiceSettings)
-            nc = await connect_nats(settings, service)
+        nc = await _connect(settings, service, nats_client, connect)
         js = nc.jetstream()
-        await ensure_jetstream(js, ns)
         keys = ApiKeyStore(
             await js.key_value(ns.bucket(API_KEYS_BUCKET)),
             cache_seconds=s.api_key_cache_seconds,
@@ -106,14 +138,33 @@ async def open_gateway_bus(
             nc, js, keys, publisher, ns.stream(DP_RAW), owns_connection=nats_client is None
         )
 
+    return await _within_startup_timeout(s, service, start())
+
+
+async def _connect(
+    settings: BusSettings, service: str, nats_client: Client | None, connect: Connect | None
+) -> Client:
+    if nats_client is not None:
+        nc = nats_client
+    elif connect is not None:
+        nc = await connect()
+    else:
+        assert isinstance(settings, ServiceSettings)
+        nc = await connect_nats(settings, service)
+    await ensure_jetstream(nc.jetstream(), settings.namespace)
+    return nc
+
+
+async def _within_startup_timeout(settings: BusSettings, service: str, start: Awaitable[T]) -> T:
     # connect_nats retries forever; bounded here so a missing bus ends the process with one
     # clear line (and SIGTERM, which uvicorn holds until startup ends, takes effect).
     try:
-        return await asyncio.wait_for(start(), s.startup_timeout_seconds)
+        return await asyncio.wait_for(start, settings.startup_timeout_seconds)
     except TimeoutError:
         log.error(
             "startup_failed",
             service=service,
-            reason=f"NATS/JetStream at {s.nats_url} not ready within {s.startup_timeout_seconds}s",
+            reason=f"NATS/JetStream at {settings.nats_url} not ready within "
+            f"{settings.startup_timeout_seconds}s",
         )
         raise

@@ -14,7 +14,6 @@ needs one that may write to any source), job listings any valid key. Refusals ar
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -23,10 +22,8 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import orjson
 import structlog
 from nats.aio.client import Client
-from nats.js import JetStreamContext
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -45,86 +42,61 @@ from csv_importer.upload import (
     remove_spool_file,
 )
 from tributary_contracts import (
-    API_KEYS_BUCKET,
     CSV_JOBS_BUCKET,
-    DP_RAW,
     Transport,
-    ensure_jetstream,
 )
 from tributary_contracts.models import DOMAIN_PATTERN
-from tributary_ingest.batches import BatchPublisher, error_type
+from tributary_ingest.batches import error_type
+from tributary_ingest.bus import GatewayBus, open_gateway_bus
 from tributary_ingest.points import DOMAIN_RE, check_identifier
 from tributary_runtime.access import RequestGuard
-from tributary_runtime.apikeys import Action, ApiKeyStore, Granted, Role
+from tributary_runtime.apikeys import Action, Granted, Role
 from tributary_runtime.audit import AuditLog
-from tributary_runtime.bus import connect_nats
 from tributary_runtime.guard import HeaderLimits
-from tributary_runtime.ops import Reply, ops_routes
+from tributary_runtime.ops import Reply, json_response, ops_routes
 from tributary_runtime.ratelimit import IngestLimiter
 
 SERVICE_NAME = "csv-importer"
-READY_TIMEOUT_SECONDS = 2.0
-MAX_STREAM_MESSAGE_BYTES = 8 * 1024 * 1024  # the streams' max_msg_size (libs/contracts)
 JOB_ID_CHARS = frozenset("0123456789abcdef")
 
 log = structlog.get_logger("csv_importer")
-
-
-def json_response(
-    status: int, body: dict[str, Any], headers: dict[str, str] | None = None
-) -> Response:
-    return Response(orjson.dumps(body), status, headers, media_type="application/json")
 
 
 @dataclass
 class Bus:
     """What the lifespan connects; the handlers use it."""
 
-    nc: Client
-    js: JetStreamContext
-    keys: ApiKeyStore
     jobs: JobStore
     runner: JobRunner
     guard: RequestGuard
     audit: AuditLog
+    gateway: GatewayBus
 
 
 def create_app(settings: CsvImporterSettings, *, nats_client: Client | None = None) -> Starlette:
     """Build the importer. ``nats_client`` (used, never closed) replaces the default
     ``connect_nats(settings)`` connection."""
     ns = settings.namespace
-    raw_stream = ns.stream(DP_RAW)
     spool_dir = Path(settings.spool_dir)
     state: dict[str, Bus] = {}
     limiter = IngestLimiter(settings)
 
-    async def start() -> tuple[Client, Bus]:
-        nc = nats_client or await connect_nats(settings, SERVICE_NAME)
-        js = nc.jetstream()
-        await ensure_jetstream(js, ns)
-        keys = ApiKeyStore(
-            await js.key_value(ns.bucket(API_KEYS_BUCKET)),
-            cache_seconds=settings.api_key_cache_seconds,
+    async def start() -> Bus:
+        gateway = await open_gateway_bus(
+            settings, SERVICE_NAME, Transport.CSV, nats_client=nats_client
         )
-        jobs = JobStore(await js.key_value(ns.bucket(CSV_JOBS_BUCKET)))
-        publisher = BatchPublisher(
-            js,
-            ns,
-            transport=Transport.CSV,
-            timeout=settings.publish_timeout_seconds,
-            max_message_bytes=min(nc.max_payload, MAX_STREAM_MESSAGE_BYTES),
-            excerpt_bytes=settings.rejected_excerpt_bytes,
-        )
+        jobs = JobStore(await gateway.js.key_value(ns.bucket(CSV_JOBS_BUCKET)))
         runner = JobRunner(
             jobs,
-            publisher,
+            gateway.publisher,
             max_concurrent_jobs=settings.max_concurrent_jobs,
             max_errors_kept=settings.max_errors_kept,
             publish_timeout=settings.publish_timeout_seconds,
             publish_retries=settings.publish_retries,
         )
-        audit = AuditLog(js, ns, SERVICE_NAME)
-        return nc, Bus(nc, js, keys, jobs, runner, RequestGuard(keys, limiter, audit), audit)
+        audit = AuditLog(gateway.js, ns, SERVICE_NAME)
+        guard = RequestGuard(gateway.keys, limiter, audit)
+        return Bus(jobs, runner, guard, audit, gateway)
 
     async def resume(bus: Bus) -> None:
         """Pick up every unfinished job; forget finished ones past the retention."""
@@ -142,15 +114,7 @@ def create_app(settings: CsvImporterSettings, *, nats_client: Client | None = No
     @asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
         prepare_spool_dir(spool_dir)
-        try:
-            nc, bus = await asyncio.wait_for(start(), settings.startup_timeout_seconds)
-        except TimeoutError:
-            log.error(
-                "startup_failed",
-                reason=f"NATS/JetStream at {settings.nats_url} not ready within "
-                f"{settings.startup_timeout_seconds}s",
-            )
-            raise
+        bus = await start()
         state["bus"] = bus
         await resume(bus)
         log.info("started", port=settings.port, nats_url=settings.nats_url, spool=str(spool_dir))
@@ -160,19 +124,11 @@ def create_app(settings: CsvImporterSettings, *, nats_client: Client | None = No
             await bus.runner.stop()
             state.clear()
             await bus.audit.close()
-            if nats_client is None and not nc.is_closed:
-                await nc.drain()
+            await bus.gateway.close()
 
     async def ready_check() -> dict[str, bool]:
         bus = state.get("bus")
-        if bus is None or not bus.nc.is_connected:
-            return {"nats": False, "stream": False}
-        try:
-            await asyncio.wait_for(bus.js.stream_info(raw_stream), READY_TIMEOUT_SECONDS)
-            stream_ok = True
-        except Exception:
-            stream_ok = False
-        return {"nats": True, "stream": stream_ok}
+        return await bus.gateway.ready() if bus else {"nats": False, "stream": False}
 
     def unavailable(stage: str, exc: BaseException) -> Reply:
         kind = error_type(exc)

@@ -6,11 +6,12 @@ from pathlib import Path
 
 from pydantic import Field
 
+from tributary_ingest.bus import GatewayBusSettings
 from tributary_runtime.guard import GuardSettings
 from tributary_runtime.settings import ServiceSettings
 
 
-class CsvImporterSettings(GuardSettings, ServiceSettings):
+class CsvImporterSettings(GatewayBusSettings, GuardSettings, ServiceSettings):
     """What the CSV importer reads from the environment."""
 
     port: int = Field(
@@ -56,16 +57,8 @@ class CsvImporterSettings(GuardSettings, ServiceSettings):
         gt=0,
         description="Finished jobs older than this are removed from the bucket at start.",
     )
-    api_key_cache_seconds: float = Field(
-        default=5.0, ge=0, description="How long a looked-up API key (or its absence) is cached."
-    )
     retry_after_seconds: int = Field(
         default=2, ge=1, description="Retry-After value (seconds) sent with 503 replies."
-    )
-    startup_timeout_seconds: float = Field(
-        default=30.0,
-        gt=0,
-        description="How long startup waits for NATS and JetStream before exiting with an error.",
     )
     rejected_excerpt_bytes: int = Field(
         default=512, ge=16, description="Longest row excerpt of a rejected cell on dp.rejected.csv."

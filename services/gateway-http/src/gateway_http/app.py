@@ -60,6 +60,7 @@ from tributary_contracts import (
 from tributary_ingest.batches import BatchPublisher, PublishError, error_type
 from tributary_ingest.bus import Connect, GatewayBus, open_gateway_bus
 from tributary_ingest.points import MalformedJson, parse_json
+from tributary_runtime import ops
 from tributary_runtime.access import API_KEY_HEADER, RequestGuard, refusal_reply
 from tributary_runtime.apikeys import Action, ApiKeyStore, Granted
 from tributary_runtime.audit import AuditLog
@@ -83,7 +84,7 @@ def json_response(
     status: int, body: dict[str, Any], headers: dict[str, str] | None = None
 ) -> Response:
     REQUESTS.labels(str(status)).inc()
-    return Response(orjson.dumps(body), status, headers, media_type="application/json")
+    return ops.json_response(status, body, headers)
 
 
 @dataclass

@@ -31,7 +31,6 @@ from uuid import UUID
 
 import asyncpg
 import nats.errors
-import orjson
 import structlog
 from prometheus_client import Counter
 from pydantic import BaseModel, BeforeValidator, Field, ValidationError
@@ -58,7 +57,7 @@ from tributary_runtime.devices import (
     key_matches,
     unregistered_source_id,
 )
-from tributary_runtime.ops import Reply
+from tributary_runtime.ops import Reply, json_response
 
 DEVICE_KEY_HEADER = "X-Device-Key"
 
@@ -210,7 +209,7 @@ class LegacyIot:
                 log.exception("legacy_request_failed", endpoint=name, error=repr(exc))
                 status, body = 500, {"detail": "internal error; it was logged"}
             LEGACY_REQUESTS.labels(name, str(status)).inc()
-            return Response(orjson.dumps(body), status, headers, media_type="application/json")
+            return json_response(status, body, headers)
 
         return endpoint
 

@@ -69,7 +69,7 @@ from tributary_runtime.devices import (
     make_device_key,
 )
 from tributary_runtime.guard import client_ip
-from tributary_runtime.ops import Reply
+from tributary_runtime.ops import Reply, json_response
 
 log = structlog.get_logger("gateway_http.provision")
 
@@ -199,7 +199,7 @@ class Provisioning:
             status, body = 500, {"error": "internal error; it was logged"}
         PROVISION_REQUESTS.labels(outcome, str(status)).inc()
         headers = {**(headers or {}), "Cache-Control": "no-store"}
-        return Response(orjson.dumps(body), status, headers, media_type="application/json")
+        return json_response(status, body, headers)
 
     def _refuse(
         self, bus: Any, request: Request, status: int, outcome: str, reason: str, serial: str | None

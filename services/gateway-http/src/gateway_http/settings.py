@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from pydantic import Field, SecretStr
 
+from tributary_ingest.bus import GatewayBusSettings
 from tributary_runtime.guard import GuardSettings
 from tributary_runtime.settings import ServiceSettings
 
 
-class GatewayHttpSettings(GuardSettings, ServiceSettings):
+class GatewayHttpSettings(GatewayBusSettings, GuardSettings, ServiceSettings):
     """What the HTTP gateway reads from the environment."""
 
     port: int = Field(
@@ -27,14 +28,6 @@ class GatewayHttpSettings(GuardSettings, ServiceSettings):
     )
     retry_after_seconds: int = Field(
         default=2, ge=1, description="Retry-After value (seconds) sent with 503 replies."
-    )
-    api_key_cache_seconds: float = Field(
-        default=5.0, ge=0, description="How long a looked-up API key (or its absence) is cached."
-    )
-    startup_timeout_seconds: float = Field(
-        default=30.0,
-        gt=0,
-        description="How long startup waits for NATS and JetStream before exiting with an error.",
     )
     rejected_excerpt_bytes: int = Field(
         default=512,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import structlog
@@ -21,19 +21,16 @@ from gateway_mqtt.metrics import CONNECTED, CONNECTS, ERRORS
 from gateway_mqtt.mqtt import MqttConnectError, MqttConnection
 from gateway_mqtt.pipeline import Pipeline, jetstream_publisher
 from gateway_mqtt.settings import GatewayMqttSettings
-from tributary_contracts import DEVICES_BUCKET, DP_RAW, ensure_jetstream
-from tributary_runtime.bus import connect_nats
+from tributary_contracts import DEVICES_BUCKET, DP_RAW
+from tributary_ingest.bus import MAX_STREAM_MESSAGE_BYTES, Connect, open_bus
 from tributary_runtime.devices import SensorDirectory
 from tributary_runtime.ops import ops_routes
 
 SERVICE_NAME = "gateway-mqtt"
 READY_TIMEOUT_SECONDS = 2.0
 MQTT_CONNECT_TIMEOUT_SECONDS = 10.0
-MAX_STREAM_MESSAGE_BYTES = 8 * 1024 * 1024  # the streams' max_msg_size (libs/contracts)
 
 log = structlog.get_logger("gateway_mqtt")
-
-Connect = Callable[[], Awaitable[Client]]
 
 
 class MqttSupervisor:
@@ -117,27 +114,9 @@ def create_app(
     raw_stream = ns.stream(DP_RAW)
     state: dict[str, object] = {}
 
-    async def start_bus() -> Client:
-        if nats_client is not None:
-            nc = nats_client
-        elif connect is not None:
-            nc = await connect()
-        else:
-            nc = await connect_nats(settings, SERVICE_NAME)
-        await ensure_jetstream(nc.jetstream(), ns)
-        return nc
-
     @asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
-        try:
-            nc = await asyncio.wait_for(start_bus(), settings.startup_timeout_seconds)
-        except TimeoutError:
-            log.error(
-                "startup_failed",
-                reason=f"NATS/JetStream at {settings.nats_url} not ready within "
-                f"{settings.startup_timeout_seconds}s",
-            )
-            raise
+        nc = await open_bus(settings, SERVICE_NAME, nats_client=nats_client, connect=connect)
         js = nc.jetstream()
         # Legacy topic iot/sensors/<id>/readings: the device registry, mirrored in memory.
         sensors = SensorDirectory(await js.key_value(ns.bucket(DEVICES_BUCKET)))

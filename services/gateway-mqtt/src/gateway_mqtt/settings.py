@@ -8,12 +8,13 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr, field_validator
 
 from tributary_contracts import MAX_BATCH_POINTS
+from tributary_ingest.bus import BusStartupSettings
 from tributary_runtime.settings import ServiceSettings
 
 MQTT_SCHEMES = {"mqtt": 1883, "mqtts": 8883}
 
 
-class GatewayMqttSettings(ServiceSettings):
+class GatewayMqttSettings(BusStartupSettings, ServiceSettings):
     """What the MQTT gateway reads from the environment."""
 
     port: int = Field(
@@ -112,11 +113,6 @@ class GatewayMqttSettings(ServiceSettings):
     )
     publish_timeout_seconds: float = Field(
         default=5.0, gt=0, description="How long to wait for one JetStream PubAck before retrying."
-    )
-    startup_timeout_seconds: float = Field(
-        default=30.0,
-        gt=0,
-        description="How long startup waits for NATS and JetStream before exiting with an error.",
     )
     shutdown_timeout_seconds: float = Field(
         default=10.0,

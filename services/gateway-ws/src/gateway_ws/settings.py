@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from pydantic import Field
 
+from tributary_ingest.bus import GatewayBusSettings
 from tributary_runtime.guard import GuardSettings
 from tributary_runtime.settings import ServiceSettings
 
 
-class GatewayWsSettings(GuardSettings, ServiceSettings):
+class GatewayWsSettings(GatewayBusSettings, GuardSettings, ServiceSettings):
     """What the WebSocket gateway reads from the environment."""
 
     port: int = Field(
@@ -57,14 +58,6 @@ class GatewayWsSettings(GuardSettings, ServiceSettings):
         default=10.0,
         gt=0,
         description="On SIGTERM, how long sessions get to ack what is durable before closing.",
-    )
-    api_key_cache_seconds: float = Field(
-        default=5.0, ge=0, description="How long a looked-up API key (or its absence) is cached."
-    )
-    startup_timeout_seconds: float = Field(
-        default=30.0,
-        gt=0,
-        description="How long startup waits for NATS and JetStream before exiting with an error.",
     )
     rejected_excerpt_bytes: int = Field(
         default=512,

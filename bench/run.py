@@ -45,8 +45,9 @@ from limits import jetstream_limits, pg_limits, starlette_limit  # noqa: E402
 from loads import PhaseLoad, PhaseRecord, run_csv, run_http, run_mqtt, run_ws  # noqa: E402
 from report import chart, markdown  # noqa: E402
 
-from tests.e2e.conftest import _drop_database, _drop_namespace  # noqa: E402
+from tests.e2e.conftest import _drop_database  # noqa: E402
 from tests.e2e.fleet_process import FleetProcess  # noqa: E402
+from tests.streams import drop_namespace_at  # noqa: E402
 
 TRANSPORTS = ("http", "ws", "mqtt", "csv")
 SHARED_SERVERS = ("nats-server", "postgres", "mosquitto")
@@ -377,7 +378,7 @@ class Bench:
             if self.nc is not None:
                 await self.nc.close()
             self.fleet.stop()
-            await _drop_namespace(a.nats_url, self.prefix)
+            await drop_namespace_at(a.nats_url, self.prefix)
             await _drop_database(f"{a.postgres_base}/postgres", self.fleet.postgres_dsn)
             shutil.rmtree(self.spool, ignore_errors=True)
             # deploy/local/fleet.py keeps each namespace's admin key; this namespace is gone.

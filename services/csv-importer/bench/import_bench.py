@@ -23,8 +23,10 @@ import httpx
 import nats
 
 from tributary_contracts import API_KEYS_BUCKET, Namespace, ensure_jetstream
-from tributary_contracts.jetstream import BUCKETS, STREAMS
 from tributary_runtime.apikeys import ApiKeyStore, Role
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[3]))  # the repo root, for tests.*
+from tests.streams import drop_namespace
 
 
 def write_csv(path: Path, rows: int) -> None:
@@ -105,10 +107,7 @@ async def main(rows: int, nats_url: str) -> None:
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=30)
-    for stream in STREAMS:
-        await js.delete_stream(ns.stream(stream.base))
-    for base, _, _ in BUCKETS:
-        await js.delete_key_value(ns.bucket(base))
+    await drop_namespace(js, ns)
     await nc.close()
     points = job["points_published"]
     print(f"file: {rows:,} rows × 3 columns, {size_mb:.0f} MB; job {job['status']}")

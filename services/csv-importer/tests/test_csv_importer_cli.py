@@ -22,8 +22,8 @@ import httpx
 import nats
 import pytest
 
+from tests.streams import drop_namespace_at
 from tributary_contracts import API_KEYS_BUCKET, DP_RAW, Namespace, PointBatch, ensure_jetstream
-from tributary_contracts.jetstream import BUCKETS, STREAMS
 from tributary_runtime.apikeys import ApiKeyStore, Role
 from tributary_runtime.cli import main
 from tributary_runtime.csv_cli import progress_text
@@ -73,22 +73,6 @@ async def _prepare(nats_url: str, prefix: str) -> str:
         await nc.close()
 
 
-async def _drop(nats_url: str, prefix: str) -> None:
-    nc = await nats.connect(nats_url)
-    js, ns = nc.jetstream(), Namespace(prefix)
-    for stream in STREAMS:
-        try:
-            await js.delete_stream(ns.stream(stream.base))
-        except Exception:  # never created
-            pass
-    for base, _, _ in BUCKETS:
-        try:
-            await js.delete_key_value(ns.bucket(base))
-        except Exception:
-            pass
-    await nc.close()
-
-
 @pytest.fixture(scope="module")
 def importer(servers: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningImporter]:
     """``python -m csv_importer`` as a process in its own namespace (one for this module)."""
@@ -125,7 +109,7 @@ def importer(servers: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-        asyncio.run(_drop(servers.nats_url, prefix))
+        asyncio.run(drop_namespace_at(servers.nats_url, prefix))
 
 
 def tributary(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

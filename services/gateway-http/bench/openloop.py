@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import statistics
+import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
 
 import httpx
 import orjson
 
-from tributary_contracts import Namespace
-from tributary_contracts.jetstream import BUCKETS, STREAMS
+sys.path.insert(0, str(Path(__file__).resolve().parents[3]))  # the repo root, for tests.*
+# The scratch namespace teardown of load.py and legacy_packets.py:
+from tests.streams import drop_namespace as drop_namespace
 
 
 def post_request(path: str, key_header: str, key: str, body: object) -> bytes:
@@ -95,10 +97,3 @@ async def drive(port: int, requests: list[bytes], rate: float, connections: int)
     await asyncio.gather(*workers)
     replies.elapsed = time.perf_counter() - began
     return replies
-
-
-async def drop_namespace(js: Any, ns: Namespace) -> None:
-    for stream in STREAMS:
-        await js.delete_stream(ns.stream(stream.base))
-    for base_name, _, _ in BUCKETS:
-        await js.delete_key_value(ns.bucket(base_name))

@@ -31,6 +31,9 @@ import uuid
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[3]
+sys.path.insert(0, str(ROOT))  # for tests.*
+from tests.streams import drop_namespace_at  # noqa: E402
+
 HOST = "127.0.0.1"
 BROKER_CONF = """listener {port} 127.0.0.1
 allow_anonymous true
@@ -184,7 +187,9 @@ def run_gateway(port: int, count: int, publishers: int) -> float:
     finally:
         gw.terminate()
         gw.wait(timeout=30)
-        asyncio.run(drop_namespace(prefix))
+        asyncio.run(
+            drop_namespace_at(os.environ.get("NATS_URL", "nats://127.0.0.1:4222"), prefix)
+        )
 
 
 def wait_ready(url: str, poll: float = 0.05) -> float:
@@ -196,22 +201,6 @@ def wait_ready(url: str, poll: float = 0.05) -> float:
         except OSError:
             time.sleep(poll)
     raise RuntimeError("gateway not ready")
-
-
-async def drop_namespace(prefix: str) -> None:
-    import nats
-
-    from tributary_contracts import Namespace
-    from tributary_contracts.jetstream import BUCKETS, STREAMS
-
-    nc = await nats.connect(os.environ.get("NATS_URL", "nats://127.0.0.1:4222"))
-    js = nc.jetstream()
-    ns = Namespace(prefix)
-    for stream in STREAMS:
-        await js.delete_stream(ns.stream(stream.base))
-    for base, _, _ in BUCKETS:
-        await js.delete_key_value(ns.bucket(base))
-    await nc.close()
 
 
 def main() -> None:

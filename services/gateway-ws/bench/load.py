@@ -32,10 +32,12 @@ import nats
 import websockets
 
 from tributary_contracts import API_KEYS_BUCKET, Namespace, ensure_jetstream
-from tributary_contracts.jetstream import BUCKETS, STREAMS
 from tributary_runtime.apikeys import ApiKeyStore, Role
 
 ROOT = Path(__file__).resolve().parents[3]
+sys.path.insert(0, str(ROOT))  # for tests.*
+from tests.streams import drop_namespace  # noqa: E402
+
 NATS_URL = os.environ.get("NATS_URL", "nats://127.0.0.1:4222")
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -225,13 +227,7 @@ async def run(args: argparse.Namespace) -> None:
     finally:
         proc.terminate()
         proc.wait(timeout=30)
-        for stream in STREAMS:
-            await js.delete_stream(ns.stream(stream.base))
-        for base, _, _ in BUCKETS:
-            try:
-                await js.delete_key_value(ns.bucket(base))
-            except Exception:
-                pass
+        await drop_namespace(js, ns)
         await nc.close()
 
 

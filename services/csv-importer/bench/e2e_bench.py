@@ -86,29 +86,9 @@ class PatientFleet(FleetProcess):
     fleet.py's own 60 s wait (a busy 2-core machine), by polling their /health itself."""
 
     def start(self, timeout: float = 300.0) -> PatientFleet:  # type: ignore[override]
-        import queue
-        import subprocess
-        import threading
-
-        cmd = [sys.executable, str(ROOT / "deploy/local/fleet.py"), "--bus-prefix",
-               self.bus_prefix, "--port-offset", str(self.port_offset)]  # fmt: skip
-        for name in self.skip:
-            cmd += ["--skip", name]
-        self._proc = subprocess.Popen(
-            cmd, cwd=ROOT, env=self.service_env(), text=True,
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-        threading.Thread(target=self._read, daemon=True).start()
+        self._spawn()
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and not self.admin_key:
-            try:
-                line = self._queue.get(timeout=0.5)
-            except queue.Empty:
-                if self._proc.poll() is not None:
-                    break
-                continue
-            if line.startswith("admin key: "):
-                self.admin_key = line.removeprefix("admin key: ").strip()
+        self._read_until(deadline, need_ready=False)
         while time.monotonic() < deadline and self.admin_key:
             try:
                 for name in SERVICES:

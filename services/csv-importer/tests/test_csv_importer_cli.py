@@ -8,7 +8,6 @@ import contextlib
 import io
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ import httpx
 import nats
 import pytest
 
+from tests.host import free_port
 from tests.streams import drop_namespace_at
 from tributary_contracts import API_KEYS_BUCKET, DP_RAW, Namespace, PointBatch, ensure_jetstream
 from tributary_runtime.apikeys import ApiKeyStore, Role
@@ -54,12 +54,6 @@ class RunningImporter:
     nats_url: str
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 async def _prepare(nats_url: str, prefix: str) -> str:
     nc = await nats.connect(nats_url)
     try:
@@ -78,7 +72,7 @@ def importer(servers: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     """``python -m csv_importer`` as a process in its own namespace (one for this module)."""
     prefix = f"t{uuid.uuid4().hex[:10]}"
     key = asyncio.run(_prepare(servers.nats_url, prefix))
-    port = _free_port()
+    port = free_port()
     env = {
         **os.environ,
         "NATS_URL": servers.nats_url,
@@ -368,7 +362,7 @@ def test_bad_file_missing_key_and_unreachable_importer_are_clear(
         2,
         "tributary: no API key: pass --api-key or set $TRIBUTARY_API_KEY",
     )
-    port = _free_port()  # nothing listens there
+    port = free_port()  # nothing listens there
     down = cli(
         mp,
         "csv",

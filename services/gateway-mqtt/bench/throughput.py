@@ -20,7 +20,6 @@ import argparse
 import asyncio
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -32,6 +31,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(ROOT))  # for tests.*
+from tests.host import free_port  # noqa: E402
 from tests.streams import drop_namespace_at  # noqa: E402
 
 HOST = "127.0.0.1"
@@ -103,12 +103,6 @@ def bare_subscriber(port: int, prefix: str, count: int, prime: bool) -> None:
     if prime:
         client.subscribe((f"{prefix}/+/+/+/data", SubscribeOptions(qos=1)))
     client.loop_forever()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def metric(url: str, name: str) -> float:

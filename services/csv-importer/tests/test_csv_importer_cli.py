@@ -134,6 +134,15 @@ def cli(
     return subprocess.CompletedProcess(list(args), code, out.getvalue(), err.getvalue())
 
 
+def upload(
+    mp: pytest.MonkeyPatch, imp: RunningImporter, path: Path, *options: str, key: str = ""
+) -> subprocess.CompletedProcess[str]:
+    """``tributary csv upload PATH OPTIONS`` via :func:`cli` to ``imp``, with its key or ``key``."""
+    return cli(
+        mp, "csv", "upload", str(path), *options, "--url", imp.url, "--api-key", key or imp.key
+    )
+
+
 def job(imp: RunningImporter, job_id: str) -> dict[str, Any]:
     reply = httpx.get(f"{imp.url}/ingest/csv/jobs/{job_id}", headers={"X-API-Key": imp.key})
     assert reply.status_code == 200, reply.text
@@ -198,29 +207,9 @@ def test_bad_rows_are_summarised_with_row_numbers_and_exit_3(
     mp = monkeypatch
     path = tmp_path / "bad.csv"
     path.write_text(BAD_ROWS_CSV)
-    run = cli(
-        mp,
-        "csv",
-        "upload",
-        str(path),
-        "--source",
-        "cli-bad",
-        "--domain",
-        "infrastructure",
-        "--decimal",
-        ",",
-        "--delimiter",
-        ";",
-        "--wait",
-        "--errors-shown",
-        "2",
-        "--url",
-        importer.url,
-        "--api-key",
-        importer.key,
-        "--poll-interval",
-        "0.1",
-    )
+    run = upload(mp, importer, path, "--source", "cli-bad", "--domain", "infrastructure",
+                 "--decimal", ",", "--delimiter", ";", "--wait", "--errors-shown", "2",
+                 "--poll-interval", "0.1")  # fmt: skip
     assert run.returncode == 3, run.stderr
     job_id = run.stdout.strip().splitlines()[-1]
     lines = run.stderr.splitlines()
@@ -266,25 +255,8 @@ def test_a_failed_job_exits_1_with_its_reason(
     path.write_bytes(
         "timestamp,t\n1708900000,1\n1708900001,2\n1708900002,3 \xe9\n".encode("latin-1")
     )
-    run = cli(
-        mp,
-        "csv",
-        "upload",
-        str(path),
-        "--source",
-        "cli-fail",
-        "--domain",
-        "infrastructure",
-        "--encoding",
-        "utf-8",
-        "--wait",
-        "--url",
-        importer.url,
-        "--api-key",
-        importer.key,
-        "--poll-interval",
-        "0.1",
-    )
+    run = upload(mp, importer, path, "--source", "cli-fail", "--domain", "infrastructure",
+                 "--encoding", "utf-8", "--wait", "--poll-interval", "0.1")  # fmt: skip
     assert run.returncode == 1, run.stderr
     assert "failed: 0 rows" in run.stderr
     assert "the file is not valid utf-8-sig" in run.stderr
@@ -296,40 +268,22 @@ def test_a_refused_upload_exits_2_naming_the_field(
     mp = monkeypatch
     path = tmp_path / "seed.csv"
     path.write_text(SEED_CSV)
-    run = cli(
-        mp,
-        "csv",
-        "upload",
-        str(path),
-        "--source",
-        "s",
-        "--domain",
-        "infrastructure",
-        "--timestamp-column",
-        "time",
-        "--url",
-        importer.url,
-        "--api-key",
-        importer.key,
-    )
+    run = upload(mp, importer, path, "--source", "s", "--domain", "infrastructure",
+                 "--timestamp-column", "time")  # fmt: skip
     assert run.returncode == 2
     assert run.stderr.strip().splitlines()[-1] == (
         "tributary: upload refused: HTTP 422: timestamp column 'time' is not in the file "
         "(columns: timestamp, temperature, humidity, pressure) (field timestamp_column)"
     )
-    wrong_key = cli(
+    wrong_key = upload(
         mp,
-        "csv",
-        "upload",
-        str(path),
+        importer,
+        path,
         "--source",
         "s",
         "--domain",
         "infrastructure",
-        "--url",
-        importer.url,
-        "--api-key",
-        "trb_000000000000_" + "x" * 32,  # well formed, never issued
+        key="trb_000000000000_" + "x" * 32,  # well formed, never issued
     )
     assert wrong_key.returncode == 2
     assert "HTTP 401: unknown API key" in wrong_key.stderr

@@ -8,7 +8,9 @@ request's due time, so queueing on the client counts too.
 from __future__ import annotations
 
 import asyncio
+import os
 import statistics
+import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -20,6 +22,18 @@ import orjson
 sys.path.insert(0, str(Path(__file__).resolve().parents[3]))  # the repo root, for tests.*
 # The scratch namespace teardown of load.py and legacy_packets.py:
 from tests.streams import drop_namespace as drop_namespace
+
+
+def start_gateway(prefix: str, port: int, nats_url: str) -> subprocess.Popen[bytes]:
+    """``python -m gateway_http`` on ``port`` and the bus namespace ``prefix`` (warnings only)."""
+    env = {
+        **os.environ,
+        "BUS_PREFIX": prefix,
+        "PORT": str(port),
+        "NATS_URL": nats_url,
+        "LOG_LEVEL": "WARNING",
+    }
+    return subprocess.Popen([sys.executable, "-m", "gateway_http"], env=env)
 
 
 def post_request(path: str, key_header: str, key: str, body: object) -> bytes:

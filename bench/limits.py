@@ -15,7 +15,6 @@ Each figure is bounded by a row/message count and by ``seconds``.
 from __future__ import annotations
 
 import asyncio
-import socket
 import subprocess
 import sys
 import time
@@ -25,6 +24,8 @@ from pathlib import Path
 import asyncpg
 import orjson
 from loads import http_post, make_points, post_head
+
+from tests.host import free_port  # the repo root is on sys.path: run.py puts it there
 
 # The writer's SQL, so the limit is the path the fleet really takes (private names, read-only).
 from writer_postgres.store import _INSERT, _STAGING_DDL, COLUMNS, STAGING_TABLE
@@ -165,12 +166,6 @@ app = Starlette(routes=[Route("/ingest/data", ingest, methods=["POST"])])
 uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), loop="uvloop", http="httptools",
             log_level="warning", access_log=False)
 """
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 async def starlette_limit(

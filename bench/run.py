@@ -45,8 +45,10 @@ from limits import jetstream_limits, pg_limits, starlette_limit  # noqa: E402
 from loads import PhaseLoad, PhaseRecord, run_csv, run_http, run_mqtt, run_ws  # noqa: E402
 from report import chart, markdown  # noqa: E402
 
-from tests.e2e.conftest import _drop_database, _drop_namespace  # noqa: E402
+from tests.e2e.conftest import _drop_database  # noqa: E402
 from tests.e2e.fleet_process import FleetProcess  # noqa: E402
+from tests.host import cpu_seconds, vm_mib  # noqa: E402
+from tests.streams import drop_namespace_at  # noqa: E402
 
 TRANSPORTS = ("http", "ws", "mqtt", "csv")
 SHARED_SERVERS = ("nats-server", "postgres", "mosquitto")
@@ -55,21 +57,6 @@ BASE_CSV_PORT = 8003  # deploy/local/fleet.py's port of csv-importer (not in Fle
 
 
 # --------------------------------------------------------------------------- /proc and metrics
-
-
-def cpu_seconds(pid: int) -> float:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def peak_memory_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def server_pids() -> dict[str, list[int]]:
@@ -364,7 +351,7 @@ class Bench:
                     phases.append(await self.run_phase(transport, phase, a.duration))
             verification = await self.verify()
             memory = {
-                name: round(peak_memory_mib(pid), 1)
+                name: round(vm_mib(pid).get("VmHWM", float("nan")), 1)
                 for name, pid in self.fleet.child_pids().items()
             }
         finally:
@@ -377,7 +364,7 @@ class Bench:
             if self.nc is not None:
                 await self.nc.close()
             self.fleet.stop()
-            await _drop_namespace(a.nats_url, self.prefix)
+            await drop_namespace_at(a.nats_url, self.prefix)
             await _drop_database(f"{a.postgres_base}/postgres", self.fleet.postgres_dsn)
             shutil.rmtree(self.spool, ignore_errors=True)
             # deploy/local/fleet.py keeps each namespace's admin key; this namespace is gone.

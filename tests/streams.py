@@ -1,9 +1,14 @@
-"""Reading back what a test's code published to JetStream (direct stream gets, in order)."""
+"""JetStream for tests and benches: reading back what a test's code published (direct stream
+gets, in order), and deleting a scratch bus namespace afterwards."""
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Any
+
+from tributary_contracts import Namespace
+from tributary_contracts.jetstream import BUCKETS, STREAMS
 
 
 @dataclass
@@ -23,3 +28,31 @@ async def stored_messages(js: Any, stream: str) -> list[StoredMessage]:
         msg = await js.get_msg(stream, seq)
         messages.append(StoredMessage(msg.subject or "", dict(msg.headers or {}), msg.data or b""))
     return messages
+
+
+async def drop_namespace(js: Any, ns: Namespace | str, *, missing_ok: bool = True) -> None:
+    """Delete every stream and KV bucket of the bus namespace ``ns`` (a prefix or a Namespace).
+
+    ``missing_ok``: one never created (or already gone) is skipped, as a teardown wants;
+    False raises instead, for a test that expects all of them to exist."""
+    ns = Namespace(ns) if isinstance(ns, str) else ns
+    if not ns.prefix:
+        raise ValueError("refusing to drop the production namespace (no prefix)")
+    ignored: tuple[type[Exception], ...] = (Exception,) if missing_ok else ()
+    for stream in STREAMS:
+        with contextlib.suppress(*ignored):
+            await js.delete_stream(ns.stream(stream.base))
+    for base, _, _ in BUCKETS:
+        with contextlib.suppress(*ignored):
+            await js.delete_key_value(ns.bucket(base))
+
+
+async def drop_namespace_at(nats_url: str, prefix: str) -> None:
+    """:func:`drop_namespace` over a connection of its own."""
+    import nats
+
+    nc = await nats.connect(nats_url)
+    try:
+        await drop_namespace(nc.jetstream(), prefix)
+    finally:
+        await nc.close()

@@ -20,23 +20,15 @@ from typing import Any
 import pytest
 import yaml
 
+# The fleet's services and their ports, as the code has them (`tributary status` probes these);
+# the tests below hold compose, the settings defaults and the images to them.
+from tributary_runtime.status_cli import SERVICE_PORTS as PORTS
+
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 COMPOSE = DEPLOY / "compose.yaml"
 DOCKERFILE = DEPLOY / "Dockerfile"
 BIN = Path(sys.executable).parent
-
-# The fleet's services and their ports (shared/ARCHITECTURE.md; ml-batch serves ops on 8030).
-PORTS = {
-    "gateway-http": 8001,
-    "gateway-ws": 8002,
-    "csv-importer": 8003,
-    "gateway-mqtt": 8004,
-    "classifier": 8010,
-    "writer-postgres": 8020,
-    "writer-sqlserver": 8021,
-    "ml-batch": 8030,
-}
 
 
 def compose() -> dict[str, Any]:

@@ -18,22 +18,13 @@ from typing import Any
 import pytest
 import yaml
 
+from tributary_runtime.status_cli import SERVICE_PORTS as PORTS  # the code's service ports
+
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"
 BASE = K8S / "base"
 PRODUCTION = K8S / "overlays" / "production"
 KUBERNETES_VERSION = "1.30.0"  # pod-index label (classifier partitions) needs >= 1.28
-
-PORTS = {
-    "gateway-http": 8001,
-    "gateway-ws": 8002,
-    "csv-importer": 8003,
-    "gateway-mqtt": 8004,
-    "classifier": 8010,
-    "writer-postgres": 8020,
-    "writer-sqlserver": 8021,
-    "ml-batch": 8030,
-}
 KUBECTL = shutil.which("kubectl")
 
 

@@ -9,28 +9,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.e2e.fleet_process import FleetProcess
-
-
-async def _drop_namespace(nats_url: str, prefix: str) -> None:
-    import nats
-
-    from tributary_contracts import Namespace
-    from tributary_contracts.jetstream import BUCKETS, STREAMS
-
-    nc = await nats.connect(nats_url)
-    js = nc.jetstream()
-    ns = Namespace(prefix)
-    for stream in STREAMS:
-        try:
-            await js.delete_stream(ns.stream(stream.base))
-        except Exception:  # already gone
-            pass
-    for base, _, _ in BUCKETS:
-        try:
-            await js.delete_key_value(ns.bucket(base))
-        except Exception:
-            pass
-    await nc.close()
+from tests.streams import drop_namespace_at
 
 
 async def _drop_database(admin_dsn: str, dsn: str) -> None:
@@ -56,7 +35,7 @@ def fleet_for_test(servers: object, skip: tuple[str, ...] = ()) -> Iterator[Flee
         yield fleet.start()
     finally:
         fleet.stop()
-        asyncio.run(_drop_namespace(fleet.nats_url, prefix))
+        asyncio.run(drop_namespace_at(fleet.nats_url, prefix))
         asyncio.run(_drop_database(servers.postgres_dsn, fleet.postgres_dsn))  # type: ignore[attr-defined]
 
 

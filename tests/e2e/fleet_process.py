@@ -14,17 +14,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tributary_runtime.status_cli import SERVICE_PORTS
+
 ROOT = Path(__file__).resolve().parents[2]
 REPLICA_PORT_STEP = 1000  # deploy/local/fleet.py: replica i of a service listens on port + i*1000
-BASE_PORTS = {
-    "gateway-http": 8001,
-    "gateway-ws": 8002,
-    "csv-importer": 8003,
-    "gateway-mqtt": 8004,
-    "classifier": 8010,
-    "writer-postgres": 8020,
-    "ml-batch": 8030,
-}
 
 
 def free_port_offset() -> int:
@@ -34,7 +27,7 @@ def free_port_offset() -> int:
     connections (one of those once took a port between this check and the service's bind)."""
     for _ in range(50):
         offset = random.randrange(2_000, 23_000, 100)
-        ports = [p + offset + i * REPLICA_PORT_STEP for p in BASE_PORTS.values() for i in (0, 1)]
+        ports = [p + offset + i * REPLICA_PORT_STEP for p in SERVICE_PORTS.values() for i in (0, 1)]
         if all(_port_free(p) for p in ports):
             return offset
     raise RuntimeError("no free port range found")
@@ -60,7 +53,7 @@ class FleetProcess:
     _queue: queue.Queue[str] = field(default_factory=queue.Queue)
 
     def url(self, service: str, replica: int = 0) -> str:
-        port = BASE_PORTS[service] + self.port_offset + replica * REPLICA_PORT_STEP
+        port = SERVICE_PORTS[service] + self.port_offset + replica * REPLICA_PORT_STEP
         return f"http://127.0.0.1:{port}"
 
     def service_env(self) -> dict[str, str]:
@@ -74,6 +67,14 @@ class FleetProcess:
         }
 
     def start(self, timeout: float = 90.0) -> FleetProcess:
+        self._spawn()
+        ready = self._read_until(time.monotonic() + timeout, need_ready=True)
+        if not (ready and self.admin_key):
+            self.stop()
+            raise RuntimeError("fleet did not become ready:\n" + "".join(self.lines[-60:]))
+        return self
+
+    def _spawn(self) -> None:
         cmd = [
             sys.executable,
             str(ROOT / "deploy/local/fleet.py"),
@@ -95,9 +96,13 @@ class FleetProcess:
             stderr=subprocess.STDOUT,
         )
         threading.Thread(target=self._read, daemon=True).start()
-        deadline = time.monotonic() + timeout
+
+    def _read_until(self, deadline: float, need_ready: bool) -> bool:
+        """Follow fleet.py's output until it printed the admin key (and, with ``need_ready``,
+        "Tributary fleet ready"), exited, or ``deadline`` passed; whether it said ready."""
+        assert self._proc is not None
         ready = False
-        while time.monotonic() < deadline and not (ready and self.admin_key):
+        while time.monotonic() < deadline and not (self.admin_key and (ready or not need_ready)):
             try:
                 line = self._queue.get(timeout=0.5)
             except queue.Empty:
@@ -107,10 +112,7 @@ class FleetProcess:
             ready = ready or line.startswith("Tributary fleet ready")
             if line.startswith("admin key: "):
                 self.admin_key = line.removeprefix("admin key: ").strip()
-        if not (ready and self.admin_key):
-            self.stop()
-            raise RuntimeError("fleet did not become ready:\n" + "".join(self.lines[-60:]))
-        return self
+        return ready
 
     def _read(self) -> None:
         assert self._proc is not None and self._proc.stdout is not None

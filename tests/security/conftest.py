@@ -4,7 +4,6 @@ namespace (the real local NATS), with one key per role, and helpers to drive eac
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -26,18 +25,13 @@ from gateway_ws.app import STREAM_PATH, serve_options
 from gateway_ws.app import create_app as create_ws
 from gateway_ws.settings import GatewayWsSettings
 from tests.asgi import running
+from tests.host import free_port
 from tributary_contracts import API_KEYS_BUCKET, DP_RAW, Namespace, PointBatch
 from tributary_runtime.apikeys import ApiKeyStore, Role
 from tributary_runtime.serve import Server, build_server
 
 SCOPED_SOURCE = "src-a"
 SCOPED_DOMAIN = "infrastructure"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class QuietServer(Server):

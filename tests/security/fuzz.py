@@ -9,7 +9,6 @@ Used by ``test_fuzz.py`` (bounded, a few seconds) and by ``run_fuzz.py`` (longer
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -31,6 +30,7 @@ from gateway_ws.app import STREAM_PATH, serve_options
 from gateway_ws.app import create_app as create_ws
 from gateway_ws.protocol import normalize_batch
 from gateway_ws.settings import GatewayWsSettings
+from tests.host import free_port
 from tributary_contracts import API_KEYS_BUCKET, DP_RAW, Namespace, PointBatch
 from tributary_ingest.points import id_text, normalize_point
 from tributary_runtime.apikeys import ApiKeyStore, Role
@@ -42,12 +42,6 @@ Key = tuple[str, str, str, Any]  # (domain, source_id, stream_id, ts or a per-re
 class QuietServer(Server):
     def install_signal_handlers(self) -> None:
         pass
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @asynccontextmanager

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 import nats
 
 from tests.security.fuzz import fuzz_http, fuzz_ws
+from tests.streams import drop_namespace
 from tributary_contracts import Namespace, ensure_jetstream
-from tributary_contracts.jetstream import BUCKETS, STREAMS
 from tributary_runtime.logs import configure_logging
 
 
@@ -53,10 +53,7 @@ async def main_async(args: argparse.Namespace) -> int:
                 print(f"  FAIL {failure}")
             failed |= bool(report.failures)
     finally:
-        for stream in STREAMS:
-            await js.delete_stream(ns.stream(stream.base))
-        for base, _, _ in BUCKETS:
-            await js.delete_key_value(ns.bucket(base))
+        await drop_namespace(js, ns)
         await nc.close()
     return 1 if failed else 0
 

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import pytest
 
+from tests.streams import drop_namespace
 from tributary_contracts import CONSUMERS, Namespace, ensure_jetstream
 from tributary_contracts.jetstream import BUCKETS, DUPLICATE_WINDOW_SECONDS, STREAMS
 
@@ -27,10 +28,7 @@ async def test_ensure_jetstream_is_idempotent_and_creates_declared_objects(
         assert consumer.config.filter_subject == f"{bus_prefix}.dp.classified.>"
         assert consumer.config.ack_policy == "explicit"
     finally:
-        for stream in STREAMS:
-            await js.delete_stream(ns.stream(stream.base))
-        for base, _, _ in BUCKETS:
-            await js.delete_key_value(ns.bucket(base))
+        await drop_namespace(js, ns, missing_ok=False)
 
 
 @pytest.mark.integration
@@ -62,7 +60,4 @@ async def test_ensure_jetstream_keeps_an_operator_size_cap_and_refuses_when_full
         first = await js.get_msg(name, 1)
         assert first.data == b"x" * 1000  # the oldest message is still there
     finally:
-        for stream in STREAMS:
-            await js.delete_stream(ns.stream(stream.base))
-        for base, _, _ in BUCKETS:
-            await js.delete_key_value(ns.bucket(base))
+        await drop_namespace(js, ns, missing_ok=False)

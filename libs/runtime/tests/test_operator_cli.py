@@ -6,13 +6,13 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-import socket
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
+from tests.host import free_port
 from tributary_contracts import (
     DLQ_SUBJECT,
     DP_CLASSIFIED,
@@ -87,12 +87,6 @@ def alert_event() -> AlertEvent:
 
 def settings_for(servers: Any, bus_prefix: str) -> ServiceSettings:
     return ServiceSettings(nats_url=servers.nats_url, bus_prefix=bus_prefix)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture

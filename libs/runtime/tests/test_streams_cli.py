@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from tests.streams import drop_namespace_at
 from tributary_contracts import STREAM_CONFIGS_BUCKET, Namespace, StreamConfig, stream_config_key
 from tributary_runtime import streams_cli
 from tributary_runtime.cli import build_parser
@@ -338,25 +339,4 @@ def test_cli_process_sets_and_refuses_with_exit_codes(servers: Any, bus_prefix: 
     finally:
         import asyncio
 
-        asyncio.run(_drop_namespace(servers.nats_url, bus_prefix))
-
-
-async def _drop_namespace(nats_url: str, prefix: str) -> None:
-    import nats
-
-    from tributary_contracts.jetstream import BUCKETS, STREAMS
-
-    nc = await nats.connect(nats_url)
-    js = nc.jetstream()
-    ns = Namespace(prefix)
-    for stream in STREAMS:
-        try:
-            await js.delete_stream(ns.stream(stream.base))
-        except Exception:
-            pass
-    for base, _, _ in BUCKETS:
-        try:
-            await js.delete_key_value(ns.bucket(base))
-        except Exception:
-            pass
-    await nc.close()
+        asyncio.run(drop_namespace_at(servers.nats_url, bus_prefix))

@@ -19,9 +19,11 @@ import asyncio
 import cProfile
 import os
 import pstats
+import sys
 import time
 import uuid
 from datetime import UTC, datetime
+from pathlib import Path
 
 import nats
 import orjson
@@ -39,7 +41,9 @@ from tributary_contracts import (
     ensure_jetstream,
     stream_config_key,
 )
-from tributary_contracts.jetstream import BUCKETS, STREAMS
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[3]))  # the repo root, for tests.*
+from tests.streams import drop_namespace
 
 
 def raw_batch(source: int, start: int, points: int) -> bytes:
@@ -130,10 +134,7 @@ async def run(messages: int, points: int, profile: bool, consecutive: int) -> No
             stats.sort_stats("cumulative").print_stats(40)
             stats.sort_stats("tottime").print_stats(25)
     finally:
-        for stream in STREAMS:
-            await js.delete_stream(ns.stream(stream.base))
-        for base, _, _ in BUCKETS:
-            await js.delete_key_value(ns.bucket(base))
+        await drop_namespace(js, ns)
         await nc.close()
 
 

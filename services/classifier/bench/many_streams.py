@@ -23,6 +23,7 @@ import sys
 import time
 import uuid
 from datetime import UTC, datetime
+from pathlib import Path
 
 import nats
 import orjson
@@ -40,7 +41,9 @@ from tributary_contracts import (
     ensure_jetstream,
     stream_config_key,
 )
-from tributary_contracts.jetstream import BUCKETS, STREAMS
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[3]))  # the repo root, for tests.*
+from tests.streams import drop_namespace
 
 PER_SOURCE = 100
 
@@ -160,10 +163,7 @@ async def run(streams: int, rounds: int, py_spy_output: str | None = None) -> No
             f"{CHECKPOINT_WRITES._value.get():.0f}, streams in memory {held}"
         )
     finally:
-        for stream in STREAMS:
-            await js.delete_stream(ns.stream(stream.base))
-        for base, _, _ in BUCKETS:
-            await js.delete_key_value(ns.bucket(base))
+        await drop_namespace(js, ns)
         await nc.close()
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import Awaitable, Callable
@@ -24,6 +23,7 @@ from nats.js import JetStreamContext
 from classifier.app import create_app
 from classifier.settings import ClassifierSettings
 from classifier.state import source_doc_from_json
+from tests.host import free_port
 from tributary_contracts import (
     CLASSIFIER_DURABLE,
     CLASSIFIER_STATE_BUCKET,
@@ -146,12 +146,6 @@ async def test_alert_events_land_on_dp_events_with_their_subjects_and_msg_ids(
     assert checkpoint.value is not None
     [(key, restored)] = source_doc_from_json(checkpoint.value)
     assert key == ("iot", "dev.1", "temp") and restored.alert is None and restored.run == 0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def start_classifier(servers: Any, bus_prefix: str, port: int) -> subprocess.Popen[bytes]:

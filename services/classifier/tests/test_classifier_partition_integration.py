@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import subprocess
 import sys
 from collections import Counter
@@ -22,6 +21,7 @@ import pytest
 from nats.js import JetStreamContext
 
 from classifier.partition import ensure_partition_consumer, partition_durable, source_partition
+from tests.host import free_port
 from tributary_contracts import (
     CLASSIFIER_DURABLE,
     DP_CLASSIFIED,
@@ -53,12 +53,6 @@ CONFIG = StreamConfig.model_validate(
         "cooldown_seconds": 0,
     }
 )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def start_partition(

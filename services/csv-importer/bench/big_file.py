@@ -19,7 +19,6 @@ import asyncio
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -33,6 +32,9 @@ import nats
 
 from tributary_contracts import API_KEYS_BUCKET, Namespace, ensure_jetstream
 from tributary_runtime.apikeys import ApiKeyStore, Role
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[3]))  # the repo root, for tests.*
+from tests.host import free_port, vm_mib
 
 MAX_SECONDS = 3 * 3600
 
@@ -53,14 +55,6 @@ def write_csv(path: Path, size_bytes: int, note_chars: int) -> int:
             )
             rows += 100_000
     return rows
-
-
-def vm(pid: int) -> dict[str, float]:
-    try:
-        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
-    except OSError:
-        return {}
-    return {ln.split(":")[0]: int(ln.split()[1]) / 1024 for ln in lines if ln.startswith("Vm")}
 
 
 def df(path: str) -> str:
@@ -102,9 +96,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="tributary-csv-big-", dir="/tmp"))
     print("before:\n" + df("/work"), flush=True)
     key = asyncio.run(prepare(args.nats_url, prefix))
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     samples: list[tuple[float, int, float]] = []  # (t, rows processed, RSS MB)
     importer = None
@@ -147,8 +139,8 @@ def main() -> None:
             job_id = None
             with httpx.Client(base_url=url, headers={"X-API-Key": key}, timeout=10) as client:
                 while not stop.is_set():
-                    rss = vm(importer.pid).get("VmRSS", 0.0)
-                    cli_peak[0] = max(cli_peak[0], vm(cli.pid).get("VmHWM", 0.0))
+                    rss = vm_mib(importer.pid).get("VmRSS", 0.0)
+                    cli_peak[0] = max(cli_peak[0], vm_mib(cli.pid).get("VmHWM", 0.0))
                     done = 0
                     try:
                         if job_id is None:
@@ -168,7 +160,7 @@ def main() -> None:
         elapsed = time.monotonic() - t0
         stop.set()
         sampler.join(timeout=15)
-        peak = vm(importer.pid).get("VmHWM", 0.0)
+        peak = vm_mib(importer.pid).get("VmHWM", 0.0)
         print(f"CLI exit {cli.returncode}; job {out.strip()}", flush=True)
         print(f"upload + import: {elapsed:.0f} s = {3 * rows / elapsed:,.0f} points/s to JetStream")
         print(f"importer peak RSS (VmHWM): {peak:.0f} MB; CLI peak RSS: {cli_peak[0]:.0f} MB")

@@ -36,6 +36,7 @@ import nats
 ROOT = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(ROOT))
 from tests.e2e.fleet_process import FleetProcess  # noqa: E402
+from tests.host import cpu_seconds, vm_mib  # noqa: E402
 
 SERVICES = ("csv-importer", "classifier", "writer-postgres")
 SKIPPED = ("gateway-http", "gateway-ws", "gateway-mqtt", "writer-sqlserver")
@@ -60,14 +61,8 @@ def write_csv(path: Path, rows: int, columns: int) -> None:
 
 def proc_stat(pid: int) -> tuple[float, float, float]:
     """(cpu seconds, VmRSS MB, VmHWM MB) of ``pid`` (zeros when it is gone)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        status = Path(f"/proc/{pid}/status").read_text().splitlines()
-    except OSError:
-        return 0.0, 0.0, 0.0
-    cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    mem = {ln.split(":")[0]: int(ln.split()[1]) / 1024 for ln in status if ln.startswith("Vm")}
-    return cpu, mem.get("VmRSS", 0.0), mem.get("VmHWM", 0.0)
+    mem = vm_mib(pid)
+    return cpu_seconds(pid), mem.get("VmRSS", 0.0), mem.get("VmHWM", 0.0)
 
 
 def metric(url: str, name: str) -> float:
@@ -86,29 +81,9 @@ class PatientFleet(FleetProcess):
     fleet.py's own 60 s wait (a busy 2-core machine), by polling their /health itself."""
 
     def start(self, timeout: float = 300.0) -> PatientFleet:  # type: ignore[override]
-        import queue
-        import subprocess
-        import threading
-
-        cmd = [sys.executable, str(ROOT / "deploy/local/fleet.py"), "--bus-prefix",
-               self.bus_prefix, "--port-offset", str(self.port_offset)]  # fmt: skip
-        for name in self.skip:
-            cmd += ["--skip", name]
-        self._proc = subprocess.Popen(
-            cmd, cwd=ROOT, env=self.service_env(), text=True,
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-        threading.Thread(target=self._read, daemon=True).start()
+        self._spawn()
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and not self.admin_key:
-            try:
-                line = self._queue.get(timeout=0.5)
-            except queue.Empty:
-                if self._proc.poll() is not None:
-                    break
-                continue
-            if line.startswith("admin key: "):
-                self.admin_key = line.removeprefix("admin key: ").strip()
+        self._read_until(deadline, need_ready=False)
         while time.monotonic() < deadline and self.admin_key:
             try:
                 for name in SERVICES:

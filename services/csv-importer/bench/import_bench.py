@@ -11,7 +11,6 @@ import argparse
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -23,8 +22,11 @@ import httpx
 import nats
 
 from tributary_contracts import API_KEYS_BUCKET, Namespace, ensure_jetstream
-from tributary_contracts.jetstream import BUCKETS, STREAMS
 from tributary_runtime.apikeys import ApiKeyStore, Role
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[3]))  # the repo root, for tests.*
+from tests.host import free_port, vm_mib
+from tests.streams import drop_namespace
 
 
 def write_csv(path: Path, rows: int) -> None:
@@ -41,13 +43,6 @@ def write_csv(path: Path, rows: int) -> None:
             )
 
 
-def peak_rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
-
-
 async def main(rows: int, nats_url: str) -> None:
     prefix = f"bench{uuid.uuid4().hex[:8]}"
     ns = Namespace(prefix)
@@ -55,9 +50,7 @@ async def main(rows: int, nats_url: str) -> None:
     js = nc.jetstream()
     await ensure_jetstream(js, ns)
     key = await ApiKeyStore(await js.key_value(ns.bucket(API_KEYS_BUCKET))).create(Role.INGEST)
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     with tempfile.TemporaryDirectory() as tmp:
         csv = Path(tmp) / "bench.csv"
         write_csv(csv, rows)
@@ -101,14 +94,11 @@ async def main(rows: int, nats_url: str) -> None:
                         break
                     await asyncio.sleep(0.1)
                 t_done = time.monotonic()
-            rss = peak_rss_mb(proc.pid)
+            rss = vm_mib(proc.pid).get("VmHWM", 0.0)
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=30)
-    for stream in STREAMS:
-        await js.delete_stream(ns.stream(stream.base))
-    for base, _, _ in BUCKETS:
-        await js.delete_key_value(ns.bucket(base))
+    await drop_namespace(js, ns)
     await nc.close()
     points = job["points_published"]
     print(f"file: {rows:,} rows × 3 columns, {size_mb:.0f} MB; job {job['status']}")

@@ -8,7 +8,6 @@ import contextlib
 import io
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,8 +21,9 @@ import httpx
 import nats
 import pytest
 
+from tests.host import free_port
+from tests.streams import drop_namespace_at
 from tributary_contracts import API_KEYS_BUCKET, DP_RAW, Namespace, PointBatch, ensure_jetstream
-from tributary_contracts.jetstream import BUCKETS, STREAMS
 from tributary_runtime.apikeys import ApiKeyStore, Role
 from tributary_runtime.cli import main
 from tributary_runtime.csv_cli import progress_text
@@ -54,12 +54,6 @@ class RunningImporter:
     nats_url: str
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 async def _prepare(nats_url: str, prefix: str) -> str:
     nc = await nats.connect(nats_url)
     try:
@@ -73,28 +67,12 @@ async def _prepare(nats_url: str, prefix: str) -> str:
         await nc.close()
 
 
-async def _drop(nats_url: str, prefix: str) -> None:
-    nc = await nats.connect(nats_url)
-    js, ns = nc.jetstream(), Namespace(prefix)
-    for stream in STREAMS:
-        try:
-            await js.delete_stream(ns.stream(stream.base))
-        except Exception:  # never created
-            pass
-    for base, _, _ in BUCKETS:
-        try:
-            await js.delete_key_value(ns.bucket(base))
-        except Exception:
-            pass
-    await nc.close()
-
-
 @pytest.fixture(scope="module")
 def importer(servers: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningImporter]:
     """``python -m csv_importer`` as a process in its own namespace (one for this module)."""
     prefix = f"t{uuid.uuid4().hex[:10]}"
     key = asyncio.run(_prepare(servers.nats_url, prefix))
-    port = _free_port()
+    port = free_port()
     env = {
         **os.environ,
         "NATS_URL": servers.nats_url,
@@ -125,7 +103,7 @@ def importer(servers: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-        asyncio.run(_drop(servers.nats_url, prefix))
+        asyncio.run(drop_namespace_at(servers.nats_url, prefix))
 
 
 def tributary(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -154,6 +132,15 @@ def cli(
         except SystemExit as exc:
             code = int(exc.code or 0)
     return subprocess.CompletedProcess(list(args), code, out.getvalue(), err.getvalue())
+
+
+def upload(
+    mp: pytest.MonkeyPatch, imp: RunningImporter, path: Path, *options: str, key: str = ""
+) -> subprocess.CompletedProcess[str]:
+    """``tributary csv upload PATH OPTIONS`` via :func:`cli` to ``imp``, with its key or ``key``."""
+    return cli(
+        mp, "csv", "upload", str(path), *options, "--url", imp.url, "--api-key", key or imp.key
+    )
 
 
 def job(imp: RunningImporter, job_id: str) -> dict[str, Any]:
@@ -220,29 +207,9 @@ def test_bad_rows_are_summarised_with_row_numbers_and_exit_3(
     mp = monkeypatch
     path = tmp_path / "bad.csv"
     path.write_text(BAD_ROWS_CSV)
-    run = cli(
-        mp,
-        "csv",
-        "upload",
-        str(path),
-        "--source",
-        "cli-bad",
-        "--domain",
-        "infrastructure",
-        "--decimal",
-        ",",
-        "--delimiter",
-        ";",
-        "--wait",
-        "--errors-shown",
-        "2",
-        "--url",
-        importer.url,
-        "--api-key",
-        importer.key,
-        "--poll-interval",
-        "0.1",
-    )
+    run = upload(mp, importer, path, "--source", "cli-bad", "--domain", "infrastructure",
+                 "--decimal", ",", "--delimiter", ";", "--wait", "--errors-shown", "2",
+                 "--poll-interval", "0.1")  # fmt: skip
     assert run.returncode == 3, run.stderr
     job_id = run.stdout.strip().splitlines()[-1]
     lines = run.stderr.splitlines()
@@ -288,25 +255,8 @@ def test_a_failed_job_exits_1_with_its_reason(
     path.write_bytes(
         "timestamp,t\n1708900000,1\n1708900001,2\n1708900002,3 \xe9\n".encode("latin-1")
     )
-    run = cli(
-        mp,
-        "csv",
-        "upload",
-        str(path),
-        "--source",
-        "cli-fail",
-        "--domain",
-        "infrastructure",
-        "--encoding",
-        "utf-8",
-        "--wait",
-        "--url",
-        importer.url,
-        "--api-key",
-        importer.key,
-        "--poll-interval",
-        "0.1",
-    )
+    run = upload(mp, importer, path, "--source", "cli-fail", "--domain", "infrastructure",
+                 "--encoding", "utf-8", "--wait", "--poll-interval", "0.1")  # fmt: skip
     assert run.returncode == 1, run.stderr
     assert "failed: 0 rows" in run.stderr
     assert "the file is not valid utf-8-sig" in run.stderr
@@ -318,40 +268,22 @@ def test_a_refused_upload_exits_2_naming_the_field(
     mp = monkeypatch
     path = tmp_path / "seed.csv"
     path.write_text(SEED_CSV)
-    run = cli(
-        mp,
-        "csv",
-        "upload",
-        str(path),
-        "--source",
-        "s",
-        "--domain",
-        "infrastructure",
-        "--timestamp-column",
-        "time",
-        "--url",
-        importer.url,
-        "--api-key",
-        importer.key,
-    )
+    run = upload(mp, importer, path, "--source", "s", "--domain", "infrastructure",
+                 "--timestamp-column", "time")  # fmt: skip
     assert run.returncode == 2
     assert run.stderr.strip().splitlines()[-1] == (
         "tributary: upload refused: HTTP 422: timestamp column 'time' is not in the file "
         "(columns: timestamp, temperature, humidity, pressure) (field timestamp_column)"
     )
-    wrong_key = cli(
+    wrong_key = upload(
         mp,
-        "csv",
-        "upload",
-        str(path),
+        importer,
+        path,
         "--source",
         "s",
         "--domain",
         "infrastructure",
-        "--url",
-        importer.url,
-        "--api-key",
-        "trb_000000000000_" + "x" * 32,  # well formed, never issued
+        key="trb_000000000000_" + "x" * 32,  # well formed, never issued
     )
     assert wrong_key.returncode == 2
     assert "HTTP 401: unknown API key" in wrong_key.stderr
@@ -384,7 +316,7 @@ def test_bad_file_missing_key_and_unreachable_importer_are_clear(
         2,
         "tributary: no API key: pass --api-key or set $TRIBUTARY_API_KEY",
     )
-    port = _free_port()  # nothing listens there
+    port = free_port()  # nothing listens there
     down = cli(
         mp,
         "csv",

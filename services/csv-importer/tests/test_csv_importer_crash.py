@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,18 +17,13 @@ import orjson
 import pytest
 from nats.js import JetStreamContext
 
+from tests.host import free_port
 from tributary_contracts import API_KEYS_BUCKET, CSV_JOBS_BUCKET, DP_RAW, Namespace, PointBatch
 from tributary_runtime.apikeys import ApiKeyStore, Role
 
 pytestmark = pytest.mark.integration
 
 ROWS = 200_000
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def start_process(env: dict[str, str]) -> subprocess.Popen[bytes]:

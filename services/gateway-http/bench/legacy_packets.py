@@ -16,14 +16,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import subprocess
-import sys
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
 
 import nats
-from openloop import drive, drop_namespace, post_request, wait_ready
+from openloop import drive, drop_namespace, post_request, start_gateway, wait_ready
 
 from tributary_contracts import DEVICES_BUCKET, DP_RAW, Namespace, ensure_jetstream
 from tributary_runtime.devices import (
@@ -91,14 +89,7 @@ async def run(args: argparse.Namespace) -> None:
         )
         await registry.put_device(record)
         devices.append((record, key))
-    env = {
-        **os.environ,
-        "BUS_PREFIX": prefix,
-        "PORT": str(args.port),
-        "NATS_URL": args.nats_url,
-        "LOG_LEVEL": "WARNING",
-    }
-    server = subprocess.Popen([sys.executable, "-m", "gateway_http"], env=env)
+    server = start_gateway(prefix, args.port, args.nats_url)
     try:
         first, _ = devices[0]
         await lookup_costs(kv, first.device_uuid, [s.sensor_uuid for s in first.sensors])

@@ -13,14 +13,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import subprocess
-import sys
 import uuid
 from datetime import UTC, datetime, timedelta
 
 import httpx
 import nats
-from openloop import drive, drop_namespace, post_request, wait_ready
+from openloop import drive, drop_namespace, post_request, start_gateway, wait_ready
 
 from tributary_contracts import API_KEYS_BUCKET, DP_RAW, Namespace, ensure_jetstream
 from tributary_runtime.apikeys import ApiKeyStore, Role
@@ -54,16 +52,7 @@ async def run(
     js = nc.jetstream()
     await ensure_jetstream(js, ns)
     key = await ApiKeyStore(await js.key_value(ns.bucket(API_KEYS_BUCKET))).create(Role.INGEST)
-    env = {
-        **os.environ,
-        "BUS_PREFIX": prefix,
-        "PORT": str(port),
-        "NATS_URL": nats_url,
-        "LOG_LEVEL": "WARNING",
-    }
-    server = subprocess.Popen(
-        [sys.executable, "-m", "gateway_http"], env=env
-    )
+    server = start_gateway(prefix, port, nats_url)
     try:
         await wait_ready(port)
         start_ts = datetime(2026, 1, 1, tzinfo=UTC)

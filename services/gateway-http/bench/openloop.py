@@ -8,16 +8,32 @@ request's due time, so queueing on the client counts too.
 from __future__ import annotations
 
 import asyncio
+import os
 import statistics
+import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
 
 import httpx
 import orjson
 
-from tributary_contracts import Namespace
-from tributary_contracts.jetstream import BUCKETS, STREAMS
+sys.path.insert(0, str(Path(__file__).resolve().parents[3]))  # the repo root, for tests.*
+# The scratch namespace teardown of load.py and legacy_packets.py:
+from tests.streams import drop_namespace as drop_namespace
+
+
+def start_gateway(prefix: str, port: int, nats_url: str) -> subprocess.Popen[bytes]:
+    """``python -m gateway_http`` on ``port`` and the bus namespace ``prefix`` (warnings only)."""
+    env = {
+        **os.environ,
+        "BUS_PREFIX": prefix,
+        "PORT": str(port),
+        "NATS_URL": nats_url,
+        "LOG_LEVEL": "WARNING",
+    }
+    return subprocess.Popen([sys.executable, "-m", "gateway_http"], env=env)
 
 
 def post_request(path: str, key_header: str, key: str, body: object) -> bytes:
@@ -95,10 +111,3 @@ async def drive(port: int, requests: list[bytes], rate: float, connections: int)
     await asyncio.gather(*workers)
     replies.elapsed = time.perf_counter() - began
     return replies
-
-
-async def drop_namespace(js: Any, ns: Namespace) -> None:
-    for stream in STREAMS:
-        await js.delete_stream(ns.stream(stream.base))
-    for base_name, _, _ in BUCKETS:
-        await js.delete_key_value(ns.bucket(base_name))

@@ -20,7 +20,6 @@ import argparse
 import asyncio
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -31,6 +30,10 @@ import uuid
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[3]
+sys.path.insert(0, str(ROOT))  # for tests.*
+from tests.host import free_port  # noqa: E402
+from tests.streams import drop_namespace_at  # noqa: E402
+
 HOST = "127.0.0.1"
 BROKER_CONF = """listener {port} 127.0.0.1
 allow_anonymous true
@@ -100,12 +103,6 @@ def bare_subscriber(port: int, prefix: str, count: int, prime: bool) -> None:
     if prime:
         client.subscribe((f"{prefix}/+/+/+/data", SubscribeOptions(qos=1)))
     client.loop_forever()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def metric(url: str, name: str) -> float:
@@ -184,7 +181,9 @@ def run_gateway(port: int, count: int, publishers: int) -> float:
     finally:
         gw.terminate()
         gw.wait(timeout=30)
-        asyncio.run(drop_namespace(prefix))
+        asyncio.run(
+            drop_namespace_at(os.environ.get("NATS_URL", "nats://127.0.0.1:4222"), prefix)
+        )
 
 
 def wait_ready(url: str, poll: float = 0.05) -> float:
@@ -196,22 +195,6 @@ def wait_ready(url: str, poll: float = 0.05) -> float:
         except OSError:
             time.sleep(poll)
     raise RuntimeError("gateway not ready")
-
-
-async def drop_namespace(prefix: str) -> None:
-    import nats
-
-    from tributary_contracts import Namespace
-    from tributary_contracts.jetstream import BUCKETS, STREAMS
-
-    nc = await nats.connect(os.environ.get("NATS_URL", "nats://127.0.0.1:4222"))
-    js = nc.jetstream()
-    ns = Namespace(prefix)
-    for stream in STREAMS:
-        await js.delete_stream(ns.stream(stream.base))
-    for base, _, _ in BUCKETS:
-        await js.delete_key_value(ns.bucket(base))
-    await nc.close()
 
 
 def main() -> None:

@@ -17,7 +17,6 @@ import argparse
 import asyncio
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -32,23 +31,15 @@ import nats
 import websockets
 
 from tributary_contracts import API_KEYS_BUCKET, Namespace, ensure_jetstream
-from tributary_contracts.jetstream import BUCKETS, STREAMS
 from tributary_runtime.apikeys import ApiKeyStore, Role
 
 ROOT = Path(__file__).resolve().parents[3]
+sys.path.insert(0, str(ROOT))  # for tests.*
+from tests.host import cpu_seconds, free_port  # noqa: E402
+from tests.streams import drop_namespace  # noqa: E402
+
 NATS_URL = os.environ.get("NATS_URL", "nats://127.0.0.1:4222")
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def points(source: int, first: int, n: int) -> list[dict[str, Any]]:
@@ -225,13 +216,7 @@ async def run(args: argparse.Namespace) -> None:
     finally:
         proc.terminate()
         proc.wait(timeout=30)
-        for stream in STREAMS:
-            await js.delete_stream(ns.stream(stream.base))
-        for base, _, _ in BUCKETS:
-            try:
-                await js.delete_key_value(ns.bucket(base))
-            except Exception:
-                pass
+        await drop_namespace(js, ns)
         await nc.close()
 
 

@@ -20,15 +20,10 @@ from nats.js import JetStreamContext
 from gateway_ws.app import STREAM_PATH, create_app, serve_options
 from gateway_ws.registry import SessionRegistry
 from gateway_ws.settings import GatewayWsSettings
+from tests.host import free_port
 from tributary_contracts import API_KEYS_BUCKET, DP_RAW, Namespace, PointBatch
 from tributary_runtime.apikeys import ApiKeyStore, Role
 from tributary_runtime.serve import Server, build_server
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class QuietServer(Server):

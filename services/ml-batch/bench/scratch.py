@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import uuid
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -19,8 +21,10 @@ import nats
 
 from ml_batch.settings import MlBatchSettings
 from tributary_contracts import Namespace, ensure_jetstream
-from tributary_contracts.jetstream import BUCKETS, STREAMS
 from writer_postgres.migrate import migrate
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[3]))  # the repo root, for tests.*
+from tests.streams import drop_namespace
 
 ADMIN_DSN = os.environ.get("POSTGRES_DSN_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres")
 NATS_URL = os.environ.get("NATS_URL", "nats://127.0.0.1:4222")
@@ -51,12 +55,7 @@ async def scratch(tag: str) -> AsyncIterator[Scratch]:
         await migrate(dsn, months_back=1, months_ahead=1)
         yield Scratch(dsn, prefix)
     finally:
-        for stream in STREAMS:
-            with contextlib.suppress(Exception):
-                await js.delete_stream(ns.stream(stream.base))
-        for bucket, _, _ in BUCKETS:
-            with contextlib.suppress(Exception):
-                await js.delete_key_value(ns.bucket(bucket))
+        await drop_namespace(js, ns)
         await nc.close()
         admin = await asyncpg.connect(ADMIN_DSN)
         try:

@@ -73,30 +73,30 @@ def stop_process(proc: subprocess.Popen[bytes] | None, sig: int = signal.SIGTERM
         proc.wait(timeout=10)
 
 
-class PrivateNats:
-    """nats-server with JetStream on a free port, its store in its own directory."""
+class _PrivateServer:
+    """A server process of our own on a free port, its files in its own directory: ``stop()``
+    (SIGTERM, a clean shutdown), ``restart()`` on the same port and files, ``close()`` (SIGKILL,
+    directory removed). A subclass gives its command line; its output goes to ``dir/<log>``."""
 
-    def __init__(self) -> None:
-        self.dir = Path(tempfile.mkdtemp(prefix="faults-nats-"))
+    what = ""  # the server's name, in errors
+    log = ""
+
+    def __init__(self, dir_prefix: str) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix=dir_prefix))
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
 
-    @property
-    def url(self) -> str:
-        return f"nats://127.0.0.1:{self.port}"
+    def command(self) -> list[str]:
+        raise NotImplementedError
 
     def start(self) -> None:
-        log = open(self.dir / "nats.log", "ab")
-        self.proc = subprocess.Popen(
-            [NATS_SERVER, "-js", "-a", "127.0.0.1", "-p", str(self.port),
-             "-sd", str(self.dir / "store")],
-            stdout=log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+        log = open(self.dir / self.log, "ab")
+        self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT)
         log.close()
-        wait_port(self.port, 20, "nats-server", self.proc)
+        wait_port(self.port, 20, self.what, self.proc)
 
     def stop(self) -> None:
-        stop_process(self.proc)
+        stop_process(self.proc)  # SIGTERM: mosquitto saves its persistence file first
         wait_port_closed(self.port, 10)
 
     def restart(self, down_seconds: float = 0.0) -> None:
@@ -108,6 +108,23 @@ class PrivateNats:
     def close(self) -> None:
         stop_process(self.proc, signal.SIGKILL)
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class PrivateNats(_PrivateServer):
+    """nats-server with JetStream on a free port, its store in its own directory."""
+
+    what, log = "nats-server", "nats.log"
+
+    def __init__(self) -> None:
+        super().__init__("faults-nats-")
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    def command(self) -> list[str]:
+        return [NATS_SERVER, "-js", "-a", "127.0.0.1", "-p", str(self.port),
+                "-sd", str(self.dir / "store")]  # fmt: skip
 
 
 class PrivatePostgres:
@@ -167,13 +184,13 @@ class PrivatePostgres:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-class PrivateMosquitto:
+class PrivateMosquitto(_PrivateServer):
     """Mosquitto on a free port, persistence (queued QoS 1 messages) in its own directory."""
 
+    what, log = "mosquitto", "mosquitto.log"
+
     def __init__(self) -> None:
-        self.dir = Path(tempfile.mkdtemp(prefix="faults-mqtt-"))
-        self.port = free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
+        super().__init__("faults-mqtt-")
         config = self.dir / "mosquitto.conf"
         config.write_text(
             f"listener {self.port} 127.0.0.1\n"
@@ -198,23 +215,5 @@ class PrivateMosquitto:
     def url(self) -> str:
         return f"mqtt://127.0.0.1:{self.port}"
 
-    def start(self) -> None:
-        log = open(self.dir / "mosquitto.log", "ab")
-        self.proc = subprocess.Popen(
-            [MOSQUITTO, "-c", str(self.dir / "mosquitto.conf")], stdout=log, stderr=log
-        )
-        log.close()
-        wait_port(self.port, 20, "mosquitto", self.proc)
-
-    def stop(self) -> None:
-        stop_process(self.proc)  # SIGTERM: mosquitto saves its persistence file first
-        wait_port_closed(self.port, 10)
-
-    def restart(self, down_seconds: float = 0.0) -> None:
-        self.stop()
-        time.sleep(down_seconds)
-        self.start()
-
-    def close(self) -> None:
-        stop_process(self.proc, signal.SIGKILL)
-        shutil.rmtree(self.dir, ignore_errors=True)
+    def command(self) -> list[str]:
+        return [MOSQUITTO, "-c", str(self.dir / "mosquitto.conf")]

@@ -25,6 +25,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from tributary_contracts import CONSUMERS, DP_DLQ, Namespace
 from tributary_contracts.jetstream import STREAMS
 
+# Every service's standard HTTP port (its settings' default). The one table: tests/deploy holds
+# compose, k8s and the settings to it; the e2e fleet helper derives its ports from it.
 SERVICE_PORTS = {
     "gateway-http": 8001,
     "gateway-ws": 8002,

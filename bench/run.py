@@ -53,7 +53,6 @@ from tests.streams import drop_namespace_at  # noqa: E402
 TRANSPORTS = ("http", "ws", "mqtt", "csv")
 SHARED_SERVERS = ("nats-server", "postgres", "mosquitto")
 MAX_SAMPLES = 3600
-BASE_CSV_PORT = 8003  # deploy/local/fleet.py's port of csv-importer (not in FleetProcess's table)
 
 
 # --------------------------------------------------------------------------- /proc and metrics
@@ -218,8 +217,7 @@ class Bench:
         pids = self.fleet.child_pids()
         cpu_before = cpu_snapshot(pids)
         if transport == "csv":
-            port = BASE_CSV_PORT + self.fleet.port_offset
-            await run_csv(load, port, self.fleet.admin_key, a.csv_rows, record)
+            await run_csv(load, self.port("csv-importer"), self.fleet.admin_key, a.csv_rows, record)
         elif transport == "http":
             await run_http(load, self.port("gateway-http"), self.fleet.admin_key, record)
         elif transport == "ws":

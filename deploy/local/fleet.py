@@ -26,6 +26,7 @@ from tributary_contracts import API_KEYS_BUCKET, CONSUMERS, ensure_jetstream
 from tributary_runtime.apikeys import ApiKeyStore, Role
 from tributary_runtime.bus import connect_nats
 from tributary_runtime.settings import OperatorSettings
+from tributary_runtime.status_cli import SERVICE_PORTS
 
 ROOT = Path(__file__).resolve().parents[2]
 STATE_DIR = ROOT / ".tributary"
@@ -89,17 +90,21 @@ def parse_replicas(values: list[str]) -> dict[str, int]:
     return out
 
 
-# Every service of the fleet, in start order; those not implemented yet are skipped.
+# Every service of the fleet, in start order (ports: status_cli.SERVICE_PORTS, the one table);
+# those not implemented yet are skipped.
 SERVICES = (
-    Service("writer-postgres", "writer_postgres", 8020),
-    Service("writer-sqlserver", "writer_sqlserver", 8021, needs_env="MSSQL_DSN"),
-    Service("classifier", "classifier", 8010),
-    Service("gateway-http", "gateway_http", 8001),
-    Service("gateway-ws", "gateway_ws", 8002),
-    Service("csv-importer", "csv_importer", 8003),
-    Service("gateway-mqtt", "gateway_mqtt", 8004),
+    Service("writer-postgres", "writer_postgres", SERVICE_PORTS["writer-postgres"]),
+    Service(
+        "writer-sqlserver", "writer_sqlserver", SERVICE_PORTS["writer-sqlserver"],
+        needs_env="MSSQL_DSN",
+    ),
+    Service("classifier", "classifier", SERVICE_PORTS["classifier"]),
+    Service("gateway-http", "gateway_http", SERVICE_PORTS["gateway-http"]),
+    Service("gateway-ws", "gateway_ws", SERVICE_PORTS["gateway-ws"]),
+    Service("csv-importer", "csv_importer", SERVICE_PORTS["csv-importer"]),
+    Service("gateway-mqtt", "gateway_mqtt", SERVICE_PORTS["gateway-mqtt"]),
     # A batch job: runs every ML_INTERVAL_SECONDS (60) and serves /health like the others.
-    Service("ml-batch", "ml_batch", 8030),
+    Service("ml-batch", "ml_batch", SERVICE_PORTS["ml-batch"]),
 )
 
 

@@ -17,6 +17,7 @@ from tests.e2e.conftest import fleet_for_test
 from tests.e2e.fleet_process import ROOT, FleetProcess
 from tests.e2e.rows import rows_for
 from tributary_contracts import STREAM_CONFIGS_BUCKET, Namespace, StreamConfig, stream_config_key
+from tributary_runtime.status_cli import SERVICE_PORTS
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
@@ -151,7 +152,10 @@ async def test_points_acknowledged_while_the_writer_is_down_are_stored_when_it_r
         [sys.executable, "-m", "writer_postgres"],
         cwd=ROOT,
         text=True,
-        env={**fleet.service_env(), "PORT": str(8020 + fleet.port_offset)},
+        env={
+            **fleet.service_env(),
+            "PORT": str(SERVICE_PORTS["writer-postgres"] + fleet.port_offset),
+        },
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

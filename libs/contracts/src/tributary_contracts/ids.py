@@ -64,3 +64,8 @@ def prediction_msg_id(
         + [f"{stream}\x1f{model}\x1f{as_of.isoformat()}" for stream, model, as_of in predictions]
     )
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def bundle_msg_id(batch_ids: Iterable[str]) -> str:
+    """``Nats-Msg-Id`` of a bundle: SHA-256 over its batches' ``batch_msg_id``s, in order."""
+    return hashlib.sha256("\x1e".join(batch_ids).encode()).hexdigest()

@@ -154,6 +154,22 @@ CONSUMERS: dict[str, ConsumerDef] = {
 }
 
 
+def classifier_partition_durable(partition: int) -> str:
+    """Durable consumer of the classifier that owns bus partition ``partition``. Named by the
+    partition, not by the replica, so any replica can take a partition over."""
+    return f"{CLASSIFIER_DURABLE}-part-{partition}"
+
+
+def classifier_partition_consumer(partition: int) -> ConsumerDef:
+    """``classifier-part-<p>`` on ``DP_RAW``, filter ``dp.raw.*.part.<p>``: reads only the
+    bundles of its own partition (server-side filter)."""
+    return ConsumerDef(
+        classifier_partition_durable(partition),
+        DP_RAW,
+        f"dp.raw.*.part.{partition}",
+    )
+
+
 class JetStreamLike(Protocol):
     """The part of nats-py's ``JetStreamContext`` that ``ensure_jetstream`` uses."""
 

@@ -15,6 +15,9 @@ from pydantic_core import to_json
 MAX_BATCH_POINTS = 500
 """Gateways cut batches of at most this many points."""
 
+MAX_BUNDLE_POINTS = 2000
+"""A bundle (``PointBundle``/``ClassifiedBundle``) carries at most this many points in all."""
+
 MAX_METADATA_BYTES = 8 * 1024
 """Largest JSON encoding of one point's ``metadata`` object."""
 
@@ -141,6 +144,39 @@ class ClassifiedBatch(BaseModel):
     classified_at: UtcDatetime = Field(description="When the classifier decided (UTC).")
     points: list[ClassifiedPoint] = Field(
         min_length=1, max_length=MAX_BATCH_POINTS, description="The classified points."
+    )
+
+
+class PointBundle(BaseModel):
+    """Point batches of many sources of one domain and one bus partition, coalesced by a gateway
+    and published on ``dp.raw.<domain>.part.<partition>``.
+
+    The unit of work is still the ``PointBatch`` of one source: a bundle only shares one bus
+    message (one publish, one PubAck, one delivery, one ack) between the batches of many
+    requests/messages, so the fleet's cost follows points, not requests. Every batch's source
+    hashes to ``partition`` (``partition_of``); batches of one source keep their input order.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    domain: Domain = Field(description="Domain of every batch in the bundle.")
+    partition: int = Field(ge=0, description="Bus partition every batch's source hashes to.")
+    batches: list[PointBatch] = Field(
+        min_length=1, description="Per-source batches, ≤ MAX_BUNDLE_POINTS points in all."
+    )
+
+
+class ClassifiedBundle(BaseModel):
+    """Classified batches of many sources of one (domain, class, partition), as the classifier
+    publishes them on ``dp.classified.<domain>.<cls>.part.<partition>``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    domain: Domain = Field(description="Domain of every batch in the bundle.")
+    cls: PointClass = Field(description="The class every point of every batch has.")
+    partition: int = Field(ge=0, description="Bus partition every batch's source hashes to.")
+    batches: list[ClassifiedBatch] = Field(
+        min_length=1, description="Per-source classified batches."
     )
 
 

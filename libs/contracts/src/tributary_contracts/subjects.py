@@ -62,6 +62,37 @@ def _unescape(token: str, escape: str) -> str:
     return out.decode()
 
 
+_FNV_OFFSET = 0x811C9DC5
+_FNV_PRIME = 0x01000193
+
+DEFAULT_PARTITIONS = 4
+"""Bus partitions of a fleet unless the deployment sets ``BUS_PARTITIONS``. Every gateway and
+classifier of one fleet must use the same count; changing it is a drained upgrade (see the
+contract document)."""
+
+PARTITION_TOKEN = "part"
+"""Token before the partition number in partitioned subjects: ``dp.raw.<domain>.part.<n>`` has
+five tokens, so it can never collide with a former per-source subject (four tokens)."""
+
+
+def fnv1a_32(data: bytes) -> int:
+    """FNV-1a, 32 bit: the partition hash (stable across processes, Python versions, hosts)."""
+    h = _FNV_OFFSET
+    for byte in data:
+        h = ((h ^ byte) * _FNV_PRIME) & 0xFFFFFFFF
+    return h
+
+
+def partition_of(domain: str, source_id: str, partitions: int) -> int:
+    """Bus partition of ``(domain, source_id)``: FNV-1a of the domain and the escaped source
+    token, concatenated, modulo ``partitions``. A source always maps to the same partition."""
+    if partitions < 1:
+        raise ValueError(f"partitions must be >= 1, got {partitions}")
+    if partitions == 1:
+        return 0
+    return fnv1a_32((domain + escape_token(source_id)).encode()) % partitions
+
+
 @dataclass(frozen=True)
 class Namespace:
     """All bus names of one fleet. ``Namespace()`` is production; tests pass a unique prefix."""
@@ -83,6 +114,21 @@ class Namespace:
     def classified_subject(self, domain: str, cls: PointClass | str, source_id: str) -> str:
         """``dp.classified.<domain>.<cls>.<source>``: classified batches."""
         return self._subject("dp", "classified", domain, str(cls), escape_token(source_id))
+
+    def raw_partition_subject(self, domain: str, partition: int) -> str:
+        """``dp.raw.<domain>.part.<partition>``: ``PointBundle``s of one domain and partition."""
+        return self._subject("dp", "raw", domain, PARTITION_TOKEN, str(partition))
+
+    def raw_partition_filter(self, partition: int) -> str:
+        """``dp.raw.*.part.<partition>``: every domain's bundles of one partition (the
+        server-side filter of the classifier consumer that owns the partition)."""
+        return self._subject("dp", "raw", "*", PARTITION_TOKEN, str(partition))
+
+    def classified_partition_subject(
+        self, domain: str, cls: PointClass | str, partition: int
+    ) -> str:
+        """``dp.classified.<domain>.<cls>.part.<partition>``: ``ClassifiedBundle``s."""
+        return self._subject("dp", "classified", domain, str(cls), PARTITION_TOKEN, str(partition))
 
     def alert_subject(self, domain: str, severity: str, source_id: str) -> str:
         """``dp.alert.<domain>.<severity>.<source>``: alert lifecycle events."""

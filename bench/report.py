@@ -67,7 +67,7 @@ def markdown(result: dict[str, Any]) -> str:
         "|---|---|" + "---|" * len(services),
     ]
     for p in result["phases"]:
-        if p["phase"] == "saturation":
+        if p["phase"].endswith("saturation"):
             cells = " | ".join(_n(p["cpu_percent"].get(s, float("nan"))) for s in services)
             lines.append(f"| {p['transport']} | {_n(sum(p['cpu_percent'].values()))} | {cells} |")
     rss = ", ".join(f"{k} {v} MiB" for k, v in result["peak_rss_mib"].items())

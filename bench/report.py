@@ -44,6 +44,14 @@ def markdown(result: dict[str, Any]) -> str:
     for transport in dict.fromkeys(p["transport"] for p in result["phases"]):
         meaning = next(p["ack_meaning"] for p in result["phases"] if p["transport"] == transport)
         lines.append(f"- {transport} ack: {meaning}.")
+    for p in result["phases"]:
+        if "drain_seconds" in p:
+            lines.append(
+                f"- {p['transport']} {p['phase']}: classifier paused while "
+                f"{p['points_acked']:,} single-reading messages were acknowledged (lag "
+                f"{p['drain_backlog']}); resumed, every point was a row and every lag 0 after "
+                f"{p['drain_seconds']} s: **{_n(p['drain_points_per_s'])} points/s** drained."
+            )
     errors = {
         f"{p['transport']}-{p['phase']}": p["errors"] for p in result["phases"] if p["errors"]
     }

@@ -77,7 +77,7 @@ async def check_staleness(partition: Partition, limit: int) -> None:
 async def evict_idle(partition: Partition, settings: ClassifierSettings, share: int) -> None:
     """Evict idle sources, and the least recent above this partition's share of
     ``MAX_STREAMS_IN_MEMORY``."""
-    partition.checkpoint.evict_idle(
+    await partition.checkpoint.evict_idle(
         settings.state_idle_seconds, settings.max_streams_in_memory // share
     )
 

@@ -185,10 +185,12 @@ class PartitionCheckpoint:
                 ERRORS.labels(stage="checkpoint", error_type="defect").inc()
                 log.exception("snapshot failed", partition=self.partition)
 
-    def evict_idle(self, idle_seconds: float, max_streams: int) -> int:
+    async def evict_idle(self, idle_seconds: float, max_streams: int) -> int:
         """Evict sources idle for ``idle_seconds`` (then the least recent ones above
-        ``max_streams``) whose state is in the bucket; the streams evicted."""
-        evicted = self.state.evict_idle(time() - idle_seconds, max_streams)
+        ``max_streams``) whose state is in the bucket; the streams evicted. Never while a
+        snapshot writes (a document cut but not yet written is not in the bucket)."""
+        async with self._lock:
+            evicted = self.state.evict_idle(time() - idle_seconds, max_streams)
         if evicted:
             EVICTED_STREAMS.inc(evicted)
             STATE_STREAMS.labels(partition=str(self.partition)).set(len(self.state))

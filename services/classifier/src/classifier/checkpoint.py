@@ -141,8 +141,12 @@ class PartitionCheckpoint:
             publishing = list(self.publishing)
             docs, self.state.dirty = self.state.dirty, set()
             writes = document_writes(self.state, self.bucket, docs)
-            if publishing:
-                await asyncio.gather(*publishing, return_exceptions=True)
+            published = await asyncio.gather(*publishing, return_exceptions=True)
+            if any(result is not True for result in published):
+                # Given up (stopping) or a defect: outputs of these inputs may be missing, so
+                # neither their state nor their acks may go out; they come back after a restart.
+                self.state.dirty |= docs
+                return 0
             written = await publish_until_acked(
                 self.outbox,
                 writes,

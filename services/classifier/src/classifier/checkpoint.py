@@ -121,6 +121,9 @@ class PartitionCheckpoint:
         self.due = asyncio.Event()
         """Set when enough inputs wait: the snapshot loop does not wait for its interval."""
         self._lock = asyncio.Lock()
+        self.given_up = False
+        """A publish was given up (stopping) or failed: no snapshot may write or ack any more,
+        since some classified input lacks its outputs (it comes back after the restart)."""
 
     def track(self, inputs: Iterable[Msg], publishing: asyncio.Task[Any] | None) -> None:
         """Inputs just classified (acked by a later snapshot) and the task publishing their
@@ -128,9 +131,14 @@ class PartitionCheckpoint:
         self.inputs.extend(inputs)
         if publishing is not None:
             self.publishing.add(publishing)
-            publishing.add_done_callback(self.publishing.discard)
+            publishing.add_done_callback(self._published)
         if len(self.inputs) >= self.max_inputs:
             self.due.set()
+
+    def _published(self, task: asyncio.Task[Any]) -> None:
+        self.publishing.discard(task)
+        if task.cancelled() or task.exception() is not None or task.result() is not True:
+            self.given_up = True
 
     async def snapshot(self, give_up: asyncio.Event | None = None) -> int:
         """Cut, wait for the outputs, write the changed documents, ack: the inputs acked."""
@@ -141,8 +149,8 @@ class PartitionCheckpoint:
             publishing = list(self.publishing)
             docs, self.state.dirty = self.state.dirty, set()
             writes = document_writes(self.state, self.bucket, docs)
-            published = await asyncio.gather(*publishing, return_exceptions=True)
-            if any(result is not True for result in published):
+            await asyncio.gather(*publishing, return_exceptions=True)
+            if self.given_up:
                 # Given up (stopping) or a defect: outputs of these inputs may be missing, so
                 # neither their state nor their acks may go out; they come back after a restart.
                 self.state.dirty |= docs

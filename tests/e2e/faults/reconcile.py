@@ -30,6 +30,7 @@ from tributary_contracts import (
     DP_RAW,
     WRITER_POSTGRES_DURABLE,
     ClassifiedBatch,
+    ClassifiedBundle,
     Namespace,
     classifier_partition_durable,
 )
@@ -80,16 +81,20 @@ async def dead_letters(nats_url: str, prefix: str, sources: list[str]) -> list[D
                 continue
             headers = msg.headers or {}
             kind, reason = headers.get(DLQ_KIND, ""), headers.get(DLQ_REASON, "")
-            try:
-                batch = ClassifiedBatch.model_validate_json(msg.data or b"")
+            try:  # writers dead-letter a bundle's refused points as a one-batch bundle
+                batches = ClassifiedBundle.model_validate_json(msg.data or b"").batches
             except ValueError:
-                out.append(DeadLetter(("?", "?", 0), kind, reason))
-                continue
-            if batch.source_id not in sources:
-                continue
-            for p in batch.points:
-                out.append(DeadLetter((batch.source_id, p.stream_id, int(p.ts.timestamp())),
-                                      kind, reason))  # fmt: skip
+                try:
+                    batches = [ClassifiedBatch.model_validate_json(msg.data or b"")]
+                except ValueError:
+                    out.append(DeadLetter(("?", "?", 0), kind, reason))
+                    continue
+            for batch in batches:
+                if batch.source_id not in sources:
+                    continue
+                for p in batch.points:
+                    out.append(DeadLetter((batch.source_id, p.stream_id, int(p.ts.timestamp())),
+                                          kind, reason))  # fmt: skip
         return out
     finally:
         await nc.close()

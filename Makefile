@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 PY := .venv/bin/python
 
-.PHONY: install servers run test lint bench bootstrap clean
+.PHONY: install servers run test check lint bench bootstrap clean
 
 install:  ## OS packages if missing, .venv, every lib and implemented service (editable)
 	@bash deploy/local/install.sh
@@ -16,9 +16,13 @@ run: install servers  ## the whole fleet against the local servers; Ctrl-C stops
 test: install servers  ## unit, handler, integration and e2e tests
 	@$(PY) -m pytest -q
 
-lint: install
+check: install  ## the fast loop, no server needed (< 1 min): lint, types, unit and handler tests
+	@$(MAKE) --no-print-directory lint
+	@$(PY) -m pytest -q -p no:cacheprovider -m "not integration and not e2e and not faults and not soak"
+
+lint: install  ## ruff over everything, mypy (strict) over every library and service
 	@.venv/bin/ruff check libs services tests deploy bench
-	@.venv/bin/mypy libs/contracts/src
+	@.venv/bin/mypy libs/*/src services/*/src
 
 bench: install servers  ## every transport end to end vs this machine's limits (not a test); BENCH_ARGS="--duration 30"
 	@$(PY) bench/run.py $(BENCH_ARGS)

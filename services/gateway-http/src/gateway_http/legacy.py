@@ -24,6 +24,7 @@ with ``loc`` starting at ``"body"``.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any
@@ -38,7 +39,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from tributary_contracts import DEVICES_BUCKET, DataPoint, LegacyIds, PointClass
+from tributary_contracts import DEVICES_BUCKET, AuditAction, DataPoint, LegacyIds, PointClass
 from tributary_ingest.batches import PublishError, error_type, settle
 from tributary_ingest.points import (
     IOT_DOMAIN,
@@ -48,18 +49,27 @@ from tributary_ingest.points import (
     parse_json,
     parse_timestamp,
 )
+from tributary_runtime.access import refusal_reply
 from tributary_runtime.apikeys import Action
 from tributary_runtime.devices import (
     MAX_SENSOR_ID,
+    Device,
     DeviceRegistry,
     SensorIndexRecord,
     canonical_uuid,
+    hash_device_key,
     key_matches,
     unregistered_source_id,
 )
+from tributary_runtime.guard import client_ip
 from tributary_runtime.ops import Reply, json_response
+from tributary_runtime.ratelimit import split_backfill
 
 DEVICE_KEY_HEADER = "X-Device-Key"
+MISSING_DEVICE_KEY = f"missing {DEVICE_KEY_HEADER} header"
+INVALID_DEVICE_KEY = DEVICE_KEY_HEADER + " is not valid for device {}"
+"""The one 401 for a wrong key: the same whether or not the device is registered."""
+_KEYLESS_LIMIT = 100_000
 
 log = structlog.get_logger("gateway_http.legacy")
 
@@ -73,6 +83,11 @@ LEGACY_REFUSED = Counter(
     "Legacy IoT requests refused, by reason (missing_device_key, unknown_device, "
     "wrong_device_key, disabled_device, unknown_sensor, foreign_sensor, invalid_body).",
     ["reason"],
+)
+KEYLESS_PACKETS = Counter(
+    "gateway_http_legacy_keyless_packets",
+    "Packets accepted without X-Device-Key from registered devices (DEVICE_AUTH_MODE=migration); "
+    "0 for a while means the switch to 'required' is safe.",
 )
 LEGACY_POINTS = Counter(
     "gateway_http_legacy_points_published",
@@ -137,6 +152,12 @@ class DevicePacketIn(BaseModel):
     readings: list[SensorReadingUuidIn] = Field(min_length=1)
 
 
+class DeviceReadingsIn(BaseModel):
+    """``POST /devices/{uuid}/readings``: a packet whose device is named by the path."""
+
+    readings: list[SensorReadingUuidIn] = Field(min_length=1)
+
+
 def validation_detail(exc: ValidationError) -> list[dict[str, Any]]:
     """FastAPI's 422 ``detail`` list: ``loc`` from ``"body"``, ``msg``, ``type``."""
     return [
@@ -171,6 +192,8 @@ class LegacyIot:
         self.registry: DeviceRegistry | None = None
         self._pool: asyncpg.Pool | None = None
         self._pool_lock = asyncio.Lock()
+        self._keyless: dict[str, tuple[float | None, int]] = {}
+        """Migration mode: device → (monotonic time of its last audit event, packets since)."""
 
     async def start(self, js: Any) -> None:
         kv = await js.key_value(self._settings.namespace.bucket(DEVICES_BUCKET))
@@ -186,6 +209,11 @@ class LegacyIot:
             Route("/ingest/packets", self._endpoint("packets", self.packets), methods=["POST"]),
             Route("/ingest/readings", self._endpoint("readings", self.reading), methods=["POST"]),
             Route("/ingest/readings/bulk", self._endpoint("bulk", self.bulk), methods=["POST"]),
+            Route(
+                "/devices/{device_uuid}/readings",
+                self._endpoint("device_readings", self.device_post),
+                methods=["POST"],
+            ),
             Route(
                 "/sensors/{sensor_id}/status",
                 self._endpoint("status", self.status),
@@ -269,25 +297,39 @@ class LegacyIot:
     # -- handlers -----------------------------------------------------------------------------
     async def packets(self, request: Request) -> tuple[int, Any]:
         """POST /ingest/packets: a device's readings by sensor uuid → dp.raw.iot.<device>."""
+        return await self._device_readings(request, "packets", None)
+
+    async def device_post(self, request: Request) -> tuple[int, Any]:
+        """POST /devices/{uuid}/readings: the packet of the device named in the path."""
+        raw = request.path_params["device_uuid"]
+        try:
+            device_uuid = canonical_uuid(raw)
+        except ValueError as exc:
+            detail = f"Input should be a valid UUID: {exc}"
+            raise _path_422("device_uuid", detail, "uuid_parsing") from None
+        return await self._device_readings(request, "device_readings", device_uuid)
+
+    async def _device_readings(
+        self, request: Request, endpoint: str, path_device: str | None
+    ) -> tuple[int, Any]:
         received_at = datetime.now(UTC)
         bus, registry = self._ready()
+        bus.guard.admit(request)
         key = request.headers.get(DEVICE_KEY_HEADER)
-        if not key:
-            raise self._refuse(401, "missing_device_key", f"missing {DEVICE_KEY_HEADER} header")
-        packet: DevicePacketIn = await self._parse(request, DevicePacketIn)
-        device_uuid = str(packet.device_uuid)
+        if not key and self._settings.device_auth_mode == "required":
+            raise self._refuse(401, "missing_device_key", MISSING_DEVICE_KEY)
+        if path_device is None:
+            packet: DevicePacketIn = await self._parse(request, DevicePacketIn)
+            device_uuid, readings = str(packet.device_uuid), packet.readings
+        else:
+            body: DeviceReadingsIn = await self._parse(request, DeviceReadingsIn)
+            device_uuid, readings = path_device, body.readings
         device = await self._registry_call(registry.device(device_uuid))
-        if device is None:
-            raise self._refuse(404, "unknown_device", f"device {device_uuid} is not registered")
-        if not key_matches(device.record, key):
-            raise self._refuse(
-                401, "wrong_device_key", f"{DEVICE_KEY_HEADER} is not the key of {device_uuid}"
-            )
-        if not device.record.enabled:
-            raise self._refuse(401, "disabled_device", f"device {device_uuid} is disabled")
+        await self._authenticate_device(request, bus, device_uuid, device, key)
+        assert device is not None  # _authenticate_device refused every other case
         points = []
         sensors = device.by_uuid
-        for index, reading in enumerate(packet.readings):
+        for index, reading in enumerate(readings):
             sensor = sensors.get(reading.sensor_uuid)
             if sensor is None:
                 sensor_uuid = self._sensor_uuid(reading.sensor_uuid, index)
@@ -320,8 +362,68 @@ class LegacyIot:
                     }
                 )
             )
-        inserted = await self._publish(bus, "packets", received_at, {device_uuid: points})
+        groups = {device_uuid: points}
+        self._admit_points(bus, received_at, groups)
+        inserted = await self._publish(bus, endpoint, received_at, groups)
         return 200, {"inserted": inserted}
+
+    async def _authenticate_device(
+        self, request: Request, bus: Any, device_uuid: str, device: Device | None, key: str | None
+    ) -> None:
+        """The device-key decision (module docstring): returns when the packet may go on.
+
+        An unknown device and a known one with a wrong key get the same 401 and the same work
+        (one SHA-256), so the reply never tells whether a device is registered."""
+        if key:
+            matches = key_matches(device.record, key) if device is not None else False
+            if device is None:
+                hash_device_key(key)  # same work as a known device's comparison
+            if not matches:
+                reason = "unknown_device" if device is None else "wrong_device_key"
+                raise self._refuse(401, reason, INVALID_DEVICE_KEY.format(device_uuid))
+            if device is not None and not device.record.enabled:
+                raise self._refuse(401, "disabled_device", f"device {device_uuid} is disabled")
+            return
+        # No key; only reached in migration mode.
+        if device is None or not device.record.enabled:
+            raise self._refuse(401, "missing_device_key", MISSING_DEVICE_KEY)
+        KEYLESS_PACKETS.inc()
+        self._audit_keyless(request, bus, device_uuid)
+
+    def _audit_keyless(self, request: Request, bus: Any, device_uuid: str) -> None:
+        """One ``device_unauthenticated`` event per device per DEVICE_AUTH_AUDIT_SECONDS."""
+        now = time.monotonic()
+        last, count = self._keyless.get(device_uuid, (None, 0))
+        count += 1
+        if last is not None and now - last < self._settings.device_auth_audit_seconds:
+            self._keyless[device_uuid] = (last, count)
+            return
+        if len(self._keyless) >= _KEYLESS_LIMIT:
+            self._keyless.clear()
+        self._keyless[device_uuid] = (now, 0)
+        bus.audit.record_soon(
+            bus.audit.event(
+                AuditAction.DEVICE_UNAUTHENTICATED,
+                client_ip=client_ip(request.scope),
+                target=f"device {device_uuid}",
+                reason=f"DEVICE_AUTH_MODE=migration accepted packets without {DEVICE_KEY_HEADER}",
+                details={"device_uuid": device_uuid, "packets": count},
+            )
+        )
+
+    def _admit_points(
+        self, bus: Any, received_at: datetime, groups: dict[str, list[DataPoint]]
+    ) -> None:
+        """The per-device (per source) point budgets of the whole request, or 429/413."""
+        age = bus.guard.limiter.backfill_age_seconds
+        counts = {
+            source: split_backfill((p.ts for p in points), received_at, age)
+            for source, points in groups.items()
+        }
+        refusal = bus.guard.limiter.admit_sources(IOT_DOMAIN, counts)
+        if refusal is not None:
+            LEGACY_REFUSED.labels("rate_limited").inc()
+            raise refusal_reply(refusal)
 
     @staticmethod
     def _sensor_uuid(raw: str, index: int) -> str:
@@ -380,6 +482,7 @@ class LegacyIot:
                     legacy,
                 )
             )
+        self._admit_points(bus, received_at, groups)
         inserted = await self._publish(bus, endpoint, received_at, groups)
         return 200, {"inserted": inserted}
 
@@ -454,6 +557,11 @@ SELECT alert_id, severity, rule, reason, first_value, first_at, last_value, last
  WHERE domain = $1 AND source_id = ANY($2::text[]) AND stream_id = $3 AND status = 'open'
  ORDER BY opened_at DESC LIMIT 1
 """
+
+
+def _path_422(name: str, msg: str, kind: str) -> Reply:
+    LEGACY_REFUSED.labels("invalid_body").inc()
+    return Reply(422, {"detail": [{"loc": ["path", name], "msg": msg, "type": kind}]})
 
 
 def _point(

@@ -97,7 +97,8 @@ async def test_migration_mode_accepts_keyless_packets_of_registered_devices_coun
     assert (second.status_code, second.json()) == (200, {"inserted": 2})
     # a wrong key stays wrong; unregistered or disabled devices without a key are refused alike
     assert (wrong.status_code, wrong.json()) == (
-        401, {"detail": f"X-Device-Key is not valid for device {DEVICE}"}
+        401,
+        {"detail": f"X-Device-Key is not valid for device {DEVICE}"},
     )
     missing = (401, {"detail": "missing X-Device-Key header"})
     assert (unknown.status_code, unknown.json()) == missing
@@ -121,14 +122,21 @@ async def test_a_wrong_key_gets_the_same_reply_for_an_unknown_and_a_known_device
     async with iot_gateway(start_gateway, device_auth_mode=mode) as gw:
         known = await post(gw, packet(), "dev_wrong")
         unknown = await post(gw, packet(device=UNKNOWN), "dev_wrong")
-        known_path = await post(gw, {"readings": packet()["readings"]}, "dev_wrong",
-                                f"/devices/{DEVICE}/readings")
-        unknown_path = await post(gw, {"readings": packet()["readings"]}, "dev_wrong",
-                                  f"/devices/{UNKNOWN}/readings")
-    for device, reply in ((DEVICE, known), (UNKNOWN, unknown), (DEVICE, known_path),
-                          (UNKNOWN, unknown_path)):
+        known_path = await post(
+            gw, {"readings": packet()["readings"]}, "dev_wrong", f"/devices/{DEVICE}/readings"
+        )
+        unknown_path = await post(
+            gw, {"readings": packet()["readings"]}, "dev_wrong", f"/devices/{UNKNOWN}/readings"
+        )
+    for device, reply in (
+        (DEVICE, known),
+        (UNKNOWN, unknown),
+        (DEVICE, known_path),
+        (UNKNOWN, unknown_path),
+    ):
         assert (reply.status_code, reply.json()) == (
-            401, {"detail": f"X-Device-Key is not valid for device {device}"}
+            401,
+            {"detail": f"X-Device-Key is not valid for device {device}"},
         )
         assert set(reply.headers) == set(known.headers)
 
@@ -137,7 +145,9 @@ async def test_post_device_readings_is_a_packet_named_by_the_path(
     start_gateway: Any, read_stream: Any
 ) -> None:
     async with iot_gateway(start_gateway) as gw:
-        reply = await post(gw, {"readings": packet()["readings"]}, KEY, f"/devices/{DEVICE}/readings")
+        reply = await post(
+            gw, {"readings": packet()["readings"]}, KEY, f"/devices/{DEVICE}/readings"
+        )
         bad = await post(gw, {"readings": []}, KEY, "/devices/not-a-uuid/readings")
     assert (reply.status_code, reply.json()) == (200, {"inserted": 1})
     assert bad.status_code == 422 and bad.json()["detail"][0]["loc"] == ["path", "device_uuid"]

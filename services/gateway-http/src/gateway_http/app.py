@@ -39,6 +39,7 @@ from starlette.routing import Route
 
 from gateway_http import config_api, keys_api
 from gateway_http.legacy import LegacyIot
+from gateway_http.legacy_ops import LegacyOps
 from gateway_http.metrics import (
     ACK_LATENCY,
     CONFIG_REQUESTS,
@@ -377,12 +378,20 @@ def create_app(
         )
 
     legacy = LegacyIot(settings, lambda: state.get("bus"), authorize, read_body, unavailable)
+    legacy_ops = LegacyOps(
+        settings,
+        lambda: state.get("bus"),
+        authorize,
+        legacy.postgres,
+        lambda: legacy.registry is not None,
+    )
     provisioning = Provisioning(
         settings, lambda: state.get("bus"), lambda: legacy.registry, read_body, unavailable
     )
     routes = [
         Route("/ingest/data", ingest_data, methods=["POST"]),
         *legacy.routes(),
+        *legacy_ops.routes(),
         *provisioning.routes(),
         Route("/streams/{rest:path}", stream_config, methods=["GET", "PUT", "DELETE"]),
         Route("/keys", keys, methods=["GET", "POST"]),

@@ -521,7 +521,7 @@ class LegacyIot:
         self, sources: list[str], stream_id: str
     ) -> tuple[asyncpg.Record | None, asyncpg.Record | None]:
         try:
-            pool = await self._connect()
+            pool = await self.postgres()
             async with pool.acquire() as conn:
                 latest = await conn.fetchrow(LATEST_SQL, IOT_DOMAIN, sources, stream_id)
                 alert = await conn.fetchrow(OPEN_ALERT_SQL, IOT_DOMAIN, sources, stream_id)
@@ -536,7 +536,8 @@ class LegacyIot:
             ) from None
         return latest, alert
 
-    async def _connect(self) -> asyncpg.Pool:
+    async def postgres(self) -> asyncpg.Pool:
+        """The PostgreSQL pool (POSTGRES_DSN), made on first use."""
         async with self._pool_lock:
             if self._pool is None:
                 self._pool = await asyncpg.create_pool(

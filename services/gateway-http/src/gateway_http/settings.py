@@ -7,7 +7,6 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator
 
 from tributary_contracts import SinkRoutes
-
 from tributary_ingest.bus import GatewayBusSettings
 from tributary_runtime.guard import GuardSettings
 from tributary_runtime.settings import ServiceSettings

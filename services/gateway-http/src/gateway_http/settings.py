@@ -74,7 +74,7 @@ class GatewayHttpSettings(GatewayBusSettings, GuardSettings, ServiceSettings):
         "GET /sensors/{id}/status reads the latest reading and open alert there.",
     )
     mssql_odbc_driver: str = Field(
-        default="ODBC Driver 18 for SQL Server",
+        default="FreeTDS",
         description="ODBC driver for an mssql:// MSSQL_DSN without odbc_connect (as "
         "writer-sqlserver).",
     )

@@ -148,7 +148,8 @@ class MlJob:
         try:
             return await asyncio.to_thread(
                 load_sqlserver, self.settings.mssql_dsn.get_secret_value(), domain=domain,
-                since=since, window=self.settings.ml_window_points,
+                odbc_driver=self.settings.mssql_odbc_driver,
+                tds_version=self.settings.mssql_tds_version, since=since, window=self.settings.ml_window_points,
                 max_streams=self.settings.ml_max_streams, watermarks=marks,
             )
         except Exception as exc:

@@ -7,6 +7,7 @@ import pytest
 
 from tributary_sqlserver import engine_url, is_stand_in
 
+ODBC = "DRIVER={ODBC Driver 18 for SQL Server};SERVER=db;DATABASE=iot;UID=sa;PWD=pw"
 CASES = [
     # (dsn, driver setting, drivername, query)
     ("mssql://sa:pw@db:1433/iot", "FreeTDS", "mssql+pyodbc",
@@ -15,9 +16,7 @@ CASES = [
      {"driver": "ODBC Driver 18 for SQL Server"}),
     ("mssql+pyodbc://sa:pw@db/iot?driver=ODBC+Driver+17+for+SQL+Server", "FreeTDS",
      "mssql+pyodbc", {"driver": "ODBC Driver 17 for SQL Server"}),
-    ("DRIVER={ODBC Driver 18 for SQL Server};SERVER=db;DATABASE=iot;UID=sa;PWD=pw", "FreeTDS",
-     "mssql+pyodbc", {"odbc_connect":
-                      "DRIVER={ODBC Driver 18 for SQL Server};SERVER=db;DATABASE=iot;UID=sa;PWD=pw"}),
+    (ODBC, "FreeTDS", "mssql+pyodbc", {"odbc_connect": ODBC}),
     ("postgresql://postgres@127.0.0.1:5432/standin", "FreeTDS", "postgresql+psycopg2", {}),
 ]  # fmt: skip
 

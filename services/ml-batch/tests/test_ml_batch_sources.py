@@ -11,9 +11,9 @@ import pytest
 
 from ml_batch.job import sqlserver_domains
 from ml_batch.load import group_legacy_rows, load_sqlserver
-from tributary_sqlserver import build_engine, engine_url
 from ml_batch.settings import MlBatchSettings
 from tributary_runtime.settings import settings_table
+from tributary_sqlserver import build_engine, engine_url
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 T = datetime(2026, 3, 1, 12, 0)

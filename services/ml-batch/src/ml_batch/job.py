@@ -149,7 +149,8 @@ class MlJob:
             return await asyncio.to_thread(
                 load_sqlserver, self.settings.mssql_dsn.get_secret_value(), domain=domain,
                 odbc_driver=self.settings.mssql_odbc_driver,
-                tds_version=self.settings.mssql_tds_version, since=since, window=self.settings.ml_window_points,
+                tds_version=self.settings.mssql_tds_version, since=since,
+                window=self.settings.ml_window_points,
                 max_streams=self.settings.ml_max_streams, watermarks=marks,
             )
         except Exception as exc:

@@ -18,7 +18,8 @@ table gets only that part: the legacy classifier had no range (or no delta limit
 Rows are read from the SQL Server (``tributary thresholds import --mssql-dsn …``) or from CSV
 exports of the two tables. Column names a legacy database may use for each field are listed in
 ``ALERT_COLUMNS``/``DELTA_COLUMNS`` (first present wins);
-``deploy/sqlserver/003_legacy_thresholds.sql`` is the layout the SQL reader expects. Inactive rows (``is_active`` 0) are skipped.
+``deploy/sqlserver/003_legacy_thresholds.sql`` is the layout the SQL reader expects. Inactive
+rows (``is_active`` 0) are skipped.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ import nats
 import pytest
 from prometheus_client import REGISTRY
 
-from gateway_http.legacy import LEGACY_CLASS, status_body
+from gateway_http.sensor_status import LEGACY_CLASS, status_body
 from tributary_contracts import DEVICES_BUCKET, DP_RAW, LegacyIds, PointBatch
 from tributary_runtime.devices import (
     DeviceRecord,

@@ -39,7 +39,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from tributary_contracts import DEVICES_BUCKET, AuditAction, DataPoint, LegacyIds, PointClass
+from gateway_http.sensor_status import (
+    StoredIot,
+    StoreUnavailable,
+    reading_body,
+    status_body,
+)
+from tributary_contracts import DEVICES_BUCKET, AuditAction, DataPoint, LegacyIds
 from tributary_ingest.batches import PublishError, error_type, settle
 from tributary_ingest.points import (
     IOT_DOMAIN,
@@ -70,6 +76,8 @@ MISSING_DEVICE_KEY = f"missing {DEVICE_KEY_HEADER} header"
 INVALID_DEVICE_KEY = DEVICE_KEY_HEADER + " is not valid for device {}"
 """The one 401 for a wrong key: the same whether or not the device is registered."""
 _KEYLESS_LIMIT = 100_000
+DEFAULT_READINGS = 100
+MAX_READINGS = 1000
 
 log = structlog.get_logger("gateway_http.legacy")
 
@@ -94,14 +102,6 @@ LEGACY_POINTS = Counter(
     "Legacy IoT readings acknowledged by JetStream on dp.raw.iot, by endpoint.",
     ["endpoint"],
 )
-LEGACY_CLASS = {
-    PointClass.CRITICAL.value: "ALERT",
-    PointClass.ANOMALY.value: "WARNING",
-    PointClass.WARNING.value: "WARNING",
-    PointClass.NORMAL.value: "ML_PREDICTION",
-    PointClass.REJECTED.value: "REJECTED",
-}
-"""The legacy ReadingClass name of a stored class (status replies carry both)."""
 
 
 # -- request bodies (the legacy schemas) -------------------------------------------------------
@@ -192,6 +192,7 @@ class LegacyIot:
         self.registry: DeviceRegistry | None = None
         self._pool: asyncpg.Pool | None = None
         self._pool_lock = asyncio.Lock()
+        self.stored = StoredIot(settings, self.postgres)
         self._keyless: dict[str, tuple[float | None, int]] = {}
         """Migration mode: device → (monotonic time of its last audit event, packets since)."""
 
@@ -200,6 +201,7 @@ class LegacyIot:
         self.registry = DeviceRegistry(kv, cache_seconds=self._settings.device_cache_seconds)
 
     async def stop(self) -> None:
+        self.stored.close()
         if self._pool is not None:
             await self._pool.close()
             self._pool = None
@@ -213,6 +215,11 @@ class LegacyIot:
                 "/devices/{device_uuid}/readings",
                 self._endpoint("device_readings", self.device_post),
                 methods=["POST"],
+            ),
+            Route(
+                "/devices/{device_uuid}/readings",
+                self._endpoint("device_history", self.device_get),
+                methods=["GET"],
             ),
             Route(
                 "/sensors/{sensor_id}/status",
@@ -510,31 +517,54 @@ class LegacyIot:
         sources = [unregistered_source_id(sensor_id)]
         if sensor is not None:
             sources.insert(0, sensor.device_uuid)
-        latest, alert = await self._stored_status(sources, str(sensor_id))
+        latest, alert = await self._stored(self.stored.status(sensor_id, sources))
         if sensor is None and latest is None and alert is None:
             raise self._refuse(
                 404, "unknown_sensor", f"sensor {sensor_id} is not registered and has no readings"
             )
         return 200, status_body(sensor_id, sensor, latest, alert)
 
-    async def _stored_status(
-        self, sources: list[str], stream_id: str
-    ) -> tuple[asyncpg.Record | None, asyncpg.Record | None]:
+    async def device_get(self, request: Request) -> tuple[int, Any]:
+        """GET /devices/{uuid}/readings: the device's latest stored readings (X-API-Key)."""
+        bus, registry = self._ready()
+        await self._authorize(request, bus, Action.READ)
         try:
-            pool = await self.postgres()
-            async with pool.acquire() as conn:
-                latest = await conn.fetchrow(LATEST_SQL, IOT_DOMAIN, sources, stream_id)
-                alert = await conn.fetchrow(OPEN_ALERT_SQL, IOT_DOMAIN, sources, stream_id)
-        except (asyncpg.UndefinedTableError, asyncpg.InvalidCatalogNameError):
-            return None, None  # the writer has not created its tables yet: nothing stored
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+            device_uuid = canonical_uuid(request.path_params["device_uuid"])
+        except ValueError as exc:
+            detail = f"Input should be a valid UUID: {exc}"
+            raise _path_422("device_uuid", detail, "uuid_parsing") from None
+        raw_limit = request.query_params.get("limit", str(DEFAULT_READINGS))
+        if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_READINGS:
+            LEGACY_REFUSED.labels("invalid_body").inc()
+            msg = f"limit must be an integer from 1 to {MAX_READINGS}"
+            raise Reply(
+                422, {"detail": [{"loc": ["query", "limit"], "msg": msg, "type": "int_parsing"}]}
+            )
+        device = await self._registry_call(registry.device(device_uuid))
+        sensors = {} if device is None else {
+            s.sensor_id: s.sensor_uuid for s in device.record.sensors
+        }
+        rows = await self._stored(self.stored.readings(device_uuid, list(sensors), int(raw_limit)))
+        if device is None and not rows:
+            raise self._refuse(
+                404, "unknown_device", f"device {device_uuid} is not registered and has no readings"
+            )
+        by_stream = {str(k): v for k, v in sensors.items()}
+        return 200, {
+            "device_uuid": device_uuid,
+            "readings": [reading_body(row, by_stream) for row in rows],
+        }
+
+    async def _stored(self, read: Awaitable[Any]) -> Any:
+        try:
+            return await read
+        except StoreUnavailable as exc:
             raise self._unavailable(
                 "status",
-                type(exc).__name__[:40],
-                repr(exc),
-                "PostgreSQL did not answer the status query; retry later",
+                exc.error_type,
+                str(exc),
+                f"the database that owns domain iot ({exc.store}) did not answer; retry later",
             ) from None
-        return latest, alert
 
     async def postgres(self) -> asyncpg.Pool:
         """The PostgreSQL pool (POSTGRES_DSN), made on first use."""
@@ -544,20 +574,6 @@ class LegacyIot:
                     self._settings.postgres_dsn, min_size=0, max_size=2, timeout=5
                 )
             return self._pool
-
-
-LATEST_SQL = """
-SELECT time, value, cls, reason, stream_type, source_id FROM data_points
- WHERE domain = $1 AND source_id = ANY($2::text[]) AND stream_id = $3
- ORDER BY time DESC LIMIT 1
-"""
-OPEN_ALERT_SQL = """
-SELECT alert_id, severity, rule, reason, first_value, first_at, last_value, last_at, peak_value,
-       violation_count, opened_at
-  FROM stream_alerts
- WHERE domain = $1 AND source_id = ANY($2::text[]) AND stream_id = $3 AND status = 'open'
- ORDER BY opened_at DESC LIMIT 1
-"""
 
 
 def _path_422(name: str, msg: str, kind: str) -> Reply:
@@ -583,57 +599,3 @@ def _point(
             "legacy": legacy,
         }
     )
-
-
-def _iso(value: datetime | None) -> str | None:
-    return value.astimezone(UTC).isoformat().replace("+00:00", "Z") if value else None
-
-
-def status_body(
-    sensor_id: int,
-    sensor: SensorIndexRecord | None,
-    latest: Any,
-    alert: Any,
-) -> dict[str, Any]:
-    """The status reply: registry ids, the latest reading and the open alert (or nulls).
-
-    ``state`` is the legacy class of the open alert if there is one, else of the latest
-    reading (``NO_DATA`` when nothing is stored)."""
-    latest_doc = None
-    if latest is not None:
-        latest_doc = {
-            "value": latest["value"],
-            "timestamp": _iso(latest["time"]),
-            "classification": LEGACY_CLASS.get(latest["cls"], latest["cls"]),
-            "cls": latest["cls"],
-            "reason": latest["reason"],
-        }
-    alert_doc = None
-    if alert is not None:
-        alert_doc = {
-            "alert_id": alert["alert_id"],
-            "classification": LEGACY_CLASS.get(alert["severity"], alert["severity"]),
-            "severity": alert["severity"],
-            "rule": alert["rule"],
-            "reason": alert["reason"],
-            "opened_at": _iso(alert["opened_at"]),
-            "first_value": alert["first_value"],
-            "last_value": alert["last_value"],
-            "last_at": _iso(alert["last_at"]),
-            "peak_value": alert["peak_value"],
-            "violation_count": alert["violation_count"],
-        }
-    state = "NO_DATA"
-    if alert_doc is not None:
-        state = alert_doc["classification"]
-    elif latest_doc is not None:
-        state = latest_doc["classification"]
-    return {
-        "sensor_id": sensor_id,
-        "device_uuid": sensor.device_uuid if sensor else None,
-        "sensor_uuid": sensor.sensor_uuid if sensor else None,
-        "sensor_type": sensor.sensor_type if sensor else None,
-        "state": state,
-        "latest": latest_doc,
-        "active_alert": alert_doc,
-    }

@@ -7,7 +7,9 @@ they compile to T-SQL on SQL Server (``TOP``) and run unchanged on the PostgreSQ
 The rows come back in the shapes of the PostgreSQL reads (``time``, ``value``, ``cls``,
 ``reason``; alerts with ``severity``, ``rule``, …) so one reply builder serves both databases.
 A reading's class is not stored in ``sensor_readings``: it is ``critical`` when an alert was
-triggered by it, ``anomaly`` when a DELTA_SPIKE event was, else ``normal``.
+triggered by it, else ``normal``. Delta spikes (WARNING) are not in ``sensor_readings`` at all —
+the legacy flow writes them to ``dbo.ml_events`` only — so they are read from there (class
+``anomaly``) and merged in by time.
 """
 
 from __future__ import annotations
@@ -104,20 +106,9 @@ def _open_event(conn: Any, sensor_id: int) -> dict[str, Any] | None:
 def _classes(
     conn: Any, sensor_ids: list[int], since: datetime
 ) -> dict[tuple[int, datetime], tuple[str, str]]:
-    """(sensor, time) → (cls, reason) of readings since ``since`` that triggered an alert or a
-    spike event."""
+    """(sensor, time) → (cls, reason) of readings since ``since`` that triggered an alert."""
     found: dict[tuple[int, datetime], tuple[str, str]] = {}
     naive = since.astimezone(UTC).replace(tzinfo=None)
-    for row in conn.execute(
-        select(ml_events.c.sensor_id, ml_events.c.event_timestamp, ml_events.c.message).where(
-            ml_events.c.sensor_id.in_(sensor_ids),
-            ml_events.c.event_type == DELTA_SPIKE,
-            ml_events.c.event_timestamp >= naive,
-        )
-    ):
-        at = _utc(row[1])
-        assert at is not None
-        found[(row[0], at)] = ("anomaly", row[2])
     for row in conn.execute(
         select(alerts.c.sensor_id, alerts.c.triggered_at, alerts.c.message).where(
             alerts.c.sensor_id.in_(sensor_ids), alerts.c.triggered_at >= naive
@@ -132,19 +123,8 @@ def _classes(
 def sensor_status(engine: Engine, sensor_id: int) -> tuple[dict[str, Any] | None, Any]:
     """``(latest reading, open alert)`` of one sensor, each None when there is none."""
     with engine.connect() as conn:
-        row = conn.execute(
-            select(sensor_readings.c.value, sensor_readings.c.device_timestamp)
-            .where(sensor_readings.c.sensor_id == sensor_id)
-            .order_by(sensor_readings.c.device_timestamp.desc())
-            .limit(1)
-        ).first()
-        latest = None
-        if row is not None:
-            at = _utc(row[1])
-            assert at is not None
-            cls, reason = _classes(conn, [sensor_id], at).get((sensor_id, at), ("normal", None))
-            latest = {"value": row[0], "time": at, "cls": cls, "reason": reason}
-        return latest, _open_event(conn, sensor_id)
+        readings = _readings(conn, [sensor_id], 1)
+        return (readings[0] if readings else None), _open_event(conn, sensor_id)
 
 
 def recent_readings(
@@ -154,24 +134,41 @@ def recent_readings(
     if not sensor_ids:
         return []
     with engine.connect() as conn:
-        rows = conn.execute(
-            select(
-                sensor_readings.c.sensor_id,
-                sensor_readings.c.value,
-                sensor_readings.c.device_timestamp,
-            )
-            .where(sensor_readings.c.sensor_id.in_(sensor_ids))
-            .order_by(sensor_readings.c.device_timestamp.desc(), sensor_readings.c.sensor_id)
-            .limit(limit)
-        ).all()
-        oldest = _utc(rows[-1][2]) if rows else None
-        classes = _classes(conn, sensor_ids, oldest) if oldest is not None else {}
+        return _readings(conn, sensor_ids, limit)
+
+
+def _readings(conn: Any, sensor_ids: list[int], limit: int) -> list[dict[str, Any]]:
+    stored = conn.execute(
+        select(
+            sensor_readings.c.sensor_id,
+            sensor_readings.c.value,
+            sensor_readings.c.device_timestamp,
+        )
+        .where(sensor_readings.c.sensor_id.in_(sensor_ids))
+        .order_by(sensor_readings.c.device_timestamp.desc(), sensor_readings.c.sensor_id)
+        .limit(limit)
+    ).all()
+    spikes = conn.execute(
+        select(ml_events.c.sensor_id, ml_events.c.value, ml_events.c.event_timestamp,
+               ml_events.c.message)
+        .where(ml_events.c.sensor_id.in_(sensor_ids), ml_events.c.event_type == DELTA_SPIKE)
+        .order_by(ml_events.c.event_timestamp.desc(), ml_events.c.sensor_id)
+        .limit(limit)
+    ).all()  # fmt: skip
+    oldest = _utc(stored[-1][2]) if stored else None
+    alerted = _classes(conn, sensor_ids, oldest) if oldest is not None else {}
     out = []
-    for sensor_id, value, ts in rows:
+    for sensor_id, value, ts in stored:
         at = _utc(ts)
         assert at is not None
-        cls, reason = classes.get((sensor_id, at), ("normal", None))
+        cls, reason = alerted.get((sensor_id, at), ("normal", None))
         out.append(
             {"stream_id": str(sensor_id), "value": value, "time": at, "cls": cls, "reason": reason}
         )
-    return out
+    for sensor_id, value, ts, message in spikes:
+        out.append(
+            {"stream_id": str(sensor_id), "value": value, "time": _utc(ts), "cls": "anomaly",
+             "reason": message}
+        )  # fmt: skip
+    out.sort(key=lambda r: (r["time"], -int(r["stream_id"])), reverse=True)
+    return out[:limit]

@@ -2,7 +2,9 @@
 ``/metrics``.
 
 The legacy IoT endpoints (``/ingest/packets``, ``/ingest/readings[/bulk]``,
-``/sensors/{id}/status``) live in ``legacy``; they are wired here.
+``/devices/{uuid}/readings``, ``/sensors/{id}/status``) live in ``legacy``, the legacy service's
+operational probes (``/health/postgres``, ``/ingest/health``, ``/mqtt/*``, ``/resilience/health``,
+``/diagnostics``) in ``legacy_ops``; they are wired here.
 
 ``POST /ingest/data`` consumes ``{"source_id", "domain", "data_points": [...]}`` with an
 ``X-API-Key`` and produces ``PointBatch`` messages on ``dp.raw.<domain>.<source>`` (rejected points

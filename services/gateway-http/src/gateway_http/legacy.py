@@ -1,15 +1,21 @@
-"""The legacy IoT endpoints, unchanged for their clients (seed 002), on top of the bus.
+"""The legacy IoT endpoints, unchanged for their clients (seeds 002 and 004), on top of the bus.
 
 - ``POST /ingest/packets`` — header ``X-Device-Key``; ``{"device_uuid", "readings":
-  [{"sensor_uuid", "value", "timestamp"}]}``. The device must be registered, enabled and the key
-  its own (401 otherwise; 404 for an unknown device); every sensor_uuid must be one of its
-  sensors (404 unknown, 403 another device's). Nothing of a refused packet is published.
+  [{"sensor_uuid", "value", "timestamp"}]}``. ``POST /devices/{uuid}/readings`` — the same with
+  the device in the path and ``{"readings": [...]}``. Device authentication
+  (``DEVICE_AUTH_MODE``): ``required`` — the device's own key; ``migration`` — a packet without
+  the header is also accepted from a registered, enabled device (counted, audited once per device
+  per ``DEVICE_AUTH_AUDIT_SECONDS``). A wrong key is one 401 whether or not the device exists.
+  Every sensor_uuid must be one of the device's sensors (404 unknown, 403 another device's).
+  Nothing of a refused packet is published.
 - ``POST /ingest/readings`` — header ``X-API-Key``; ``{"sensor_id", "value", "timestamp"}``.
 - ``POST /ingest/readings/bulk`` — header ``X-API-Key``; ``{"readings": [...]}`` of those.
   A sensor_id the registry does not know is still accepted (as the legacy endpoint did).
-- ``GET /sensors/{sensor_id}/status`` — header ``X-API-Key``: the latest stored reading with its
-  class and the open alert, read from the PostgreSQL tables writer-postgres fills
-  (``data_points``, ``stream_alerts``).
+- ``GET /sensors/{sensor_id}/status``, ``GET /devices/{uuid}/readings`` — header ``X-API-Key``:
+  what is stored, read from the database owning domain ``iot`` (``sensor_status``).
+
+Every endpoint spends the client IP's request budget, and ingest the device's (source's) point
+budget, before anything is published (429 + ``Retry-After``).
 
 Points get domain ``iot``, ``stream_id`` = the sensor_id as text, ``source_id`` = the owning
 device's uuid (``sensor-<id>`` for a sensor the registry does not know), ``stream_type`` =

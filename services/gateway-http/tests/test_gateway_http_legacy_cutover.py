@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from prometheus_client import REGISTRY
 
-from tributary_contracts import AUDIT, DEVICES_BUCKET, DP_RAW, AuditEvent, PointBatch
+from tributary_contracts import AUDIT, DEVICES_BUCKET, AuditEvent
 from tributary_runtime.devices import (
     DeviceRecord,
     DeviceRegistry,
@@ -74,16 +74,16 @@ async def post(gw: Any, body: Any, key: str | None, path: str = "/ingest/packets
 
 
 async def test_required_mode_refuses_a_keyless_packet_of_a_registered_device(
-    start_gateway: Any, read_stream: Any
+    start_gateway: Any, read_batches: Any
 ) -> None:
     async with iot_gateway(start_gateway) as gw:
         reply = await post(gw, packet(), None)
     assert (reply.status_code, reply.json()) == (401, {"detail": "missing X-Device-Key header"})
-    assert await read_stream(DP_RAW) == []
+    assert await read_batches() == []
 
 
 async def test_migration_mode_accepts_keyless_packets_of_registered_devices_counted_and_audited(
-    start_gateway: Any, read_stream: Any
+    start_gateway: Any, read_stream: Any, read_batches: Any
 ) -> None:
     before = keyless()
     async with iot_gateway(start_gateway, device_auth_mode="migration") as gw:
@@ -104,7 +104,7 @@ async def test_migration_mode_accepts_keyless_packets_of_registered_devices_coun
     assert (unknown.status_code, unknown.json()) == missing
     assert (disabled.status_code, disabled.json()) == missing
     assert keyless() == before + 2
-    batches = [PointBatch.model_validate_json(m.data) for m in await read_stream(DP_RAW)]
+    batches = [r.batch for r in await read_batches()]
     assert {b.source_id for b in batches} == {DEVICE}
     assert sum(len(b.points) for b in batches) == 3
     events = [AuditEvent.model_validate_json(m.data) for m in audit]
@@ -142,7 +142,7 @@ async def test_a_wrong_key_gets_the_same_reply_for_an_unknown_and_a_known_device
 
 
 async def test_post_device_readings_is_a_packet_named_by_the_path(
-    start_gateway: Any, read_stream: Any
+    start_gateway: Any, read_stream: Any, read_batches: Any
 ) -> None:
     async with iot_gateway(start_gateway) as gw:
         reply = await post(
@@ -151,12 +151,12 @@ async def test_post_device_readings_is_a_packet_named_by_the_path(
         bad = await post(gw, {"readings": []}, KEY, "/devices/not-a-uuid/readings")
     assert (reply.status_code, reply.json()) == (200, {"inserted": 1})
     assert bad.status_code == 422 and bad.json()["detail"][0]["loc"] == ["path", "device_uuid"]
-    [message] = await read_stream(DP_RAW)
-    assert PointBatch.model_validate_json(message.data).source_id == DEVICE
+    [message] = await read_batches()
+    assert message.batch.source_id == DEVICE
 
 
 async def test_packets_spend_the_client_ip_budget_then_429_with_retry_after(
-    start_gateway: Any, read_stream: Any
+    start_gateway: Any, read_stream: Any, read_batches: Any
 ) -> None:
     async with iot_gateway(
         start_gateway, rate_limit_ip_per_second=0.001, rate_limit_ip_burst=2
@@ -165,12 +165,12 @@ async def test_packets_spend_the_client_ip_budget_then_429_with_retry_after(
     assert [r.status_code for r in replies] == [200, 200, 429]
     assert int(replies[2].headers["Retry-After"]) >= 1
     assert replies[2].json()["detail"].startswith("rate limit: more than")
-    stored = [PointBatch.model_validate_json(m.data) for m in await read_stream(DP_RAW)]
+    stored = [r.batch for r in await read_batches()]
     assert sorted(p.value for b in stored for p in b.points) == [0.0, 1.0]
 
 
 async def test_a_device_beyond_its_point_budget_gets_429_and_nothing_is_published(
-    start_gateway: Any, read_stream: Any
+    start_gateway: Any, read_stream: Any, read_batches: Any
 ) -> None:
     async with iot_gateway(
         start_gateway,
@@ -198,5 +198,5 @@ async def test_a_device_beyond_its_point_budget_gets_429_and_nothing_is_publishe
     assert DEVICE in refused.json()["detail"]
     assert bulk.status_code == 429
     assert (other.status_code, other.json()) == (200, {"inserted": 1})
-    batches = [PointBatch.model_validate_json(m.data) for m in await read_stream(DP_RAW)]
+    batches = [r.batch for r in await read_batches()]
     assert sorted((b.source_id, len(b.points)) for b in batches) == [(DEVICE, 2), ("sensor-99", 1)]

@@ -7,12 +7,12 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator
 
 from tributary_contracts import SinkRoutes
-from tributary_ingest.bus import GatewayBusSettings
+from tributary_ingest.bus import BundleLingerSettings, GatewayBusSettings
 from tributary_runtime.guard import GuardSettings
 from tributary_runtime.settings import ServiceSettings
 
 
-class GatewayHttpSettings(GatewayBusSettings, GuardSettings, ServiceSettings):
+class GatewayHttpSettings(GatewayBusSettings, BundleLingerSettings, GuardSettings, ServiceSettings):
     """What the HTTP gateway reads from the environment."""
 
     port: int = Field(

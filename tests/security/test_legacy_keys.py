@@ -97,8 +97,10 @@ async def test_imported_keys_are_listed_revocable_and_audited(
     assert revoked[0] == 0
     assert (await fleet.ingest(ADMIN_TEXT)).status_code == 401
 
-    events = [AuditEvent.model_validate_json(m.data) for m in await stored_messages(
-        fleet.js, fleet.ns.stream(AUDIT))]
+    events = [
+        AuditEvent.model_validate_json(m.data)
+        for m in await stored_messages(fleet.js, fleet.ns.stream(AUDIT))
+    ]
     actions = [(e.action, e.target) for e in events if e.target == imported["key_id"]]
     assert actions == [("key_imported", imported["key_id"]), ("key_revoked", imported["key_id"])]
 
@@ -124,9 +126,27 @@ async def test_import_checks_every_row_before_storing_anything(
 
 
 def test_legacy_rows_map_roles_scopes_and_enabled() -> None:
-    row = {"KEY_HASH": sha("k").upper(), "Role": "source_writer", "source_ids": '["a","b"]',
-           "domains": "infrastructure;finance", "enabled": "false", "id": "7"}
+    row = {
+        "KEY_HASH": sha("k").upper(),
+        "Role": "source_writer",
+        "source_ids": '["a","b"]',
+        "domains": "infrastructure;finance",
+        "enabled": "false",
+        "id": "7",
+    }
     key = parse_legacy_key(row)
-    assert (key.secret_sha256, key.role.value, key.source_ids, key.domains, key.enabled,
-            key.name) == (sha("k"), "source_writer", ["a", "b"], ["infrastructure", "finance"],
-                          False, "(legacy id 7)")
+    assert (
+        key.secret_sha256,
+        key.role.value,
+        key.source_ids,
+        key.domains,
+        key.enabled,
+        key.name,
+    ) == (
+        sha("k"),
+        "source_writer",
+        ["a", "b"],
+        ["infrastructure", "finance"],
+        False,
+        "(legacy id 7)",
+    )

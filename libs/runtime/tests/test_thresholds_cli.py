@@ -113,24 +113,36 @@ def _create_tables(dsn: str) -> None:
     with engine.begin() as conn:
         if is_stand_in(engine_url(dsn)):
             conn.execute(text("CREATE SCHEMA IF NOT EXISTS dbo"))
-            conn.execute(text(
-                "CREATE TABLE dbo.alert_thresholds (id serial, sensor_id int, min_value float,"
-                " max_value float, is_active boolean DEFAULT true)"))
-            conn.execute(text(
-                "CREATE TABLE dbo.delta_thresholds (id serial, sensor_id int, abs_delta float,"
-                " rel_delta float, is_active boolean DEFAULT true)"))
+            conn.execute(
+                text(
+                    "CREATE TABLE dbo.alert_thresholds (id serial, sensor_id int, min_value float,"
+                    " max_value float, is_active boolean DEFAULT true)"
+                )
+            )
+            conn.execute(
+                text(
+                    "CREATE TABLE dbo.delta_thresholds (id serial, sensor_id int, abs_delta float,"
+                    " rel_delta float, is_active boolean DEFAULT true)"
+                )
+            )
         else:
             for statement in ddl.read_text().split(";"):
                 if "CREATE TABLE" in statement:
                     conn.execute(text(statement))
             conn.execute(text("DELETE FROM dbo.alert_thresholds WHERE sensor_id IN (17, 18)"))
             conn.execute(text("DELETE FROM dbo.delta_thresholds WHERE sensor_id IN (17, 18)"))
-        conn.execute(text(
-            "INSERT INTO dbo.alert_thresholds (sensor_id, min_value, max_value) VALUES"
-            " (17, -10, 40), (18, 0, 90)"))
-        conn.execute(text(
-            "INSERT INTO dbo.delta_thresholds (sensor_id, abs_delta, rel_delta) VALUES"
-            " (17, NULL, 15)"))
+        conn.execute(
+            text(
+                "INSERT INTO dbo.alert_thresholds (sensor_id, min_value, max_value) VALUES"
+                " (17, -10, 40), (18, 0, 90)"
+            )
+        )
+        conn.execute(
+            text(
+                "INSERT INTO dbo.delta_thresholds (sensor_id, abs_delta, rel_delta) VALUES"
+                " (17, NULL, 15)"
+            )
+        )
     engine.dispose()
 
 

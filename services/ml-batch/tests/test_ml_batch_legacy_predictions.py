@@ -37,9 +37,15 @@ def _legacy_rows(dsn: str) -> list[Any]:
     engine = build_engine(dsn)
     try:
         with engine.connect() as conn:
-            return list(conn.execute(text(
-                "SELECT sensor_id, model_id, is_anomaly, as_of, explanation FROM dbo.predictions"
-                " ORDER BY sensor_id")).all())
+            return list(
+                conn.execute(
+                    text(
+                        "SELECT sensor_id, model_id, is_anomaly, as_of, explanation"
+                        " FROM dbo.predictions"
+                        " ORDER BY sensor_id"
+                    )
+                ).all()
+            )
     finally:
         engine.dispose()
 
@@ -73,7 +79,9 @@ async def test_iot_predictions_land_in_the_legacy_table_once_with_their_explanat
     legacy_dsn = os.environ.get("MSSQL_DSN") or migrated_dsn
     await asyncio.to_thread(_prepare, legacy_dsn)
     settings = MlBatchSettings(
-        postgres_dsn=migrated_dsn, sink_routes="iot=sqlserver,*=postgres", mssql_dsn=legacy_dsn,
+        postgres_dsn=migrated_dsn,
+        sink_routes="iot=sqlserver,*=postgres",
+        mssql_dsn=legacy_dsn,
         **common,
     )
     pool = await asyncpg.create_pool(migrated_dsn, min_size=1, max_size=2)

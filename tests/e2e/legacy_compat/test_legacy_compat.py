@@ -61,12 +61,15 @@ async def test_2_keyless_packets_and_wrong_keys_during_the_migration_window(
 
     assert (keyless.status_code, keyless.json()) == (200, {"inserted": 1})
     assert (unknown_keyless.status_code, unknown_keyless.json()) == (
-        401, {"detail": "missing X-Device-Key header"})
+        401,
+        {"detail": "missing X-Device-Key header"},
+    )
     # no enumeration: the same status, body shape and headers for a registered and an unknown one
     assert (known_wrong.status_code, unknown_wrong.status_code) == (401, 401)
     assert known_wrong.json() == {"detail": f"X-Device-Key is not valid for device {rec.DEVICE}"}
     assert unknown_wrong.json() == {
-        "detail": f"X-Device-Key is not valid for device {rec.UNKNOWN_DEVICE}"}
+        "detail": f"X-Device-Key is not valid for device {rec.UNKNOWN_DEVICE}"
+    }
     assert set(known_wrong.headers) == set(unknown_wrong.headers)
     metrics = (await get(fleet, "/metrics")).text
     assert "gateway_http_legacy_keyless_packets_total 1.0" in metrics
@@ -84,7 +87,8 @@ async def test_3_single_and_bulk_readings_with_the_imported_legacy_api_key(
     assert (bulk.status_code, bulk.json()) == (200, {"inserted": 2})
     assert invalid.status_code == 422
     assert [(d["loc"], d["type"]) for d in invalid.json()["detail"]] == [
-        (["body", "value"], "missing")]
+        (["body", "value"], "missing")
+    ]
     assert no_key.status_code == 401 and "detail" in no_key.json()
 
 
@@ -131,7 +135,11 @@ async def test_5_sensor_status_and_device_readings_in_the_legacy_shapes(
     body = status.json()
     assert status.status_code == 200
     assert (body["sensor_id"], body["device_uuid"], body["sensor_uuid"], body["state"]) == (
-        rec.HUMID, rec.DEVICE, rec.HUMID_UUID, "ALERT")
+        rec.HUMID,
+        rec.DEVICE,
+        rec.HUMID_UUID,
+        "ALERT",
+    )
     assert (body["latest"]["value"], body["latest"]["classification"]) == (101.0, "ALERT")
     assert body["active_alert"]["rule"] == "physical_range"
 
@@ -161,7 +169,10 @@ async def test_6_every_ops_probe_answers_from_the_fleet(fleet: FleetProcess) -> 
     assert replies["/health"].json() == {"status": "ok"}
     assert replies["/health/postgres"].json()["connected"] is True
     assert replies["/ingest/health"].json()["checks"] == {
-        "nats": True, "stream": True, "device_registry": True}
+        "nats": True,
+        "stream": True,
+        "device_registry": True,
+    }
     assert replies["/ingest/health"].json()["device_auth_mode"] == "migration"
     mqtt = replies["/mqtt/health"].json()
     assert (mqtt["status"], mqtt["connected"]) == ("ok", True)

@@ -71,10 +71,12 @@ async def stored_readings(dsn: str, want: int) -> list[tuple[int, float, datetim
         engine = build_engine(dsn)
         try:
             with engine.connect() as conn:
-                rows = conn.execute(text(
-                    "SELECT sensor_id, value, device_timestamp FROM dbo.sensor_readings"
-                    " WHERE sensor_id IN (501, 502, 503) ORDER BY sensor_id, device_timestamp"
-                )).all()
+                rows = conn.execute(
+                    text(
+                        "SELECT sensor_id, value, device_timestamp FROM dbo.sensor_readings"
+                        " WHERE sensor_id IN (501, 502, 503) ORDER BY sensor_id, device_timestamp"
+                    )
+                ).all()
         finally:
             engine.dispose()
         return [(r[0], r[1], r[2]) for r in rows]
@@ -102,12 +104,18 @@ async def test_packets_land_in_the_legacy_tables_and_status_reads_them(
         keyless = await client.post("/ingest/packets", json=rec.PACKET_KEYLESS)
         assert (first.status_code, spike.status_code) == (200, 200)
         assert (keyless.status_code, keyless.json()) == (
-            401, {"detail": "missing X-Device-Key header"})
+            401,
+            {"detail": "missing X-Device-Key header"},
+        )
 
         # the legacy flow: a WARNING (delta spike, 501 at 23.0) goes to dbo.ml_events only
         rows = await stored_readings(standin, want=4)
         assert [(s, v) for s, v, _ in rows] == [
-            (501, 20.0), (502, 45.0), (502, 101.0), (503, 1013.25)]
+            (501, 20.0),
+            (502, 45.0),
+            (502, 101.0),
+            (503, 1013.25),
+        ]
 
         legacy_key = {"X-API-Key": rec.LEGACY_API_KEY}
         status: Any = None
@@ -120,14 +128,19 @@ async def test_packets_land_in_the_legacy_tables_and_status_reads_them(
         body = status.json()
         assert status.status_code == 200, status.text
         assert (body["state"], body["latest"]["value"], body["latest"]["classification"]) == (
-            "ALERT", 101.0, "ALERT")
+            "ALERT",
+            101.0,
+            "ALERT",
+        )
         assert body["active_alert"]["rule"] == "physical_range"
         assert body["active_alert"]["alert_id"].startswith("alerts:")  # a dbo.alerts row
 
         spiked = await client.get(f"/sensors/{rec.TEMP}/status", headers=legacy_key)
         assert spiked.json()["state"] == "WARNING"  # its DELTA_SPIKE row in dbo.ml_events
         assert (spiked.json()["latest"]["value"], spiked.json()["latest"]["cls"]) == (
-            23.0, "anomaly")
+            23.0,
+            "anomaly",
+        )
         assert spiked.json()["active_alert"]["rule"] == "delta_spike"
 
         listed = await client.get(f"/devices/{rec.DEVICE}/readings", headers=legacy_key)
@@ -140,4 +153,6 @@ async def test_packets_land_in_the_legacy_tables_and_status_reads_them(
 
         resilience = (await client.get("/resilience/health")).json()
         assert resilience["circuit_breakers"] == {
-            "writer-postgres": "CLOSED", "writer-sqlserver": "CLOSED"}
+            "writer-postgres": "CLOSED",
+            "writer-sqlserver": "CLOSED",
+        }

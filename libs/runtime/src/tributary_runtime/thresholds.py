@@ -247,15 +247,20 @@ async def import_thresholds(
             continue
         what = f"{scope} ({describe(config)})"
         current = await bucket.get(scope)
-        if current is not None and current.config is not None and (
-            current.config.model_dump() == config.model_dump()
+        if (
+            current is not None
+            and current.config is not None
+            and (current.config.model_dump() == config.model_dump())
         ):
             report.unchanged.append(what)
             continue
         if current is not None and not replace:
             report.skipped.append(
-                (what, f"a different config is stored (version {current.version}); "
-                 "--replace overwrites it")
+                (
+                    what,
+                    f"a different config is stored (version {current.version}); "
+                    "--replace overwrites it",
+                )
             )
             continue
         if not dry_run:

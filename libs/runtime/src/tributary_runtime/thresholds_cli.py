@@ -71,8 +71,9 @@ async def run(
         print(f"tributary: cannot read the thresholds: {exc}", file=err)
         return 2
     except Exception as exc:  # the database driver's own errors
-        print(f"tributary: cannot read the legacy SQL Server: {type(exc).__name__}: {exc}",
-              file=err)
+        print(
+            f"tributary: cannot read the legacy SQL Server: {type(exc).__name__}: {exc}", file=err
+        )
         return 1
     sensors, skipped_rows = merge_rows(alerts, deltas)
 

@@ -127,9 +127,7 @@ def sensor_status(engine: Engine, sensor_id: int) -> tuple[dict[str, Any] | None
         return (readings[0] if readings else None), _open_event(conn, sensor_id)
 
 
-def recent_readings(
-    engine: Engine, sensor_ids: list[int], limit: int
-) -> list[dict[str, Any]]:
+def recent_readings(engine: Engine, sensor_ids: list[int], limit: int) -> list[dict[str, Any]]:
     """The latest ``limit`` readings of these sensors, newest first, with their classes."""
     if not sensor_ids:
         return []

@@ -549,9 +549,9 @@ class LegacyIot:
                 422, {"detail": [{"loc": ["query", "limit"], "msg": msg, "type": "int_parsing"}]}
             )
         device = await self._registry_call(registry.device(device_uuid))
-        sensors = {} if device is None else {
-            s.sensor_id: s.sensor_uuid for s in device.record.sensors
-        }
+        sensors = (
+            {} if device is None else {s.sensor_id: s.sensor_uuid for s in device.record.sensors}
+        )
         rows = await self._stored(self.stored.readings(device_uuid, list(sensors), int(raw_limit)))
         if device is None and not rows:
             raise self._refuse(

@@ -94,9 +94,7 @@ class StoredIot:
             self._engine.dispose()
             self._engine = None
 
-    async def status(
-        self, sensor_id: int, sources: list[str]
-    ) -> tuple[Any | None, Any | None]:
+    async def status(self, sensor_id: int, sources: list[str]) -> tuple[Any | None, Any | None]:
         """``(latest reading, open alert)`` of the sensor (rows with the fields
         ``status_body`` reads), each None when nothing is stored."""
         if self.owner == "sqlserver":
@@ -114,9 +112,7 @@ class StoredIot:
             raise StoreUnavailable("postgresql", exc) from None
         return latest, alert
 
-    async def readings(
-        self, device_uuid: str, sensor_ids: list[int], limit: int
-    ) -> list[Any]:
+    async def readings(self, device_uuid: str, sensor_ids: list[int], limit: int) -> list[Any]:
         """The device's latest ``limit`` stored readings, newest first."""
         if self.owner == "sqlserver":
             from tributary_sqlserver.legacy_reads import recent_readings

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib.util
+import json
 import os
 import signal
 import sys
@@ -74,6 +75,22 @@ def expand_replicas(
             env = tuple(replica_env(s.name, i, count, prefix).items()) if count > 1 else ()
             port = s.port + i * REPLICA_PORT_STEP
             out.append(Service(s.name, s.module, port, s.needs_env, replica=i, env=env))
+    return out
+
+
+def ops_urls_env(services: list[Service], env: dict[str, str], offset: int) -> dict[str, str]:
+    """Where gateway-http's legacy ops endpoints find the fleet's gateway-mqtt replicas and
+    writers (``MQTT_GATEWAY_URLS``, ``WRITER_URLS``), unless the environment says already."""
+    def url(s: Service) -> str:
+        return f"http://127.0.0.1:{s.port + offset}"
+
+    out = {}
+    if "MQTT_GATEWAY_URLS" not in env:
+        mqtt = [url(s) for s in services if s.name == "gateway-mqtt"]
+        out["MQTT_GATEWAY_URLS"] = json.dumps(mqtt)
+    if "WRITER_URLS" not in env:
+        writers = {s.label: url(s) for s in services if s.name.startswith("writer-")}
+        out["WRITER_URLS"] = json.dumps(writers)
     return out
 
 
@@ -249,6 +266,7 @@ async def main_async(args: argparse.Namespace) -> int:
         replicas,
         env.get("BUS_PREFIX", ""),
     )
+    env.update(ops_urls_env(services, env, args.port_offset))
     fleet = Fleet(services, env, args.port_offset)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

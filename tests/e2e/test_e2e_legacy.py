@@ -128,7 +128,7 @@ async def test_an_unknown_device_key_gets_401_and_nothing_is_stored(
     reply = await post(fleet, "/ingest/packets", packet, {"X-Device-Key": "dev_not-the-key"})
     assert (reply.status_code, reply.json()) == (
         401,
-        {"detail": f"X-Device-Key is not the key of {DEVICE}"},
+        {"detail": f"X-Device-Key is not valid for device {DEVICE}"},
     )
     await asyncio.sleep(1.0)
     rows = await rows_for(fleet.postgres_dsn, DEVICE, want=0, timeout=1)

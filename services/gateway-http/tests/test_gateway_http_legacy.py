@@ -11,7 +11,7 @@ import nats
 import pytest
 from prometheus_client import REGISTRY
 
-from gateway_http.legacy import LEGACY_CLASS, status_body
+from gateway_http.sensor_status import LEGACY_CLASS, status_body
 from tributary_contracts import DEFAULT_PARTITIONS, DEVICES_BUCKET, DP_RAW, LegacyIds, partition_of
 from tributary_runtime.devices import (
     DeviceRecord,
@@ -100,12 +100,12 @@ async def test_packet_is_published_with_the_iot_ids_and_answers_inserted(
     ("body", "key", "status", "reason", "detail"),
     [
         (packet((TEMP, 1)), "wrong", 401, "wrong_device_key",
-         f"X-Device-Key is not the key of {DEVICE}"),
+         f"X-Device-Key is not valid for device {DEVICE}"),
         (packet((TEMP, 1)), None, 401, "missing_device_key", "missing X-Device-Key header"),
         (packet((FOREIGN, 1), device=OTHER), "other", 401, "disabled_device",
          f"device {OTHER} is disabled"),
-        (packet((TEMP, 1), device=UNKNOWN), KEY, 404, "unknown_device",
-         f"device {UNKNOWN} is not registered"),
+        (packet((TEMP, 1), device=UNKNOWN), KEY, 401, "unknown_device",
+         f"X-Device-Key is not valid for device {UNKNOWN}"),
         (packet((TEMP, 1), ("44444444-4444-4444-8444-444444444444", 2)), KEY, 404, "unknown_sensor",
          "readings[1]: sensor 44444444-4444-4444-8444-444444444444 is not registered"),
         (packet((FOREIGN, 1)), KEY, 403, "foreign_sensor",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -9,9 +10,10 @@ from pathlib import Path
 import pytest
 
 from ml_batch.job import sqlserver_domains
-from ml_batch.load import group_legacy_rows, load_sqlserver, sqlalchemy_url
+from ml_batch.load import group_legacy_rows, load_sqlserver
 from ml_batch.settings import MlBatchSettings
 from tributary_runtime.settings import settings_table
+from tributary_sqlserver import build_engine, engine_url
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 T = datetime(2026, 3, 1, 12, 0)
@@ -50,11 +52,35 @@ def test_sqlserver_is_read_only_for_domains_routed_there_and_only_with_a_dsn() -
     assert sqlserver_domains(MlBatchSettings(mssql_dsn="DRIVER=x")) == []
 
 
-def test_mssql_dsn_as_odbc_string_or_url() -> None:
-    assert sqlalchemy_url("mssql+pyodbc://u:p@h/db?driver=X") == "mssql+pyodbc://u:p@h/db?driver=X"
-    assert sqlalchemy_url("DRIVER={ODBC Driver 18};SERVER=h") == (
-        "mssql+pyodbc:///?odbc_connect=DRIVER%3D%7BODBC+Driver+18%7D%3BSERVER%3Dh"
+def test_ml_batch_opens_mssql_urls_with_the_odbc_driver_named_like_the_writer() -> None:
+    """The compose/k8s form ``mssql://…`` gets the ODBC driver in the URL (without one, pyodbc
+    takes the host for a data source name: IM002), with ml-batch's driver settings."""
+    settings = MlBatchSettings(
+        mssql_dsn="mssql://sa:pw@sqlserver:1433/iot_monitoring_system",
+        mssql_odbc_driver="ODBC Driver 18 for SQL Server",
     )
+    url = engine_url(
+        settings.mssql_dsn.get_secret_value(), settings.mssql_odbc_driver,
+        settings.mssql_tds_version,
+    )
+    assert (url.drivername, url.host, url.port, url.database) == (
+        "mssql+pyodbc", "sqlserver", 1433, "iot_monitoring_system")
+    assert dict(url.query) == {"driver": "ODBC Driver 18 for SQL Server"}
+
+
+@pytest.mark.integration
+async def test_ml_batch_reads_the_stand_in_through_the_shared_dsn_parsing(
+    migrated_dsn: str,
+) -> None:
+    """``load_sqlserver`` opens the DSN through tributary_sqlserver (stand-in: PostgreSQL; the
+    query itself is T-SQL, so the stand-in answers with a syntax error, not IM002)."""
+    from sqlalchemy.exc import ProgrammingError
+
+    with pytest.raises(ProgrammingError, match="syntax error"):
+        await asyncio.to_thread(
+            load_sqlserver, migrated_dsn, domain="iot", since=datetime.now(UTC), window=3,
+            max_streams=1, watermarks={},
+        )
 
 
 def test_legacy_rows_become_windows_and_watermarked_sensors_are_left_out() -> None:
@@ -79,11 +105,11 @@ def test_legacy_rows_become_windows_and_watermarked_sensors_are_left_out() -> No
     reason="needs a SQL Server with the legacy schema (MSSQL_TEST_DSN); none on this machine",
 )
 def test_reads_the_legacy_sensor_readings_of_a_real_sql_server() -> None:
-    from sqlalchemy import create_engine, text
+    from sqlalchemy import text
 
     dsn = os.environ["MSSQL_TEST_DSN"]
     now = datetime.now(UTC).replace(tzinfo=None, microsecond=0)
-    engine = create_engine(sqlalchemy_url(dsn))
+    engine = build_engine(dsn)
     with engine.begin() as conn:
         conn.execute(text("DELETE FROM dbo.sensor_readings WHERE sensor_id = 990017"))
         for i in range(12):

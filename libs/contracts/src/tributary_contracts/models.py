@@ -332,6 +332,11 @@ class AuditAction(StrEnum):
     PROVISION_FAILED = "provision_failed"
     """A provisioning request refused: bad signature, timestamp outside the window, replayed
     nonce, or provisioning not configured."""
+    KEY_IMPORTED = "key_imported"
+    """``tributary keys import`` stored a legacy key record (its SHA-256, role and scopes)."""
+    DEVICE_UNAUTHENTICATED = "device_unauthenticated"
+    """``DEVICE_AUTH_MODE=migration`` accepted packets without ``X-Device-Key`` from a registered
+    device (one event per device per ``DEVICE_AUTH_AUDIT_SECONDS``, with the count since)."""
 
 
 class AuditEvent(BaseModel):

@@ -21,6 +21,12 @@ scope, with a reason that names the role/scope and never the key.
 Revocation and rotation reach a gateway within its cache time (``API_KEY_CACHE_SECONDS``).
 Keys of the format before ids (``trb_<secret>`` stored under its hash) are no longer accepted:
 create new ones (``make run`` replaces its admin key by itself).
+
+Keys of the legacy IoT system (seed 002: its ``api_keys`` table held SHA-256 hashes with a role)
+are brought over by ``import_legacy`` (``tributary keys import``): each gets a record like any
+key (own id, ``origin`` ``legacy``; listed, revocable, rotatable, audited) plus an index entry
+``sha256.<hex>`` → id, so the old key text — which carries no id — is found by its hash. A
+presented key that is not ``trb_<id>_<secret>`` is looked up there (one cached bucket read).
 """
 
 from __future__ import annotations
@@ -35,7 +41,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 
-from nats.js.errors import KeyNotFoundError
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 from pydantic import BaseModel, Field, ValidationError
 
@@ -88,6 +94,11 @@ class ApiKeyRecord(BaseModel):
     revoked_at: datetime | None = Field(default=None, description="When it was revoked.")
     rotated_from: str | None = Field(default=None, description="Id of the key it replaced.")
     rotated_to: str | None = Field(default=None, description="Id of the key that replaces it.")
+    origin: str = Field(
+        default="tributary",
+        description="'tributary' (made here, trb_<id>_<secret>) or 'legacy' (imported from the "
+        "legacy system by its SHA-256; presented as the old key text).",
+    )
 
     def status(self, now: datetime | None = None) -> str:
         """``active``, ``revoked``, ``expired`` or ``rotating`` (valid until ``expires_at``)."""
@@ -144,6 +155,15 @@ class KeyProblem(ValueError):
         super().__init__(message)
         self.status = status
         self.message = message
+
+
+LEGACY_INDEX_PREFIX = "sha256."
+SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+
+
+def legacy_index_key(secret_sha256: str) -> str:
+    """Bucket key of the hash → id index entry of an imported legacy key."""
+    return LEGACY_INDEX_PREFIX + secret_sha256
 
 
 def hash_key(key: str) -> str:
@@ -217,6 +237,7 @@ class ApiKeyStore:
         self._kv = kv
         self._cache_seconds = cache_seconds
         self._cache: dict[str, tuple[float, ApiKeyRecord | None]] = {}
+        self._index_cache: dict[str, tuple[float, str | None]] = {}
 
     # -- admin --------------------------------------------------------------------------
     async def issue(
@@ -339,6 +360,74 @@ class ApiKeyStore:
         return issued, record
 
     # -- gateways ------------------------------------------------------------------------
+    async def import_legacy(
+        self,
+        secret_sha256: str,
+        role: Role,
+        name: str = "",
+        *,
+        source_ids: Iterable[str] | None = None,
+        domains: Iterable[str] | None = None,
+        enabled: bool = True,
+    ) -> tuple[ApiKeyRecord, bool]:
+        """Store a legacy key by its SHA-256 (hex): ``(record, True)`` when made now,
+        ``(existing record, False)`` when that hash was imported before (re-running an import
+        changes nothing). A disabled legacy key is imported revoked (listed, never accepted)."""
+        digest = secret_sha256.strip().lower()
+        if not SHA256_RE.match(digest):
+            raise KeyProblem(422, "the key hash must be 64 hex digits (SHA-256 of the key text)")
+        if len(name) > 256:
+            raise KeyProblem(422, "name must be at most 256 characters")
+        if role is Role.SOURCE_WRITER:
+            sources, domain_list = (
+                _clean_scope(source_ids, "source_ids"),
+                _clean_scope(domains, "domains"),
+            )
+        else:
+            sources, domain_list = [ANY], [ANY]
+        index = legacy_index_key(digest)
+        key_id = secrets.token_hex(6)
+        try:
+            await self._kv.create(index, key_id.encode())
+        except KeyWrongLastSequenceError:
+            entry = await self._kv.get(index)
+            key_id = entry.value.decode() if entry.value else key_id
+            existing = await self.get(key_id)
+            if existing is not None:
+                return existing, False
+            # the index was written by an import that stopped before its record: finish it
+        now = datetime.now(UTC)
+        record = ApiKeyRecord(
+            key_id=key_id,
+            secret_sha256=digest,
+            role=role,
+            name=name,
+            source_ids=sources,
+            domains=domain_list,
+            created_at=now,
+            revoked_at=None if enabled else now,
+            origin="legacy",
+        )
+        await self._kv.put(key_id, record.model_dump_json().encode())
+        self._index_cache.pop(digest, None)
+        return record, True
+
+    async def _legacy_id(self, digest: str) -> str | None:
+        """The id the ``sha256.<digest>`` index names (cached like records), or None."""
+        now = time.monotonic()
+        cached = self._index_cache.get(digest)
+        if cached is not None and now - cached[0] < self._cache_seconds:
+            return cached[1]
+        try:
+            entry = await self._kv.get(legacy_index_key(digest))
+            key_id = entry.value.decode() if entry.value else None
+        except KeyNotFoundError:
+            key_id = None
+        if len(self._index_cache) > 10_000:
+            self._index_cache.clear()
+        self._index_cache[digest] = (now, key_id)
+        return key_id
+
     async def _cached(self, key_id: str) -> ApiKeyRecord | None:
         now = time.monotonic()
         cached = self._cache.get(key_id)
@@ -361,6 +450,8 @@ class ApiKeyStore:
         if not key:
             return Denied(401, "missing API key")
         key_id = key_id_of(key)
+        if key_id is None and len(key) <= MAX_KEY_CHARS:
+            key_id = await self._legacy_id(hash_key(key))  # an imported legacy key?
         if key_id is None:
             return Denied(401, "malformed API key (expected trb_<id>_<secret>)")
         try:

@@ -5,6 +5,8 @@ tributary keys create|list|revoke|rotate  API keys (see `tributary keys --help`)
 tributary streams get|set|list|delete|import …   stream classification configs (see
                                          `tributary streams --help`)
 tributary devices add|list|disable|enable|import …  the IoT device registry
+tributary thresholds import (--mssql-dsn DSN | --alert A.csv [--delta D.csv])   legacy per-sensor
+                                         thresholds → stream configs
 tributary ml run [--once] [--interval S] the ml-batch job (needs services/ml-batch installed)
 tributary status                         services, rates, consumer lag, DLQ depth, stream sizes
 tributary tail SUBJECT-FILTER            live classified points / alerts (--count, --seconds)
@@ -31,6 +33,7 @@ from tributary_runtime import (
     status_cli,
     streams_cli,
     tail_cli,
+    thresholds_cli,
 )
 from tributary_runtime.bus import connect_nats
 from tributary_runtime.logs import configure_logging
@@ -87,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--interval", type=float, default=None, metavar="S",
         help="seconds between runs (default ML_INTERVAL_SECONDS)",
     )
-    for module in (status_cli, tail_cli, dlq_cli):  # each sets its own `handler`
+    for module in (status_cli, tail_cli, dlq_cli, thresholds_cli):  # each sets its `handler`
         module.add_parser(commands)
     return parser
 

@@ -7,6 +7,9 @@ tributary keys create --role read_only --name dashboards
 tributary keys list                                   (ids, roles, scopes, status; no secrets)
 tributary keys revoke KEY_ID
 tributary keys rotate KEY_ID [--overlap-seconds 86400]
+tributary keys import FILE [--dry-run]   legacy key records (CSV export of the legacy api_keys
+                      table, JSON list or JSON lines: key_hash, role, source_ids, domains,
+                      is_active, name): the old key texts keep working with the same roles
 
 ``create`` and ``rotate`` print the key as the last line of stdout (shown only this once); the
 rest goes to stderr.
@@ -17,6 +20,7 @@ from __future__ import annotations
 import argparse
 import getpass
 import sys
+from pathlib import Path
 from typing import Any, TextIO
 
 from tributary_contracts import API_KEYS_BUCKET, ensure_jetstream
@@ -27,6 +31,9 @@ from tributary_runtime.key_admin import (
     DEFAULT_OVERLAP_SECONDS,
     Actor,
     create_key,
+    import_legacy_key,
+    parse_legacy_key,
+    read_legacy_keys,
     revoke_key,
     rotate_key,
 )
@@ -62,6 +69,11 @@ def add_parser(commands: Any) -> None:
     rotate = keys.add_parser("rotate", help="new key; the old one valid for the overlap")
     rotate.add_argument("key_id")
     rotate.add_argument("--overlap-seconds", type=float, default=DEFAULT_OVERLAP_SECONDS)
+    imp = keys.add_parser(
+        "import", help="import legacy key records (SHA-256, role, scopes, enabled)"
+    )
+    imp.add_argument("file", help="CSV (header row), JSON list or JSON lines; - for stdin")
+    imp.add_argument("--dry-run", action="store_true", help="check the file, store nothing")
 
 
 def scope_of(args: argparse.Namespace) -> tuple[Role, list[str] | None, list[str] | None]:
@@ -87,9 +99,10 @@ def describe(record: Any) -> str:
     if record.role is Role.SOURCE_WRITER:
         scope = f"  sources={','.join(record.source_ids)} domains={','.join(record.domains)}"
     extra = f"  expires={shown['expires_at']}" if shown.get("expires_at") else ""
+    origin = "  origin=legacy" if record.origin == "legacy" else ""
     return (
         f"{record.key_id}  {record.role.value:<13} {shown['status']:<8} "
-        f"{record.name!r}{scope}{extra}"
+        f"{record.name!r}{scope}{extra}{origin}"
     )
 
 
@@ -105,6 +118,8 @@ async def run(
     except KeyProblem as exc:
         print(f"tributary: {exc.message}", file=err)
         return 2
+    if args.keys_command == "import":
+        return await import_file(settings, args, out, err)
     nc = await connect_nats(settings, "tributary-cli", reconnect_attempts=2)
     try:
         js = nc.jetstream()
@@ -140,6 +155,59 @@ async def run(
         return 0
     finally:
         await nc.close()
+
+
+async def import_file(
+    settings: ServiceSettings, args: argparse.Namespace, out: TextIO, err: TextIO
+) -> int:
+    """``keys import``: every row checked first (exit 2 naming each bad row, nothing stored),
+    then stored; prints one line per row (imported / skipped: already imported) and a summary."""
+    try:
+        rows = read_legacy_keys(_read_text(args.file))
+    except (OSError, ValueError) as exc:
+        print(f"tributary: cannot read {args.file}: {exc}", file=err)
+        return 2
+    parsed, problems = [], []
+    for number, row in enumerate(rows, start=1):
+        try:
+            parsed.append((number, parse_legacy_key(row)))
+        except ValueError as exc:
+            problems.append(f"row {number}: {exc}")
+    for problem in problems:
+        print(f"tributary: {problem}", file=err)
+    if problems or not parsed:
+        if not parsed and not problems:
+            print(f"tributary: {args.file} holds no key records", file=err)
+        return 2
+    if args.dry_run:
+        print(f"{len(parsed)} key record(s) valid; nothing stored (--dry-run)", file=out)
+        return 0
+    nc = await connect_nats(settings, "tributary-cli", reconnect_attempts=2)
+    created = skipped = 0
+    try:
+        js = nc.jetstream()
+        await ensure_jetstream(js, settings.namespace)
+        store = ApiKeyStore(await js.key_value(settings.namespace.bucket(API_KEYS_BUCKET)))
+        audit = AuditLog(js, settings.namespace, "cli")
+        actor = Actor(operator=_operator())
+        for number, key in parsed:
+            try:
+                record, new = await import_legacy_key(store, audit, actor, key)
+            except KeyProblem as exc:
+                print(f"tributary: row {number}: {exc.message}", file=err)
+                return 1
+            created += new
+            skipped += not new
+            verb = "imported" if new else "skipped (already imported)"
+            print(f"row {number}: {verb} {describe(record)}", file=out)
+    finally:
+        await nc.close()
+    print(f"{created} imported, {skipped} skipped", file=out)
+    return 0
+
+
+def _read_text(path: str) -> str:
+    return sys.stdin.read() if path == "-" else Path(path).read_text("utf-8")
 
 
 def _operator() -> str | None:

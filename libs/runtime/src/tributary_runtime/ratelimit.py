@@ -189,20 +189,28 @@ class IngestLimiter:
         self, domain: str, source_id: str, live: int, backfill: int
     ) -> Refusal | None:
         """Take ``live`` + ``backfill`` points of the source's budgets together, or refuse."""
+        return self.admit_sources(domain, {source_id: (live, backfill)})
+
+    def admit_sources(
+        self, domain: str, counts: dict[str, tuple[int, int]]
+    ) -> Refusal | None:
+        """``admit_points`` for the sources of one request together (source → ``(live,
+        backfill)``): every budget is checked first, then all are taken, or none."""
         if not self.enabled:
             return None
-        key = (domain, source_id)
-        checks = (
-            ("live", self.live, live),
-            (f"backfill (older than {self.backfill_age_seconds:g} s)", self.backfill, backfill),
-        )
-        worst: tuple[float, str, Limit, int] | None = None
-        for name, buckets, cost in checks:
-            wait = buckets.wait(key, cost)
-            if wait > 0 and (worst is None or wait > worst[0]):
-                worst = (wait, name, buckets.limit, cost)
+        backfill_name = f"backfill (older than {self.backfill_age_seconds:g} s)"
+        worst: tuple[float, str, Limit, int, str] | None = None
+        for source_id, (live, backfill) in counts.items():
+            key = (domain, source_id)
+            for name, buckets, cost in (
+                ("live", self.live, live),
+                (backfill_name, self.backfill, backfill),
+            ):
+                wait = buckets.wait(key, cost)
+                if wait > 0 and (worst is None or wait > worst[0]):
+                    worst = (wait, name, buckets.limit, cost, source_id)
         if worst is not None:
-            wait, name, limit, cost = worst
+            wait, name, limit, cost, source_id = worst
             if math.isinf(wait):
                 return Refusal(
                     413,
@@ -217,6 +225,7 @@ class IngestLimiter:
                 f"request was accepted, retry after {_retry_after(wait)} s",
                 _retry_after(wait),
             )
-        for _, buckets, cost in checks:
-            buckets.take(key, cost)
+        for source_id, (live, backfill) in counts.items():
+            self.live.take((domain, source_id), live)
+            self.backfill.take((domain, source_id), backfill)
         return None

@@ -2,7 +2,9 @@
 ``/metrics``.
 
 The legacy IoT endpoints (``/ingest/packets``, ``/ingest/readings[/bulk]``,
-``/sensors/{id}/status``) live in ``legacy``; they are wired here.
+``/devices/{uuid}/readings``, ``/sensors/{id}/status``) live in ``legacy``, the legacy service's
+operational probes (``/health/postgres``, ``/ingest/health``, ``/mqtt/*``, ``/resilience/health``,
+``/diagnostics``) in ``legacy_ops``; they are wired here.
 
 ``POST /ingest/data`` consumes ``{"source_id", "domain", "data_points": [...]}`` with an
 ``X-API-Key`` and produces a ``PointBatch`` that joins the ``PointBundle`` of its partition on
@@ -40,6 +42,7 @@ from starlette.routing import Route
 
 from gateway_http import config_api, keys_api
 from gateway_http.legacy import LegacyIot
+from gateway_http.legacy_ops import LegacyOps
 from gateway_http.metrics import (
     ACK_LATENCY,
     BUNDLE_POINTS,
@@ -391,12 +394,20 @@ def create_app(
         )
 
     legacy = LegacyIot(settings, lambda: state.get("bus"), authorize, read_body, unavailable)
+    legacy_ops = LegacyOps(
+        settings,
+        lambda: state.get("bus"),
+        authorize,
+        legacy.postgres,
+        lambda: legacy.registry is not None,
+    )
     provisioning = Provisioning(
         settings, lambda: state.get("bus"), lambda: legacy.registry, read_body, unavailable
     )
     routes = [
         Route("/ingest/data", ingest_data, methods=["POST"]),
         *legacy.routes(),
+        *legacy_ops.routes(),
         *provisioning.routes(),
         Route("/streams/{rest:path}", stream_config, methods=["GET", "PUT", "DELETE"]),
         Route("/keys", keys, methods=["GET", "POST"]),

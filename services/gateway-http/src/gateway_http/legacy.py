@@ -1,15 +1,21 @@
-"""The legacy IoT endpoints, unchanged for their clients (seed 002), on top of the bus.
+"""The legacy IoT endpoints, unchanged for their clients (seeds 002 and 004), on top of the bus.
 
 - ``POST /ingest/packets`` — header ``X-Device-Key``; ``{"device_uuid", "readings":
-  [{"sensor_uuid", "value", "timestamp"}]}``. The device must be registered, enabled and the key
-  its own (401 otherwise; 404 for an unknown device); every sensor_uuid must be one of its
-  sensors (404 unknown, 403 another device's). Nothing of a refused packet is published.
+  [{"sensor_uuid", "value", "timestamp"}]}``. ``POST /devices/{uuid}/readings`` — the same with
+  the device in the path and ``{"readings": [...]}``. Device authentication
+  (``DEVICE_AUTH_MODE``): ``required`` — the device's own key; ``migration`` — a packet without
+  the header is also accepted from a registered, enabled device (counted, audited once per device
+  per ``DEVICE_AUTH_AUDIT_SECONDS``). A wrong key is one 401 whether or not the device exists.
+  Every sensor_uuid must be one of the device's sensors (404 unknown, 403 another device's).
+  Nothing of a refused packet is published.
 - ``POST /ingest/readings`` — header ``X-API-Key``; ``{"sensor_id", "value", "timestamp"}``.
 - ``POST /ingest/readings/bulk`` — header ``X-API-Key``; ``{"readings": [...]}`` of those.
   A sensor_id the registry does not know is still accepted (as the legacy endpoint did).
-- ``GET /sensors/{sensor_id}/status`` — header ``X-API-Key``: the latest stored reading with its
-  class and the open alert, read from the PostgreSQL tables writer-postgres fills
-  (``data_points``, ``stream_alerts``).
+- ``GET /sensors/{sensor_id}/status``, ``GET /devices/{uuid}/readings`` — header ``X-API-Key``:
+  what is stored, read from the database owning domain ``iot`` (``sensor_status``).
+
+Every endpoint spends the client IP's request budget, and ingest the device's (source's) point
+budget, before anything is published (429 + ``Retry-After``).
 
 Points get domain ``iot``, ``stream_id`` = the sensor_id as text, ``source_id`` = the owning
 device's uuid (``sensor-<id>`` for a sensor the registry does not know), ``stream_type`` =
@@ -24,6 +30,7 @@ with ``loc`` starting at ``"body"``.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any
@@ -38,7 +45,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from tributary_contracts import DEVICES_BUCKET, DataPoint, LegacyIds, PointClass
+from gateway_http.sensor_status import (
+    StoredIot,
+    StoreUnavailable,
+    reading_body,
+    status_body,
+)
+from tributary_contracts import DEVICES_BUCKET, AuditAction, DataPoint, LegacyIds
 from tributary_ingest.batches import PublishError, error_type
 from tributary_ingest.coalesce import settle
 from tributary_ingest.points import (
@@ -49,18 +62,29 @@ from tributary_ingest.points import (
     parse_json,
     parse_timestamp,
 )
+from tributary_runtime.access import refusal_reply
 from tributary_runtime.apikeys import Action
 from tributary_runtime.devices import (
     MAX_SENSOR_ID,
+    Device,
     DeviceRegistry,
     SensorIndexRecord,
     canonical_uuid,
+    hash_device_key,
     key_matches,
     unregistered_source_id,
 )
+from tributary_runtime.guard import client_ip
 from tributary_runtime.ops import Reply, json_response
+from tributary_runtime.ratelimit import split_backfill
 
 DEVICE_KEY_HEADER = "X-Device-Key"
+MISSING_DEVICE_KEY = f"missing {DEVICE_KEY_HEADER} header"
+INVALID_DEVICE_KEY = DEVICE_KEY_HEADER + " is not valid for device {}"
+"""The one 401 for a wrong key: the same whether or not the device is registered."""
+_KEYLESS_LIMIT = 100_000
+DEFAULT_READINGS = 100
+MAX_READINGS = 1000
 
 log = structlog.get_logger("gateway_http.legacy")
 
@@ -75,19 +99,16 @@ LEGACY_REFUSED = Counter(
     "wrong_device_key, disabled_device, unknown_sensor, foreign_sensor, invalid_body).",
     ["reason"],
 )
+KEYLESS_PACKETS = Counter(
+    "gateway_http_legacy_keyless_packets",
+    "Packets accepted without X-Device-Key from registered devices (DEVICE_AUTH_MODE=migration); "
+    "0 for a while means the switch to 'required' is safe.",
+)
 LEGACY_POINTS = Counter(
     "gateway_http_legacy_points_published",
     "Legacy IoT readings acknowledged by JetStream on dp.raw.iot, by endpoint.",
     ["endpoint"],
 )
-LEGACY_CLASS = {
-    PointClass.CRITICAL.value: "ALERT",
-    PointClass.ANOMALY.value: "WARNING",
-    PointClass.WARNING.value: "WARNING",
-    PointClass.NORMAL.value: "ML_PREDICTION",
-    PointClass.REJECTED.value: "REJECTED",
-}
-"""The legacy ReadingClass name of a stored class (status replies carry both)."""
 
 
 # -- request bodies (the legacy schemas) -------------------------------------------------------
@@ -138,6 +159,12 @@ class DevicePacketIn(BaseModel):
     readings: list[SensorReadingUuidIn] = Field(min_length=1)
 
 
+class DeviceReadingsIn(BaseModel):
+    """``POST /devices/{uuid}/readings``: a packet whose device is named by the path."""
+
+    readings: list[SensorReadingUuidIn] = Field(min_length=1)
+
+
 def validation_detail(exc: ValidationError) -> list[dict[str, Any]]:
     """FastAPI's 422 ``detail`` list: ``loc`` from ``"body"``, ``msg``, ``type``."""
     return [
@@ -172,12 +199,16 @@ class LegacyIot:
         self.registry: DeviceRegistry | None = None
         self._pool: asyncpg.Pool | None = None
         self._pool_lock = asyncio.Lock()
+        self.stored = StoredIot(settings, self.postgres)
+        self._keyless: dict[str, tuple[float | None, int]] = {}
+        """Migration mode: device → (monotonic time of its last audit event, packets since)."""
 
     async def start(self, js: Any) -> None:
         kv = await js.key_value(self._settings.namespace.bucket(DEVICES_BUCKET))
         self.registry = DeviceRegistry(kv, cache_seconds=self._settings.device_cache_seconds)
 
     async def stop(self) -> None:
+        self.stored.close()
         if self._pool is not None:
             await self._pool.close()
             self._pool = None
@@ -187,6 +218,16 @@ class LegacyIot:
             Route("/ingest/packets", self._endpoint("packets", self.packets), methods=["POST"]),
             Route("/ingest/readings", self._endpoint("readings", self.reading), methods=["POST"]),
             Route("/ingest/readings/bulk", self._endpoint("bulk", self.bulk), methods=["POST"]),
+            Route(
+                "/devices/{device_uuid}/readings",
+                self._endpoint("device_readings", self.device_post),
+                methods=["POST"],
+            ),
+            Route(
+                "/devices/{device_uuid}/readings",
+                self._endpoint("device_history", self.device_get),
+                methods=["GET"],
+            ),
             Route(
                 "/sensors/{sensor_id}/status",
                 self._endpoint("status", self.status),
@@ -271,25 +312,39 @@ class LegacyIot:
     # -- handlers -----------------------------------------------------------------------------
     async def packets(self, request: Request) -> tuple[int, Any]:
         """POST /ingest/packets: a device's readings by sensor uuid → dp.raw.iot.part.<p>."""
+        return await self._device_readings(request, "packets", None)
+
+    async def device_post(self, request: Request) -> tuple[int, Any]:
+        """POST /devices/{uuid}/readings: the packet of the device named in the path."""
+        raw = request.path_params["device_uuid"]
+        try:
+            device_uuid = canonical_uuid(raw)
+        except ValueError as exc:
+            detail = f"Input should be a valid UUID: {exc}"
+            raise _path_422("device_uuid", detail, "uuid_parsing") from None
+        return await self._device_readings(request, "device_readings", device_uuid)
+
+    async def _device_readings(
+        self, request: Request, endpoint: str, path_device: str | None
+    ) -> tuple[int, Any]:
         received_at = datetime.now(UTC)
         bus, registry = self._ready()
+        bus.guard.admit(request)
         key = request.headers.get(DEVICE_KEY_HEADER)
-        if not key:
-            raise self._refuse(401, "missing_device_key", f"missing {DEVICE_KEY_HEADER} header")
-        packet: DevicePacketIn = await self._parse(request, DevicePacketIn)
-        device_uuid = str(packet.device_uuid)
+        if not key and self._settings.device_auth_mode == "required":
+            raise self._refuse(401, "missing_device_key", MISSING_DEVICE_KEY)
+        if path_device is None:
+            packet: DevicePacketIn = await self._parse(request, DevicePacketIn)
+            device_uuid, readings = str(packet.device_uuid), packet.readings
+        else:
+            body: DeviceReadingsIn = await self._parse(request, DeviceReadingsIn)
+            device_uuid, readings = path_device, body.readings
         device = await self._registry_call(registry.device(device_uuid))
-        if device is None:
-            raise self._refuse(404, "unknown_device", f"device {device_uuid} is not registered")
-        if not key_matches(device.record, key):
-            raise self._refuse(
-                401, "wrong_device_key", f"{DEVICE_KEY_HEADER} is not the key of {device_uuid}"
-            )
-        if not device.record.enabled:
-            raise self._refuse(401, "disabled_device", f"device {device_uuid} is disabled")
+        await self._authenticate_device(request, bus, device_uuid, device, key)
+        assert device is not None  # _authenticate_device refused every other case
         points = []
         sensors = device.by_uuid
-        for index, reading in enumerate(packet.readings):
+        for index, reading in enumerate(readings):
             sensor = sensors.get(reading.sensor_uuid)
             if sensor is None:
                 sensor_uuid = self._sensor_uuid(reading.sensor_uuid, index)
@@ -322,8 +377,68 @@ class LegacyIot:
                     }
                 )
             )
-        inserted = await self._publish(bus, "packets", received_at, {device_uuid: points})
+        groups = {device_uuid: points}
+        self._admit_points(bus, received_at, groups)
+        inserted = await self._publish(bus, endpoint, received_at, groups)
         return 200, {"inserted": inserted}
+
+    async def _authenticate_device(
+        self, request: Request, bus: Any, device_uuid: str, device: Device | None, key: str | None
+    ) -> None:
+        """The device-key decision (module docstring): returns when the packet may go on.
+
+        An unknown device and a known one with a wrong key get the same 401 and the same work
+        (one SHA-256), so the reply never tells whether a device is registered."""
+        if key:
+            matches = key_matches(device.record, key) if device is not None else False
+            if device is None:
+                hash_device_key(key)  # same work as a known device's comparison
+            if not matches:
+                reason = "unknown_device" if device is None else "wrong_device_key"
+                raise self._refuse(401, reason, INVALID_DEVICE_KEY.format(device_uuid))
+            if device is not None and not device.record.enabled:
+                raise self._refuse(401, "disabled_device", f"device {device_uuid} is disabled")
+            return
+        # No key; only reached in migration mode.
+        if device is None or not device.record.enabled:
+            raise self._refuse(401, "missing_device_key", MISSING_DEVICE_KEY)
+        KEYLESS_PACKETS.inc()
+        self._audit_keyless(request, bus, device_uuid)
+
+    def _audit_keyless(self, request: Request, bus: Any, device_uuid: str) -> None:
+        """One ``device_unauthenticated`` event per device per DEVICE_AUTH_AUDIT_SECONDS."""
+        now = time.monotonic()
+        last, count = self._keyless.get(device_uuid, (None, 0))
+        count += 1
+        if last is not None and now - last < self._settings.device_auth_audit_seconds:
+            self._keyless[device_uuid] = (last, count)
+            return
+        if len(self._keyless) >= _KEYLESS_LIMIT:
+            self._keyless.clear()
+        self._keyless[device_uuid] = (now, 0)
+        bus.audit.record_soon(
+            bus.audit.event(
+                AuditAction.DEVICE_UNAUTHENTICATED,
+                client_ip=client_ip(request.scope),
+                target=f"device {device_uuid}",
+                reason=f"DEVICE_AUTH_MODE=migration accepted packets without {DEVICE_KEY_HEADER}",
+                details={"device_uuid": device_uuid, "packets": count},
+            )
+        )
+
+    def _admit_points(
+        self, bus: Any, received_at: datetime, groups: dict[str, list[DataPoint]]
+    ) -> None:
+        """The per-device (per source) point budgets of the whole request, or 429/413."""
+        age = bus.guard.limiter.backfill_age_seconds
+        counts = {
+            source: split_backfill((p.ts for p in points), received_at, age)
+            for source, points in groups.items()
+        }
+        refusal = bus.guard.limiter.admit_sources(IOT_DOMAIN, counts)
+        if refusal is not None:
+            LEGACY_REFUSED.labels("rate_limited").inc()
+            raise refusal_reply(refusal)
 
     @staticmethod
     def _sensor_uuid(raw: str, index: int) -> str:
@@ -382,6 +497,7 @@ class LegacyIot:
                     legacy,
                 )
             )
+        self._admit_points(bus, received_at, groups)
         inserted = await self._publish(bus, endpoint, received_at, groups)
         return 200, {"inserted": inserted}
 
@@ -409,33 +525,57 @@ class LegacyIot:
         sources = [unregistered_source_id(sensor_id)]
         if sensor is not None:
             sources.insert(0, sensor.device_uuid)
-        latest, alert = await self._stored_status(sources, str(sensor_id))
+        latest, alert = await self._stored(self.stored.status(sensor_id, sources))
         if sensor is None and latest is None and alert is None:
             raise self._refuse(
                 404, "unknown_sensor", f"sensor {sensor_id} is not registered and has no readings"
             )
         return 200, status_body(sensor_id, sensor, latest, alert)
 
-    async def _stored_status(
-        self, sources: list[str], stream_id: str
-    ) -> tuple[asyncpg.Record | None, asyncpg.Record | None]:
+    async def device_get(self, request: Request) -> tuple[int, Any]:
+        """GET /devices/{uuid}/readings: the device's latest stored readings (X-API-Key)."""
+        bus, registry = self._ready()
+        await self._authorize(request, bus, Action.READ)
         try:
-            pool = await self._connect()
-            async with pool.acquire() as conn:
-                latest = await conn.fetchrow(LATEST_SQL, IOT_DOMAIN, sources, stream_id)
-                alert = await conn.fetchrow(OPEN_ALERT_SQL, IOT_DOMAIN, sources, stream_id)
-        except (asyncpg.UndefinedTableError, asyncpg.InvalidCatalogNameError):
-            return None, None  # the writer has not created its tables yet: nothing stored
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+            device_uuid = canonical_uuid(request.path_params["device_uuid"])
+        except ValueError as exc:
+            detail = f"Input should be a valid UUID: {exc}"
+            raise _path_422("device_uuid", detail, "uuid_parsing") from None
+        raw_limit = request.query_params.get("limit", str(DEFAULT_READINGS))
+        if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_READINGS:
+            LEGACY_REFUSED.labels("invalid_body").inc()
+            msg = f"limit must be an integer from 1 to {MAX_READINGS}"
+            raise Reply(
+                422, {"detail": [{"loc": ["query", "limit"], "msg": msg, "type": "int_parsing"}]}
+            )
+        device = await self._registry_call(registry.device(device_uuid))
+        sensors = (
+            {} if device is None else {s.sensor_id: s.sensor_uuid for s in device.record.sensors}
+        )
+        rows = await self._stored(self.stored.readings(device_uuid, list(sensors), int(raw_limit)))
+        if device is None and not rows:
+            raise self._refuse(
+                404, "unknown_device", f"device {device_uuid} is not registered and has no readings"
+            )
+        by_stream = {str(k): v for k, v in sensors.items()}
+        return 200, {
+            "device_uuid": device_uuid,
+            "readings": [reading_body(row, by_stream) for row in rows],
+        }
+
+    async def _stored(self, read: Awaitable[Any]) -> Any:
+        try:
+            return await read
+        except StoreUnavailable as exc:
             raise self._unavailable(
                 "status",
-                type(exc).__name__[:40],
-                repr(exc),
-                "PostgreSQL did not answer the status query; retry later",
+                exc.error_type,
+                str(exc),
+                f"the database that owns domain iot ({exc.store}) did not answer; retry later",
             ) from None
-        return latest, alert
 
-    async def _connect(self) -> asyncpg.Pool:
+    async def postgres(self) -> asyncpg.Pool:
+        """The PostgreSQL pool (POSTGRES_DSN), made on first use."""
         async with self._pool_lock:
             if self._pool is None:
                 self._pool = await asyncpg.create_pool(
@@ -444,18 +584,9 @@ class LegacyIot:
             return self._pool
 
 
-LATEST_SQL = """
-SELECT time, value, cls, reason, stream_type, source_id FROM data_points
- WHERE domain = $1 AND source_id = ANY($2::text[]) AND stream_id = $3
- ORDER BY time DESC LIMIT 1
-"""
-OPEN_ALERT_SQL = """
-SELECT alert_id, severity, rule, reason, first_value, first_at, last_value, last_at, peak_value,
-       violation_count, opened_at
-  FROM stream_alerts
- WHERE domain = $1 AND source_id = ANY($2::text[]) AND stream_id = $3 AND status = 'open'
- ORDER BY opened_at DESC LIMIT 1
-"""
+def _path_422(name: str, msg: str, kind: str) -> Reply:
+    LEGACY_REFUSED.labels("invalid_body").inc()
+    return Reply(422, {"detail": [{"loc": ["path", name], "msg": msg, "type": kind}]})
 
 
 def _point(
@@ -476,57 +607,3 @@ def _point(
             "legacy": legacy,
         }
     )
-
-
-def _iso(value: datetime | None) -> str | None:
-    return value.astimezone(UTC).isoformat().replace("+00:00", "Z") if value else None
-
-
-def status_body(
-    sensor_id: int,
-    sensor: SensorIndexRecord | None,
-    latest: Any,
-    alert: Any,
-) -> dict[str, Any]:
-    """The status reply: registry ids, the latest reading and the open alert (or nulls).
-
-    ``state`` is the legacy class of the open alert if there is one, else of the latest
-    reading (``NO_DATA`` when nothing is stored)."""
-    latest_doc = None
-    if latest is not None:
-        latest_doc = {
-            "value": latest["value"],
-            "timestamp": _iso(latest["time"]),
-            "classification": LEGACY_CLASS.get(latest["cls"], latest["cls"]),
-            "cls": latest["cls"],
-            "reason": latest["reason"],
-        }
-    alert_doc = None
-    if alert is not None:
-        alert_doc = {
-            "alert_id": alert["alert_id"],
-            "classification": LEGACY_CLASS.get(alert["severity"], alert["severity"]),
-            "severity": alert["severity"],
-            "rule": alert["rule"],
-            "reason": alert["reason"],
-            "opened_at": _iso(alert["opened_at"]),
-            "first_value": alert["first_value"],
-            "last_value": alert["last_value"],
-            "last_at": _iso(alert["last_at"]),
-            "peak_value": alert["peak_value"],
-            "violation_count": alert["violation_count"],
-        }
-    state = "NO_DATA"
-    if alert_doc is not None:
-        state = alert_doc["classification"]
-    elif latest_doc is not None:
-        state = latest_doc["classification"]
-    return {
-        "sensor_id": sensor_id,
-        "device_uuid": sensor.device_uuid if sensor else None,
-        "sensor_uuid": sensor.sensor_uuid if sensor else None,
-        "sensor_type": sensor.sensor_type if sensor else None,
-        "state": state,
-        "latest": latest_doc,
-        "active_alert": alert_doc,
-    }

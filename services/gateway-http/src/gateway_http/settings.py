@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from pydantic import Field, SecretStr
+from typing import Literal
 
+from pydantic import Field, SecretStr, field_validator
+
+from tributary_contracts import SinkRoutes
 from tributary_ingest.bus import BundleLingerSettings, GatewayBusSettings
 from tributary_runtime.guard import GuardSettings
 from tributary_runtime.settings import ServiceSettings
@@ -42,8 +45,57 @@ class GatewayHttpSettings(GatewayBusSettings, BundleLingerSettings, GuardSetting
     )
     postgres_dsn: str = Field(
         default="postgresql://postgres@127.0.0.1:5432/tributary",
-        description="PostgreSQL filled by writer-postgres; read only by GET /sensors/{id}/status "
-        "(connected on first use; ingest never depends on it).",
+        description="PostgreSQL filled by writer-postgres; read by GET /sensors/{id}/status, "
+        "/devices/{uuid}/readings and probed by /health/postgres (connected on first use; "
+        "ingest never depends on it).",
+    )
+    device_auth_mode: Literal["required", "migration"] = Field(
+        default="required",
+        description="POST /ingest/packets: 'required' = every packet shows its device's "
+        "X-Device-Key; 'migration' = a packet without the header is accepted from a registered, "
+        "enabled device (counted and audited; the legacy DEVICE_AUTH_ENABLED=0). A wrong key is "
+        "401 in both modes.",
+    )
+    device_auth_audit_seconds: float = Field(
+        default=3600.0,
+        gt=0,
+        description="Migration mode: at most one device_unauthenticated audit event per device "
+        "per this many seconds (carrying the count of keyless packets since the last one).",
+    )
+    sink_routes: str = Field(
+        default="*=postgres",
+        description="The fleet's SINK_ROUTES (same value as the writers'): which database owns "
+        "domain iot, where /sensors/{id}/status and /devices/{uuid}/readings read.",
+    )
+    mssql_dsn: SecretStr | None = Field(
+        default=None,
+        description="SQL Server of the legacy IoT tables (or MSSQL_DSN_FILE; same forms as "
+        "writer-sqlserver). Set together with SINK_ROUTES=iot=sqlserver, "
+        "GET /sensors/{id}/status reads the latest reading and open alert there.",
+    )
+    mssql_odbc_driver: str = Field(
+        default="FreeTDS",
+        description="ODBC driver for an mssql:// MSSQL_DSN without odbc_connect (as "
+        "writer-sqlserver).",
+    )
+    mssql_tds_version: str = Field(
+        default="7.4", description="TDS_Version when the ODBC driver is FreeTDS."
+    )
+    mqtt_gateway_urls: list[str] = Field(
+        default_factory=lambda: ["http://127.0.0.1:8004"],
+        description="Ops URLs of the gateway-mqtt replicas (JSON list); /mqtt/health and "
+        "/mqtt/stats read their /ready and /metrics.",
+    )
+    writer_urls: dict[str, str] = Field(
+        default_factory=lambda: {"writer-postgres": "http://127.0.0.1:8020"},
+        description="Ops URLs of the writers by name (JSON object); /resilience/health reads "
+        "their circuit breakers from /metrics (add writer-sqlserver when it runs).",
+    )
+    ops_probe_timeout_seconds: float = Field(
+        default=2.0,
+        gt=0,
+        description="Timeout of each probe the legacy ops endpoints make (PostgreSQL, the "
+        "other services' ops ports, JetStream).",
     )
     key_rotation_overlap_seconds: float = Field(
         default=24 * 3600.0,
@@ -63,3 +115,13 @@ class GatewayHttpSettings(GatewayBusSettings, BundleLingerSettings, GuardSetting
         description="Largest difference between a provisioning request's timestamp and the "
         "gateway's clock (either way); nonces are remembered 1 h, at least twice this.",
     )
+
+    @field_validator("sink_routes")
+    @classmethod
+    def _routes_parse(cls, value: str) -> str:
+        SinkRoutes.parse(value)  # raises ValueError naming the bad entry
+        return value
+
+    @property
+    def routes(self) -> SinkRoutes:
+        return SinkRoutes.parse(self.sink_routes)

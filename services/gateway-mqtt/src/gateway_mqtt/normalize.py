@@ -12,6 +12,22 @@ Topics (after the optional topic prefix):
 
 Payload: a JSON object ``{"value": 45.2, "timestamp": ..., "metadata": {}, "sequence": 1,
 "stream_type": "..."}``; only ``value`` is required, a missing ``timestamp`` means receive time.
+Unknown fields are refused on universal topics.
+
+On the legacy topic the payload is read as the legacy receiver read it (seed 001 §1.6, its
+``MQTTPayload``: ``sensor_id``/``sensorId``, ``value``, ``timestamp``, optional ``sensor_type``,
+``device_uuid``): the fields it used are used, every other field is ignored (not refused):
+
+* ``value``, ``timestamp`` (ISO 8601 or epoch seconds; missing = receive time), ``metadata``,
+  ``sequence`` — as on universal topics;
+* ``sensor_id`` or ``sensorId`` (integer, or its decimal text) — must be the topic's id: a
+  payload naming another sensor is refused (``sensor_id``) rather than written to that sensor,
+  so a broker ACL on ``iot/sensors/<id>/readings`` keeps meaning what it says;
+* ``sensor_type`` — the type of a sensor the registry does not know: ``stream_type`` becomes
+  ``iot.<sensor_type>`` so the legacy per-type rules classify it (for a registered sensor the
+  registry's type wins, as the legacy database's did);
+* ``device_uuid`` — for a sensor the registry does not know, recorded in ``legacy.device_uuid``
+  when it is a uuid (``source_id`` stays ``sensor-<id>``); ignored for a registered sensor.
 A rejection's ``code`` is a bounded metrics label (the field of the first problem); its
 ``reason`` names every problem. The value/timestamp/metadata/sequence checks are the ones every
 gateway shares (``tributary_ingest.points``: same rules, same wording).
@@ -40,14 +56,28 @@ from tributary_ingest.points import (
     json_type,
     unknown_fields,
 )
-from tributary_runtime.devices import SensorIndexRecord, unregistered_source_id
+from tributary_runtime.devices import (
+    SensorIndexRecord,
+    canonical_uuid,
+    stream_type_of,
+    unregistered_source_id,
+)
 
 UNIVERSAL_SUFFIX = "data"
 LEGACY_TOPIC = ("iot", "sensors", "<sensor_id>", "readings")
 POINT_FIELDS = ("value", "timestamp", "metadata", "sequence", "stream_type")
-LEGACY_FIELDS = ("value", "timestamp", "metadata", "sequence", "sensor_id")
+LEGACY_FIELDS = (
+    "value",
+    "timestamp",
+    "metadata",
+    "sequence",
+    "sensor_id",
+    "sensorId",
+    "sensor_type",
+    "device_uuid",
+)
+"""What the legacy receiver read of a payload; anything else on the legacy topic is ignored."""
 _POINT_FIELD_SET = frozenset(POINT_FIELDS)
-_LEGACY_FIELD_SET = frozenset(LEGACY_FIELDS)
 
 # Bounded set of rejection codes (the metrics label ``reason``).
 REJECTION_CODES = (
@@ -204,25 +234,17 @@ def normalize_message(
     value, ts, metadata, sequence = check_measurement(raw, received_at, problems, mark_cut=True)
 
     stream_type = None
-    allowed = _POINT_FIELD_SET
-    if route.legacy is None:
+    legacy = route.legacy
+    if legacy is None:
         stream_type = raw.get("stream_type")
         if stream_type is not None:
             problem = check_identifier(stream_type, "stream_type")
             if problem:
                 problems.append(("stream_type", problem))
+        if not _POINT_FIELD_SET.issuperset(raw):
+            problems.append(("unknown_field", unknown_fields(raw, _POINT_FIELD_SET, POINT_FIELDS)))
     else:
-        allowed = _LEGACY_FIELD_SET
-        stream_type = route.stream_type
-        sensor = raw.get("sensor_id")
-        if sensor is not None and sensor != route.legacy.sensor_id:
-            problems.append(
-                ("sensor_id", f"sensor_id {sensor!r} differs from the topic's {route.stream_id}")
-            )
-
-    if not allowed.issuperset(raw):
-        expected = POINT_FIELDS if route.legacy is None else LEGACY_FIELDS
-        problems.append(("unknown_field", unknown_fields(raw, allowed, expected)))
+        stream_type, legacy = _legacy_payload(route, legacy, raw, problems)
 
     if problems:
         return Rejection(problems[0][0], "; ".join(r for _, r in problems), *ids)
@@ -235,11 +257,47 @@ def normalize_message(
                 "stream_type": stream_type,
                 "sequence": sequence,
                 "metadata": metadata,
-                "legacy": route.legacy,
+                "legacy": legacy,
             }
         ),
         raw.get("timestamp") is not None,
     )
+
+
+def _legacy_payload(
+    route: Route, legacy: LegacyIds, raw: dict[str, Any], problems: list[tuple[str, str]]
+) -> tuple[str | None, LegacyIds]:
+    """``(stream_type, legacy ids)`` of a legacy-topic payload (module docstring)."""
+    for name in ("sensor_id", "sensorId"):
+        sensor = raw.get(name)
+        if sensor is None:
+            continue
+        number = sensor if isinstance(sensor, int) and not isinstance(sensor, bool) else None
+        if isinstance(sensor, str) and sensor.strip().isdigit():
+            number = int(sensor.strip())
+        if number != legacy.sensor_id:
+            problems.append(
+                (
+                    "sensor_id",
+                    f"{name} {clip(str(sensor), 32)!r} differs from the topic's {route.stream_id}",
+                )
+            )
+    if route.stream_type is not None or legacy.device_uuid is not None:
+        return route.stream_type, legacy  # a registered sensor: the registry's ids and type
+    stream_type = None
+    sensor_type = raw.get("sensor_type")
+    if isinstance(sensor_type, str) and sensor_type.strip():
+        stream_type = stream_type_of(sensor_type)
+        problem = check_identifier(stream_type, "sensor_type")
+        if problem:
+            problems.append(("stream_type", problem))
+    device_uuid = raw.get("device_uuid")
+    if isinstance(device_uuid, str):
+        try:
+            legacy = LegacyIds(sensor_id=legacy.sensor_id, device_uuid=canonical_uuid(device_uuid))
+        except ValueError:
+            pass  # the legacy receiver never checked it; an unreadable one is ignored
+    return stream_type, legacy
 
 
 def with_ts(point: DataPoint, ts: datetime) -> DataPoint:

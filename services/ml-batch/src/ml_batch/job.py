@@ -11,6 +11,7 @@ import asyncio
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import asyncpg
 import structlog
@@ -18,12 +19,15 @@ from nats.js import JetStreamContext
 
 from ml_batch import metrics
 from ml_batch.explain import explain_pending
+from ml_batch.legacy_sink import recent_legacy_predictions
 from ml_batch.load import StreamWindows, load_postgres, load_sqlserver, load_watermarks
 from ml_batch.predict import Params, compute
 from ml_batch.settings import MlBatchSettings
 from ml_batch.store import check_schema, publish_pending, save
 from tributary_contracts import STREAM_CONFIGS_BUCKET, StreamConfig
 from tributary_runtime.stream_configs import StreamConfigBucket
+from tributary_sqlserver import build_engine
+from tributary_sqlserver.predictions import write_predictions
 
 log = structlog.get_logger(__name__)
 
@@ -86,6 +90,7 @@ class MlJob:
         self.pool = pool
         self.js = js
         self.params = params_from(settings)
+        self._engine: Any = None
 
     async def run_once(self) -> RunResult:
         s = self.settings
@@ -136,7 +141,39 @@ class MlJob:
                 budget=s.ml_explain_budget_seconds,
             )
             lap("explain")
+        if legacy:
+            await self.copy_to_sqlserver(legacy, since)
+            lap("sqlserver")
         return result
+
+    async def copy_to_sqlserver(self, domains: list[str], since: datetime) -> None:
+        """This window's predictions of the SQL Server domains into dbo.predictions (see
+        ``legacy_sink``); a failure is logged and counted, the next run copies them again."""
+        try:
+            async with self.pool.acquire() as conn:
+                rows = await recent_legacy_predictions(conn, domains, since)
+            inserted, explained = await asyncio.to_thread(
+                write_predictions, self._sqlserver(), rows
+            )
+        except Exception as exc:
+            metrics.ERRORS.labels("write_sqlserver", type(exc).__name__).inc()
+            log.warning("predictions not copied to sql server this run", domains=domains,
+                        error=f"{type(exc).__name__}: {exc}"[:500])
+            return
+        metrics.SQLSERVER_PREDICTIONS.labels("inserted").inc(inserted)
+        metrics.SQLSERVER_PREDICTIONS.labels("explained").inc(explained)
+
+    def _sqlserver(self) -> Any:
+        if self._engine is None:
+            assert self.settings.mssql_dsn is not None
+            self._engine = build_engine(
+                self.settings.mssql_dsn.get_secret_value(),
+                odbc_driver=self.settings.mssql_odbc_driver,
+                tds_version=self.settings.mssql_tds_version,
+                timeout=60,
+                pool_size=1,
+            )
+        return self._engine
 
     async def _load_legacy(
         self, conn: asyncpg.Connection, domain: str, since: datetime
@@ -148,7 +185,9 @@ class MlJob:
         try:
             return await asyncio.to_thread(
                 load_sqlserver, self.settings.mssql_dsn.get_secret_value(), domain=domain,
-                since=since, window=self.settings.ml_window_points,
+                odbc_driver=self.settings.mssql_odbc_driver,
+                tds_version=self.settings.mssql_tds_version, since=since,
+                window=self.settings.ml_window_points,
                 max_streams=self.settings.ml_max_streams, watermarks=marks,
             )
         except Exception as exc:

@@ -14,10 +14,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
-from urllib.parse import quote_plus
 
 import asyncpg
 import numpy as np
+
+from tributary_sqlserver import DEFAULT_ODBC_DRIVER, DEFAULT_TDS_VERSION, build_engine
 
 
 @dataclass
@@ -117,14 +118,6 @@ ORDER BY r.sensor_id, w.device_timestamp
 """
 
 
-def sqlalchemy_url(dsn: str) -> str:
-    """A SQLAlchemy URL from ``MSSQL_DSN``: used as is when it is a URL, else taken as an
-    ODBC connection string (``DRIVER=…;SERVER=…``)."""
-    if "://" in dsn:
-        return dsn
-    return "mssql+pyodbc:///?odbc_connect=" + quote_plus(dsn)
-
-
 def legacy_stream_key(domain: str, sensor_id: int) -> tuple[str, str, str]:
     """(domain, source_id, stream_id) of a legacy sensor, as the gateways name it when the
     device registry does not know the sensor (ARCHITECTURE.md: ``sensor-<id>``, id as text)."""
@@ -134,6 +127,8 @@ def legacy_stream_key(domain: str, sensor_id: int) -> tuple[str, str, str]:
 def load_sqlserver(
     dsn: str,
     *,
+    odbc_driver: str = DEFAULT_ODBC_DRIVER,
+    tds_version: str = DEFAULT_TDS_VERSION,
     domain: str,
     since: datetime,
     window: int,
@@ -141,10 +136,12 @@ def load_sqlserver(
     watermarks: dict[tuple[str, str, str], datetime],
 ) -> StreamWindows:
     """Windows of the legacy ``dbo.sensor_readings`` sensors with new readings (blocking: run
-    it in a thread). Legacy timestamps are ``datetime2`` without zone, taken as UTC."""
-    from sqlalchemy import create_engine, text  # only needed (and importable) with SQL Server
+    it in a thread). Legacy timestamps are ``datetime2`` without zone, taken as UTC. ``dsn`` is
+    read as writer-sqlserver reads MSSQL_DSN (``tributary_sqlserver``: ``mssql://`` gets its
+    ODBC driver named, so pyodbc does not look the host up as a data source name, IM002)."""
+    from sqlalchemy import text
 
-    engine = create_engine(sqlalchemy_url(dsn), pool_pre_ping=True)
+    engine = build_engine(dsn, odbc_driver=odbc_driver, tds_version=tds_version, pool_size=1)
     try:
         with engine.connect() as conn:
             rows = conn.execute(

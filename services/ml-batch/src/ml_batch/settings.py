@@ -40,8 +40,17 @@ class MlBatchSettings(ServiceSettings):
     )
     mssql_dsn: SecretStr | None = Field(
         default=None,
-        description="SQL Server (ODBC connection string or SQLAlchemy URL); when set, domains "
-        "SINK_ROUTES gives to sqlserver are read from dbo.sensor_readings.",
+        description="SQL Server, in the forms writer-sqlserver accepts (mssql://user:pass@host:"
+        "1433/db, mssql+pyodbc://…, an ODBC connection string; postgresql://… the stand-in); "
+        "when set, domains SINK_ROUTES gives to sqlserver are read from dbo.sensor_readings.",
+    )
+    mssql_odbc_driver: str = Field(
+        default="FreeTDS",
+        description="ODBC driver for an mssql:// MSSQL_DSN (a driver= in the DSN wins), as "
+        "writer-sqlserver's.",
+    )
+    mssql_tds_version: str = Field(
+        default="7.4", description="TDS protocol version passed to FreeTDS (ignored by others)."
     )
     sink_routes: str = Field(
         default="*=postgres", description="Which database owns which domain (as the writers)."

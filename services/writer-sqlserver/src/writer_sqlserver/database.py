@@ -5,9 +5,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import create_engine, event, inspect, text
-from sqlalchemy.engine import URL, Engine, make_url
+from sqlalchemy import inspect, text
+from sqlalchemy.engine import URL, Engine
 
+from tributary_sqlserver import build_engine as shared_build_engine
+from tributary_sqlserver import engine_url as shared_engine_url
 from writer_sqlserver.schema import LEGACY_TABLES, SCHEMA, metadata
 from writer_sqlserver.settings import WriterSqlServerSettings
 from writer_sqlserver.store import PROCEDURE
@@ -21,42 +23,22 @@ class SchemaMissing(RuntimeError):
 
 
 def engine_url(settings: WriterSqlServerSettings) -> URL:
-    """SQLAlchemy URL of ``MSSQL_DSN``: ``mssql://`` → ``mssql+pyodbc`` with the ODBC driver
-    setting (FreeTDS also gets ``TDS_Version``); ``postgresql://`` → ``postgresql+psycopg2``."""
-    url = make_url(settings.dsn)
-    if url.drivername.startswith("postgresql"):
-        return url.set(drivername="postgresql+psycopg2")
-    query = dict(url.query)
-    if "odbc_connect" not in query:
-        query.setdefault("driver", settings.mssql_odbc_driver)
-        if query["driver"] == "FreeTDS":
-            query.setdefault("TDS_Version", settings.mssql_tds_version)
-    return url.set(drivername="mssql+pyodbc", query=query)
+    """SQLAlchemy URL of ``MSSQL_DSN`` (``tributary_sqlserver.engine_url``: ``mssql://`` →
+    ``mssql+pyodbc`` with the ODBC driver setting, FreeTDS also gets ``TDS_Version``;
+    ``postgresql://`` → ``postgresql+psycopg2``)."""
+    return shared_engine_url(settings.dsn, settings.mssql_odbc_driver, settings.mssql_tds_version)
 
 
 def build_engine(settings: WriterSqlServerSettings) -> Engine:
     """A small pooled engine; every statement times out after ``write_timeout_seconds``."""
-    url = engine_url(settings)
-    timeout = settings.write_timeout_seconds
-    options: dict[str, Any] = {
-        "pool_size": settings.pool_size, "max_overflow": 0, "pool_pre_ping": True,
-        "pool_timeout": timeout,
-    }
-    if url.get_backend_name() == "mssql":
-        options["fast_executemany"] = settings.mssql_fast_executemany
-        options["connect_args"] = {"timeout": timeout}  # login timeout, seconds
-    else:  # stand-in: psycopg2's execute_batch (pages of statements) for executemany
-        options["executemany_mode"] = "values_plus_batch"
-        options["connect_args"] = {
-            "connect_timeout": timeout, "options": f"-c statement_timeout={timeout * 1000}",
-        }
-    engine = create_engine(url, **options)
-    if url.get_backend_name() == "mssql":
-        @event.listens_for(engine, "connect")
-        def _query_timeout(dbapi_connection: Any, _record: Any) -> None:
-            dbapi_connection.timeout = timeout  # pyodbc: per-statement timeout → HYT00
-
-    return engine
+    return shared_build_engine(
+        settings.dsn,
+        odbc_driver=settings.mssql_odbc_driver,
+        tds_version=settings.mssql_tds_version,
+        timeout=settings.write_timeout_seconds,
+        pool_size=settings.pool_size,
+        fast_executemany=settings.mssql_fast_executemany,
+    )
 
 
 def missing_objects(engine: Engine, mode: str) -> list[str]:

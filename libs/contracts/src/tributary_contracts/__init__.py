@@ -35,6 +35,7 @@ from tributary_contracts.jetstream import (
     WRITER_POSTGRES_ALERTS_DURABLE,
     WRITER_POSTGRES_AUDIT_DURABLE,
     WRITER_POSTGRES_DURABLE,
+    WRITER_POSTGRES_REJECTS_DURABLE,
     WRITER_SQLSERVER_DURABLE,
     WS_RESUME_BUCKET,
     classifier_partition_consumer,
@@ -66,6 +67,8 @@ from tributary_contracts.models import (
 )
 from tributary_contracts.routes import SinkRoutes
 from tributary_contracts.stream_config import (
+    DEFAULT_CONSECUTIVE_VIOLATIONS,
+    DEFAULT_COOLDOWN_SECONDS,
     RateConstraints,
     Severity,
     StreamConfig,
@@ -99,6 +102,8 @@ __all__ = [
     "DLQ_KIND",
     "DLQ_REASON",
     "DLQ_SUBJECT",
+    "DEFAULT_CONSECUTIVE_VIOLATIONS",
+    "DEFAULT_COOLDOWN_SECONDS",
     "DEFAULT_PARTITIONS",
     "DP_CLASSIFIED",
     "DP_DLQ",
@@ -114,6 +119,7 @@ __all__ = [
     "WRITER_POSTGRES_ALERTS_DURABLE",
     "WRITER_POSTGRES_AUDIT_DURABLE",
     "WRITER_POSTGRES_DURABLE",
+    "WRITER_POSTGRES_REJECTS_DURABLE",
     "WRITER_SQLSERVER_DURABLE",
     "WS_RESUME_BUCKET",
     "AlertEvent",

@@ -45,6 +45,7 @@ WRITER_POSTGRES_DURABLE = "writer-postgres"
 WRITER_SQLSERVER_DURABLE = "writer-sqlserver"
 WRITER_POSTGRES_ALERTS_DURABLE = "writer-postgres-alerts"
 WRITER_POSTGRES_AUDIT_DURABLE = "writer-postgres-audit"
+WRITER_POSTGRES_REJECTS_DURABLE = "writer-postgres-rejects"
 
 MAX_DELIVER = 10
 """Deliveries of one message before its consumer sends it to ``dp.dlq.<consumer>``."""
@@ -151,6 +152,9 @@ CONSUMERS: dict[str, ConsumerDef] = {
         WRITER_POSTGRES_ALERTS_DURABLE, DP_EVENTS, "dp.alert.>"
     ),
     WRITER_POSTGRES_AUDIT_DURABLE: ConsumerDef(WRITER_POSTGRES_AUDIT_DURABLE, AUDIT, "audit.>"),
+    WRITER_POSTGRES_REJECTS_DURABLE: ConsumerDef(
+        WRITER_POSTGRES_REJECTS_DURABLE, DP_REJECTED, "dp.rejected.>"
+    ),
 }
 
 

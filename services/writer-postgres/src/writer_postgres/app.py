@@ -28,9 +28,11 @@ from tributary_contracts import (
     AUDIT,
     DP_CLASSIFIED,
     DP_EVENTS,
+    DP_REJECTED,
     WRITER_POSTGRES_ALERTS_DURABLE,
     WRITER_POSTGRES_AUDIT_DURABLE,
     WRITER_POSTGRES_DURABLE,
+    WRITER_POSTGRES_REJECTS_DURABLE,
     ensure_consumer,
     ensure_jetstream,
 )
@@ -45,6 +47,7 @@ from writer_postgres.consume import CONSUMER, ClassifiedWriter
 from writer_postgres.errors import Failure, classify_error, describe_error
 from writer_postgres.migrate import migrate, storage_mode
 from writer_postgres.partitions import ensure_partitions
+from writer_postgres.rejects import RejectStore, RejectWriter
 from writer_postgres.settings import WriterPostgresSettings
 from writer_postgres.store import PointStore, prepare_connection
 
@@ -106,6 +109,7 @@ class WriterService:
         self.nc: Client | None = None
         self.writer: ClassifiedWriter | None = None
         self.alerts: AlertWriter | None = None
+        self.rejects: RejectStore | None = None
         self._stopping = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self.breaker: CircuitBreaker | None = None
@@ -125,7 +129,8 @@ class WriterService:
         js = self.nc.jetstream()
         await ensure_jetstream(js, s.namespace)
         for durable in (
-            WRITER_POSTGRES_DURABLE, WRITER_POSTGRES_ALERTS_DURABLE, WRITER_POSTGRES_AUDIT_DURABLE
+            WRITER_POSTGRES_DURABLE, WRITER_POSTGRES_ALERTS_DURABLE, WRITER_POSTGRES_AUDIT_DURABLE,
+            WRITER_POSTGRES_REJECTS_DURABLE,
         ):
             await ensure_consumer(js, s.namespace, durable)
             await check_consumer(js, s.namespace, durable)
@@ -171,13 +176,27 @@ class WriterService:
                     breaker=self.breaker),
             name="consume-audit",
         ))
+        # Gateway rejects (dp.rejected.>) → ingest_rejects; one loop.
+        self.rejects = RejectStore(self.pool, s.write_timeout_seconds, s.reject_excerpt_bytes)
+        rejects = RejectWriter(
+            self.rejects,
+            dead_letter_publisher(js, s.namespace, WRITER_POSTGRES_REJECTS_DURABLE),
+            s.nak_backoff_seconds, s.nak_backoff_max_seconds,
+        )
+        self._tasks.append(asyncio.create_task(
+            consume(js, s, rejects.handle, self._stopping,
+                    durable=WRITER_POSTGRES_REJECTS_DURABLE, stream_base=DP_REJECTED,
+                    breaker=self.breaker),
+            name="consume-rejects",
+        ))
         self._tasks.append(asyncio.create_task(self._keep_partitions(), name="partitions"))
         log.info("writer-postgres started", subject=s.namespace.all_classified(),
                  durable=WRITER_POSTGRES_DURABLE, alerts_subject=s.namespace.all_alerts(),
                  alerts_durable=WRITER_POSTGRES_ALERTS_DURABLE, routes=s.sink_routes)
 
     async def _keep_partitions(self) -> None:
-        """Every ``partition_check_seconds``: make sure monthly partitions exist ahead."""
+        """Every ``partition_check_seconds``: make sure monthly partitions exist ahead and
+        delete the expired rows of ``ingest_rejects``."""
         s = self.settings
         while not self._stopping.is_set():
             with contextlib.suppress(TimeoutError):
@@ -190,6 +209,8 @@ class WriterService:
                         await ensure_partitions(
                             conn, s.partition_months_back, s.partition_months_ahead
                         )
+                assert self.rejects is not None
+                await self.rejects.delete_expired(s.rejects_retention_days * 86400)
             except Exception as exc:  # next round retries; the DEFAULT partition takes points
                 metrics.ERRORS.labels("partitions", type(exc).__name__).inc()
                 log.warning("partition maintenance failed", error=describe_error(exc))

@@ -14,7 +14,6 @@ from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveFloat, model_validator
 
-
 DEFAULT_CONSECUTIVE_VIOLATIONS = 3
 """Seed 001's default: an alert opens after 3 violating points in a row (when a config omits it).
 Stored configs carry their own value (the whole model is stored), so changing this default never

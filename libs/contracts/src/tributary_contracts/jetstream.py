@@ -24,6 +24,7 @@ DP_CLASSIFIED = "DP_CLASSIFIED"
 DP_EVENTS = "DP_EVENTS"
 DP_REJECTED = "DP_REJECTED"
 DP_DLQ = "DP_DLQ"
+DP_LEDGER = "DP_LEDGER"
 AUDIT = "AUDIT"
 
 # KV bucket names (before the namespace prefix).
@@ -46,6 +47,7 @@ WRITER_SQLSERVER_DURABLE = "writer-sqlserver"
 WRITER_POSTGRES_ALERTS_DURABLE = "writer-postgres-alerts"
 WRITER_POSTGRES_AUDIT_DURABLE = "writer-postgres-audit"
 WRITER_POSTGRES_REJECTS_DURABLE = "writer-postgres-rejects"
+WRITER_POSTGRES_LEDGER_DURABLE = "writer-postgres-ledger"
 
 MAX_DELIVER = 10
 """Deliveries of one message before its consumer sends it to ``dp.dlq.<consumer>``."""
@@ -88,6 +90,7 @@ STREAMS: tuple[StreamDef, ...] = (
     StreamDef(DP_EVENTS, ("dp.alert.>", "dp.prediction.>"), 30 * DAY, "Alerts and predictions."),
     StreamDef(DP_REJECTED, ("dp.rejected.>",), 7 * DAY, "Input a gateway could not accept."),
     StreamDef(DP_DLQ, ("dp.dlq.>",), 30 * DAY, "Messages a consumer gave up on."),
+    StreamDef(DP_LEDGER, ("dp.ledger.>",), 7 * DAY, "Raw inputs of opted-in sources (RawRecord)."),
     StreamDef(AUDIT, ("audit.>",), 90 * DAY, "Security audit events (AuditEvent)."),
 )
 
@@ -154,6 +157,9 @@ CONSUMERS: dict[str, ConsumerDef] = {
     WRITER_POSTGRES_AUDIT_DURABLE: ConsumerDef(WRITER_POSTGRES_AUDIT_DURABLE, AUDIT, "audit.>"),
     WRITER_POSTGRES_REJECTS_DURABLE: ConsumerDef(
         WRITER_POSTGRES_REJECTS_DURABLE, DP_REJECTED, "dp.rejected.>"
+    ),
+    WRITER_POSTGRES_LEDGER_DURABLE: ConsumerDef(
+        WRITER_POSTGRES_LEDGER_DURABLE, DP_LEDGER, "dp.ledger.>"
     ),
 }
 

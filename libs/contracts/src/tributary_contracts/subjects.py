@@ -142,6 +142,10 @@ class Namespace:
         """``dp.rejected.<transport>``: input a gateway could not accept."""
         return self._subject("dp", "rejected", transport)
 
+    def ledger_subject(self, transport: str) -> str:
+        """``dp.ledger.<transport>``: ``RawRecord``s of the opted-in domains and sources."""
+        return self._subject("dp", "ledger", transport)
+
     def dlq_subject(self, consumer: str) -> str:
         """``dp.dlq.<consumer>``: messages a consumer gave up on."""
         return self._subject("dp", "dlq", consumer)

@@ -59,6 +59,7 @@ from tributary_contracts import (
 )
 from tributary_ingest.batches import BatchPublisher, PublishError, error_type
 from tributary_ingest.bus import Connect, GatewayBus, open_gateway_bus
+from tributary_ingest.ledger import RawLedger
 from tributary_ingest.points import MalformedJson, parse_json
 from tributary_runtime import ops
 from tributary_runtime.access import API_KEY_HEADER, RequestGuard, refusal_reply
@@ -99,6 +100,7 @@ class Bus:
     gateway: GatewayBus
     guard: RequestGuard
     audit: AuditLog
+    ledger: RawLedger
 
 
 def create_app(
@@ -128,8 +130,15 @@ def create_app(
         configs = StreamConfigBucket(await gateway.js.key_value(ns.bucket(STREAM_CONFIGS_BUCKET)))
         audit = AuditLog(gateway.js, ns, SERVICE_NAME, timeout=settings.publish_timeout_seconds)
         guard = RequestGuard(gateway.keys, limiter, audit)
+        ledger = RawLedger(
+            gateway.js, ns, Transport.HTTP, settings.ledger_selector,
+            timeout=settings.publish_timeout_seconds,
+            max_payload_bytes=settings.raw_ledger_payload_bytes,
+            on_failure=lambda exc: ERRORS.labels("ledger", type(exc).__name__).inc(),
+        )
         state["bus"] = Bus(
-            gateway.nc, gateway.js, gateway.keys, gateway.publisher, configs, gateway, guard, audit
+            gateway.nc, gateway.js, gateway.keys, gateway.publisher, configs, gateway, guard, audit,
+            ledger,
         )
         await legacy.start(gateway.js)
         await provisioning.start(gateway.js)
@@ -195,6 +204,14 @@ def create_app(
             chunks.append(chunk)
         return b"".join(chunks)
 
+    async def record_refused(
+        bus: Bus, parsed: dict[str, Any], received_at: datetime, body: bytes, status: int,
+        error: str,
+    ) -> None:
+        domain, source = parsed.get("domain"), parsed.get("source_id")
+        if isinstance(domain, str) and isinstance(source, str):
+            await bus.ledger.record(domain, source, received_at, body, status=status, error=error)
+
     async def ingest(request: Request, received_at: datetime) -> Response:
         bus = state.get("bus")
         if bus is None:
@@ -209,9 +226,10 @@ def create_app(
         except MalformedJson as exc:
             raise Reply(400, {"error": str(exc)}) from None
         except EnvelopeError as exc:
-            raise Reply(
-                413 if exc.too_large else 422, {"error": exc.message, "field": exc.field}
-            ) from None
+            status = 413 if exc.too_large else 422
+            if isinstance(parsed, dict):  # a selected source's refused input goes to the ledger
+                await record_refused(bus, parsed, received_at, body, status, exc.message)
+            raise Reply(status, {"error": exc.message, "field": exc.field}) from None
 
         bus.guard.check(
             request, granted, Action.WRITE_POINTS, normalized.domain, normalized.source_id
@@ -236,6 +254,11 @@ def create_app(
             ERRORS.labels("publish_rejected", "not_acked").inc()
         POINTS_PUBLISHED.inc(len(accepted))
         reply = [r.to_reply() for r in rejected]
+        await bus.ledger.record(
+            normalized.domain, normalized.source_id, received_at, body, accepted=accepted,
+            rejections=rejected, status=202 if accepted else 422,
+            content_type=request.headers.get("content-type"),
+        )
         if not accepted:
             # Nothing was accepted: a 2xx would tell a status-only client that its data is in.
             return json_response(

@@ -28,10 +28,12 @@ from tributary_contracts import (
     AUDIT,
     DP_CLASSIFIED,
     DP_EVENTS,
+    DP_LEDGER,
     DP_REJECTED,
     WRITER_POSTGRES_ALERTS_DURABLE,
     WRITER_POSTGRES_AUDIT_DURABLE,
     WRITER_POSTGRES_DURABLE,
+    WRITER_POSTGRES_LEDGER_DURABLE,
     WRITER_POSTGRES_REJECTS_DURABLE,
     ensure_consumer,
     ensure_jetstream,
@@ -45,6 +47,7 @@ from writer_postgres.audit import AuditStore, AuditWriter
 from writer_postgres.breaker import CircuitBreaker, GuardedStore
 from writer_postgres.consume import CONSUMER, ClassifiedWriter
 from writer_postgres.errors import Failure, classify_error, describe_error
+from writer_postgres.ledger import LedgerStore, LedgerWriter
 from writer_postgres.migrate import migrate, storage_mode
 from writer_postgres.partitions import ensure_partitions
 from writer_postgres.rejects import RejectStore, RejectWriter
@@ -110,6 +113,7 @@ class WriterService:
         self.writer: ClassifiedWriter | None = None
         self.alerts: AlertWriter | None = None
         self.rejects: RejectStore | None = None
+        self.ledger: LedgerStore | None = None
         self._stopping = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self.breaker: CircuitBreaker | None = None
@@ -130,7 +134,7 @@ class WriterService:
         await ensure_jetstream(js, s.namespace)
         for durable in (
             WRITER_POSTGRES_DURABLE, WRITER_POSTGRES_ALERTS_DURABLE, WRITER_POSTGRES_AUDIT_DURABLE,
-            WRITER_POSTGRES_REJECTS_DURABLE,
+            WRITER_POSTGRES_REJECTS_DURABLE, WRITER_POSTGRES_LEDGER_DURABLE,
         ):
             await ensure_consumer(js, s.namespace, durable)
             await check_consumer(js, s.namespace, durable)
@@ -189,6 +193,19 @@ class WriterService:
                     breaker=self.breaker),
             name="consume-rejects",
         ))
+        # Raw ledger (dp.ledger.>) → raw_record + ingest_error; one loop.
+        self.ledger = LedgerStore(self.pool, s.write_timeout_seconds)
+        ledger = LedgerWriter(
+            self.ledger,
+            dead_letter_publisher(js, s.namespace, WRITER_POSTGRES_LEDGER_DURABLE),
+            s.nak_backoff_seconds, s.nak_backoff_max_seconds,
+        )
+        self._tasks.append(asyncio.create_task(
+            consume(js, s, ledger.handle, self._stopping,
+                    durable=WRITER_POSTGRES_LEDGER_DURABLE, stream_base=DP_LEDGER,
+                    breaker=self.breaker),
+            name="consume-ledger",
+        ))
         self._tasks.append(asyncio.create_task(self._keep_partitions(), name="partitions"))
         log.info("writer-postgres started", subject=s.namespace.all_classified(),
                  durable=WRITER_POSTGRES_DURABLE, alerts_subject=s.namespace.all_alerts(),
@@ -196,7 +213,7 @@ class WriterService:
 
     async def _keep_partitions(self) -> None:
         """Every ``partition_check_seconds``: make sure monthly partitions exist ahead and
-        delete the expired rows of ``ingest_rejects``."""
+        delete the expired rows of ``ingest_rejects`` and ``raw_record``."""
         s = self.settings
         while not self._stopping.is_set():
             with contextlib.suppress(TimeoutError):
@@ -209,8 +226,9 @@ class WriterService:
                         await ensure_partitions(
                             conn, s.partition_months_back, s.partition_months_ahead
                         )
-                assert self.rejects is not None
+                assert self.rejects is not None and self.ledger is not None
                 await self.rejects.delete_expired(s.rejects_retention_days * 86400)
+                await self.ledger.delete_expired(s.raw_ledger_retention_days * 86400)
             except Exception as exc:  # next round retries; the DEFAULT partition takes points
                 metrics.ERRORS.labels("partitions", type(exc).__name__).inc()
                 log.warning("partition maintenance failed", error=describe_error(exc))

@@ -55,6 +55,11 @@ class WriterPostgresSettings(WriterSettings):
         description="ingest_rejects rows older than this (by the time the input was refused) "
         "are deleted by the maintenance task (DP_REJECTED itself keeps 7 days).",
     )
+    raw_ledger_retention_days: float = Field(
+        default=30.0, gt=0,
+        description="raw_record rows (and their ingest_error rows) older than this are deleted "
+        "by the maintenance task.",
+    )
     reject_excerpt_bytes: int = Field(
         default=1024, ge=0, le=65536,
         description="Most bytes of a refused item's excerpt stored in ingest_rejects "

@@ -25,6 +25,7 @@ DP_EVENTS = "DP_EVENTS"
 DP_REJECTED = "DP_REJECTED"
 DP_DLQ = "DP_DLQ"
 DP_LEDGER = "DP_LEDGER"
+DP_SHADOW = "DP_SHADOW"
 AUDIT = "AUDIT"
 
 # KV bucket names (before the namespace prefix).
@@ -35,6 +36,7 @@ CLASSIFIER_STATE_BUCKET = "classifier-state"
 WS_RESUME_BUCKET = "ws-resume"
 DEVICES_BUCKET = "iot-devices"
 PROVISION_NONCES_BUCKET = "provision-nonces"
+ROLLOUTS_BUCKET = "rollouts"
 PROVISION_NONCE_TTL_SECONDS = 3600.0
 """How long a provisioning nonce is remembered: at least twice the largest timestamp window
 gateway-http accepts (``PROVISIONING_WINDOW_SECONDS`` ≤ 1800), so a signed request is refused as
@@ -48,6 +50,7 @@ WRITER_POSTGRES_ALERTS_DURABLE = "writer-postgres-alerts"
 WRITER_POSTGRES_AUDIT_DURABLE = "writer-postgres-audit"
 WRITER_POSTGRES_REJECTS_DURABLE = "writer-postgres-rejects"
 WRITER_POSTGRES_LEDGER_DURABLE = "writer-postgres-ledger"
+WRITER_POSTGRES_SHADOW_DURABLE = "writer-postgres-shadow"
 
 MAX_DELIVER = 10
 """Deliveries of one message before its consumer sends it to ``dp.dlq.<consumer>``."""
@@ -91,6 +94,7 @@ STREAMS: tuple[StreamDef, ...] = (
     StreamDef(DP_REJECTED, ("dp.rejected.>",), 7 * DAY, "Input a gateway could not accept."),
     StreamDef(DP_DLQ, ("dp.dlq.>",), 30 * DAY, "Messages a consumer gave up on."),
     StreamDef(DP_LEDGER, ("dp.ledger.>",), 7 * DAY, "Raw inputs of opted-in sources (RawRecord)."),
+    StreamDef(DP_SHADOW, ("dp.shadow.>",), 7 * DAY, "Live and shadow verdicts of canary sources."),
     StreamDef(AUDIT, ("audit.>",), 90 * DAY, "Security audit events (AuditEvent)."),
 )
 
@@ -109,6 +113,8 @@ BUCKETS: tuple[tuple[str, int, str], ...] = (
     # Keys: ``nonce.<nonce>`` of every accepted ``POST /devices/provision``, written create-only
     # (atomic replay detection across gateway replicas); entries expire after the bucket TTL.
     (PROVISION_NONCES_BUCKET, 1, "gateway-http: provisioning nonces already used (TTL 1 h)."),
+    # Keys: rollout names → ``Rollout`` (tributary_contracts.rollout); the classifier watches it.
+    (ROLLOUTS_BUCKET, 16, "Canary rollouts of classification configs (Rollout JSON)."),
 )
 
 BUCKET_TTLS: dict[str, float] = {PROVISION_NONCES_BUCKET: PROVISION_NONCE_TTL_SECONDS}
@@ -160,6 +166,9 @@ CONSUMERS: dict[str, ConsumerDef] = {
     ),
     WRITER_POSTGRES_LEDGER_DURABLE: ConsumerDef(
         WRITER_POSTGRES_LEDGER_DURABLE, DP_LEDGER, "dp.ledger.>"
+    ),
+    WRITER_POSTGRES_SHADOW_DURABLE: ConsumerDef(
+        WRITER_POSTGRES_SHADOW_DURABLE, DP_SHADOW, "dp.shadow.>"
     ),
 }
 

@@ -15,11 +15,13 @@ from classifier.config_store import StreamConfigStore
 from classifier.consume import consume
 from classifier.handler import CoalescingOutbox, JetStreamOutbox, RawBatchHandler
 from classifier.partition import PartitionFilter, ensure_partition_consumer
+from classifier.rollout import RolloutFollower
 from classifier.settings import ClassifierSettings
 from classifier.state import ClassifierState
 from tributary_contracts import (
     CLASSIFIER_STATE_BUCKET,
     DP_RAW,
+    ROLLOUTS_BUCKET,
     STREAM_CONFIGS_BUCKET,
     ensure_jetstream,
 )
@@ -78,6 +80,8 @@ def create_app(settings: ClassifierSettings) -> Starlette:
         partition = PartitionFilter(ns, index, partitions) if partitions > 1 else None
         store = StreamConfigStore(await js.key_value(ns.bucket(STREAM_CONFIGS_BUCKET)))
         await store.start(settings.config_load_timeout_seconds)
+        rollouts = RolloutFollower(await js.key_value(ns.bucket(ROLLOUTS_BUCKET)))
+        await rollouts.start(settings.config_load_timeout_seconds)
         state = ClassifierState()
         state_bucket = ns.bucket(CLASSIFIER_STATE_BUCKET)
         follower = StateFollower(
@@ -90,10 +94,12 @@ def create_app(settings: ClassifierSettings) -> Starlette:
         checkpointer = Checkpointer(outbox, state, state_bucket)
         handler = RawBatchHandler(
             ns,
-            store.resolve,
+            rollouts.resolver(store.resolve),
             outbox,
             state,
             checkpointer=checkpointer,
+            rollouts=rollouts,
+            live_resolve=store.resolve,
             nak_delay=settings.nak_delay_seconds,
             nak_max_delay=settings.nak_max_delay_seconds,
             owns_subject=partition.owns_subject if partition is not None else None,
@@ -137,6 +143,7 @@ def create_app(settings: ClassifierSettings) -> Starlette:
                 with contextlib.suppress(asyncio.CancelledError):
                     await loop
             await store.stop()
+            await rollouts.stop()
             stopping.set()  # no more fetches; the fetches in flight get their acks
             await consumer
             with contextlib.suppress(Exception):  # a clean stop leaves nothing to catch up

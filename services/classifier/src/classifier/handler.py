@@ -47,6 +47,7 @@ from classifier.metrics import (
     PUBLISHED_POINTS,
     RECEIVED_MESSAGES,
     RECEIVED_POINTS,
+    SHADOW_BATCHES,
     STATE_STREAMS,
 )
 from classifier.state import PendingEvent, StreamKey
@@ -55,6 +56,7 @@ from tributary_contracts import (
     DP_CLASSIFIED,
     DP_DLQ,
     DP_EVENTS,
+    DP_SHADOW,
     MAX_DELIVER,
     MSG_ID_HEADER,
     Namespace,
@@ -67,11 +69,14 @@ from tributary_runtime.redelivery import backoff_delay, deliveries
 
 if TYPE_CHECKING:
     from classifier.checkpoint import Checkpointer
+    from classifier.rollout import RolloutFollower
 
 log = structlog.get_logger(__name__)
 
 CHECKPOINT = "checkpoint"
 """Kind of an output that is a source's state checkpoint (a KV put)."""
+SHADOW = "shadow"
+"""Kind of an output that is a ShadowBatch (classifier.rollout)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -258,6 +263,8 @@ class RawBatchHandler:
         nak_max_delay: float = 60.0,
         max_deliver: int = MAX_DELIVER,
         owns_subject: Callable[[str], bool] | None = None,
+        rollouts: RolloutFollower | None = None,
+        live_resolve: ConfigResolver | None = None,
     ) -> None:
         self.ns = ns
         self.resolve_config = resolve_config
@@ -269,6 +276,10 @@ class RawBatchHandler:
         self.max_deliver = max_deliver
         self.owns_subject = owns_subject
         """With partitions: whether a raw message's subject is this partition's to classify."""
+        self.rollouts = rollouts
+        """Canary rollouts: shadow verdicts of their sources go out with the outputs."""
+        self.live_resolve = live_resolve or resolve_config
+        self.shadow_stream = ns.stream(DP_SHADOW)
         self.dlq_subject = ns.dlq_subject(CLASSIFIER_DURABLE)
         self.classified_stream = ns.stream(DP_CLASSIFIED)
         self.dlq_stream = ns.stream(DP_DLQ)
@@ -317,6 +328,11 @@ class RawBatchHandler:
                     for cls, points in result.by_class.items()
                 ]
                 self._add_events(result.events, result.republish, outputs)
+                if self.rollouts is not None:
+                    outputs.extend(self.rollouts.shadow_outputs(
+                        self.ns, batch, result, classified_at, self.live_resolve,
+                        self.shadow_stream,
+                    ))
                 if self.checkpointer is not None:
                     outputs.extend(
                         (write, CHECKPOINT, 0)
@@ -462,6 +478,8 @@ class RawBatchHandler:
                         PUBLISHED_POINTS.labels(cls=cls).inc(count)
                     elif cls == CHECKPOINT:
                         CHECKPOINT_WRITES.inc()
+                    elif cls == SHADOW:
+                        SHADOW_BATCHES.inc()
                     else:
                         ALERT_EVENTS.labels(event=cls).inc()
                 else:

@@ -40,3 +40,7 @@ OTHER_PARTITION_MESSAGES = Counter(
     "classifier_other_partition_messages",
     "Raw messages of another partition, acked without output (CLASSIFIER_PARTITIONS > 1).",
 )
+SHADOW_BATCHES = Counter(
+    "classifier_shadow_batches",
+    "ShadowBatches (live and shadow verdicts of canary sources) acked by JetStream.",
+)

@@ -30,11 +30,13 @@ from tributary_contracts import (
     DP_EVENTS,
     DP_LEDGER,
     DP_REJECTED,
+    DP_SHADOW,
     WRITER_POSTGRES_ALERTS_DURABLE,
     WRITER_POSTGRES_AUDIT_DURABLE,
     WRITER_POSTGRES_DURABLE,
     WRITER_POSTGRES_LEDGER_DURABLE,
     WRITER_POSTGRES_REJECTS_DURABLE,
+    WRITER_POSTGRES_SHADOW_DURABLE,
     ensure_consumer,
     ensure_jetstream,
 )
@@ -52,6 +54,7 @@ from writer_postgres.migrate import migrate, storage_mode
 from writer_postgres.partitions import ensure_partitions
 from writer_postgres.rejects import RejectStore, RejectWriter
 from writer_postgres.settings import WriterPostgresSettings
+from writer_postgres.shadow import ShadowStore, ShadowWriter
 from writer_postgres.store import PointStore, prepare_connection
 
 log = structlog.get_logger(__name__)
@@ -135,6 +138,7 @@ class WriterService:
         for durable in (
             WRITER_POSTGRES_DURABLE, WRITER_POSTGRES_ALERTS_DURABLE, WRITER_POSTGRES_AUDIT_DURABLE,
             WRITER_POSTGRES_REJECTS_DURABLE, WRITER_POSTGRES_LEDGER_DURABLE,
+            WRITER_POSTGRES_SHADOW_DURABLE,
         ):
             await ensure_consumer(js, s.namespace, durable)
             await check_consumer(js, s.namespace, durable)
@@ -180,32 +184,24 @@ class WriterService:
                     breaker=self.breaker),
             name="consume-audit",
         ))
-        # Gateway rejects (dp.rejected.>) → ingest_rejects; one loop.
+        # Rejects, raw ledger, shadow verdicts: few messages each, one loop each.
         self.rejects = RejectStore(self.pool, s.write_timeout_seconds, s.reject_excerpt_bytes)
-        rejects = RejectWriter(
-            self.rejects,
-            dead_letter_publisher(js, s.namespace, WRITER_POSTGRES_REJECTS_DURABLE),
-            s.nak_backoff_seconds, s.nak_backoff_max_seconds,
-        )
-        self._tasks.append(asyncio.create_task(
-            consume(js, s, rejects.handle, self._stopping,
-                    durable=WRITER_POSTGRES_REJECTS_DURABLE, stream_base=DP_REJECTED,
-                    breaker=self.breaker),
-            name="consume-rejects",
-        ))
-        # Raw ledger (dp.ledger.>) → raw_record + ingest_error; one loop.
         self.ledger = LedgerStore(self.pool, s.write_timeout_seconds)
-        ledger = LedgerWriter(
-            self.ledger,
-            dead_letter_publisher(js, s.namespace, WRITER_POSTGRES_LEDGER_DURABLE),
-            s.nak_backoff_seconds, s.nak_backoff_max_seconds,
-        )
-        self._tasks.append(asyncio.create_task(
-            consume(js, s, ledger.handle, self._stopping,
-                    durable=WRITER_POSTGRES_LEDGER_DURABLE, stream_base=DP_LEDGER,
-                    breaker=self.breaker),
-            name="consume-ledger",
-        ))
+        for writer_type, store, durable, stream_base in (
+            (RejectWriter, self.rejects, WRITER_POSTGRES_REJECTS_DURABLE, DP_REJECTED),
+            (LedgerWriter, self.ledger, WRITER_POSTGRES_LEDGER_DURABLE, DP_LEDGER),
+            (ShadowWriter, ShadowStore(self.pool, s.write_timeout_seconds),
+             WRITER_POSTGRES_SHADOW_DURABLE, DP_SHADOW),
+        ):
+            events = writer_type(
+                store, dead_letter_publisher(js, s.namespace, durable),
+                s.nak_backoff_seconds, s.nak_backoff_max_seconds,
+            )
+            self._tasks.append(asyncio.create_task(
+                consume(js, s, events.handle, self._stopping, durable=durable,
+                        stream_base=stream_base, breaker=self.breaker),
+                name=f"consume-{durable}",
+            ))
         self._tasks.append(asyncio.create_task(self._keep_partitions(), name="partitions"))
         log.info("writer-postgres started", subject=s.namespace.all_classified(),
                  durable=WRITER_POSTGRES_DURABLE, alerts_subject=s.namespace.all_alerts(),

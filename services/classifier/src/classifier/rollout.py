@@ -25,8 +25,8 @@ import structlog
 from pydantic import ValidationError
 
 from classifier.classify import ConfigResolver, MessageResult, Verdict, classify, late_verdict
-from classifier.handler import Outgoing
 from classifier.metrics import ERRORS
+from classifier.outbox import Outgoing
 from tributary_contracts import (
     MSG_ID_HEADER,
     DataPoint,
@@ -43,8 +43,6 @@ from tributary_runtime.kvwatch import KvFollower
 
 log = structlog.get_logger(__name__)
 
-SHADOW = "shadow"
-"""Kind of an output that is a ShadowBatch."""
 _DELETE_OPERATIONS = ("DEL", "PURGE")
 _CACHE_LIMIT = 100_000
 _LAST_LIMIT = 200_000
@@ -110,8 +108,8 @@ class RolloutFollower(KvFollower):
         classified_at: datetime,
         live_resolve: ConfigResolver,
         stream: str,
-    ) -> list[tuple[Any, str, int]]:
-        """The ShadowBatch of ``batch`` when its source is in a rollout, as handler outputs."""
+    ) -> list[Outgoing]:
+        """The ShadowBatch of ``batch`` when its source is in a rollout (none or one)."""
         if not self._rollouts:
             return []
         found = self.rollout_of(batch.domain, batch.source_id)
@@ -161,7 +159,7 @@ class RolloutFollower(KvFollower):
             batch.domain,
             batch.source_id,
             [(v.stream_id, v.ts) for v in verdicts],
-            f"{SHADOW}:{rollout.name}:{revision}",
+            f"shadow:{rollout.name}:{revision}",
         )
         message = Outgoing(
             ns.shadow_subject(batch.domain, batch.source_id),
@@ -169,7 +167,7 @@ class RolloutFollower(KvFollower):
             {MSG_ID_HEADER: msg_id},
             stream,
         )
-        return [(message, SHADOW, 0)]
+        return [message]
 
     @staticmethod
     def _other_config(

@@ -20,7 +20,9 @@ async def _drop_database(admin_dsn: str, dsn: str) -> None:
     await conn.close()
 
 
-def fleet_for_test(servers: object, skip: tuple[str, ...] = ()) -> Iterator[FleetProcess]:
+def fleet_for_test(
+    servers: object, skip: tuple[str, ...] = (), env: dict[str, str] | None = None
+) -> Iterator[FleetProcess]:
     prefix = f"e{uuid.uuid4().hex[:10]}"
     base = servers.postgres_dsn.rpartition("/")[0]  # type: ignore[attr-defined]
     fleet = FleetProcess(
@@ -29,7 +31,7 @@ def fleet_for_test(servers: object, skip: tuple[str, ...] = ()) -> Iterator[Flee
         nats_url=servers.nats_url,  # type: ignore[attr-defined]
         skip=skip,
         # A test fleet's MQTT session need not outlive it on the shared local broker.
-        extra_env={"MQTT_SESSION_EXPIRY_SECONDS": "60"},
+        extra_env={"MQTT_SESSION_EXPIRY_SECONDS": "60", **(env or {})},
     )
     try:
         yield fleet.start()

@@ -39,6 +39,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from gateway_http import config_api, keys_api
+from gateway_http.deprecation import LegacyDeprecation
 from gateway_http.legacy import LegacyIot
 from gateway_http.metrics import (
     ACK_LATENCY,
@@ -119,6 +120,7 @@ def create_app(
     state: dict[str, Bus] = {}
     warn_unavailable = ThrottledWarning(log)
     limiter = IngestLimiter(settings)
+    disabled_domains = settings.disabled_domain_set
 
     @asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
@@ -239,6 +241,9 @@ def create_app(
         bus.guard.check(
             request, granted, Action.WRITE_POINTS, normalized.domain, normalized.source_id
         )
+        if normalized.domain in disabled_domains:
+            raise Reply(403, {"error": f"domain {normalized.domain!r} is disabled on this "
+                              "gateway (DISABLED_DOMAINS)", "field": "domain"})
         accepted, rejected = normalized.accepted, normalized.rejected
         live, backfill = split_backfill(
             (p.ts for p in accepted), received_at, limiter.backfill_age_seconds
@@ -275,6 +280,12 @@ def create_app(
     async def ingest_data(request: Request) -> Response:
         """POST /ingest/data: points → a bundle on dp.raw.<domain>.part.<p>, 202 after its
         PubAck."""
+        if not settings.universal_api_enabled:
+            return json_response(
+                404,
+                {"error": "POST /ingest/data is not enabled on this gateway "
+                 "(UNIVERSAL_API_ENABLED=false)"},
+            )
         try:
             return await ingest(request, datetime.now(UTC))
         except Reply as reply:
@@ -422,6 +433,7 @@ def create_app(
     app = Starlette(
         routes=routes, lifespan=lifespan, exception_handlers={HTTPException: http_error}
     )
+    app.add_middleware(LegacyDeprecation, settings=settings)
     app.add_middleware(
         HeaderLimits, max_bytes=settings.max_header_bytes, max_count=settings.max_header_count
     )

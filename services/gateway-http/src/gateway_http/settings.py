@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field, SecretStr
 
+from gateway_http.deprecation import DeprecationSettings
 from tributary_ingest.bus import BundleLingerSettings, GatewayBusSettings
 from tributary_ingest.ledger import RawLedgerSettings
 from tributary_runtime.guard import GuardSettings
@@ -11,12 +12,27 @@ from tributary_runtime.settings import ServiceSettings
 
 
 class GatewayHttpSettings(
-    GatewayBusSettings, BundleLingerSettings, RawLedgerSettings, GuardSettings, ServiceSettings
+    GatewayBusSettings,
+    BundleLingerSettings,
+    RawLedgerSettings,
+    DeprecationSettings,
+    GuardSettings,
+    ServiceSettings,
 ):
     """What the HTTP gateway reads from the environment."""
 
     port: int = Field(
         default=8001, ge=1, le=65535, description="HTTP port (API, health, ready, metrics)."
+    )
+    universal_api_enabled: bool = Field(
+        default=True,
+        description="Serve POST /ingest/data (seed 001's ENABLE_AGNOSTIC_API); false: 404, the "
+        "legacy endpoints only.",
+    )
+    disabled_domains: str = Field(
+        default="",
+        description="Comma list of domains whose points POST /ingest/data refuses (403): seed "
+        "001's per-domain enablement.",
     )
     max_body_bytes: int = Field(
         default=5 * 1024 * 1024, ge=1024, description="Largest request body accepted; larger → 413."
@@ -66,3 +82,7 @@ class GatewayHttpSettings(
         description="Largest difference between a provisioning request's timestamp and the "
         "gateway's clock (either way); nonces are remembered 1 h, at least twice this.",
     )
+
+    @property
+    def disabled_domain_set(self) -> frozenset[str]:
+        return frozenset(d.strip() for d in self.disabled_domains.split(",") if d.strip())

@@ -151,7 +151,7 @@ async def test_a_refused_point_of_each_transport_is_a_row_of_ingest_rejects(
             files={
                 "file": ("d.csv", b"timestamp,cpu\n1772000000,1\n1772000001,high\n", "text/csv")
             },
-            data={"domain": "infrastructure", "source_id": "rej-csv"},
+            data={"domain": "infrastructure", "source_id": "rej-csv", "value_columns": "cpu"},
         )
     assert upload.status_code == 202, upload.text
 

@@ -1,6 +1,7 @@
-"""The SLO rules (deploy/prometheus/tributary-rules.yml): their promtool unit tests pass, they
-query only metrics the services (or prometheus-nats-exporter) export, Prometheus loads them in
-compose, and deploy/README.md says what to do for every alert."""
+"""Staged-rollout operations: the SLO rules (deploy/prometheus/tributary-rules.yml) pass their
+promtool unit tests, query only metrics the services (or prometheus-nats-exporter) export, are
+loaded by Prometheus in compose, and deploy/README.md says what to do for every alert and maps
+every seed feature flag to its fleet equivalent."""
 
 from __future__ import annotations
 
@@ -101,3 +102,30 @@ def test_the_deploy_readme_has_a_runbook_entry_per_alert() -> None:
         if "alert" in rule:
             runbook = rule["annotations"]["runbook"]  # type: ignore[index]
             assert runbook == f"deploy/README.md#{str(rule['alert']).lower()}"
+
+
+SEED_FLAGS = (
+    "FF_MQTT_UNIVERSAL",
+    "FF_MQTT_MULTI_DOMAIN",
+    "ENABLE_MQTT_MULTI_DOMAIN",
+    "FF_MQTT_INGEST_ENABLED",
+    "FF_MQTT_MODULAR_RECEIVER",
+    "FF_WEBSOCKET_ENABLED",
+    "ENABLE_WEBSOCKET_INGEST",
+    "FF_CSV_ENABLED",
+    "ENABLE_CSV_INGEST",
+    "ENABLE_AGNOSTIC_API",
+    "USE_AGNOSTIC_CONSTRAINTS",
+    "DEVICE_AUTH_ENABLED",
+    "REDIS_ENABLED",
+)
+
+
+@pytest.mark.parametrize("flag", SEED_FLAGS)
+def test_the_deploy_readme_maps_every_seed_flag(flag: str) -> None:
+    rows = [
+        line
+        for line in (ROOT / "deploy/README.md").read_text().splitlines()
+        if line.startswith("| ") and f"`{flag}`" in line
+    ]
+    assert len(rows) == 1, f"{flag} must have one row in the seed-flag table"

@@ -73,7 +73,7 @@ def reject_rows(message: RejectedInput, excerpt_bytes: int) -> list[tuple[object
         f"{message.transport.value}\x1f{message.domain}\x1f{message.source_id}"
         f"\x1f{message.received_at.isoformat()}"
     )
-    rows = []
+    rows: list[tuple[object, ...]] = []
     for position, entry in enumerate(message.rejected):
         item = entry.model_dump_json()
         reject_id = hashlib.sha256(f"{envelope}\x1f{position}\x1f{item}".encode()).hexdigest()

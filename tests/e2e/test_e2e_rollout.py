@@ -350,8 +350,17 @@ async def test_a_canary_of_10_percent_of_200_sources_compares_promotes_and_rolls
         "warning from 60 instead of 80",
     )
     assert started.returncode == 0, started.stderr
-    # The live config decides in shadow mode: 70 stays normal for a canary source too.
-    await until_probe(fleet, CANARY[0], 50, "normal")
+
+    # Once a canary source's probe has its shadow verdict, the classifier has the rollout.
+    async def shadowed() -> bool:
+        assert await probe(fleet, CANARY[0], 50, "normal")  # the live config decides
+        return bool(
+            await fetch(
+                fleet.postgres_dsn, "SELECT 1 FROM rollout_verdicts WHERE source_id = $1", CANARY[0]
+            )
+        )
+
+    await until(shadowed, "the classifier to apply the rollout")
 
     t0 = NOW - timedelta(minutes=30)
     for source in SOURCES:
@@ -379,17 +388,23 @@ async def test_a_canary_of_10_percent_of_200_sources_compares_promotes_and_rolls
     async def verdicts() -> list[asyncpg.Record] | None:
         rows = await fetch(
             fleet.postgres_dsn,
-            "SELECT DISTINCT source_id FROM rollout_verdicts WHERE stream_id = 'cpu'",
+            "SELECT source_id, count(*) AS n FROM rollout_verdicts WHERE stream_id = 'cpu'"
+            " GROUP BY source_id ORDER BY source_id",
         )
-        return rows if len(rows) == len(CANARY) else None
+        return rows if sum(r["n"] for r in rows) >= 2 * len(CANARY) else None
 
-    got = await until(verdicts, "shadow verdicts of every canary source")
-    assert sorted(r["source_id"] for r in got) == CANARY
-    stored = await fetch(
-        fleet.postgres_dsn,
-        "SELECT cls, count(*) AS n FROM data_points"
-        " WHERE domain = 'canary' AND stream_id = 'cpu' GROUP BY cls",
-    )
+    got = await until(verdicts, "both shadow verdicts of every canary source")
+    assert [(r["source_id"], r["n"]) for r in got] == [(s, 2) for s in sorted(CANARY)]
+
+    async def all_stored() -> list[asyncpg.Record] | None:
+        rows = await fetch(
+            fleet.postgres_dsn,
+            "SELECT cls, count(*) AS n FROM data_points"
+            " WHERE domain = 'canary' AND stream_id = 'cpu' GROUP BY cls",
+        )
+        return rows if sum(r["n"] for r in rows) >= 400 else None
+
+    stored = await until(all_stored, "the 400 points of the 200 sources")
     assert {r["cls"]: r["n"] for r in stored} == {"normal": 400}  # the live config decided
 
     report = cli(fleet, "rollout", "report", "cpu-60", "--json", "--limit", "100")

@@ -3,6 +3,7 @@ endpoints (deprecation.py), the universal API and per-domain switches, and the r
 
 from __future__ import annotations
 
+import asyncio
 import base64
 from datetime import date
 from typing import Any
@@ -11,7 +12,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from gateway_http.deprecation import DeprecationSettings, deprecation_headers, device_of
-from tributary_contracts import DP_LEDGER, RawRecord
+from tributary_contracts import DP_LEDGER, SWITCHES_BUCKET, RawRecord
 
 pytestmark = pytest.mark.integration
 
@@ -148,3 +149,30 @@ async def test_a_selected_source_input_is_in_the_raw_ledger(start_gateway: Any) 
     assert base64.b64decode(record.payload_b64).startswith(b'{"source_id":"dev-1"')
     assert [p.stream_id for p in record.accepted] == ["x"]
     assert [(e.index, e.stream_id) for e in record.rejected] == [(1, "y")]
+
+
+async def test_switches_change_the_api_and_domains_live_and_unset_restores_the_environment(
+    start_gateway: Any,
+) -> None:
+    body = {"source_id": "s", "domain": "finance", "data_points": [{"stream_id": "x", "value": 1}]}
+    async with start_gateway() as gw:
+        kv = await gw.js.key_value(gw.ns.bucket(SWITCHES_BUCKET))
+
+        async def status_when(expected: int) -> int:
+            for _ in range(100):  # the watch applies a change within milliseconds
+                status = (await gw.post(body)).status_code
+                if status == expected:
+                    break
+                await asyncio.sleep(0.05)
+            return status
+
+        assert await status_when(202) == 202
+        await kv.put("gateway-http.DISABLED_DOMAINS", b"finance")
+        assert await status_when(403) == 403
+        await kv.put("gateway-http.UNIVERSAL_API_ENABLED", b"false")
+        assert await status_when(404) == 404
+        await kv.put("gateway-http.UNIVERSAL_API_ENABLED", b"maybe")  # invalid: environment's
+        assert await status_when(403) == 403
+        await kv.delete("gateway-http.UNIVERSAL_API_ENABLED")
+        await kv.delete("gateway-http.DISABLED_DOMAINS")
+        assert await status_when(202) == 202

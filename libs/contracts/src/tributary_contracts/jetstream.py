@@ -37,6 +37,7 @@ WS_RESUME_BUCKET = "ws-resume"
 DEVICES_BUCKET = "iot-devices"
 PROVISION_NONCES_BUCKET = "provision-nonces"
 ROLLOUTS_BUCKET = "rollouts"
+SWITCHES_BUCKET = "switches"
 PROVISION_NONCE_TTL_SECONDS = 3600.0
 """How long a provisioning nonce is remembered: at least twice the largest timestamp window
 gateway-http accepts (``PROVISIONING_WINDOW_SECONDS`` ≤ 1800), so a signed request is refused as
@@ -119,7 +120,15 @@ BUCKETS: tuple[tuple[str, int, str], ...] = (
     (PROVISION_NONCES_BUCKET, 1, "gateway-http: provisioning nonces already used (TTL 1 h)."),
     # Keys: rollout names → ``Rollout`` (tributary_contracts.rollout); the classifier watches it.
     (ROLLOUTS_BUCKET, 16, "Canary rollouts of classification configs (Rollout JSON)."),
+    # Keys: ``<service>.<SETTING>`` → the setting's value as text; a service that reads a
+    # setting live (tributary_runtime.switches) lets an entry override its environment.
+    (SWITCHES_BUCKET, 8, "Live settings of services, overriding their environment."),
 )
+
+LIVE_SETTINGS: dict[str, tuple[str, ...]] = {
+    "gateway-http": ("UNIVERSAL_API_ENABLED", "DISABLED_DOMAINS"),
+}
+"""Settings each service reads live from the ``switches`` bucket (``<service>.<SETTING>``)."""
 
 BUCKET_TTLS: dict[str, float] = {PROVISION_NONCES_BUCKET: PROVISION_NONCE_TTL_SECONDS}
 """Buckets whose entries expire (seconds); the others keep their entries."""

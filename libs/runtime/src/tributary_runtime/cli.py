@@ -10,6 +10,7 @@ tributary status                         services, rates, consumer lag, DLQ dept
 tributary tail SUBJECT-FILTER            live classified points / alerts (--count, --seconds)
 tributary dlq list|replay                dead letters; replay to the original subject if safe
 tributary rollout start|promote|rollback|percent|list|report   canary of a classification config
+tributary switches list|set|unset        live settings of services (the seeds' feature flags)
 tributary csv upload FILE --source S --domain D [--wait]   import a CSV (`tributary csv --help`)
 """
 
@@ -32,6 +33,7 @@ from tributary_runtime import (
     rollout_cli,
     status_cli,
     streams_cli,
+    switches_cli,
     tail_cli,
 )
 from tributary_runtime.bus import connect_nats
@@ -89,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--interval", type=float, default=None, metavar="S",
         help="seconds between runs (default ML_INTERVAL_SECONDS)",
     )
-    for module in (status_cli, tail_cli, dlq_cli, rollout_cli):  # each sets its `handler`
+    for module in (status_cli, tail_cli, dlq_cli, rollout_cli, switches_cli):  # `handler`s
         module.add_parser(commands)
     return parser
 

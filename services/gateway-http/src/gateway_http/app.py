@@ -56,7 +56,9 @@ from gateway_http.provision import Provisioning
 from gateway_http.settings import GatewayHttpSettings
 from tributary_contracts import (
     DP_RAW,
+    LIVE_SETTINGS,
     STREAM_CONFIGS_BUCKET,
+    SWITCHES_BUCKET,
     AuditAction,
     Transport,
 )
@@ -75,6 +77,7 @@ from tributary_runtime.logs import ThrottledWarning
 from tributary_runtime.ops import Reply, ops_routes
 from tributary_runtime.ratelimit import IngestLimiter, split_backfill
 from tributary_runtime.stream_configs import ConfigProblem, StreamConfigBucket
+from tributary_runtime.switches import LiveSwitches, parse_bool, parse_list
 
 SERVICE_NAME = "gateway-http"
 OPENAPI_DOCUMENT = (
@@ -105,6 +108,7 @@ class Bus:
     guard: RequestGuard
     audit: AuditLog
     ledger: RawLedger
+    switches: LiveSwitches
 
 
 def create_app(
@@ -120,7 +124,31 @@ def create_app(
     state: dict[str, Bus] = {}
     warn_unavailable = ThrottledWarning(log)
     limiter = IngestLimiter(settings)
-    disabled_domains = settings.disabled_domain_set
+    parsed_domains: dict[str, frozenset[str]] = {}
+
+    def live(name: str) -> str | None:
+        """A live setting's bucket value (``switches``), None when the environment's holds."""
+        bus = state.get("bus")
+        return bus.switches.value(name) if bus is not None else None
+
+    def universal_api_enabled() -> bool:
+        value = live("UNIVERSAL_API_ENABLED")
+        if value is None:
+            return settings.universal_api_enabled
+        try:
+            return parse_bool(value)
+        except ValueError:
+            ERRORS.labels("switches", "invalid_value").inc()
+            return settings.universal_api_enabled
+
+    def disabled_domains() -> frozenset[str]:
+        value = live("DISABLED_DOMAINS")
+        if value is None:
+            return settings.disabled_domain_set
+        if value not in parsed_domains:
+            parsed_domains.clear()
+            parsed_domains[value] = parse_list(value)
+        return parsed_domains[value]
 
     @asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
@@ -143,9 +171,14 @@ def create_app(
             max_payload_bytes=settings.raw_ledger_payload_bytes,
             on_failure=lambda exc: ERRORS.labels("ledger", type(exc).__name__).inc(),
         )
+        switches = LiveSwitches(
+            await gateway.js.key_value(ns.bucket(SWITCHES_BUCKET)), SERVICE_NAME,
+            LIVE_SETTINGS[SERVICE_NAME],
+        )
+        await switches.start(settings.startup_timeout_seconds)
         state["bus"] = Bus(
             gateway.nc, gateway.js, gateway.keys, gateway.publisher, configs, gateway, guard, audit,
-            ledger,
+            ledger, switches,
         )
         await legacy.start(gateway.js)
         await provisioning.start(gateway.js)
@@ -154,6 +187,7 @@ def create_app(
             yield
         finally:
             state.clear()
+            await switches.stop()
             await legacy.stop()
             await audit.close()
             await gateway.close()
@@ -241,7 +275,7 @@ def create_app(
         bus.guard.check(
             request, granted, Action.WRITE_POINTS, normalized.domain, normalized.source_id
         )
-        if normalized.domain in disabled_domains:
+        if normalized.domain in disabled_domains():
             raise Reply(403, {"error": f"domain {normalized.domain!r} is disabled on this "
                               "gateway (DISABLED_DOMAINS)", "field": "domain"})
         accepted, rejected = normalized.accepted, normalized.rejected
@@ -280,7 +314,7 @@ def create_app(
     async def ingest_data(request: Request) -> Response:
         """POST /ingest/data: points → a bundle on dp.raw.<domain>.part.<p>, 202 after its
         PubAck."""
-        if not settings.universal_api_enabled:
+        if not universal_api_enabled():
             return json_response(
                 404,
                 {"error": "POST /ingest/data is not enabled on this gateway "

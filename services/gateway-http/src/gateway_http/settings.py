@@ -9,6 +9,7 @@ from tributary_ingest.bus import BundleLingerSettings, GatewayBusSettings
 from tributary_ingest.ledger import RawLedgerSettings
 from tributary_runtime.guard import GuardSettings
 from tributary_runtime.settings import ServiceSettings
+from tributary_runtime.switches import parse_list
 
 
 class GatewayHttpSettings(
@@ -27,12 +28,14 @@ class GatewayHttpSettings(
     universal_api_enabled: bool = Field(
         default=True,
         description="Serve POST /ingest/data (seed 001's ENABLE_AGNOSTIC_API); false: 404, the "
-        "legacy endpoints only.",
+        "legacy endpoints only. Live: `tributary switches set gateway-http "
+        "UNIVERSAL_API_ENABLED false` overrides it without a restart.",
     )
     disabled_domains: str = Field(
         default="",
         description="Comma list of domains whose points POST /ingest/data refuses (403): seed "
-        "001's per-domain enablement.",
+        "001's per-domain enablement. Live: `tributary switches set gateway-http "
+        "DISABLED_DOMAINS …` overrides it without a restart.",
     )
     max_body_bytes: int = Field(
         default=5 * 1024 * 1024, ge=1024, description="Largest request body accepted; larger → 413."
@@ -85,4 +88,4 @@ class GatewayHttpSettings(
 
     @property
     def disabled_domain_set(self) -> frozenset[str]:
-        return frozenset(d.strip() for d in self.disabled_domains.split(",") if d.strip())
+        return parse_list(self.disabled_domains)

@@ -27,15 +27,27 @@ T0 = datetime(2026, 2, 25, 21, 0, tzinfo=UTC)
 pytestmark = pytest.mark.integration
 
 
-def rejected(transport: Transport = Transport.HTTP, *, source: str = "server-01",
-             excerpt: str = '{"stream_id":"cpu","value":"NaN"}', at: datetime = T0,
-             entries: int = 1) -> RejectedInput:
+def rejected(
+    transport: Transport = Transport.HTTP,
+    *,
+    source: str = "server-01",
+    excerpt: str = '{"stream_id":"cpu","value":"NaN"}',
+    at: datetime = T0,
+    entries: int = 1,
+) -> RejectedInput:
     return RejectedInput(
-        transport=transport, domain="infrastructure", source_id=source, received_at=at,
+        transport=transport,
+        domain="infrastructure",
+        source_id=source,
+        received_at=at,
         rejected=[
-            RejectedEntry(index=i, stream_id="cpu", reason="value: must be a finite number",
-                          excerpt=excerpt, topic="infrastructure/server-01/cpu/data"
-                          if transport is Transport.MQTT else None)
+            RejectedEntry(
+                index=i,
+                stream_id="cpu",
+                reason="value: must be a finite number",
+                excerpt=excerpt,
+                topic="infrastructure/server-01/cpu/data" if transport is Transport.MQTT else None,
+            )
             for i in range(entries)
         ],
     )
@@ -106,11 +118,14 @@ async def test_the_running_writer_stores_rejects_from_every_transport(
     async with run_writer(reject_excerpt_bytes=4096):
         for transport in Transport:
             message = rejected(transport)
-            await jetstream.publish(ns.rejected_subject(transport.value),
-                                    message.model_dump_json().encode(),
-                                    stream=ns.stream(DP_REJECTED))
-        await jetstream.publish(ns.rejected_subject("http"), b"{oops",
-                                stream=ns.stream(DP_REJECTED))
+            await jetstream.publish(
+                ns.rejected_subject(transport.value),
+                message.model_dump_json().encode(),
+                stream=ns.stream(DP_REJECTED),
+            )
+        await jetstream.publish(
+            ns.rejected_subject("http"), b"{oops", stream=ns.stream(DP_REJECTED)
+        )
         deadline = asyncio.get_running_loop().time() + 20
         rows: list[dict[str, Any]] = []
         while len(rows) < len(Transport) and asyncio.get_running_loop().time() < deadline:

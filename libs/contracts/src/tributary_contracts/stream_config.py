@@ -116,7 +116,8 @@ class StreamConfig(BaseModel):
         default=None, description="Rate-of-change limits against the previous point."
     )
     consecutive_violations_required: int = Field(
-        default=DEFAULT_CONSECUTIVE_VIOLATIONS, ge=1,
+        default=DEFAULT_CONSECUTIVE_VIOLATIONS,
+        ge=1,
         description="Violating points in a row before an alert opens.",
     )
     cooldown_seconds: NonNegativeFloat = Field(

@@ -78,11 +78,21 @@ def reject_rows(message: RejectedInput, excerpt_bytes: int) -> list[tuple[object
         item = entry.model_dump_json()
         reject_id = hashlib.sha256(f"{envelope}\x1f{position}\x1f{item}".encode()).hexdigest()
         excerpt, truncated = cap(entry.excerpt, excerpt_bytes)
-        rows.append((
-            reject_id, message.received_at, message.transport.value, message.domain,
-            message.source_id, entry.stream_id, entry.reason, excerpt, entry.index, entry.topic,
-            truncated,
-        ))
+        rows.append(
+            (
+                reject_id,
+                message.received_at,
+                message.transport.value,
+                message.domain,
+                message.source_id,
+                entry.stream_id,
+                entry.reason,
+                excerpt,
+                entry.index,
+                entry.topic,
+                truncated,
+            )
+        )
     return rows
 
 

@@ -34,12 +34,23 @@ ON CONFLICT ON CONSTRAINT rollout_verdicts_key DO NOTHING
 def insert_args(batch: ShadowBatch) -> tuple[object, ...]:
     v = batch.verdicts
     return (
-        batch.rollout, batch.revision, batch.state.value, batch.classified_at,
-        [x.ts for x in v], [batch.domain] * len(v), [batch.source_id] * len(v),
-        [x.stream_id for x in v], [x.stream_type for x in v], [x.value for x in v],
-        [x.live_cls.value for x in v], [x.live_rule for x in v], [x.live_version for x in v],
-        [x.shadow_cls.value for x in v], [x.shadow_rule for x in v],
-        [x.shadow_reason for x in v], [x.shadow_version for x in v],
+        batch.rollout,
+        batch.revision,
+        batch.state.value,
+        batch.classified_at,
+        [x.ts for x in v],
+        [batch.domain] * len(v),
+        [batch.source_id] * len(v),
+        [x.stream_id for x in v],
+        [x.stream_type for x in v],
+        [x.value for x in v],
+        [x.live_cls.value for x in v],
+        [x.live_rule for x in v],
+        [x.live_version for x in v],
+        [x.shadow_cls.value for x in v],
+        [x.shadow_rule for x in v],
+        [x.shadow_reason for x in v],
+        [x.shadow_version for x in v],
     )
 
 

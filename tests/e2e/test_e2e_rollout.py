@@ -258,21 +258,36 @@ async def test_ticks_and_mm_from_both_firmwares_unify_at_read_time(fleet: FleetP
     )
     assert [r["value"] for r in raw] == [-40.0, 60.0]  # never rewritten
 
-    # The HTTP inputs of the canary domain are in the raw ledger, with what came of them.
+    # Every input of the canary domain is in the raw ledger (RAW_LEDGER=machines/*), HTTP and
+    # MQTT, with the points and the errors that came of it.
     async def ledger() -> list[asyncpg.Record] | None:
         rows = await fetch(
             fleet.postgres_dsn,
-            "SELECT source_id, status, points_published, points_stored, errors,"
-            " error_reasons, payload_text FROM ingest_parse ORDER BY source_id",
+            "SELECT transport, source_id, status, points_published, points_stored, errors,"
+            " error_reasons, payload_text FROM ingest_parse ORDER BY transport, time",
         )
-        return rows if len(rows) == 2 else None
+        return rows if len(rows) == 5 else None
 
-    parsed = await until(ledger, "two raw records")
+    parsed = await until(ledger, "five raw records")
     assert [
-        (r["source_id"], r["status"], r["points_published"], r["points_stored"], r["errors"])
+        (
+            r["transport"],
+            r["source_id"],
+            r["status"],
+            r["points_published"],
+            r["points_stored"],
+            r["errors"],
+        )
         for r in parsed
-    ] == [("dev-mixed", 202, 1, 1, 0), ("dev-new", 202, 1, 1, 1)]
+    ] == [
+        ("http", "dev-mixed", 202, 1, 1, 0),
+        ("http", "dev-new", 202, 1, 1, 1),
+        ("mqtt", "dev-old", None, 1, 1, 0),
+        ("mqtt", "dev-old", None, 1, 1, 0),
+        ("mqtt", "dev-mixed", None, 1, 1, 0),
+    ]
     assert '"bad"' in parsed[1]["payload_text"] and parsed[1]["error_reasons"]
+    assert json.loads(parsed[2]["payload_text"]) == {"value": -40, "timestamp": t[0]}
 
 
 # -- canary ----------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Units and calibration at read time (migration 0008, queries/mixed_formats.sql) against the
+"""Units and calibration at read time (migration 0009, queries/mixed_formats.sql) against the
 real PostgreSQL: stored values stay raw, the view converts by the most specific calibration in
 force, and seed 003's example queries answer on a mixed ticks/mm rollout."""
 

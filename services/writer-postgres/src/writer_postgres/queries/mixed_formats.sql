@@ -1,5 +1,5 @@
 -- Seed 003's example queries for a mixed-format firmware rollout, on the read-time view
--- data_points_unified (migration 0008). Parameters: $1 = domain, $2 = stream_id, $3 = since
+-- data_points_unified (migration 0009). Parameters: $1 = domain, $2 = stream_id, $3 = since
 -- (timestamptz). Each query starts at a "-- name:" line; tests run every one of them.
 
 -- name: legacy_vs_new_counts

@@ -203,3 +203,18 @@ def test_batch_msg_id_tells_apart_times_one_microsecond_apart_and_the_point_coun
         assert batch_msg_id("d", "s", [("cpu", base)]) != batch_msg_id("d", "s", one_us)
     assert batch_msg_id("d", "s", [("a", T0)]) != batch_msg_id("d", "s", [("a", T0), ("a", T0)])
     assert batch_msg_id("d", "s", [("a", T0)], "x") != batch_msg_id("d", "s\x1fx", [("a", T0)])
+
+
+def test_alert_settings_default_to_the_seed_and_stored_values_are_kept() -> None:
+    from tributary_contracts import StreamConfig
+
+    omitted = StreamConfig.model_validate({"value_constraints": {"warning_max": 80}})
+    assert (omitted.consecutive_violations_required, omitted.cooldown_seconds) == (3, 300)
+    # What the previous version stored: the whole model, so its 1 and 0 are explicit.
+    stored_before = (
+        b'{"value_constraints": {"warning_max": 80},'
+        b' "consecutive_violations_required": 1, "cooldown_seconds": 0}'
+    )
+    kept = StreamConfig.model_validate_json(stored_before)
+    assert (kept.consecutive_violations_required, kept.cooldown_seconds) == (1, 0)
+    assert b'"consecutive_violations_required":3' in omitted.model_dump_json().encode()

@@ -66,4 +66,7 @@ def temperature_config() -> StreamConfig:
             warning_min=5,
             warning_max=30,
         ),
+        # Alert on the first violation (the seed default is 3, with a 300 s cooldown).
+        consecutive_violations_required=1,
+        cooldown_seconds=0,
     )

@@ -24,6 +24,8 @@ DP_CLASSIFIED = "DP_CLASSIFIED"
 DP_EVENTS = "DP_EVENTS"
 DP_REJECTED = "DP_REJECTED"
 DP_DLQ = "DP_DLQ"
+DP_LEDGER = "DP_LEDGER"
+DP_SHADOW = "DP_SHADOW"
 AUDIT = "AUDIT"
 
 # KV bucket names (before the namespace prefix).
@@ -34,6 +36,8 @@ CLASSIFIER_STATE_BUCKET = "classifier-state"
 WS_RESUME_BUCKET = "ws-resume"
 DEVICES_BUCKET = "iot-devices"
 PROVISION_NONCES_BUCKET = "provision-nonces"
+ROLLOUTS_BUCKET = "rollouts"
+SWITCHES_BUCKET = "switches"
 PROVISION_NONCE_TTL_SECONDS = 3600.0
 """How long a provisioning nonce is remembered: at least twice the largest timestamp window
 gateway-http accepts (``PROVISIONING_WINDOW_SECONDS`` ≤ 1800), so a signed request is refused as
@@ -49,6 +53,9 @@ WRITER_POSTGRES_DURABLE = "writer-postgres"
 WRITER_SQLSERVER_DURABLE = "writer-sqlserver"
 WRITER_POSTGRES_ALERTS_DURABLE = "writer-postgres-alerts"
 WRITER_POSTGRES_AUDIT_DURABLE = "writer-postgres-audit"
+WRITER_POSTGRES_REJECTS_DURABLE = "writer-postgres-rejects"
+WRITER_POSTGRES_LEDGER_DURABLE = "writer-postgres-ledger"
+WRITER_POSTGRES_SHADOW_DURABLE = "writer-postgres-shadow"
 
 MAX_DELIVER = 10
 """Deliveries of one message before its consumer sends it to ``dp.dlq.<consumer>``."""
@@ -91,6 +98,8 @@ STREAMS: tuple[StreamDef, ...] = (
     StreamDef(DP_EVENTS, ("dp.alert.>", "dp.prediction.>"), 30 * DAY, "Alerts and predictions."),
     StreamDef(DP_REJECTED, ("dp.rejected.>",), 7 * DAY, "Input a gateway could not accept."),
     StreamDef(DP_DLQ, ("dp.dlq.>",), 30 * DAY, "Messages a consumer gave up on."),
+    StreamDef(DP_LEDGER, ("dp.ledger.>",), 7 * DAY, "Raw inputs of opted-in sources (RawRecord)."),
+    StreamDef(DP_SHADOW, ("dp.shadow.>",), 7 * DAY, "Live and shadow verdicts of canary sources."),
     StreamDef(AUDIT, ("audit.>",), 90 * DAY, "Security audit events (AuditEvent)."),
 )
 
@@ -109,7 +118,17 @@ BUCKETS: tuple[tuple[str, int, str], ...] = (
     # Keys: ``nonce.<nonce>`` of every accepted ``POST /devices/provision``, written create-only
     # (atomic replay detection across gateway replicas); entries expire after the bucket TTL.
     (PROVISION_NONCES_BUCKET, 1, "gateway-http: provisioning nonces already used (TTL 1 h)."),
+    # Keys: rollout names → ``Rollout`` (tributary_contracts.rollout); the classifier watches it.
+    (ROLLOUTS_BUCKET, 16, "Canary rollouts of classification configs (Rollout JSON)."),
+    # Keys: ``<service>.<SETTING>`` → the setting's value as text; a service that reads a
+    # setting live (tributary_runtime.switches) lets an entry override its environment.
+    (SWITCHES_BUCKET, 8, "Live settings of services, overriding their environment."),
 )
+
+LIVE_SETTINGS: dict[str, tuple[str, ...]] = {
+    "gateway-http": ("UNIVERSAL_API_ENABLED", "DISABLED_DOMAINS"),
+}
+"""Settings each service reads live from the ``switches`` bucket (``<service>.<SETTING>``)."""
 
 BUCKET_TTLS: dict[str, float] = {PROVISION_NONCES_BUCKET: PROVISION_NONCE_TTL_SECONDS}
 """Buckets whose entries expire (seconds); the others keep their entries."""
@@ -154,6 +173,15 @@ CONSUMERS: dict[str, ConsumerDef] = {
         WRITER_POSTGRES_ALERTS_DURABLE, DP_EVENTS, "dp.alert.>"
     ),
     WRITER_POSTGRES_AUDIT_DURABLE: ConsumerDef(WRITER_POSTGRES_AUDIT_DURABLE, AUDIT, "audit.>"),
+    WRITER_POSTGRES_REJECTS_DURABLE: ConsumerDef(
+        WRITER_POSTGRES_REJECTS_DURABLE, DP_REJECTED, "dp.rejected.>"
+    ),
+    WRITER_POSTGRES_LEDGER_DURABLE: ConsumerDef(
+        WRITER_POSTGRES_LEDGER_DURABLE, DP_LEDGER, "dp.ledger.>"
+    ),
+    WRITER_POSTGRES_SHADOW_DURABLE: ConsumerDef(
+        WRITER_POSTGRES_SHADOW_DURABLE, DP_SHADOW, "dp.shadow.>"
+    ),
 }
 
 

@@ -204,6 +204,37 @@ class RejectedInput(BaseModel):
     rejected: list[RejectedEntry] = Field(min_length=1, description="The refused items.")
 
 
+class PointRef(BaseModel):
+    """The idempotency key of an accepted point within its (domain, source)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    stream_id: str = Field(description="Stream id of the point.")
+    ts: UtcDatetime = Field(description="Event time of the point (UTC).")
+
+
+class RawRecord(BaseModel):
+    """The raw ledger (seed 003's ``raw_record``/``ingest_error``): one input exactly as a gateway
+    received it and what came of it, published on ``dp.ledger.<transport>`` for the domains and
+    sources an operator opted in (e.g. canary devices). ``Nats-Msg-Id`` is ``record_id``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    record_id: str = Field(description="sha256 of transport, domain, source, received_at, payload.")
+    transport: Transport = Field(description="Gateway that received the input.")
+    domain: str = Field(description="Domain as sent.")
+    source_id: str = Field(description="Source id as sent.")
+    received_at: UtcDatetime = Field(description="When the gateway received the input (UTC).")
+    content_type: str | None = Field(default=None, description="Content type, when known.")
+    payload_b64: str = Field(description="The input's bytes (base64), up to the gateway's cap.")
+    payload_bytes: int = Field(ge=0, description="Size of the whole input in bytes.")
+    truncated: bool = Field(default=False, description="payload_b64 holds only the first bytes.")
+    status: int | None = Field(default=None, description="Reply status given to the producer.")
+    accepted: list[PointRef] = Field(default_factory=list, description="Points published.")
+    rejected: list[RejectedEntry] = Field(default_factory=list, description="Points refused.")
+    error: str | None = Field(default=None, description="Why the whole input failed, if it did.")
+
+
 class AlertEventKind(StrEnum):
     """What happened to an alert."""
 

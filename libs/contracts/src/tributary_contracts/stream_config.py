@@ -14,6 +14,14 @@ from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveFloat, model_validator
 
+DEFAULT_CONSECUTIVE_VIOLATIONS = 3
+"""Seed 001's default: an alert opens after 3 violating points in a row (when a config omits it).
+Stored configs carry their own value (the whole model is stored), so changing this default never
+changes a config already in the bucket."""
+
+DEFAULT_COOLDOWN_SECONDS = 300.0
+"""Seed 001's default quiet time after an alert closes (when a config omits it)."""
+
 
 class Severity(StrEnum):
     """Class a rate-of-change violation gives a point."""
@@ -108,10 +116,13 @@ class StreamConfig(BaseModel):
         default=None, description="Rate-of-change limits against the previous point."
     )
     consecutive_violations_required: int = Field(
-        default=1, ge=1, description="Violating points in a row before an alert opens."
+        default=DEFAULT_CONSECUTIVE_VIOLATIONS,
+        ge=1,
+        description="Violating points in a row before an alert opens.",
     )
     cooldown_seconds: NonNegativeFloat = Field(
-        default=0, description="Quiet time after an alert closes before another may open."
+        default=DEFAULT_COOLDOWN_SECONDS,
+        description="Quiet time after an alert closes before another may open.",
     )
     staleness_seconds: PositiveFloat | None = Field(
         default=None, description="No point for this long → staleness event."

@@ -155,6 +155,14 @@ class Namespace:
         """``dp.rejected.<transport>``: input a gateway could not accept."""
         return self._subject("dp", "rejected", transport)
 
+    def shadow_subject(self, domain: str, source_id: str) -> str:
+        """``dp.shadow.<domain>.<source>``: live and shadow verdicts of a canary source."""
+        return self._subject("dp", "shadow", domain, escape_token(source_id))
+
+    def ledger_subject(self, transport: str) -> str:
+        """``dp.ledger.<transport>``: ``RawRecord``s of the opted-in domains and sources."""
+        return self._subject("dp", "ledger", transport)
+
     def dlq_subject(self, consumer: str) -> str:
         """``dp.dlq.<consumer>``: messages a consumer gave up on."""
         return self._subject("dp", "dlq", consumer)

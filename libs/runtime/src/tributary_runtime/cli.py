@@ -11,6 +11,8 @@ tributary ml run [--once] [--interval S] the ml-batch job (needs services/ml-bat
 tributary status                         services, rates, consumer lag, DLQ depth, stream sizes
 tributary tail SUBJECT-FILTER            live classified points / alerts (--count, --seconds)
 tributary dlq list|replay                dead letters; replay to the original subject if safe
+tributary rollout start|promote|rollback|percent|list|report   canary of a classification config
+tributary switches list|set|unset        live settings of services (the seeds' feature flags)
 tributary csv upload FILE --source S --domain D [--wait]   import a CSV (`tributary csv --help`)
 """
 
@@ -30,8 +32,10 @@ from tributary_runtime import (
     devices_cli,
     dlq_cli,
     keys_cli,
+    rollout_cli,
     status_cli,
     streams_cli,
+    switches_cli,
     tail_cli,
     thresholds_cli,
 )
@@ -90,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--interval", type=float, default=None, metavar="S",
         help="seconds between runs (default ML_INTERVAL_SECONDS)",
     )
-    for module in (status_cli, tail_cli, dlq_cli, thresholds_cli):  # each sets its `handler`
+    for module in (status_cli, tail_cli, dlq_cli, thresholds_cli, rollout_cli, switches_cli):
         module.add_parser(commands)
     return parser
 

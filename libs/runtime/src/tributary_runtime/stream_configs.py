@@ -21,7 +21,13 @@ from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NoKeysEr
 from nats.js.kv import KeyValue
 from pydantic import ValidationError
 
-from tributary_contracts import StreamConfig, parse_stream_config_key, stream_config_key
+from tributary_contracts import (
+    DEFAULT_CONSECUTIVE_VIOLATIONS,
+    DEFAULT_COOLDOWN_SECONDS,
+    StreamConfig,
+    parse_stream_config_key,
+    stream_config_key,
+)
 from tributary_contracts.models import DOMAIN_PATTERN
 from tributary_contracts.subjects import WILDCARD
 
@@ -161,9 +167,10 @@ class StoredConfig:
             parts.extend(
                 f"{k}={v:g}" if isinstance(v, float) else f"rate_{k}={v}" for k, v in rates.items()
             )
-        if c.consecutive_violations_required != 1:
+        # The alert settings only where they differ from the defaults (seed 001: 3 and 300 s).
+        if c.consecutive_violations_required != DEFAULT_CONSECUTIVE_VIOLATIONS:
             parts.append(f"consecutive={c.consecutive_violations_required}")
-        if c.cooldown_seconds:
+        if c.cooldown_seconds != DEFAULT_COOLDOWN_SECONDS:
             parts.append(f"cooldown={c.cooldown_seconds:g}s")
         if c.staleness_seconds:
             parts.append(f"staleness={c.staleness_seconds:g}s")

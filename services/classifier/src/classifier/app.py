@@ -19,6 +19,7 @@ from classifier.consume import consume
 from classifier.consumers import ensure_drain_durable, ensure_durable
 from classifier.handler import RawBatchHandler
 from classifier.outbox import CoalescingOutbox, JetStreamOutbox, Outgoing, publish_until_acked
+from classifier.rollout import RolloutFollower
 from classifier.settings import ClassifierSettings
 from classifier.state import ClassifierState
 from tributary_contracts import (
@@ -26,6 +27,7 @@ from tributary_contracts import (
     DP_EVENTS,
     DP_RAW,
     MSG_ID_HEADER,
+    ROLLOUTS_BUCKET,
     STREAM_CONFIGS_BUCKET,
     classifier_partition_consumer,
     ensure_jetstream,
@@ -109,6 +111,8 @@ def create_app(settings: ClassifierSettings) -> Starlette:
         drains = {p: await ensure_drain_durable(js, ns, p) for p in owned}
         store = StreamConfigStore(await js.key_value(ns.bucket(STREAM_CONFIGS_BUCKET)))
         await store.start(settings.config_load_timeout_seconds)
+        rollouts = RolloutFollower(await js.key_value(ns.bucket(ROLLOUTS_BUCKET)))
+        await rollouts.start(settings.config_load_timeout_seconds)
         states = {p: ClassifierState(settings.max_streams_per_source) for p in owned}
         state_bucket = ns.bucket(CLASSIFIER_STATE_BUCKET)
         kv = await js.key_value(state_bucket)
@@ -126,7 +130,15 @@ def create_app(settings: ClassifierSettings) -> Starlette:
                 p,
                 states[p],
                 RawBatchHandler(
-                    ns, store.resolve, outbox, states[p], partition=p, partitions=count, **retry
+                    ns,
+                    rollouts.resolver(store.resolve),
+                    outbox,
+                    states[p],
+                    partition=p,
+                    partitions=count,
+                    rollouts=rollouts,
+                    live_resolve=store.resolve,
+                    **retry,
                 ),
                 PartitionCheckpoint(
                     p,
@@ -243,6 +255,7 @@ def create_app(settings: ClassifierSettings) -> Starlette:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(partition.checkpoint.snapshot(stopping), 10)
             await store.stop()
+            await rollouts.stop()
             await follower.stop()
             with contextlib.suppress(Exception):
                 await nc.drain()

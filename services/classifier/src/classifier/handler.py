@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
 from time import perf_counter, time
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import structlog
 from nats.aio.msg import Msg
@@ -49,6 +49,7 @@ from classifier.metrics import (
     PUBLISHED_POINTS,
     RECEIVED_MESSAGES,
     RECEIVED_POINTS,
+    SHADOW_BATCHES,
     SKIPPED_BATCHES,
 )
 from classifier.outbox import Outbox, Outgoing, publish_until_acked
@@ -59,6 +60,7 @@ from tributary_contracts import (
     DP_CLASSIFIED,
     DP_DLQ,
     DP_EVENTS,
+    DP_SHADOW,
     MAX_DELIVER,
     MSG_ID_HEADER,
     AlertEvent,
@@ -72,6 +74,9 @@ from tributary_contracts import (
 )
 from tributary_runtime.redelivery import deliveries
 
+if TYPE_CHECKING:
+    from classifier.rollout import RolloutFollower
+
 log = structlog.get_logger(__name__)
 
 
@@ -84,6 +89,8 @@ class OutputKind(StrEnum):
     """An alert event (``label``: opened, escalated or closed)."""
     DEAD_LETTER = "dead_letter"
     """A refused input on ``dp.dlq.classifier`` (``label``: the reason kind)."""
+    SHADOW = "shadow"
+    """A ShadowBatch: live and shadow verdicts of a canary source (classifier.rollout)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +149,8 @@ class RawBatchHandler:
         retry_delay: float = 1.0,
         max_retry_delay: float = 60.0,
         max_deliver: int = MAX_DELIVER,
+        rollouts: RolloutFollower | None = None,
+        live_resolve: ConfigResolver | None = None,
     ) -> None:
         self.ns = ns
         self.resolve_config = resolve_config
@@ -152,6 +161,10 @@ class RawBatchHandler:
         self.retry_delay = retry_delay
         self.max_retry_delay = max_retry_delay
         self.max_deliver = max_deliver
+        self.rollouts = rollouts
+        """Canary rollouts: shadow verdicts of their sources go out with the outputs."""
+        self.live_resolve = live_resolve or resolve_config
+        self.shadow_stream = ns.stream(DP_SHADOW)
         self.dlq_subject = ns.dlq_subject(CLASSIFIER_DURABLE)
         self.classified_stream = ns.stream(DP_CLASSIFIED)
         self.dlq_stream = ns.stream(DP_DLQ)
@@ -263,6 +276,7 @@ class RawBatchHandler:
             }
         groups: dict[PointClass, list[tuple[PointBatch, list[Classified]]]] = {}
         events: list[KeyedEvent] = []
+        shadows: list[Outgoing] = []
         for batch in raw.batches:
             source = (batch.domain, batch.source_id)
             if source in done:
@@ -270,6 +284,13 @@ class RawBatchHandler:
                 continue
             RECEIVED_POINTS.inc(len(batch.points))
             result = classify_message(batch, self.resolve_config, state, classified_at, wall)
+            if self.rollouts is not None:
+                shadows.extend(
+                    self.rollouts.shadow_outputs(
+                        self.ns, batch, result, classified_at, self.live_resolve,
+                        self.shadow_stream,
+                    )
+                )
             if result.over_cap:
                 OVER_CAP_POINTS.inc(result.over_cap)
             if source in state.chunks:  # a source with state: remember what it holds
@@ -288,6 +309,7 @@ class RawBatchHandler:
             for cls, members in groups.items()
         ]
         outputs.extend(self._event_output(event) for _, event in events)
+        outputs.extend(Output(shadow, OutputKind.SHADOW, "shadow") for shadow in shadows)
         return outputs
 
     def _points_output(
@@ -395,6 +417,8 @@ def _publish_failed(error: BaseException) -> None:
 def _count(output: Output) -> None:
     if output.kind is OutputKind.POINTS:
         PUBLISHED_POINTS.labels(cls=output.label).inc(output.points)
+    elif output.kind is OutputKind.SHADOW:
+        SHADOW_BATCHES.inc()
     elif output.kind is OutputKind.EVENT:
         ALERT_EVENTS.labels(event=output.label).inc()
     else:

@@ -61,3 +61,7 @@ OTHER_PARTITION_MESSAGES = Counter(
     "classifier_other_partition_messages",
     "Former per-source raw messages of another partition's source, acked without output.",
 )
+SHADOW_BATCHES = Counter(
+    "classifier_shadow_batches",
+    "ShadowBatches (live and shadow verdicts of canary sources) acked by JetStream.",
+)

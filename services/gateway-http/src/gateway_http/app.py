@@ -41,6 +41,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from gateway_http import config_api, keys_api
+from gateway_http.deprecation import LegacyDeprecation
 from gateway_http.legacy import LegacyIot
 from gateway_http.legacy_ops import LegacyOps
 from gateway_http.metrics import (
@@ -58,13 +59,16 @@ from gateway_http.provision import Provisioning
 from gateway_http.settings import GatewayHttpSettings
 from tributary_contracts import (
     DP_RAW,
+    LIVE_SETTINGS,
     STREAM_CONFIGS_BUCKET,
+    SWITCHES_BUCKET,
     AuditAction,
     Transport,
 )
 from tributary_ingest.batches import PublishError, error_type
 from tributary_ingest.bus import Connect, GatewayBus, open_gateway_bus
 from tributary_ingest.coalesce import Coalescer
+from tributary_ingest.ledger import RawLedger
 from tributary_ingest.points import MalformedJson, parse_json
 from tributary_runtime import ops
 from tributary_runtime.access import API_KEY_HEADER, RequestGuard, refusal_reply
@@ -76,6 +80,7 @@ from tributary_runtime.logs import ThrottledWarning
 from tributary_runtime.ops import Reply, ops_routes
 from tributary_runtime.ratelimit import IngestLimiter, split_backfill
 from tributary_runtime.stream_configs import ConfigProblem, StreamConfigBucket
+from tributary_runtime.switches import LiveSwitches, parse_bool, parse_list
 
 SERVICE_NAME = "gateway-http"
 OPENAPI_DOCUMENT = (
@@ -105,6 +110,8 @@ class Bus:
     gateway: GatewayBus
     guard: RequestGuard
     audit: AuditLog
+    ledger: RawLedger
+    switches: LiveSwitches
 
 
 def create_app(
@@ -120,6 +127,31 @@ def create_app(
     state: dict[str, Bus] = {}
     warn_unavailable = ThrottledWarning(log)
     limiter = IngestLimiter(settings)
+    parsed_domains: dict[str, frozenset[str]] = {}
+
+    def live(name: str) -> str | None:
+        """A live setting's bucket value (``switches``), None when the environment's holds."""
+        bus = state.get("bus")
+        return bus.switches.value(name) if bus is not None else None
+
+    def universal_api_enabled() -> bool:
+        value = live("UNIVERSAL_API_ENABLED")
+        if value is None:
+            return settings.universal_api_enabled
+        try:
+            return parse_bool(value)
+        except ValueError:
+            ERRORS.labels("switches", "invalid_value").inc()
+            return settings.universal_api_enabled
+
+    def disabled_domains() -> frozenset[str]:
+        value = live("DISABLED_DOMAINS")
+        if value is None:
+            return settings.disabled_domain_set
+        if value not in parsed_domains:
+            parsed_domains.clear()
+            parsed_domains[value] = parse_list(value)
+        return parsed_domains[value]
 
     @asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
@@ -136,8 +168,20 @@ def create_app(
         configs = StreamConfigBucket(await gateway.js.key_value(ns.bucket(STREAM_CONFIGS_BUCKET)))
         audit = AuditLog(gateway.js, ns, SERVICE_NAME, timeout=settings.publish_timeout_seconds)
         guard = RequestGuard(gateway.keys, limiter, audit)
+        ledger = RawLedger(
+            gateway.js, ns, Transport.HTTP, settings.ledger_selector,
+            timeout=settings.publish_timeout_seconds,
+            max_payload_bytes=settings.raw_ledger_payload_bytes,
+            on_failure=lambda exc: ERRORS.labels("ledger", type(exc).__name__).inc(),
+        )
+        switches = LiveSwitches(
+            await gateway.js.key_value(ns.bucket(SWITCHES_BUCKET)), SERVICE_NAME,
+            LIVE_SETTINGS[SERVICE_NAME],
+        )
+        await switches.start(settings.startup_timeout_seconds)
         state["bus"] = Bus(
-            gateway.nc, gateway.js, gateway.keys, gateway.publisher, configs, gateway, guard, audit
+            gateway.nc, gateway.js, gateway.keys, gateway.publisher, configs, gateway, guard, audit,
+            ledger, switches,
         )
         await legacy.start(gateway.js)
         await provisioning.start(gateway.js)
@@ -146,6 +190,7 @@ def create_app(
             yield
         finally:
             state.clear()
+            await switches.stop()
             await legacy.stop()
             await audit.close()
             await gateway.close()
@@ -211,6 +256,14 @@ def create_app(
             if not message.get("more_body", False):
                 return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
+    async def record_refused(
+        bus: Bus, parsed: dict[str, Any], received_at: datetime, body: bytes, status: int,
+        error: str,
+    ) -> None:
+        domain, source = parsed.get("domain"), parsed.get("source_id")
+        if isinstance(domain, str) and isinstance(source, str):
+            await bus.ledger.record(domain, source, received_at, body, status=status, error=error)
+
     async def ingest(request: Request, received_at: datetime) -> Response:
         bus = state.get("bus")
         if bus is None:
@@ -225,13 +278,17 @@ def create_app(
         except MalformedJson as exc:
             raise Reply(400, {"error": str(exc)}) from None
         except EnvelopeError as exc:
-            raise Reply(
-                413 if exc.too_large else 422, {"error": exc.message, "field": exc.field}
-            ) from None
+            status = 413 if exc.too_large else 422
+            if isinstance(parsed, dict):  # a selected source's refused input goes to the ledger
+                await record_refused(bus, parsed, received_at, body, status, exc.message)
+            raise Reply(status, {"error": exc.message, "field": exc.field}) from None
 
         bus.guard.check(
             request, granted, Action.WRITE_POINTS, normalized.domain, normalized.source_id
         )
+        if normalized.domain in disabled_domains():
+            raise Reply(403, {"error": f"domain {normalized.domain!r} is disabled on this "
+                              "gateway (DISABLED_DOMAINS)", "field": "domain"})
         accepted, rejected = normalized.accepted, normalized.rejected
         live, backfill = split_backfill(
             (p.ts for p in accepted), received_at, limiter.backfill_age_seconds
@@ -252,6 +309,11 @@ def create_app(
             ERRORS.labels("publish_rejected", "not_acked").inc()
         POINTS_PUBLISHED.inc(len(accepted))
         reply = [r.to_reply() for r in rejected]
+        await bus.ledger.record(
+            normalized.domain, normalized.source_id, received_at, body, accepted=accepted,
+            rejections=rejected, status=202 if accepted else 422,
+            content_type=request.headers.get("content-type"),
+        )
         if not accepted:
             # Nothing was accepted: a 2xx would tell a status-only client that its data is in.
             return json_response(
@@ -263,6 +325,12 @@ def create_app(
     async def ingest_data(request: Request) -> Response:
         """POST /ingest/data: points → a bundle on dp.raw.<domain>.part.<p>, 202 after its
         PubAck."""
+        if not universal_api_enabled():
+            return json_response(
+                404,
+                {"error": "POST /ingest/data is not enabled on this gateway "
+                 "(UNIVERSAL_API_ENABLED=false)"},
+            )
         try:
             return await ingest(request, datetime.now(UTC))
         except Reply as reply:
@@ -418,6 +486,7 @@ def create_app(
     app = Starlette(
         routes=routes, lifespan=lifespan, exception_handlers={HTTPException: http_error}
     )
+    app.add_middleware(LegacyDeprecation, settings=settings)
     app.add_middleware(
         HeaderLimits, max_bytes=settings.max_header_bytes, max_count=settings.max_header_count
     )

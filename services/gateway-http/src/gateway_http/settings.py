@@ -6,17 +6,39 @@ from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
 
+from gateway_http.deprecation import DeprecationSettings
 from tributary_contracts import SinkRoutes
 from tributary_ingest.bus import BundleLingerSettings, GatewayBusSettings
+from tributary_ingest.ledger import RawLedgerSettings
 from tributary_runtime.guard import GuardSettings
 from tributary_runtime.settings import ServiceSettings
+from tributary_runtime.switches import parse_list
 
 
-class GatewayHttpSettings(GatewayBusSettings, BundleLingerSettings, GuardSettings, ServiceSettings):
+class GatewayHttpSettings(
+    GatewayBusSettings,
+    BundleLingerSettings,
+    RawLedgerSettings,
+    DeprecationSettings,
+    GuardSettings,
+    ServiceSettings,
+):
     """What the HTTP gateway reads from the environment."""
 
     port: int = Field(
         default=8001, ge=1, le=65535, description="HTTP port (API, health, ready, metrics)."
+    )
+    universal_api_enabled: bool = Field(
+        default=True,
+        description="Serve POST /ingest/data (seed 001's ENABLE_AGNOSTIC_API); false: 404, the "
+        "legacy endpoints only. Live: `tributary switches set gateway-http "
+        "UNIVERSAL_API_ENABLED false` overrides it without a restart.",
+    )
+    disabled_domains: str = Field(
+        default="",
+        description="Comma list of domains whose points POST /ingest/data refuses (403): seed "
+        "001's per-domain enablement. Live: `tributary switches set gateway-http "
+        "DISABLED_DOMAINS …` overrides it without a restart.",
     )
     max_body_bytes: int = Field(
         default=5 * 1024 * 1024, ge=1024, description="Largest request body accepted; larger → 413."
@@ -125,3 +147,7 @@ class GatewayHttpSettings(GatewayBusSettings, BundleLingerSettings, GuardSetting
     @property
     def routes(self) -> SinkRoutes:
         return SinkRoutes.parse(self.sink_routes)
+
+    @property
+    def disabled_domain_set(self) -> frozenset[str]:
+        return parse_list(self.disabled_domains)

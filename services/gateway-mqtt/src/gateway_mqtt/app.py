@@ -23,6 +23,7 @@ from gateway_mqtt.pipeline import Pipeline
 from gateway_mqtt.settings import GatewayMqttSettings
 from tributary_contracts import DEVICES_BUCKET, DP_RAW, Transport
 from tributary_ingest.bus import Connect, coalescer, open_bus
+from tributary_ingest.ledger import RawLedger
 from tributary_runtime.devices import SensorDirectory
 from tributary_runtime.ops import ops_routes
 
@@ -131,7 +132,13 @@ def create_app(
             excerpt_bytes=settings.rejected_excerpt_bytes,
             observe_bundle_points=BUNDLE_POINTS.observe,
         )
-        pipeline = Pipeline(settings, bundles, resolve_sensor=sensors.get)
+        ledger = RawLedger(
+            js, ns, Transport.MQTT, settings.ledger_selector,
+            timeout=settings.publish_timeout_seconds,
+            max_payload_bytes=settings.raw_ledger_payload_bytes,
+            on_failure=lambda exc: ERRORS.labels("ledger", type(exc).__name__[:40]).inc(),
+        )
+        pipeline = Pipeline(settings, bundles, resolve_sensor=sensors.get, ledger=ledger)
         sensors.on_change = pipeline.forget_routes
         supervisor = MqttSupervisor(settings, pipeline)
         task = asyncio.create_task(supervisor.run())

@@ -28,7 +28,7 @@ import time
 from collections import deque
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 import structlog
 
@@ -54,6 +54,7 @@ from gateway_mqtt.settings import GatewayMqttSettings
 from tributary_contracts import DataPoint, RejectedEntry, RejectedInput, Transport
 from tributary_ingest.batches import OutgoingMessage, PublishError, PublishOutcome, rejected_message
 from tributary_ingest.coalesce import Coalescer
+from tributary_ingest.ledger import RawLedger
 from tributary_runtime.logs import ThrottledWarning
 
 log = structlog.get_logger("gateway_mqtt")
@@ -148,8 +149,11 @@ class Pipeline:
         coalescer: Coalescer,
         *,
         resolve_sensor: ResolveSensor | None = None,
+        ledger: RawLedger | None = None,
     ) -> None:
         self._settings = settings
+        self._ledger = ledger if ledger is not None and ledger.selector else None
+        self._ledger_tasks: set[asyncio.Task[bool]] = set()
         self._resolve_sensor = resolve_sensor
         self._coalescer = coalescer
         self._prefix = settings.topic_prefix
@@ -220,6 +224,8 @@ class Pipeline:
             if isinstance(route, Rejection)
             else normalize_message(route, payload, received_at, self._max_payload)
         )
+        if self._ledger is not None:
+            self._record(route, result, payload, received_at)
         if isinstance(result, Rejection):
             self._reject(topic_bytes, payload, result, received_at, mid)
             return
@@ -233,6 +239,26 @@ class Pipeline:
             self._gen,
             RETRY_MIN_SECONDS,
         )
+
+    def _record(
+        self, route: Route | Rejection, result: Any, payload: bytes, received_at: datetime
+    ) -> None:
+        """The raw ledger (``RAW_LEDGER``): the message and what came of it, best effort."""
+        assert self._ledger is not None
+        domain, source = route.domain, route.source_id
+        if not self._ledger.wants(domain, source):
+            return
+        assert domain is not None and source is not None
+        outcome: dict[str, Any] = (
+            {"error": result.reason, "status": None}
+            if isinstance(result, Rejection)
+            else {"accepted": [result[0]]}
+        )
+        task = self._loop.create_task(
+            self._ledger.record(domain, source, received_at, payload, **outcome)
+        )
+        self._ledger_tasks.add(task)
+        task.add_done_callback(self._ledger_tasks.discard)
 
     def _route(self, topic_bytes: bytes) -> Route | Rejection:
         try:

@@ -8,12 +8,15 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr, field_validator
 
 from tributary_ingest.bus import BundleLingerSettings, BusStartupSettings
+from tributary_ingest.ledger import RawLedgerSettings
 from tributary_runtime.settings import ServiceSettings
 
 MQTT_SCHEMES = {"mqtt": 1883, "mqtts": 8883}
 
 
-class GatewayMqttSettings(BusStartupSettings, BundleLingerSettings, ServiceSettings):
+class GatewayMqttSettings(
+    BusStartupSettings, BundleLingerSettings, RawLedgerSettings, ServiceSettings
+):
     """What the MQTT gateway reads from the environment."""
 
     port: int = Field(

@@ -28,9 +28,15 @@ from tributary_contracts import (
     AUDIT,
     DP_CLASSIFIED,
     DP_EVENTS,
+    DP_LEDGER,
+    DP_REJECTED,
+    DP_SHADOW,
     WRITER_POSTGRES_ALERTS_DURABLE,
     WRITER_POSTGRES_AUDIT_DURABLE,
     WRITER_POSTGRES_DURABLE,
+    WRITER_POSTGRES_LEDGER_DURABLE,
+    WRITER_POSTGRES_REJECTS_DURABLE,
+    WRITER_POSTGRES_SHADOW_DURABLE,
     ensure_consumer,
     ensure_jetstream,
 )
@@ -43,9 +49,12 @@ from writer_postgres.audit import AuditStore, AuditWriter
 from writer_postgres.breaker import CircuitBreaker, GuardedStore
 from writer_postgres.consume import CONSUMER, ClassifiedWriter
 from writer_postgres.errors import Failure, classify_error, describe_error
+from writer_postgres.ledger import LedgerStore, LedgerWriter
 from writer_postgres.migrate import migrate, storage_mode
 from writer_postgres.partitions import ensure_partitions
+from writer_postgres.rejects import RejectStore, RejectWriter
 from writer_postgres.settings import WriterPostgresSettings
+from writer_postgres.shadow import ShadowStore, ShadowWriter
 from writer_postgres.store import PointStore, prepare_connection
 
 log = structlog.get_logger(__name__)
@@ -106,6 +115,8 @@ class WriterService:
         self.nc: Client | None = None
         self.writer: ClassifiedWriter | None = None
         self.alerts: AlertWriter | None = None
+        self.rejects: RejectStore | None = None
+        self.ledger: LedgerStore | None = None
         self._stopping = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self.breaker: CircuitBreaker | None = None
@@ -125,7 +136,9 @@ class WriterService:
         js = self.nc.jetstream()
         await ensure_jetstream(js, s.namespace)
         for durable in (
-            WRITER_POSTGRES_DURABLE, WRITER_POSTGRES_ALERTS_DURABLE, WRITER_POSTGRES_AUDIT_DURABLE
+            WRITER_POSTGRES_DURABLE, WRITER_POSTGRES_ALERTS_DURABLE, WRITER_POSTGRES_AUDIT_DURABLE,
+            WRITER_POSTGRES_REJECTS_DURABLE, WRITER_POSTGRES_LEDGER_DURABLE,
+            WRITER_POSTGRES_SHADOW_DURABLE,
         ):
             await ensure_consumer(js, s.namespace, durable)
             await check_consumer(js, s.namespace, durable)
@@ -171,13 +184,32 @@ class WriterService:
                     breaker=self.breaker),
             name="consume-audit",
         ))
+        # Rejects, raw ledger, shadow verdicts: few messages each, one loop each.
+        self.rejects = RejectStore(self.pool, s.write_timeout_seconds, s.reject_excerpt_bytes)
+        self.ledger = LedgerStore(self.pool, s.write_timeout_seconds)
+        for writer_type, store, durable, stream_base in (
+            (RejectWriter, self.rejects, WRITER_POSTGRES_REJECTS_DURABLE, DP_REJECTED),
+            (LedgerWriter, self.ledger, WRITER_POSTGRES_LEDGER_DURABLE, DP_LEDGER),
+            (ShadowWriter, ShadowStore(self.pool, s.write_timeout_seconds),
+             WRITER_POSTGRES_SHADOW_DURABLE, DP_SHADOW),
+        ):
+            events = writer_type(
+                store, dead_letter_publisher(js, s.namespace, durable),
+                s.nak_backoff_seconds, s.nak_backoff_max_seconds,
+            )
+            self._tasks.append(asyncio.create_task(
+                consume(js, s, events.handle, self._stopping, durable=durable,
+                        stream_base=stream_base, breaker=self.breaker),
+                name=f"consume-{durable}",
+            ))
         self._tasks.append(asyncio.create_task(self._keep_partitions(), name="partitions"))
         log.info("writer-postgres started", subject=s.namespace.all_classified(),
                  durable=WRITER_POSTGRES_DURABLE, alerts_subject=s.namespace.all_alerts(),
                  alerts_durable=WRITER_POSTGRES_ALERTS_DURABLE, routes=s.sink_routes)
 
     async def _keep_partitions(self) -> None:
-        """Every ``partition_check_seconds``: make sure monthly partitions exist ahead."""
+        """Every ``partition_check_seconds``: make sure monthly partitions exist ahead and
+        delete the expired rows of ``ingest_rejects`` and ``raw_record``."""
         s = self.settings
         while not self._stopping.is_set():
             with contextlib.suppress(TimeoutError):
@@ -190,6 +222,9 @@ class WriterService:
                         await ensure_partitions(
                             conn, s.partition_months_back, s.partition_months_ahead
                         )
+                assert self.rejects is not None and self.ledger is not None
+                await self.rejects.delete_expired(s.rejects_retention_days * 86400)
+                await self.ledger.delete_expired(s.raw_ledger_retention_days * 86400)
             except Exception as exc:  # next round retries; the DEFAULT partition takes points
                 metrics.ERRORS.labels("partitions", type(exc).__name__).inc()
                 log.warning("partition maintenance failed", error=describe_error(exc))

@@ -50,6 +50,21 @@ class WriterPostgresSettings(WriterSettings):
         default=3600.0, gt=0,
         description="How often the maintenance task makes sure partitions exist ahead.",
     )
+    rejects_retention_days: float = Field(
+        default=90.0, gt=0,
+        description="ingest_rejects rows older than this (by the time the input was refused) "
+        "are deleted by the maintenance task (DP_REJECTED itself keeps 7 days).",
+    )
+    raw_ledger_retention_days: float = Field(
+        default=30.0, gt=0,
+        description="raw_record rows (and their ingest_error rows) older than this are deleted "
+        "by the maintenance task.",
+    )
+    reject_excerpt_bytes: int = Field(
+        default=1024, ge=0, le=65536,
+        description="Most bytes of a refused item's excerpt stored in ingest_rejects "
+        "(cut on a character boundary; excerpt_truncated marks the cut ones).",
+    )
     startup_timeout_seconds: float = Field(
         default=60.0, ge=0,
         description="How long start waits for an unreachable PostgreSQL before giving up.",

@@ -22,7 +22,6 @@ from urllib.parse import urlencode, urlsplit
 import orjson
 import structlog
 from nats.aio.client import Client
-from prometheus_client import Counter
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
@@ -32,6 +31,7 @@ from starlette.staticfiles import StaticFiles
 from console import api, csv_jobs, pages, queries
 from console.chart import render_chart
 from console.context import KEY_COOKIE, Bus, Caller, Context
+from console.metrics import ERRORS, REQUESTS
 from console.openapi import document
 from console.queries import BadQuery, ReadUnavailable
 from console.settings import ConsoleSettings
@@ -61,12 +61,6 @@ from tributary_runtime.stream_configs import (
 SERVICE_NAME = "console"
 log = structlog.get_logger("console")
 
-REQUESTS = Counter(
-    "console_requests",
-    "Replies by endpoint (bounded names) and HTTP status.",
-    ["endpoint", "status"],
-)
-ERRORS = Counter("console_errors", "Unexpected errors by stage.", ["stage", "error_type"])
 SESSION_HOURS = 12
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; "

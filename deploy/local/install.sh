@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Creates everything the fleet needs on a fresh Debian machine, skipping what is already there:
-# OS packages (python venv, nats-server, PostgreSQL, Mosquitto, unixODBC + FreeTDS ODBC driver),
+# OS packages (python venv, nats-server, PostgreSQL, Mosquitto, unixODBC + FreeTDS ODBC driver,
+# Chromium for the console's browser test),
 # the virtualenv in .venv, and every library and implemented service installed editable with
 # versions from constraints.txt.
 set -euo pipefail
@@ -16,6 +17,8 @@ command -v mosquitto_pub >/dev/null || need_apt+=(mosquitto-clients)
 # writer-sqlserver: unixODBC (pyodbc's libodbc.so.2) and the FreeTDS ODBC driver.
 command -v odbcinst >/dev/null || need_apt+=(unixodbc)
 ls /usr/lib/*/odbc/libtdsodbc.so >/dev/null 2>&1 || need_apt+=(tdsodbc)
+# The console's browser test: Debian's Chromium, driven by Playwright (which never downloads one).
+[ -x /usr/bin/chromium ] || need_apt+=(chromium)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "install: OS packages missing: ${need_apt[*]}"
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"

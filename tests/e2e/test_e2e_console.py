@@ -53,14 +53,17 @@ async def shot(page: Any, name: str) -> None:
     await page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
 
 
-async def post_point(fleet: FleetProcess, at: datetime, value: float) -> None:
+async def post_points(fleet: FleetProcess, *points: tuple[datetime, float]) -> None:
     async with httpx.AsyncClient(timeout=10) as client:
         reply = await client.post(
             f"{fleet.url('gateway-http')}/ingest/data",
             json={
                 "source_id": SOURCE,
                 "domain": DOMAIN,
-                "data_points": [{"stream_id": STREAM, "value": value, "timestamp": at.isoformat()}],
+                "data_points": [
+                    {"stream_id": STREAM, "value": value, "timestamp": at.isoformat()}
+                    for at, value in points
+                ],
             },
             headers={"X-API-Key": fleet.admin_key},
         )
@@ -80,9 +83,15 @@ async def reload_until(page: Any, url: str, selector: str, what: str) -> Any:
         await asyncio.sleep(0.5)
 
 
-def explorer_url(base: str) -> str:
+def explorer_url(base: str, now: datetime) -> str:
     return f"{base}/console/streams?" + urlencode(
-        {"domain": DOMAIN, "source_id": SOURCE, "stream_id": STREAM}
+        {
+            "domain": DOMAIN,
+            "source_id": SOURCE,
+            "stream_id": STREAM,
+            "from": (now - timedelta(seconds=100)).isoformat(),
+            "to": (now + timedelta(seconds=40)).isoformat(),
+        }
     )
 
 
@@ -94,7 +103,7 @@ async def test_console_in_a_browser(fleet: FleetProcess) -> None:
     from playwright.async_api import async_playwright
 
     base = fleet.url("console")
-    now = datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=30)
+    now = datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=60)
     async with async_playwright() as playwright:
         browser = await playwright.chromium.launch(
             executable_path=str(CHROMIUM), args=CHROMIUM_ARGS
@@ -125,12 +134,14 @@ async def test_console_in_a_browser(fleet: FleetProcess) -> None:
                 'tr:has(td:text-is("classifier")) .up',
                 "classifier as up",
             )
-            await shot(page, "fleet")
 
             # A point ingested a moment before shows in the stream explorer, classified.
-            await post_point(fleet, now, 42.0)
+            history = [
+                (now - timedelta(seconds=5 * i), 30.5 + (i % 7) * 2.0) for i in range(18, 0, -1)
+            ]
+            await post_points(fleet, *history, (now, 42.0))
             await reload_until(
-                page, explorer_url(base), point_row("42", "normal"), "the ingested point"
+                page, explorer_url(base, now), point_row("42", "normal"), "the ingested point"
             )
 
             # The config editor validates with StreamConfig, then saves (admin key).
@@ -156,20 +167,26 @@ async def test_console_in_a_browser(fleet: FleetProcess) -> None:
 
             # The next point is classified by the new config: 75 is a warning now, 95 critical.
             await asyncio.sleep(CONFIG_GRACE_SECONDS)
-            await post_point(fleet, now + timedelta(seconds=5), 75.0)
-            await post_point(fleet, now + timedelta(seconds=10), 95.0)
-            await post_point(fleet, now + timedelta(seconds=15), 60.0)
+            await post_points(fleet, (now + timedelta(seconds=5), 75.0))
+            later = [(now + timedelta(seconds=5 * i), v) for i, v in enumerate((95, 97, 64, 55), 2)]
+            await post_points(fleet, *later)
             await reload_until(
-                page, explorer_url(base), point_row("75", "warning"), "the next point as a warning"
+                page,
+                explorer_url(base, now),
+                point_row("75", "warning"),
+                "the next point as a warning",
             )
             await reload_until(
-                page, explorer_url(base), point_row("95", "critical"), "the critical point"
+                page, explorer_url(base, now), point_row("95", "critical"), "the critical point"
             )
             await reload_until(
-                page, explorer_url(base), "svg.chart rect.alert-span", "the alert span on the chart"
+                page,
+                explorer_url(base, now),
+                "svg.chart rect.alert-span",
+                "the alert span on the chart",
             )
             assert await page.locator("svg.chart circle.cls-warning").count() == 1
-            assert await page.locator("svg.chart circle.cls-critical").count() == 1
+            assert await page.locator("svg.chart circle.cls-critical").count() == 2
             await shot(page, "explorer")
 
             await reload_until(
@@ -193,6 +210,9 @@ async def test_console_in_a_browser(fleet: FleetProcess) -> None:
             assert await row.locator(".status").inner_text() == "completed"
             assert await row.locator(".published").inner_text() == "8,000"
             await shot(page, "csv-jobs")
+
+            await page.goto(f"{base}/console/")
+            await shot(page, "fleet")
         finally:
             await browser.close()
 

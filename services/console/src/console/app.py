@@ -258,8 +258,8 @@ def create_app(settings: ConsoleSettings, *, nats_client: Client | None = None) 
                         rows, alerts, span.start, span.end, downsampled=downsampled
                     ),
                     "summary": f"{key.domain}/{key.source_id}/{key.stream_id} from "
-                    f"{queries.jsonable({'t': span.start})['t']} to "
-                    f"{queries.jsonable({'t': span.end})['t']}: {summary}",
+                    f"{span.start.astimezone(UTC):%Y-%m-%d %H:%M:%S} to "
+                    f"{span.end.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC: {summary}",
                     "latest": latest,
                     "alerts": alerts,
                     "predictions": predictions,

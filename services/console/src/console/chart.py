@@ -35,7 +35,7 @@ def _fmt(value: float) -> str:
 
 def _label(at: datetime, seconds: float) -> str:
     at = at.astimezone(UTC)
-    if seconds <= 120:
+    if seconds <= 1800:
         return at.strftime("%H:%M:%S")
     if seconds <= 2 * 86400:
         return at.strftime("%H:%M")

@@ -59,6 +59,14 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[str]], empty: str, css
     return f'<table class="{css}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
 
+def when(value: Any) -> str:
+    """An ISO timestamp as ``2026-12-02 19:11:58`` (UTC, whole seconds), escaped."""
+    if value is None:
+        return "–"
+    text = str(value)
+    return e(text[:19].replace("T", " ")) if len(text) >= 19 and text[10] == "T" else e(text)
+
+
 def badge(cls: Any) -> str:
     colour = CLASS_COLOURS.get(str(cls), "#555")
     return f'<span class="badge" style="background:{colour}">{e(cls)}</span>'
@@ -207,7 +215,7 @@ def explorer_page(
                 ["time", "value", "class", "reason", "config version", "transport"],
                 (
                     [
-                        e(p["time"]),
+                        when(p["time"]),
                         e(f"{p['value']:.6g}"),
                         badge(p["cls"]),
                         e(p["reason"]),
@@ -226,7 +234,7 @@ def explorer_page(
                 ["as of", "model", "predicted", "anomaly score", "anomaly", "explanation"],
                 (
                     [
-                        e(p["as_of"]),
+                        when(p["as_of"]),
                         e(p["model"]),
                         e(p["predicted_value"]),
                         e(p["anomaly_score"]),
@@ -243,7 +251,7 @@ def explorer_page(
         (
             [
                 stream_link(s["domain"], s["source_id"], s["stream_id"]),
-                e(s["last_time"]),
+                when(s["last_time"]),
                 e(f"{s['last_value']:.6g}"),
                 badge(s["last_cls"]),
                 f"{s['points']:,}",
@@ -266,8 +274,8 @@ def alerts_table(alerts: Sequence[dict[str, Any]], with_stream: bool = True) -> 
             e(a["status"]),
             e(a["rule"]),
             e(a["reason"]),
-            e(a["opened_at"]),
-            e(a["closed_at"] or "–"),
+            when(a["opened_at"]),
+            when(a["closed_at"]),
             e(a["peak_value"]),
             e(a["violation_count"]),
         ]
@@ -307,7 +315,7 @@ def progress(job: dict[str, Any]) -> str:
 def jobs_page(jobs: Sequence[dict[str, Any]], who: str) -> str:
     rows = (
         [
-            f"<code>{e(j['job_id'])}</code>",
+            f'<code title="{e(j["job_id"])}">{e(str(j["job_id"])[:12])}…</code>',
             e(j["filename"]),
             e(j["domain"]),
             e(j["source_id"] or "(per row)"),
@@ -317,7 +325,7 @@ def jobs_page(jobs: Sequence[dict[str, Any]], who: str) -> str:
             "</span>",
             f'<span class="published">{j.get("points_published") or 0:,}</span>',
             f'<span class="errors">{j.get("error_count") or 0:,}</span>',
-            e(j["created_at"]),
+            when(j["created_at"]),
         ]
         for j in jobs
     )

@@ -103,6 +103,8 @@ async def test_console_in_a_browser(fleet: FleetProcess) -> None:
     from playwright.async_api import async_playwright
 
     base = fleet.url("console")
+    # `make run` (fleet.py) prints where the console is.
+    assert any(f"console          {base}/console/" in line for line in fleet.lines)
     now = datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=60)
     async with async_playwright() as playwright:
         browser = await playwright.chromium.launch(

@@ -260,18 +260,23 @@ async def streams(
     reader: Reader, scope: ReadScope, since: datetime, limit: int
 ) -> list[dict[str, Any]]:
     """Streams with points at or after ``since``, latest first, with their point count since
-    then and their latest point."""
+    then and their latest point (one aggregate pass over the range, then one index lookup per
+    listed stream)."""
     rows = await reader.fetch(
-        "SELECT DISTINCT ON (domain, source_id, stream_id) domain, source_id, stream_id,"
-        " time AS last_time, value AS last_value, cls AS last_cls,"
-        " count(*) OVER (PARTITION BY domain, source_id, stream_id) AS points"
+        "WITH recent AS ("
+        " SELECT domain, source_id, stream_id, count(*) AS points, max(time) AS last_time"
         f" FROM data_points WHERE time >= $1 AND {clause(2)}"
-        " ORDER BY domain, source_id, stream_id, time DESC",
+        " GROUP BY domain, source_id, stream_id ORDER BY last_time DESC LIMIT $4)"
+        " SELECT r.domain, r.source_id, r.stream_id, r.last_time, p.value AS last_value,"
+        " p.cls AS last_cls, r.points FROM recent r CROSS JOIN LATERAL ("
+        " SELECT value, cls FROM data_points d WHERE d.domain = r.domain"
+        " AND d.source_id = r.source_id AND d.stream_id = r.stream_id AND d.time = r.last_time"
+        " LIMIT 1) p ORDER BY r.last_time DESC",
         since,
         *scope.params(),
+        limit,
     )
-    found = sorted((jsonable(r) for r in rows), key=lambda r: r["last_time"], reverse=True)
-    return found[:limit]
+    return [jsonable(r) for r in rows]
 
 
 ALERT_COLUMNS = (

@@ -170,7 +170,9 @@ async def test_console_in_a_browser(fleet: FleetProcess) -> None:
             # The next point is classified by the new config: 75 is a warning now, 95 critical.
             await asyncio.sleep(CONFIG_GRACE_SECONDS)
             await post_points(fleet, (now + timedelta(seconds=5), 75.0))
-            later = [(now + timedelta(seconds=5 * i), v) for i, v in enumerate((95, 97, 64, 55), 2)]
+            later = [
+                (now + timedelta(seconds=5 * i), v) for i, v in enumerate((95, 97, 64, 55, 96), 2)
+            ]
             await post_points(fleet, *later)
             await reload_until(
                 page,
@@ -188,13 +190,14 @@ async def test_console_in_a_browser(fleet: FleetProcess) -> None:
                 "the alert span on the chart",
             )
             assert await page.locator("svg.chart circle.cls-warning").count() == 1
-            assert await page.locator("svg.chart circle.cls-critical").count() == 2
+            assert await page.locator("svg.chart circle.cls-critical").count() == 3
             await shot(page, "explorer")
 
             await reload_until(
                 page,
                 f"{base}/console/alerts",
-                f'table.alerts tr:has(a:text("{SOURCE}")):has(.badge:text-is("critical"))',
+                f'table.alerts tr:has(a:text("{SOURCE}")):has(.badge:text-is("critical"))'
+                ':has(td:text-is("open"))',
                 "the critical alert",
             )
             await shot(page, "alerts")

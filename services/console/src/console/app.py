@@ -314,7 +314,7 @@ def create_app(settings: ConsoleSettings, *, nats_client: Client | None = None) 
         stored = await ctx.connected().configs.get(scope)
         if stored is not None and stored.config is not None:
             text = orjson.dumps(
-                stored.config.model_dump(mode="json", exclude={"version"}),
+                stored.config.model_dump(mode="json", exclude={"version"}, exclude_none=True),
                 option=orjson.OPT_INDENT_2,
             ).decode()
         else:

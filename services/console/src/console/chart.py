@@ -101,7 +101,9 @@ def render_chart(
     for i in range(6):
         at = start + (end - start) * (i / 5)
         out.append(
-            f'<text x="{x(at):.1f}" y="{HEIGHT - 12}" text-anchor="middle" font-size="11">'
+            f'<text x="{x(at):.1f}" y="{HEIGHT - 12}" '
+            f'text-anchor="{("start", "middle", "middle", "middle", "middle", "end")[i]}" '
+            'font-size="11">'
             f"{_label(at, span)}</text>"
         )
     if unit:

@@ -382,3 +382,45 @@ async def test_openapi_documents_every_api_route(console: Any) -> None:
     document = (await console.get("/openapi.json", key=None)).json()
 
     assert set(document["paths"]) == routes
+
+
+# who → key; (who, domain, source) → status of one stream's points: reads are scoped like writes.
+READ_TABLE = [
+    ("admin", "infrastructure", "server-01", 200),
+    ("admin", "finance", "desk-9", 200),
+    ("reader", "finance", "desk-9", 200),
+    ("writer", "infrastructure", "server-01", 200),
+    ("writer", "infrastructure", "server-02", 403),
+    ("writer", "finance", "server-01", 403),
+    ("revoked", "infrastructure", "server-01", 401),
+    ("missing", "infrastructure", "server-01", 401),
+]
+
+
+@pytest.mark.parametrize(("who", "domain", "source", "status"), READ_TABLE)
+async def test_read_access_matrix(
+    console: Any, who: str, domain: str, source: str, status: int
+) -> None:
+    writer = await console.keys.issue(
+        Role.SOURCE_WRITER, "w", source_ids=["server-01"], domains=["infrastructure"]
+    )
+    revoked = await console.keys.issue(Role.READ_ONLY, "gone")
+    await console.keys.revoke(revoked.record.key_id)
+    key = {
+        "admin": console.admin,
+        "reader": console.reader,
+        "writer": writer.key,
+        "revoked": revoked.key,
+        "missing": None,
+    }[who]
+
+    reply = await console.get(
+        "/api/v1/points",
+        key=key,
+        params={"domain": domain, "source_id": source, "stream_id": "cpu", **RANGE},
+    )
+
+    assert reply.status_code == status, reply.text
+    if status == 403:
+        assert "its scope: source_ids server-01; domains infrastructure" in reply.json()["error"]
+        assert writer.key not in reply.text

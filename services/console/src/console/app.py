@@ -30,7 +30,7 @@ from starlette.staticfiles import StaticFiles
 
 from console import api, csv_jobs, pages, queries
 from console.chart import render_chart
-from console.context import KEY_COOKIE, Bus, Caller, Context
+from console.context import KEY_COOKIE, Bus, Caller, Context, CookieKey
 from console.metrics import ERRORS, REQUESTS
 from console.openapi import document
 from console.queries import BadQuery, ReadUnavailable
@@ -44,7 +44,7 @@ from tributary_contracts import (
     ensure_jetstream,
 )
 from tributary_runtime.access import RequestGuard
-from tributary_runtime.apikeys import Action, ApiKeyStore, Denied, Granted, Role
+from tributary_runtime.apikeys import Action, ApiKeyStore, Role
 from tributary_runtime.audit import AuditLog
 from tributary_runtime.bus import connect_nats
 from tributary_runtime.devices import DeviceRegistry
@@ -395,20 +395,11 @@ def create_app(settings: ConsoleSettings, *, nats_client: Client | None = None) 
             next_url = "/console/"
         key = str(form.get("key") or "").strip()
         try:
-            bus = ctx.connected()
-            bus.guard.admit(request)
-            result = await bus.keys.authenticate(key)
+            await ctx.login(request, key)
         except Reply as reply:
             return page_response(
                 pages.login_page(str(reply.body.get("error")), next_url), reply.status
             )
-        if isinstance(result, Denied):
-            try:
-                ctx.refuse(request, result, "console login")
-            except Reply:
-                pass
-            return page_response(pages.login_page(result.reason, next_url), 401)
-        assert isinstance(result, Granted)
         response = RedirectResponse(next_url, 303)
         response.set_cookie(
             KEY_COOKIE,
@@ -458,6 +449,7 @@ def create_app(settings: ConsoleSettings, *, nats_client: Client | None = None) 
         *ops_routes(ready_check),
     ]
     app = Starlette(routes=routes, lifespan=lifespan)
+    app.add_middleware(CookieKey)
     app.add_middleware(
         HeaderLimits, max_bytes=settings.max_header_bytes, max_count=settings.max_header_count
     )

@@ -8,7 +8,7 @@ from typing import Any
 
 from nats.aio.client import Client
 from nats.js import JetStreamContext
-from starlette.requests import Request
+from starlette.requests import HTTPConnection, Request
 
 from console.fleet_status import FleetSampler
 from console.queries import Reader
@@ -25,6 +25,24 @@ from tributary_runtime.ratelimit import IngestLimiter
 from tributary_runtime.stream_configs import StreamConfigBucket
 
 KEY_COOKIE = "tributary_console_key"
+API_KEY_HEADER_BYTES = API_KEY_HEADER.lower().encode()
+
+
+class CookieKey:
+    """ASGI middleware: a request without an ``X-API-Key`` header but with the console's login
+    cookie presents the cookie's key in that header, so pages and API are checked alike."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            headers = scope["headers"]
+            if not any(k == API_KEY_HEADER_BYTES for k, _ in headers):
+                key = HTTPConnection(scope).cookies.get(KEY_COOKIE)
+                if key:
+                    scope = {**scope, "headers": [*headers, (API_KEY_HEADER_BYTES, key.encode())]}
+        await self.app(scope, receive, send)
 
 
 @dataclass
@@ -75,12 +93,14 @@ class Context:
         return self.bus
 
     async def caller(self, request: Request) -> Caller:
-        """The key of the request (header, else login cookie), or Reply 429/401/503."""
+        """The request's key (``X-API-Key``; the pages' login cookie arrives as that header,
+        ``CookieKey``), checked by the services' shared ``RequestGuard``: Reply 429/401/503."""
         bus = self.connected()
         bus.guard.admit(request)
-        key = request.headers.get(API_KEY_HEADER) or request.cookies.get(KEY_COOKIE)
         try:
-            result = await bus.keys.authenticate(key)
+            granted = await bus.guard.authenticate(request)
+        except Reply:
+            raise
         except Exception as exc:
             raise Reply(
                 503,
@@ -90,15 +110,13 @@ class Context:
                 },
                 {"Retry-After": "2"},
             ) from None
-        if isinstance(result, Denied):
-            reason = (
-                f"missing {API_KEY_HEADER} header (or console login)"
-                if result.reason == "missing API key"
-                else result.reason
-            )
-            self.refuse(request, Denied(401, reason, result.key_id, result.role))
-        assert isinstance(result, Granted)
-        return Caller(result, ReadScope.of(result.record))
+        return Caller(granted, ReadScope.of(granted.record))
+
+    async def login(self, request: Request, key: str) -> Caller:
+        """``caller`` for a key typed into the login form (same checks, same audit)."""
+        headers = [(k, v) for k, v in request.scope["headers"] if k != API_KEY_HEADER_BYTES]
+        scope = {**request.scope, "headers": [*headers, (API_KEY_HEADER_BYTES, key.encode())]}
+        return await self.caller(Request(scope))
 
     def refuse(self, request: Request, denied: Denied, target: str | None = None) -> None:
         """Audit the refusal and raise its Reply."""

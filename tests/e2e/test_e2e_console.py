@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
+import asyncpg
 import httpx
 import pytest
 
@@ -190,6 +191,7 @@ async def test_console_in_a_browser(fleet: FleetProcess) -> None:
                 "the alert span on the chart",
             )
             assert await page.locator("svg.chart circle.cls-warning").count() == 1
+            assert await console_sessions(fleet) == {"tributary_reader"}
             assert await page.locator("svg.chart circle.cls-critical").count() == 3
             await shot(page, "explorer")
 
@@ -220,6 +222,19 @@ async def test_console_in_a_browser(fleet: FleetProcess) -> None:
             await shot(page, "fleet")
         finally:
             await browser.close()
+
+
+async def console_sessions(fleet: FleetProcess) -> set[str]:
+    """The PostgreSQL roles of the console's open sessions (it reads as the read-only role)."""
+    conn = await asyncpg.connect(fleet.postgres_dsn)
+    try:
+        rows = await conn.fetch(
+            "SELECT usename FROM pg_stat_activity"
+            " WHERE application_name = 'tributary-console' AND datname = current_database()"
+        )
+    finally:
+        await conn.close()
+    return {r["usename"] for r in rows}
 
 
 async def upload_csv(fleet: FleetProcess, rows: int) -> str:

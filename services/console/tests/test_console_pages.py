@@ -147,3 +147,33 @@ async def test_a_form_post_from_another_origin_is_refused(console: Any) -> None:
     )
 
     assert reply.status_code == 403
+
+
+async def test_the_explorer_downsamples_a_range_with_more_points_than_the_chart_holds(
+    console: Any,
+) -> None:
+    await login(console, console.reader)
+    start = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=50)
+    await console.insert_points(
+        [
+            (
+                "infrastructure",
+                "busy",
+                "cpu",
+                start + timedelta(seconds=i),
+                float(i % 100),
+                "critical" if i == 250 else "normal",
+            )
+            for i in range(1000)
+        ]
+    )
+
+    reply = await console.client.get(
+        "/console/streams",
+        params={"domain": "infrastructure", "source_id": "busy", "stream_id": "cpu"},
+    )
+
+    buckets = reply.text.count('class="point cls-')
+    assert 0 < buckets <= console.settings.chart_buckets
+    assert f"1,000 points, shown as {buckets} buckets" in reply.text
+    assert reply.text.count('class="point cls-critical"') == 1  # the worst class of its bucket

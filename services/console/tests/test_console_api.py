@@ -10,6 +10,8 @@ from typing import Any
 import asyncpg
 import orjson
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from console.app import create_app
 from tributary_contracts import CSV_JOBS_BUCKET, DEVICES_BUCKET, DP_DLQ, STREAM_CONFIGS_BUCKET
@@ -424,3 +426,55 @@ async def test_read_access_matrix(
     if status == 403:
         assert "its scope: source_ids server-01; domains infrastructure" in reply.json()["error"]
         assert writer.key not in reply.text
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+@given(
+    params=st.dictionaries(
+        st.sampled_from(
+            [
+                "domain",
+                "source_id",
+                "stream_id",
+                "from",
+                "to",
+                "cls",
+                "limit",
+                "cursor",
+                "every",
+                "buckets",
+                "status",
+                "hours",
+            ]
+        ),
+        st.one_of(
+            st.text(max_size=40),
+            st.sampled_from(
+                [
+                    "0001-01-01T00:00:00Z",
+                    "9999-12-31T23:59:59+14:00",
+                    "-1",
+                    "1e309",
+                    "nan",
+                    "normal",
+                    "2026-12-01T12:00:00",
+                ]
+            ),
+        ),
+    ),
+    path=st.sampled_from(
+        [
+            "/api/v1/points",
+            "/api/v1/alerts",
+            "/api/v1/streams",
+            "/api/v1/predictions",
+            "/api/v1/rejects",
+        ]
+    ),
+)
+async def test_no_query_string_makes_the_api_fail(
+    console: Any, params: dict[str, str], path: str
+) -> None:
+    reply = await console.get(path, params=params)
+
+    assert reply.status_code in (200, 403, 422), reply.text

@@ -73,7 +73,10 @@ def time_range(
     if not required and raw_from is None and raw_to is None:
         return None
     end = parse_time(raw_to, "to") if raw_to else datetime.now(UTC)
-    start = parse_time(raw_from, "from") if raw_from else end - default
+    try:
+        start = parse_time(raw_from, "from") if raw_from else end - default
+    except OverflowError:
+        raise BadQuery("to", "is too early to have a default from; give from") from None
     if start >= end:
         raise BadQuery("from", "must be before to")
     return TimeRange(start, end)

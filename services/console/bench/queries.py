@@ -4,8 +4,8 @@
 
 Creates a scratch database with writer-postgres's schema, COPYs ``--points`` points of one
 stream (one a second, every 50th a warning) plus one point for each of ``--streams`` other
-streams, then times, as the read-only role, what the explorer and the API run: the count and the
-400-bucket downsampling over the whole range and over one hour, a page of 1000 raw points in the
+streams, then times, as the read-only role, what the explorer and the API run: the 400-bucket
+downsampling over the whole range and over one hour, a page of 1000 raw points in the
 middle, the streams listing. Drops the database at the end.
 """
 
@@ -73,7 +73,6 @@ async def main(args: argparse.Namespace) -> None:
         start + timedelta(seconds=args.points // 2 + 3600),
     )
     cases = {
-        "count, whole range": lambda: queries.count_points(reader, key, whole, None),
         "400 buckets, whole range": lambda: queries.downsampled(
             reader, key, whole, None, queries.bucket_seconds(whole, 400)
         ),

@@ -231,15 +231,19 @@ def create_app(settings: ConsoleSettings, *, nats_client: Client | None = None) 
                 span = api.time_range(params)
                 assert span is not None
                 cls = api.classes(request)
-                total = await queries.count_points(ctx.reader, key, span, cls)
-                downsampled = total > settings.chart_buckets
+                # Raw points when they fit the chart (an index range scan that stops there),
+                # else time buckets; no separate count over the range.
+                rows, more = await queries.points(
+                    ctx.reader, key, span, cls, settings.chart_buckets, None
+                )
+                downsampled = more is not None
                 if downsampled:
                     every = queries.bucket_seconds(span, settings.chart_buckets)
                     rows = await queries.downsampled(ctx.reader, key, span, cls, every)
+                    total = sum(int(r["count"]) for r in rows)
                     summary = f"{total:,} points, shown as {len(rows)} buckets of {every:g} s"
                 else:
-                    rows, _ = await queries.points(ctx.reader, key, span, cls, total or 1, None)
-                    summary = f"{total:,} points"
+                    summary = f"{len(rows):,} points"
                 alerts, _ = await queries.alerts(
                     ctx.reader,
                     caller.scope,

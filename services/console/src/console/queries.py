@@ -206,23 +206,6 @@ async def points(
     return page, next_cursor
 
 
-async def count_points(
-    reader: Reader, key: StreamKey, span: TimeRange, classes: list[str] | None
-) -> int:
-    rows = await reader.fetch(
-        "SELECT count(*) AS n FROM data_points"
-        " WHERE domain = $1 AND source_id = $2 AND stream_id = $3 AND time >= $4 AND time < $5"
-        " AND ($6::text[] IS NULL OR cls = ANY($6::text[]))",
-        key.domain,
-        key.source_id,
-        key.stream_id,
-        span.start,
-        span.end,
-        classes,
-    )
-    return int(rows[0]["n"]) if rows else 0
-
-
 def bucket_seconds(span: TimeRange, buckets: int) -> float:
     """The bucket width that cuts ``span`` into at most ``buckets`` (whole milliseconds)."""
     return max(math.ceil(span.seconds * 1000 / buckets) / 1000, 0.001)

@@ -22,6 +22,7 @@ import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 from tributary_contracts import API_KEYS_BUCKET, CONSUMERS, ensure_jetstream
 from tributary_runtime.apikeys import ApiKeyStore, Role
@@ -123,7 +124,17 @@ SERVICES = (
     Service("gateway-mqtt", "gateway_mqtt", SERVICE_PORTS["gateway-mqtt"]),
     # A batch job: runs every ML_INTERVAL_SECONDS (60) and serves /health like the others.
     Service("ml-batch", "ml_batch", SERVICE_PORTS["ml-batch"]),
+    # The read side: query API and web console, on PostgreSQL's read-only role.
+    Service("console", "console", SERVICE_PORTS["console"]),
 )
+
+
+def reader_dsn(dsn: str) -> str:
+    """``dsn`` as the read-only role ``tributary_reader`` (writer-postgres migration 0007), the
+    console's POSTGRES_READ_DSN; a password in ``dsn`` is not carried over."""
+    parts = urlsplit(dsn)
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"tributary_reader@{host}"))
 
 
 def implemented(service: Service) -> bool:
@@ -240,6 +251,7 @@ async def main_async(args: argparse.Namespace) -> int:
         env["BUS_PREFIX"] = args.bus_prefix
     env.setdefault("LOG_FORMAT", "console")
     env.setdefault("POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/tributary")
+    env.setdefault("POSTGRES_READ_DSN", reader_dsn(env["POSTGRES_DSN"]))
     replicas = env.get("JETSTREAM_REPLICAS")
     settings = OperatorSettings(
         nats_url=env.get("NATS_URL", "nats://127.0.0.1:4222"),
@@ -268,6 +280,13 @@ async def main_async(args: argparse.Namespace) -> int:
     )
     env.update(ops_urls_env(services, env, args.port_offset))
     fleet = Fleet(services, env, args.port_offset)
+    # The console's fleet page scrapes the services this runner started, at their ports.
+    env.setdefault(
+        "FLEET_SERVICES",
+        ",".join(
+            f"{s.label}=http://127.0.0.1:{fleet.port(s)}" for s in services if s.name != "console"
+        ),
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -281,6 +300,12 @@ async def main_async(args: argparse.Namespace) -> int:
     lines = ["", "Tributary fleet " + ("ready" if not late else f"started; not healthy: {late}")]
     lines += [f"  {s.label:<16} http://127.0.0.1:{fleet.port(s)}/health" for s in services]
     lines.append(f"  PostgreSQL       {env['POSTGRES_DSN']}")
+    console = next((s for s in services if s.label == "console"), None)
+    if console:
+        lines.append(
+            f"  console          http://127.0.0.1:{fleet.port(console)}/console/ "
+            "(log in with the admin key)"
+        )
     lines.append(f"admin key: {key}")
     if gateway:
         lines.append(

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Creates everything the fleet needs on a fresh Debian machine, skipping what is already there:
 # OS packages (python venv, nats-server, PostgreSQL, Mosquitto, unixODBC + FreeTDS ODBC driver,
-# promtool),
+# promtool, Chromium for the console's browser test),
 # the virtualenv in .venv, and every library and implemented service installed editable with
 # versions from constraints.txt.
 set -euo pipefail
@@ -17,8 +17,7 @@ command -v mosquitto_pub >/dev/null || need_apt+=(mosquitto-clients)
 # writer-sqlserver: unixODBC (pyodbc's libodbc.so.2) and the FreeTDS ODBC driver.
 command -v odbcinst >/dev/null || need_apt+=(unixodbc)
 ls /usr/lib/*/odbc/libtdsodbc.so >/dev/null 2>&1 || need_apt+=(tdsodbc)
-# promtool (Debian's prometheus package) runs the SLO rule tests (tests/deploy).
-command -v promtool >/dev/null || need_apt+=(prometheus)
+# promtool, Chromium for the console's browser test),
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "install: OS packages missing: ${need_apt[*]}"
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"

@@ -36,6 +36,7 @@ SERVICE_PORTS = {
     "writer-postgres": 8020,
     "writer-sqlserver": 8021,
     "ml-batch": 8030,
+    "console": 8040,
 }
 LAG_WARNING = 10_000  # pending messages from which a consumer's lag shows in yellow
 

@@ -1,0 +1,1 @@
+"""Tributary's read side: the query API and the web console (see the service README)."""

@@ -25,6 +25,12 @@ from pathlib import Path
 from tributary_contracts import API_KEYS_BUCKET, CONSUMERS, ensure_jetstream
 from tributary_runtime.apikeys import ApiKeyStore, Role
 from tributary_runtime.bus import connect_nats
+from tributary_runtime.mqtt_credentials import (
+    MqttCredentials,
+    broker_dir,
+    hash_password,
+    new_password,
+)
 from tributary_runtime.settings import OperatorSettings
 from tributary_runtime.status_cli import SERVICE_PORTS
 
@@ -76,6 +82,36 @@ def expand_replicas(
     return out
 
 
+def with_mqtt_logins(
+    services: list[Service], env: dict[str, str], creds: MqttCredentials
+) -> tuple[list[Service], list[str]]:
+    """When the repository's broker runs on ``creds``' directory, give each gateway-mqtt replica
+    its own broker user, named like its client id (the broker makes a client's id its user
+    name), reading its topic prefix; the services and the user names made. An anonymous broker
+    (no repository config running) gets no credentials."""
+    if creds.broker_pid() is None:
+        return services, []
+    prefix = env.get("BUS_PREFIX", "")
+    topic_prefix = env.get("MQTT_TOPIC_PREFIX", prefix)
+    default_id = "tributary-gateway-mqtt" + (f"-{prefix}" if prefix else "")
+    users = creds.users()
+    out, names = [], []
+    for s in services:
+        if s.name == "gateway-mqtt":
+            name = dict(s.env).get("MQTT_CLIENT_ID", default_id)
+            password = new_password()
+            user = creds.build(name, "gateway", topic_prefix, (), (), ())
+            user.password_hash = hash_password(password)
+            users[name] = user
+            names.append(name)
+            login = (("MQTT_CLIENT_ID", name), ("MQTT_USERNAME", name), ("MQTT_PASSWORD", password))
+            s = Service(s.name, s.module, s.port, s.needs_env, s.replica, (*s.env, *login))
+        out.append(s)
+    if names:
+        creds.write(users)
+    return out, names
+
+
 def parse_replicas(values: list[str]) -> dict[str, int]:
     """``["writer-postgres=2"]`` → ``{"writer-postgres": 2}``; one clear error otherwise."""
     known = {s.name for s in SERVICES}
@@ -95,7 +131,9 @@ def parse_replicas(values: list[str]) -> dict[str, int]:
 SERVICES = (
     Service("writer-postgres", "writer_postgres", SERVICE_PORTS["writer-postgres"]),
     Service(
-        "writer-sqlserver", "writer_sqlserver", SERVICE_PORTS["writer-sqlserver"],
+        "writer-sqlserver",
+        "writer_sqlserver",
+        SERVICE_PORTS["writer-sqlserver"],
         needs_env="MSSQL_DSN",
     ),
     Service("classifier", "classifier", SERVICE_PORTS["classifier"]),
@@ -248,6 +286,8 @@ async def main_async(args: argparse.Namespace) -> int:
         replicas,
         env.get("BUS_PREFIX", ""),
     )
+    mqtt_creds = MqttCredentials(broker_dir(env, ROOT))
+    services, mqtt_users = with_mqtt_logins(services, env, mqtt_creds)
     fleet = Fleet(services, env, args.port_offset)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -276,6 +316,8 @@ async def main_async(args: argparse.Namespace) -> int:
     await fleet.stop()
     for task in runners:
         task.cancel()
+    if env.get("BUS_PREFIX"):  # a namespaced (test) fleet's gateway users go with it
+        mqtt_creds.remove(mqtt_users)
     print("fleet: stopped", flush=True)
     return 0
 

@@ -4,9 +4,9 @@ The local broker runs the repository's config (``deploy/local/servers.sh``): eve
 authenticates, topics are granted per user, and a client's id is its user name. A test asks for
 ``producer(topic_prefix)`` (writes every topic under its prefix) or ``gateway(name,
 topic_prefix)`` (reads them); the users are made with ``tributary_runtime.mqtt_credentials`` in
-the broker's state directory and removed when the test process exits. On a broker that is not the
-repository's (an anonymous one) the same calls hand out no credentials, and clients connect as
-before.
+the broker's state directory and dropped an hour later (after their sessions expired). On a
+broker that is not the repository's (an anonymous one) the same calls hand out no credentials,
+and clients connect as before.
 
 Where: ``127.0.0.1:$TRIBUTARY_MQTT_PORT`` (default 1883), state in ``$TRIBUTARY_MQTT_DIR``
 (default ``.tributary/mosquitto``) — the variables ``servers.sh`` reads. Fault scenarios pass
@@ -15,7 +15,6 @@ their private broker's ``(port, directory)`` as ``at``.
 
 from __future__ import annotations
 
-import atexit
 import os
 import threading
 import time
@@ -82,7 +81,8 @@ class MqttLogin:
         return {k.lower(): v for k, v in self.gateway_env().items()}
 
 
-_made: dict[Path, set[str]] = {}
+TEMPORARY_SECONDS = 3600.0
+"""How long a test's user stays: longer than any test's MQTT session expiry."""
 _cache: dict[tuple[Any, ...], MqttLogin] = {}
 _lock = threading.Lock()
 
@@ -123,19 +123,23 @@ def _login(
     with _lock:
         if key in _cache:
             return _cache[key]
-        password = creds.add(name, role, topic_prefix=topic_prefix, **scopes)
-        _made.setdefault(directory, set()).add(name)
+        # Dropped an hour later by the next change, once any test session of it has expired:
+        # removing a user whose session still exists crashes Mosquitto 2.0.11 later on.
+        remove_after = time.time() + TEMPORARY_SECONDS
+        password = creds.add(
+            name, role, topic_prefix=topic_prefix, remove_after=remove_after, **scopes
+        )
         login = _cache[key] = MqttLogin(port, name, password)
     _wait_accepted(login)
     return login
 
 
 def forget(name: str, at: Broker | None = None) -> None:
-    """Remove user ``name`` now (e.g. to show a revoked producer is refused)."""
+    """Remove user ``name`` now (e.g. to show a revoked producer is refused); only for a user
+    without a persistent session (see ``MqttCredentials.remove``)."""
     _, directory = at or local_broker()
     with _lock:
         MqttCredentials(directory).remove([name])
-        _made.get(directory, set()).discard(name)
         for key in [k for k in _cache if k[0] == directory and k[2] == name]:
             del _cache[key]
 
@@ -162,10 +166,3 @@ def _wait_accepted(login: MqttLogin, timeout: float = 10.0) -> None:
         last = str(result[0]) if result else last
         time.sleep(0.05)
     raise AssertionError(f"the broker did not accept MQTT user {login.username}: {last}")
-
-
-@atexit.register
-def _remove_made() -> None:
-    for directory, names in _made.items():
-        if names:
-            MqttCredentials(directory).remove(sorted(names))

@@ -25,12 +25,7 @@ from pathlib import Path
 from tributary_contracts import API_KEYS_BUCKET, CONSUMERS, ensure_jetstream
 from tributary_runtime.apikeys import ApiKeyStore, Role
 from tributary_runtime.bus import connect_nats
-from tributary_runtime.mqtt_credentials import (
-    MqttCredentials,
-    broker_dir,
-    hash_password,
-    new_password,
-)
+from tributary_runtime.mqtt_credentials import MqttCredentials, broker_dir
 from tributary_runtime.settings import OperatorSettings
 from tributary_runtime.status_cli import SERVICE_PORTS
 
@@ -84,32 +79,30 @@ def expand_replicas(
 
 def with_mqtt_logins(
     services: list[Service], env: dict[str, str], creds: MqttCredentials
-) -> tuple[list[Service], list[str]]:
+) -> list[Service]:
     """When the repository's broker runs on ``creds``' directory, give each gateway-mqtt replica
     its own broker user, named like its client id (the broker makes a client's id its user
-    name), reading its topic prefix; the services and the user names made. An anonymous broker
-    (no repository config running) gets no credentials."""
+    name), reading its topic prefix. The login is kept for later runs of the same fleet (a
+    namespaced fleet's until its sessions have expired). An
+    anonymous broker (no repository config running) gets no credentials."""
     if creds.broker_pid() is None:
-        return services, []
+        return services
     prefix = env.get("BUS_PREFIX", "")
     topic_prefix = env.get("MQTT_TOPIC_PREFIX", prefix)
     default_id = "tributary-gateway-mqtt" + (f"-{prefix}" if prefix else "")
-    users = creds.users()
-    out, names = [], []
+    remove_after = None  # a namespaced (test) fleet's users go once their sessions expired
+    if prefix:
+        expiry = float(env.get("MQTT_SESSION_EXPIRY_SECONDS", 7 * 24 * 3600))
+        remove_after = time.time() + expiry + 3600
+    out = []
     for s in services:
         if s.name == "gateway-mqtt":
             name = dict(s.env).get("MQTT_CLIENT_ID", default_id)
-            password = new_password()
-            user = creds.build(name, "gateway", topic_prefix, (), (), ())
-            user.password_hash = hash_password(password)
-            users[name] = user
-            names.append(name)
+            password = creds.kept_login(name, "gateway", topic_prefix, remove_after)
             login = (("MQTT_CLIENT_ID", name), ("MQTT_USERNAME", name), ("MQTT_PASSWORD", password))
             s = Service(s.name, s.module, s.port, s.needs_env, s.replica, (*s.env, *login))
         out.append(s)
-    if names:
-        creds.write(users)
-    return out, names
+    return out
 
 
 def parse_replicas(values: list[str]) -> dict[str, int]:
@@ -287,7 +280,7 @@ async def main_async(args: argparse.Namespace) -> int:
         env.get("BUS_PREFIX", ""),
     )
     mqtt_creds = MqttCredentials(broker_dir(env, ROOT))
-    services, mqtt_users = with_mqtt_logins(services, env, mqtt_creds)
+    services = with_mqtt_logins(services, env, mqtt_creds)
     fleet = Fleet(services, env, args.port_offset)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -316,8 +309,6 @@ async def main_async(args: argparse.Namespace) -> int:
     await fleet.stop()
     for task in runners:
         task.cancel()
-    if env.get("BUS_PREFIX"):  # a namespaced (test) fleet's gateway users go with it
-        mqtt_creds.remove(mqtt_users)
     print("fleet: stopped", flush=True)
     return 0
 

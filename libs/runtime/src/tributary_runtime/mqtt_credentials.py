@@ -21,12 +21,14 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
+import hmac
 import json
 import os
 import pwd
 import re
 import secrets
 import signal
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -61,6 +63,9 @@ class MqttUser:
     sources: list[str] = field(default_factory=list)
     domains: list[str] = field(default_factory=list)
     sensors: list[str] = field(default_factory=list)
+    remove_after: float | None = None
+    """Epoch seconds after which the next change drops this user (temporary users of test
+    fleets); never before any persistent session of it can have expired (see ``remove``)."""
 
     def topics(self) -> list[tuple[str, str]]:
         """``(access, topic filter)`` ACL entries of this user."""
@@ -96,6 +101,17 @@ def hash_password(password: str, salt: bytes | None = None) -> str:
     digest = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, PBKDF2_ITERATIONS)
     encoded = [base64.b64encode(part).decode() for part in (salt, digest)]
     return f"$7${PBKDF2_ITERATIONS}${encoded[0]}${encoded[1]}"
+
+
+def verify_password(password: str, stored: str) -> bool:
+    """Whether ``password`` matches a ``$7$`` hash made by ``hash_password``."""
+    try:
+        _, tag, _, salt, _ = stored.split("$")
+        return tag == "7" and hmac.compare_digest(
+            hash_password(password, base64.b64decode(salt)), stored
+        )
+    except ValueError:
+        return False
 
 
 def new_password() -> str:
@@ -138,12 +154,14 @@ class MqttCredentials:
         domains: Sequence[str] = (),
         sensors: Sequence[str] = (),
         password: str | None = None,
+        remove_after: float | None = None,
         reload: bool = True,
     ) -> str:
         """Create or replace user ``name``; its password (generated unless given)."""
         user = self.build(name, role, topic_prefix, sources, domains, sensors)
         password = password or new_password()
         user.password_hash = hash_password(password)
+        user.remove_after = remove_after
         users = self.users()
         users[name] = user
         self.write(users, reload=reload)
@@ -182,8 +200,40 @@ class MqttCredentials:
             raise CredentialProblem("a gateway reads every topic under its prefix: no scopes")
         return user
 
+    def kept_login(
+        self, name: str, role: str, topic_prefix: str = "", remove_after: float | None = None
+    ) -> str:
+        """The password of user ``name`` with this role and prefix, made once and kept in
+        ``logins/<name>`` (mode 600) so a service restarted later logs in again without a
+        change. Changing or removing the password of a user whose persistent session outlives
+        it is what crashes Mosquitto 2.0.11 on a later reload (see ``remove``)."""
+        stored = self.dir / "logins" / name
+        user = self.users().get(name)
+        if (
+            user is not None
+            and stored.exists()
+            and (user.role, user.topic_prefix)
+            == (
+                role,
+                topic_prefix.strip("/"),
+            )
+        ):
+            password = stored.read_text().strip()
+            if verify_password(password, user.password_hash):
+                return password
+        password = self.add(name, role, topic_prefix=topic_prefix, remove_after=remove_after)
+        stored.parent.mkdir(mode=0o700, exist_ok=True)
+        _write(stored, password + "\n")
+        return password
+
     def remove(self, names: Iterable[str], *, reload: bool = True) -> list[str]:
-        """Remove users; the names that existed."""
+        """Remove users; the names that existed.
+
+        Mosquitto 2.0.11 re-checks every session on reload, offline ones included; a session
+        whose user is gone is "disconnected" there, and once that session expires the next
+        reload crashes the broker (reproduced here; later 2.0.x releases are not affected).
+        Remove a user only when no persistent session of it can still exist, or run a newer
+        broker."""
         users = self.users()
         gone = [n for n in names if users.pop(n, None) is not None]
         if gone:
@@ -194,7 +244,9 @@ class MqttCredentials:
         """Write the registry, password and ACL files atomically; SIGHUP the broker if it runs.
         Whether a broker was signalled."""
         self.dir.mkdir(parents=True, exist_ok=True)
-        ordered = sorted(users.values(), key=lambda u: u.name)
+        now = time.time()
+        kept = [u for u in users.values() if u.remove_after is None or u.remove_after > now]
+        ordered = sorted(kept, key=lambda u: u.name)
         _write(self.registry, json.dumps({"users": [asdict(u) for u in ordered]}, indent=1))
         _write(self.passwd, "".join(f"{u.name}:{u.password_hash}\n" for u in ordered))
         acl = [

@@ -93,10 +93,11 @@ def producer(
     sources: tuple[str, ...] = ("*",),
     domains: tuple[str, ...] = ("*",),
     sensors: tuple[str, ...] = ("*",),
+    topics: tuple[str, ...] = ("#",),
     at: Broker | None = None,
 ) -> MqttLogin:
     """A producer allowed every topic under ``topic_prefix`` (or only the given scopes)."""
-    scopes = {"sources": sources, "domains": domains, "sensors": sensors}
+    scopes = {"sources": sources, "domains": domains, "sensors": sensors, "topics": topics}
     return _login("producer", f"pub-{topic_prefix or 'root'}", topic_prefix, scopes, at)
 
 

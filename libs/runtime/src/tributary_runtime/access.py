@@ -82,8 +82,14 @@ class RequestGuard:
         """403 when ``granted``'s role or scope does not allow ``action`` here."""
         problem = check_access(granted.record, action, domain, source_id)
         if problem is not None:
-            denied = Denied(403, problem, granted.key_id, granted.record.role.value)
-            raise self._refuse(request, denied, target)
+            self.deny(request, granted, problem, target)
+
+    def deny(
+        self, request: Request, granted: Granted, reason: str, target: str | None = None
+    ) -> None:
+        """Raise (and audit) 403 with ``reason``."""
+        denied = Denied(403, reason, granted.key_id, granted.record.role.value)
+        raise self._refuse(request, denied, target)
 
     async def authorize(
         self,

@@ -46,6 +46,9 @@ def add_parser(commands: Any) -> None:
     add.add_argument("--source", action="append", dest="sources", help="writable source id")
     add.add_argument("--domain", action="append", dest="domains", help="writable domain")
     add.add_argument("--sensor", action="append", dest="sensors", help="legacy sensor id")
+    add.add_argument(
+        "--topic", action="append", dest="topics", help="any other topic filter it may write"
+    )
     add.add_argument("--topic-prefix", default="", help="topic levels in front of every topic")
     sub.add_parser("list", help="users and their topics")
     remove = sub.add_parser("remove", help="remove users")
@@ -68,6 +71,7 @@ def run(args: argparse.Namespace) -> int:
                 sources=args.sources or (),
                 domains=args.domains or (),
                 sensors=args.sensors or (),
+                topics=args.topics or (),
             )
             user = creds.users()[args.name]
             _say(creds, f"{user.role} {user.name}: " + ", ".join(t for _, t in user.topics()))

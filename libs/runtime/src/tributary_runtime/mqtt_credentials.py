@@ -63,6 +63,8 @@ class MqttUser:
     sources: list[str] = field(default_factory=list)
     domains: list[str] = field(default_factory=list)
     sensors: list[str] = field(default_factory=list)
+    topics_extra: list[str] = field(default_factory=list)
+    """Further topic filters it may write, relative to the prefix (``--topic``)."""
     remove_after: float | None = None
     """Epoch seconds after which the next change drops this user (temporary users of test
     fleets); never before any persistent session of it can have expired (see ``remove``)."""
@@ -81,6 +83,7 @@ class MqttUser:
         entries += [
             ("write", f"{lead}iot/sensors/{level.get(s, s)}/readings") for s in self.sensors
         ]
+        entries += [("write", f"{lead}{topic}") for topic in self.topics_extra]
         return entries
 
     def scope_text(self) -> str:
@@ -153,12 +156,13 @@ class MqttCredentials:
         sources: Sequence[str] = (),
         domains: Sequence[str] = (),
         sensors: Sequence[str] = (),
+        topics: Sequence[str] = (),
         password: str | None = None,
         remove_after: float | None = None,
         reload: bool = True,
     ) -> str:
         """Create or replace user ``name``; its password (generated unless given)."""
-        user = self.build(name, role, topic_prefix, sources, domains, sensors)
+        user = self.build(name, role, topic_prefix, sources, domains, sensors, topics)
         password = password or new_password()
         user.password_hash = hash_password(password)
         user.remove_after = remove_after
@@ -175,6 +179,7 @@ class MqttCredentials:
         sources: Sequence[str],
         domains: Sequence[str],
         sensors: Sequence[str],
+        topics: Sequence[str] = (),
     ) -> MqttUser:
         if not NAME_RE.match(name):
             raise CredentialProblem(
@@ -190,13 +195,16 @@ class MqttCredentials:
             user.sources = _clean(sources, "source", SCOPE_RE)
             user.domains = _clean(domains, "domain", SCOPE_RE)
             user.sensors = _clean(sensors, "sensor", SENSOR_RE)
+            user.topics_extra = sorted({t.strip().strip("/") for t in topics if t.strip("/ ")})
+            if any(c.isspace() or c == "\x00" for t in user.topics_extra for c in t):
+                raise CredentialProblem("a --topic filter cannot contain spaces or NUL")
             if bool(user.sources) != bool(user.domains):
                 raise CredentialProblem("a producer needs both --source and --domain (or neither)")
-            if not (user.sources or user.sensors):
+            if not (user.sources or user.sensors or user.topics_extra):
                 raise CredentialProblem(
                     "a producer needs --source and --domain, or --sensor (the topics it may write)"
                 )
-        elif sources or domains or sensors:
+        elif sources or domains or sensors or topics:
             raise CredentialProblem("a gateway reads every topic under its prefix: no scopes")
         return user
 

@@ -50,7 +50,7 @@ from tributary_ingest.batches import error_type
 from tributary_ingest.bus import GatewayBus, open_gateway_bus
 from tributary_ingest.points import DOMAIN_RE, check_identifier
 from tributary_runtime.access import RequestGuard
-from tributary_runtime.apikeys import Action, Granted, Role
+from tributary_runtime.apikeys import Action, Granted, Role, check_access
 from tributary_runtime.audit import AuditLog
 from tributary_runtime.guard import HeaderLimits
 from tributary_runtime.ops import Reply, json_response, ops_routes
@@ -188,6 +188,15 @@ def create_app(settings: CsvImporterSettings, *, nats_client: Client | None = No
             domain, source_id = check_fields(received.fields)
             bus.guard.check(request, granted, Action.WRITE_POINTS, domain, source_id)
             options = detect_options(received.fields, received.head, received.utf8_valid)
+            if options.has_source_column and check_access(
+                granted.record, Action.WRITE_POINTS, domain, None
+            ):  # its rows name their own sources, so the key must be allowed any source
+                bus.guard.deny(
+                    request,
+                    granted,
+                    "the file has a source_id column, so its rows may name any source: it needs "
+                    f"a key allowed every source (this key's scope: {granted.record.scope_text()})",
+                )
         except OptionsProblem as exc:
             remove_spool_file(path)
             raise Reply(422, {"error": exc.message, "field": exc.field}) from None

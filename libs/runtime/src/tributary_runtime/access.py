@@ -63,8 +63,13 @@ class RequestGuard:
 
     async def authenticate(self, request: Request) -> Granted:
         """The key of the ``X-API-Key`` header, or 401/403 (store errors propagate)."""
+        ip = client_ip(request.scope)
+        if (refusal := self.limiter.admit_auth(ip)) is not None:
+            raise refusal_reply(refusal)
         result = await self.keys.authenticate(request.headers.get(API_KEY_HEADER))
         if isinstance(result, Denied):
+            if result.status == 401:
+                self.limiter.auth_failed(ip)
             if result.reason == "missing API key":
                 result = Denied(401, f"missing {API_KEY_HEADER} header")
             raise self._refuse(request, result)

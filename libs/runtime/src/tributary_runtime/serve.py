@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import os
 import socket
 import sys
 from collections.abc import Awaitable, Callable
@@ -37,7 +38,13 @@ class Server(uvicorn.Server):
 
 def uvicorn_config(app: Any, settings: ServiceSettings, **options: Any) -> uvicorn.Config:
     """The services' uvicorn setup for ``app``; ``options`` (e.g. ``ws_max_size``) go to
-    ``uvicorn.Config`` and override the defaults."""
+    ``uvicorn.Config`` and override the defaults.
+
+    ``X-Forwarded-For``/``-Proto`` are believed only from the proxies listed in
+    ``FORWARDED_ALLOW_IPS`` (comma-separated addresses/networks, ``*`` = any): by default
+    nobody, so a client cannot pick the address its rate limits and audit events are keyed on
+    (uvicorn's own default trusts 127.0.0.1, i.e. every local client)."""
+    forwarded = os.environ.get("FORWARDED_ALLOW_IPS", "").strip()
     return uvicorn.Config(
         app,
         **{
@@ -49,6 +56,8 @@ def uvicorn_config(app: Any, settings: ServiceSettings, **options: Any) -> uvico
             "access_log": False,
             "lifespan": "on",
             "timeout_graceful_shutdown": 10,
+            "proxy_headers": bool(forwarded),
+            "forwarded_allow_ips": forwarded or None,
             **options,
         },
     )

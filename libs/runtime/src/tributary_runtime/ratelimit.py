@@ -21,6 +21,7 @@ ones that have refilled completely (equivalent to new) are forgotten first, then
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from collections.abc import Callable, Iterable
@@ -183,6 +184,26 @@ class IngestLimiter:
             Limit(s.rate_limit_auth_failures_per_second, s.rate_limit_auth_failures_burst),
             clock=clock,
         )
+
+    async def spend_points(self, domain: str, source_id: str, live: int, backfill: int) -> float:
+        """Take ``live`` + ``backfill`` points from the source's budgets, waiting for the tokens
+        (at most a burst at a time): for work already accepted, such as a CSV import job, which
+        then runs at the source's budget instead of being refused. Seconds waited."""
+        if not self.enabled:
+            return 0.0
+        key = (domain, source_id)
+        waited = 0.0
+        for buckets, cost in ((self.live, live), (self.backfill, backfill)):
+            while cost > 0:
+                piece = min(cost, int(buckets.limit.burst))
+                wait = buckets.wait(key, piece)
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                    waited += wait
+                    continue
+                buckets.take(key, piece)
+                cost -= piece
+        return waited
 
     def admit_auth(self, ip: str | None) -> Refusal | None:
         """The refusal when ``ip`` has used up its failed-authentication budget (checked before

@@ -93,6 +93,7 @@ def create_app(settings: CsvImporterSettings, *, nats_client: Client | None = No
             max_errors_kept=settings.max_errors_kept,
             publish_timeout=settings.publish_timeout_seconds,
             publish_retries=settings.publish_retries,
+            limiter=limiter,
         )
         audit = AuditLog(gateway.js, ns, SERVICE_NAME)
         guard = RequestGuard(gateway.keys, limiter, audit)

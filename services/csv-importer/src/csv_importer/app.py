@@ -181,6 +181,7 @@ def create_app(settings: CsvImporterSettings, *, nats_client: Client | None = No
                 request.stream(),
                 path,
                 settings.max_upload_bytes,
+                settings.upload_idle_timeout_seconds,
             )
         except UploadProblem as exc:
             body = {"error": exc.message} | ({"field": exc.field} if exc.field else {})

@@ -25,6 +25,7 @@ import structlog
 from csv_importer.encode import encode_points
 from csv_importer.jobs import Checkpoint, ErrorEntry, Job, JobStatus, JobStore, now
 from csv_importer.metrics import (
+    BUDGET_WAIT,
     ERRORS,
     JOBS_FINISHED,
     JOBS_RUNNING,
@@ -310,7 +311,10 @@ class JobRunner:
         cutoff = received_at - timedelta(seconds=self._limiter.backfill_age_seconds)
         cutoff_text = cutoff.strftime("%Y-%m-%dT%H:%M:%SZ")  # the points' ts text format
         backfill = sum(1 for ts in points.ts if ts < cutoff_text)
-        await self._limiter.spend_points(job.domain, source, len(points) - backfill, backfill)
+        waited = await self._limiter.spend_points(
+            job.domain, source, len(points) - backfill, backfill
+        )
+        BUDGET_WAIT.inc(waited)
 
 
 @dataclass

@@ -13,7 +13,9 @@ import gzip
 import json
 import os
 import re
+import shutil
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -91,13 +93,12 @@ async def test_1_a_scoped_key_cannot_store_another_source_through_a_csv_source_c
 # ---------------------------------------- 2. acknowledged MQTT messages lost by the queue limit
 
 
-def test_2_the_broker_servers_sh_starts_keeps_a_burst_queued_for_the_gateway(
-    tmp_path: Path,
-) -> None:
+def test_2_the_broker_servers_sh_starts_keeps_a_burst_queued_for_the_gateway() -> None:
     """The broker as ``make run`` starts it (``servers.sh``, on a private port): 5,000 QoS 1
     messages PUBACKed while the gateway's session is offline are all delivered to it
     (Mosquitto's default queue of 1000 dropped the rest)."""
-    port, directory = free_port(), tmp_path / "mosquitto"
+    # Under /tmp, not pytest's tmp_path: mosquitto drops root and must reach its directory.
+    port, directory = free_port(), Path(tempfile.mkdtemp(prefix="hostile-mqtt-"))
     env = {**os.environ, "TRIBUTARY_MQTT_PORT": str(port), "TRIBUTARY_MQTT_DIR": str(directory)}
     subprocess.run(["bash", str(ROOT / "deploy/local/servers.sh")], env=env, check=True,
                    timeout=120)  # fmt: skip
@@ -134,6 +135,7 @@ def test_2_the_broker_servers_sh_starts_keeps_a_burst_queued_for_the_gateway(
     finally:
         pid = (directory / "mosquitto.pid").read_text().strip()
         os.kill(int(pid), 15)
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 # -------------------------------------------------- 3. anonymous MQTT, ACLs, session takeover

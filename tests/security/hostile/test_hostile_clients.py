@@ -321,7 +321,7 @@ async def test_10_the_point_policy_refuses_what_would_change_on_the_way_with_a_r
         "stream_id must not start with '=', '+' or '@' (a spreadsheet formula)"
     ]
     assert (gz.status_code, "gzip-compressed" in gz.json()["error"]) == (422, True)
-    assert (wide.status_code, "20001 columns" in wide.json()["error"]) == (422, True)
+    assert (wide.status_code, "columns; at most 1000" in wide.json()["error"]) == (422, True)
     assert stalled.startswith(b"HTTP/1.1 408"), stalled[:200]
     assert [r["stream_id"] for r in await rows_for(target.dsn, "policy", want=1)] == ["ok"]
     assert [r["stream_id"] for r in await rows_for(target.dsn, "policy-csv", want=1)] == ["ok"]

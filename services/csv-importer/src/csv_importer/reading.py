@@ -259,8 +259,9 @@ def detect_options(fields: dict[str, str], head: bytes, utf8_valid: bool) -> Csv
 
     first = next(csv.reader([lines[0]], delimiter=delimiter))
     if len(first) > MAX_COLUMNS:
+        cut = "" if text.endswith(("\n", "\r")) or len(lines) > 1 else "at least "
         raise OptionsProblem(
-            "file", f"line 1 has {len(first)} columns; at most {MAX_COLUMNS} are accepted"
+            "file", f"line 1 has {cut}{len(first)} columns; at most {MAX_COLUMNS} are accepted"
         )
     given = parse_column_list(fields.get("columns"), "columns")
     if header:

@@ -6,12 +6,14 @@ publishes in the background so a flood of bad keys costs the request path nothin
 ``max_pending`` publishes are in flight, beyond that events are counted as dropped and logged
 once in a while.
 
-Refusals are aggregated so nobody can write the audit trail at the rate they can send requests:
-the first refusal of a client address in a window (``failure_window`` s, default 60) is recorded
-at once; the ones after it are counted and recorded as one event when the window ends ("… and
-N more times", ``details.repeated``). At most ``max_failure_clients`` addresses are tracked per
-window; refusals from further addresses are counted into one event of their own. So refusals
-cost the trail at most two events per client address per window.
+Failed authentications (``auth_failed``: no key, or a bad one — anyone can cause them) are
+aggregated so nobody can write the audit trail at the rate they can send requests: the first of
+a client address in a window (``failure_window`` s, default 60) is recorded at once; the ones
+after it are counted and recorded as one event when the window ends ("… and N more times",
+``details.repeated``). At most ``max_failure_clients`` addresses are tracked per window; failures
+from further addresses are counted into one event of their own. So they cost the trail at most
+two events per client address per window. Refusals of an authenticated key (``access_denied``)
+are recorded one by one.
 """
 
 from __future__ import annotations
@@ -127,9 +129,9 @@ class AuditLog:
         return True
 
     def record_soon(self, event: AuditEvent) -> None:
-        """Publish ``event`` in the background (bounded, refusals aggregated per client address:
-        see the module docstring)."""
-        if event.outcome == "failure":
+        """Publish ``event`` in the background (bounded; failed authentications aggregated per
+        client address: see the module docstring)."""
+        if event.action == AuditAction.AUTH_FAILED:
             key = (event.action, event.client_ip)
             entry = self._failures.get(key)
             if entry is None and len(self._failures) >= self._max_failure_clients:

@@ -124,6 +124,7 @@ def target(servers: Any, broker: PrivateMosquitto) -> Iterator[Target]:
             "TRIBUTARY_MQTT_DIR": str(broker.dir),
             "MQTT_SESSION_EXPIRY_SECONDS": "600",
             "UPLOAD_IDLE_TIMEOUT_SECONDS": "2",
+            "HTTP_HEADER_TIMEOUT_SECONDS": "2",
         },
     )
     try:

@@ -305,6 +305,7 @@ async def test_10_the_point_policy_refuses_what_would_change_on_the_way_with_a_r
         source_id="policy-wide",
     )
     stalled = await stalled_upload(target)
+    unfinished = await unfinished_headers(target)
 
     assert reply.status_code == 202, reply.text
     reasons = {r["stream_id"]: r["reason"] for r in reply.json()["rejected"]}
@@ -323,6 +324,7 @@ async def test_10_the_point_policy_refuses_what_would_change_on_the_way_with_a_r
     assert (gz.status_code, "gzip-compressed" in gz.json()["error"]) == (422, True)
     assert (wide.status_code, "columns; at most 1000" in wide.json()["error"]) == (422, True)
     assert stalled.startswith(b"HTTP/1.1 408"), stalled[:200]
+    assert unfinished == b""  # closed by the server, no request ever reached the app
     assert [r["stream_id"] for r in await rows_for(target.dsn, "policy", want=1)] == ["ok"]
     assert [r["stream_id"] for r in await rows_for(target.dsn, "policy-csv", want=1)] == ["ok"]
 
@@ -366,6 +368,19 @@ async def test_8_a_flood_of_bad_keys_writes_a_bounded_number_of_audit_events(
 
     after = len(await audit_rows(target, "auth_failed", want=0))
     assert after - before <= 2  # the first refusal, and at most one "… and N more" per window
+
+
+async def unfinished_headers(target: Target) -> bytes:
+    """A request whose headers never finish (the fleet runs HTTP_HEADER_TIMEOUT_SECONDS=2): what
+    the server sends before it closes the connection."""
+    port = int(target.url("gateway-http").rsplit(":", 1)[1])
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"POST /ingest/data HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+    await writer.drain()
+    try:
+        return await asyncio.wait_for(reader.read(4096), 30)
+    finally:
+        writer.close()
 
 
 # ------------------------------------------- 9. spoofable and unreachable per-IP limits

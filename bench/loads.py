@@ -315,7 +315,7 @@ def mqtt_publisher(
     topic_prefix: str,
     metrics_url: str,
     record: PhaseRecord,
-    port: int,
+    port: int | None,
     cancelled: threading.Event,
 ) -> None:
     """Single-point QoS 1 messages from one paho client (in a thread).
@@ -325,7 +325,6 @@ def mqtt_publisher(
     gateway (read from its /metrics): beyond the gateway's in-flight window the local Mosquitto
     queues only ``max_queued_messages`` (1000) per session and silently drops the rest."""
     import paho.mqtt.client as paho
-    from paho.mqtt.enums import CallbackAPIVersion
 
     # Never call into paho while holding ``lock``: paho runs on_publish under its own mutex.
     lock = threading.Lock()
@@ -346,15 +345,15 @@ def mqtt_publisher(
                 drained.set()
 
     drained = threading.Event()
-    client = paho.Client(
-        CallbackAPIVersion.VERSION2,
-        client_id=f"bench-pub-{load.phase}-{time.time_ns()}",
-        protocol=paho.MQTTv5,
-    )
+    from tests import mqtt  # the producer's credentials on the local broker (if it wants them)
+
+    local_port, directory = mqtt.local_broker()
+    login = mqtt.producer(topic_prefix, at=(port or local_port, directory))
+    client = login.client(f"bench-pub-{load.phase}-{time.time_ns()}", protocol=paho.MQTTv5)
     client.on_publish = on_publish
     client.max_inflight_messages_set(BROKER_IN_FLIGHT)
     client.max_queued_messages_set(0)
-    client.connect("127.0.0.1", port)
+    login.connect(client)
     client.loop_start()
     base_acked = gateway_acked(metrics_url)
     counters = [0] * load.sources
@@ -429,7 +428,11 @@ def mqtt_publisher(
 
 
 async def run_mqtt(
-    load: PhaseLoad, topic_prefix: str, metrics_url: str, record: PhaseRecord, port: int = 1883
+    load: PhaseLoad,
+    topic_prefix: str,
+    metrics_url: str,
+    record: PhaseRecord,
+    port: int | None = None,
 ) -> None:
     record.started = time.monotonic()
     cancelled = threading.Event()

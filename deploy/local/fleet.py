@@ -27,6 +27,7 @@ from urllib.parse import urlsplit, urlunsplit
 from tributary_contracts import API_KEYS_BUCKET, CONSUMERS, ensure_jetstream
 from tributary_runtime.apikeys import ApiKeyStore, Role
 from tributary_runtime.bus import connect_nats
+from tributary_runtime.mqtt_credentials import MqttCredentials, broker_dir
 from tributary_runtime.settings import OperatorSettings
 from tributary_runtime.status_cli import SERVICE_PORTS
 
@@ -95,6 +96,34 @@ def ops_urls_env(services: list[Service], env: dict[str, str], offset: int) -> d
     return out
 
 
+def with_mqtt_logins(
+    services: list[Service], env: dict[str, str], creds: MqttCredentials
+) -> list[Service]:
+    """When the repository's broker runs on ``creds``' directory, give each gateway-mqtt replica
+    its own broker user, named like its client id (the broker makes a client's id its user
+    name), reading its topic prefix. The login is kept for later runs of the same fleet (a
+    namespaced fleet's until its sessions have expired). An
+    anonymous broker (no repository config running) gets no credentials."""
+    if creds.broker_pid() is None:
+        return services
+    prefix = env.get("BUS_PREFIX", "")
+    topic_prefix = env.get("MQTT_TOPIC_PREFIX", prefix)
+    default_id = "tributary-gateway-mqtt" + (f"-{prefix}" if prefix else "")
+    remove_after = None  # a namespaced (test) fleet's users go once their sessions expired
+    if prefix:
+        expiry = float(env.get("MQTT_SESSION_EXPIRY_SECONDS", 7 * 24 * 3600))
+        remove_after = time.time() + expiry + 3600
+    out = []
+    for s in services:
+        if s.name == "gateway-mqtt":
+            name = dict(s.env).get("MQTT_CLIENT_ID", default_id)
+            password = creds.kept_login(name, "gateway", topic_prefix, remove_after)
+            login = (("MQTT_CLIENT_ID", name), ("MQTT_USERNAME", name), ("MQTT_PASSWORD", password))
+            s = Service(s.name, s.module, s.port, s.needs_env, s.replica, (*s.env, *login))
+        out.append(s)
+    return out
+
+
 def parse_replicas(values: list[str]) -> dict[str, int]:
     """``["writer-postgres=2"]`` → ``{"writer-postgres": 2}``; one clear error otherwise."""
     known = {s.name for s in SERVICES}
@@ -114,7 +143,9 @@ def parse_replicas(values: list[str]) -> dict[str, int]:
 SERVICES = (
     Service("writer-postgres", "writer_postgres", SERVICE_PORTS["writer-postgres"]),
     Service(
-        "writer-sqlserver", "writer_sqlserver", SERVICE_PORTS["writer-sqlserver"],
+        "writer-sqlserver",
+        "writer_sqlserver",
+        SERVICE_PORTS["writer-sqlserver"],
         needs_env="MSSQL_DSN",
     ),
     Service("classifier", "classifier", SERVICE_PORTS["classifier"]),
@@ -279,6 +310,8 @@ async def main_async(args: argparse.Namespace) -> int:
         env.get("BUS_PREFIX", ""),
     )
     env.update(ops_urls_env(services, env, args.port_offset))
+    mqtt_creds = MqttCredentials(broker_dir(env, ROOT))
+    services = with_mqtt_logins(services, env, mqtt_creds)
     fleet = Fleet(services, env, args.port_offset)
     # The console's fleet page scrapes the services this runner started, at their ports.
     env.setdefault(

@@ -14,6 +14,7 @@ python3 -c 'import venv, ensurepip' 2>/dev/null || need_apt+=(python3-venv)
 ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || need_apt+=(postgresql)
 command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || need_apt+=(mosquitto)
 command -v mosquitto_pub >/dev/null || need_apt+=(mosquitto-clients)
+command -v ss >/dev/null || need_apt+=(iproute2)  # servers.sh: who holds the MQTT port
 # writer-sqlserver: unixODBC (pyodbc's libodbc.so.2) and the FreeTDS ODBC driver.
 command -v odbcinst >/dev/null || need_apt+=(unixodbc)
 ls /usr/lib/*/odbc/libtdsodbc.so >/dev/null 2>&1 || need_apt+=(tdsodbc)

@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests.mqtt import local_broker
 from tributary_runtime.status_cli import SERVICE_PORTS
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -63,6 +64,7 @@ class FleetProcess:
             "POSTGRES_DSN": self.postgres_dsn,
             "BUS_PREFIX": self.bus_prefix,
             "LOG_FORMAT": "json",
+            "MQTT_URL": f"mqtt://127.0.0.1:{local_broker()[0]}",  # fleet.py adds the login
             **self.extra_env,
         }
 

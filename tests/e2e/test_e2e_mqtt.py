@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 import httpx
 import pytest
 
+from tests import mqtt
 from tests.e2e.fleet_process import FleetProcess
 from tests.e2e.rows import rows_for
 
@@ -23,9 +24,10 @@ T0 = datetime(2026, 2, 25, 21, 0, tzinfo=UTC)
 
 
 def mosquitto_pub(fleet: FleetProcess, topic: str, message: str) -> None:
-    """Exactly the seed's command, at QoS 1, under the fleet's topic prefix."""
+    """Exactly the seed's command, at QoS 1, under the fleet's topic prefix (as its producer)."""
+    login = mqtt.producer(fleet.bus_prefix)
     subprocess.run(
-        ["mosquitto_pub", "-h", "127.0.0.1", "-q", "1", "-t", f"{fleet.bus_prefix}/{topic}",
+        ["mosquitto_pub", *login.pub_args(), "-q", "1", "-t", f"{fleet.bus_prefix}/{topic}",
          "-m", message],
         check=True,
         timeout=10,

@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
+import orjson
 import pytest
 
 from tributary_contracts import DataPoint
@@ -44,7 +45,6 @@ ACCEPTED_CASES: list[tuple[str, dict[str, Any], dict[str, Any]]] = [
         good(timestamp="2026-02-25T21:00:00.250"),
         {"ts": datetime(2026, 2, 25, 21, 0, 0, 250000, tzinfo=UTC)},
     ),
-    ("iso_date_only", good(timestamp="2026-02-25"), {"ts": datetime(2026, 2, 25, tzinfo=UTC)}),
     (
         "epoch_int",
         good(timestamp=1772053200),
@@ -95,6 +95,19 @@ REJECTED_CASES: list[tuple[str, Any, str, str]] = [
     # (id, raw point, code, text the reason must contain)
     ("not_an_object", [1, 2], "point", "point must be a JSON object, got an array"),
     ("value_missing", {"stream_id": "a"}, "value", "value is required"),
+    # The point policy (module docstring of tributary_ingest.points).
+    ("iso_date_only", good(timestamp="2026-02-25"), "timestamp", "not a calendar date with"),
+    ("iso_week_date", good(timestamp="2026-W09-3T10:00:00Z"), "timestamp", "not a calendar date"),
+    ("nul_in_stream_id", good(stream_id="a\x00b"), "stream_id", "NUL character"),
+    ("surrogate_in_stream_id", good(stream_id="a\ud800"), "stream_id", "lone UTF-16 surrogate"),
+    ("blank_stream_id", good(stream_id="   "), "stream_id", "must not be blank"),
+    ("formula_stream_id", good(stream_id="=HYPERLINK(1)"), "stream_id", "spreadsheet formula"),
+    ("nfd_stream_id", good(stream_id="cafe\u0301"), "stream_id", "NFC"),
+    ("int_beyond_2_53", good(value=2**53 + 1), "value", "not exactly representable"),
+    ("nul_in_metadata_value", good(metadata={"k": "a\x00"}), "metadata", "NUL character"),
+    ("nul_in_metadata_key", good(metadata={"k\x00": 1}), "metadata", "NUL character"),
+    ("nan_in_metadata", good(metadata={"k": float("nan")}), "metadata", "finite"),
+    ("surrogate_in_metadata", good(metadata={"k": "\udc80"}), "metadata", "surrogate"),
     ("value_string", good(value="45.2"), "value", "value must be a number, got a string"),
     ("value_bool", good(value=True), "value", "value must be a number, got a boolean"),
     ("value_null", good(value=None), "value", "value must be a number, got null"),
@@ -107,7 +120,6 @@ REJECTED_CASES: list[tuple[str, Any, str, str]] = [
     ("stream_id_empty", good(stream_id=""), "stream_id", "stream_id must not be empty"),
     ("stream_id_too_long", good(stream_id="s" * 257), "stream_id", "at most 256 characters"),
     ("stream_id_control", good(stream_id="cpu\nusage"), "stream_id", "printable"),
-    ("stream_id_surrogate", good(stream_id="a\ud800"), "stream_id", "printable"),
     ("stream_id_object", good(stream_id={"a": 1}), "stream_id", "must be a string"),
     ("stream_id_bool", good(stream_id=True), "stream_id", "got a boolean"),
     ("timestamp_garbage", good(timestamp="yesterday"), "timestamp", "is not ISO 8601"),
@@ -121,7 +133,6 @@ REJECTED_CASES: list[tuple[str, Any, str, str]] = [
     ("metadata_array", good(metadata=[1]), "metadata", "metadata must be an object"),
     ("metadata_string", good(metadata="{}"), "metadata", "metadata must be an object"),
     ("metadata_too_big", good(metadata={"x": "y" * 8200}), "metadata", "at most 8192 bytes"),
-    ("metadata_surrogate", good(metadata={"x": "\ud800"}), "metadata", "cannot be encoded"),
     ("sequence_float", good(sequence=1.0), "sequence", "sequence must be an integer"),
     ("sequence_string", good(sequence="1"), "sequence", "sequence must be an integer"),
     ("sequence_bool", good(sequence=False), "sequence", "got a boolean"),
@@ -242,8 +253,9 @@ def test_metadata_nested_deeper_than_the_limit_is_rejected_naming_the_limit() ->
         return value
 
     now = datetime.now(UTC)
-    ok = normalize_point({"stream_id": "s", "value": 1, "metadata": nested(MAX_METADATA_DEPTH)},
-                         0, now)
+    ok = normalize_point(
+        {"stream_id": "s", "value": 1, "metadata": nested(MAX_METADATA_DEPTH)}, 0, now
+    )
     deep = normalize_point(
         {"stream_id": "s", "value": 1, "metadata": nested(MAX_METADATA_DEPTH + 1)}, 0, now
     )
@@ -251,3 +263,31 @@ def test_metadata_nested_deeper_than_the_limit_is_rejected_naming_the_limit() ->
     assert isinstance(deep, Rejection) and deep.code == "metadata"
     limit = MAX_METADATA_DEPTH
     assert deep.reason == f"metadata nests objects/arrays more than {limit} levels deep"
+
+
+@pytest.mark.parametrize(
+    ("body", "duplicated"),
+    [
+        (b'[{"stream_id": "a", "value": 1, "value": 2}]', True),
+        (b'[{"stream_id": "a:b", "value": 1, "metadata": {"k": ":", "j": "\\":"}}]', False),
+        (b'[{"stream_id": "a", "value": 1, "metadata": {"k": 1, "k": 2}}]', True),
+        (b'[{"stream_id": "a", "value": NaN, "value": 1}]', True),  # the fallback parser
+    ],
+)
+def test_duplicate_json_keys_are_refused_per_point(body: bytes, duplicated: bool) -> None:
+    [raw] = parse_json(body)
+
+    point = normalize_point(raw, 0, RECEIVED)
+
+    assert isinstance(point, Rejection) is duplicated
+    if duplicated:
+        assert "more than once" in point.reason
+
+
+def test_a_rejection_with_a_lone_surrogate_can_be_encoded() -> None:
+    [raw] = parse_json(b'[{"stream_id": "\\ud800x", "value": 1, "\\udc80": 2}]')
+
+    point = normalize_point(raw, 0, RECEIVED)
+
+    assert isinstance(point, Rejection)
+    assert orjson.loads(orjson.dumps(point.to_reply()))["stream_id"] == "\\ud800x"

@@ -12,20 +12,17 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
-import paho.mqtt.client as paho
 import pytest
 from nats.aio.client import Client
 from nats.js import JetStreamContext
-from paho.mqtt.enums import CallbackAPIVersion
 from starlette.applications import Starlette
 
 from gateway_mqtt.app import create_app
 from gateway_mqtt.settings import GatewayMqttSettings
+from tests import mqtt
 from tests.asgi import running
 from tests.streams import StoredMessage, stored_messages
 from tributary_contracts import Namespace, PointBatch, PointBundle
-
-MQTT_HOST, MQTT_PORT = "127.0.0.1", 1883
 
 
 @pytest.fixture
@@ -35,9 +32,11 @@ def topic_prefix() -> str:
 
 
 def publish_sync(messages: list[tuple[str, bytes | str]], qos: int = 1) -> None:
-    """Publish with a real paho client and wait for every PUBACK from the broker."""
-    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"pub-{uuid.uuid4().hex[:8]}")
-    client.connect(MQTT_HOST, MQTT_PORT)
+    """Publish with a real paho client and wait for every PUBACK from the broker (as the
+    producer of the first topic's prefix)."""
+    login = mqtt.producer(messages[0][0].split("/", 1)[0])
+    client = login.client(f"pub-{uuid.uuid4().hex[:8]}")
+    login.connect(client)
     client.loop_start()
     try:
         infos = [client.publish(topic, payload, qos=qos) for topic, payload in messages]
@@ -55,9 +54,9 @@ async def publish(messages: list[tuple[str, bytes | str]], qos: int = 1) -> None
 
 async def mosquitto_pub(topic: str, message: str, qos: int = 1) -> None:
     """The seed's way of publishing: one ``mosquitto_pub`` per message."""
+    login = mqtt.producer(topic.split("/", 1)[0])
     proc = await asyncio.create_subprocess_exec(
-        "mosquitto_pub", "-h", MQTT_HOST, "-p", str(MQTT_PORT), "-q", str(qos),
-        "-t", topic, "-m", message,
+        "mosquitto_pub", *login.pub_args(), "-q", str(qos), "-t", topic, "-m", message,
     )  # fmt: skip
     assert await asyncio.wait_for(proc.wait(), 10) == 0
 
@@ -97,6 +96,9 @@ def make_settings(
         "bundle_linger_ms": 5,
     }
     values.update(overrides)
+    if "mqtt_url" not in overrides:  # its own broker user (= client id) under its topic prefix
+        login = mqtt.gateway(values["mqtt_client_id"], topic_prefix)
+        values.update(login.gateway_settings())
     return GatewayMqttSettings(**values)
 
 

@@ -16,6 +16,7 @@ import httpx
 import pytest
 from nats.js import JetStreamContext
 
+from tests import mqtt
 from tests.host import free_port
 from tributary_contracts import Namespace, ensure_jetstream
 
@@ -68,6 +69,7 @@ async def test_a_gateway_killed_before_acking_gets_the_messages_again_and_stores
         "BUS_PREFIX": bus_prefix,
         "MQTT_TOPIC_PREFIX": topic_prefix,
         "MQTT_CLIENT_ID": f"kill-{topic_prefix}",
+        **mqtt.gateway(f"kill-{topic_prefix}", topic_prefix).gateway_env(),
         "MQTT_SESSION_EXPIRY_SECONDS": "60",
         "PORT": str(port),
         "LOG_FORMAT": "json",

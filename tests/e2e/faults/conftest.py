@@ -67,6 +67,7 @@ def start_fleet(servers: PrivateServers, extra_env: dict[str, str] | None = None
         nats_url=servers.nats.url,
         extra_env={
             "MQTT_URL": servers.mosquitto.url,
+            "TRIBUTARY_MQTT_DIR": str(servers.mosquitto.dir),  # fleet.py makes its gateway user
             "LOG_LEVEL": "WARNING",
             # The writer's redeliveries reach MAX_DELIVER within ~7 s instead of ~4 min: a
             # PostgreSQL outage of 8 s would dead-letter acknowledged points unless the writer

@@ -26,6 +26,8 @@ from typing import Any
 import httpx
 import websockets
 
+from tests import mqtt
+from tests.e2e.faults.servers import PRIVATE_BROKERS
 from tests.e2e.fleet_process import FleetProcess
 
 BASE_TS = 1_780_000_000  # 2026-05-28: inside the writer's partitions (or its default one)
@@ -265,13 +267,19 @@ async def _ws_session(
 # ---------------------------------------------------------------------------------------- MQTT
 
 
+def mqtt_login(topic_prefix: str, mqtt_port: int) -> mqtt.MqttLogin:
+    """A producer login for every topic under ``topic_prefix`` on the broker at ``mqtt_port`` (a
+    private broker of this process, or the local one)."""
+    directory = PRIVATE_BROKERS.get(mqtt_port)
+    return mqtt.producer(topic_prefix, at=(mqtt_port, directory) if directory else None)
+
+
 async def run_mqtt(
     fleet: FleetProcess, mqtt_port: int, plan: LoadPlan, ledger: Ledger
 ) -> None:
     """``mqtt_messages`` single-point QoS 1 messages from a persistent-session paho client; a
     message is acknowledged when the broker's PUBACK arrives (paho resends after reconnects)."""
     import paho.mqtt.client as paho
-    from paho.mqtt.enums import CallbackAPIVersion
 
     source = plan.source("mqtt")
     loop = asyncio.get_running_loop()
@@ -281,14 +289,14 @@ async def run_mqtt(
     def on_publish(_c: Any, _u: Any, mid: int, _rc: Any, _p: Any) -> None:
         loop.call_soon_threadsafe(acked_mids.add, mid)
 
-    client = paho.Client(
-        CallbackAPIVersion.VERSION2, client_id=f"faults-producer-{plan.tag}",
-        clean_session=False, protocol=paho.MQTTv311,
-    )  # fmt: skip
+    login = mqtt_login(fleet.bus_prefix, mqtt_port)
+    client = login.client(
+        f"faults-producer-{plan.tag}", clean_session=False, protocol=paho.MQTTv311
+    )
     client.on_publish = on_publish
     client.max_inflight_messages_set(100)
     client.reconnect_delay_set(0.2, 1)
-    client.connect("127.0.0.1", mqtt_port, keepalive=10)
+    login.connect(client, keepalive=10)
     client.loop_start()
     try:
         topic = f"{fleet.bus_prefix}/{DOMAIN}/{source}/s0/data"

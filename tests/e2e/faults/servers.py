@@ -6,7 +6,9 @@ Each class starts its server on a free loopback port with its state in a tempora
 - ``PrivatePostgres``: a cluster made by ``initdb`` (run as the ``postgres`` user when we are
   root: initdb refuses root), its own port and unix socket directory; ``stop()``/``start()`` are
   ``pg_ctl stop -m fast`` / ``pg_ctl start``.
-- ``PrivateMosquitto``: ``mosquitto -c <generated config>`` with persistence in its directory.
+- ``PrivateMosquitto``: ``mosquitto -c <config>``, the repository's ``deploy/mosquitto`` config
+  rendered for its port and directory (authenticated clients, ACLs, the same queue limits as
+  ``make run``); ``tests.mqtt`` makes users on it (``at=mosquitto.at``).
 
 Every ``start`` waits (bounded) until the server answers; ``close()`` stops it and removes its
 directory and always runs from the fixtures' ``finally``.
@@ -23,6 +25,8 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+
+from tributary_runtime.mqtt_credentials import REPO_CONFIG, prepare_broker_dir
 
 NATS_SERVER = "/usr/sbin/nats-server"
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
@@ -184,36 +188,35 @@ class PrivatePostgres:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-class PrivateMosquitto(_PrivateServer):
-    """Mosquitto on a free port, persistence (queued QoS 1 messages) in its own directory."""
+PRIVATE_BROKERS: dict[int, Path] = {}
+"""Port → state directory of every ``PrivateMosquitto`` of this process (for ``tests.mqtt``)."""
 
-    what, log = "mosquitto", "mosquitto.log"
+
+class PrivateMosquitto(_PrivateServer):
+    """Mosquitto on a free port running the repository's config, its state (credentials,
+    persistence of queued QoS 1 messages) in its own directory."""
+
+    what, log = "mosquitto", "mosquitto.out"
 
     def __init__(self) -> None:
         super().__init__("faults-mqtt-")
-        config = self.dir / "mosquitto.conf"
-        config.write_text(
-            f"listener {self.port} 127.0.0.1\n"
-            "allow_anonymous true\n"
-            "persistence true\n"
-            f"persistence_location {self.dir}/\n"
-            "autosave_interval 1\n"
-            # The default (1000) silently drops QoS 1 messages queued for an offline session
-            # beyond it — acknowledged to the producer, then lost. The gateway can be offline
-            # for seconds under load, so the broker must be allowed to hold them.
-            "max_queued_messages 1000000\n"
-            "max_inflight_messages 0\n"
-        )
         if os.geteuid() == 0:  # mosquitto drops root for user 'mosquitto'; it writes here
             try:
                 owner = pwd.getpwnam("mosquitto")
                 os.chown(self.dir, owner.pw_uid, owner.pw_gid)
             except KeyError:
                 pass
+        prepare_broker_dir(self.dir, REPO_CONFIG.read_text(), self.port)
+        PRIVATE_BROKERS[self.port] = self.dir
 
     @property
     def url(self) -> str:
         return f"mqtt://127.0.0.1:{self.port}"
+
+    @property
+    def at(self) -> tuple[int, Path]:
+        """``(port, directory)``: where ``tests.mqtt`` makes this broker's users."""
+        return self.port, self.dir
 
     def command(self) -> list[str]:
         return [MOSQUITTO, "-c", str(self.dir / "mosquitto.conf")]

@@ -1,5 +1,19 @@
 """One point as received (JSON) → a ``DataPoint`` or a per-point ``Rejection`` (no I/O here).
 
+The point policy, the same on every transport (HTTP, WebSocket, MQTT, CSV), each breach a
+per-point rejection with its reason — nothing is accepted that could later fail to store:
+
+- **text PostgreSQL can store**: no NUL character and no lone UTF-16 surrogate, in ids, metadata
+  keys or values;
+- **ids** (source, stream, stream type) are 1–256 printable characters, not blank, in Unicode
+  NFC (the composed form: NFC and NFD spellings would otherwise be two streams), and do not
+  start with ``=``, ``+`` or ``@`` (spreadsheet formulas);
+- **numbers survive as doubles**: ``value`` finite and, if an integer, exactly representable
+  (|n| ≤ 2^53 or a double's own integer); no NaN/Infinity inside metadata either;
+- **no duplicate keys** in a JSON object (the last would silently win);
+- **timestamps** are a date *and* time (ISO 8601 calendar dates) or epoch seconds: a bare date or
+  an ISO week/ordinal date is refused rather than taken as midnight.
+
 The rules every gateway applies, so a point is accepted over HTTP, WebSocket and MQTT alike:
 the same fields, limits and reason texts. A rejection's ``reason`` names every problem of the
 point, and its ``code`` (the field of the first problem) is a bounded label for metrics. Checks
@@ -12,6 +26,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import unicodedata
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -36,6 +51,21 @@ MAX_TIMESTAMP = datetime(2100, 1, 1, tzinfo=UTC)
 _MIN_EPOCH = (MIN_TIMESTAMP - _EPOCH).total_seconds()
 _MAX_EPOCH = (MAX_TIMESTAMP - _EPOCH).total_seconds()
 INT64 = 2**63
+EXACT_INT = 2**53
+"""Integers up to this magnitude are exact as doubles (the type ``value`` is stored as)."""
+FORMULA_PREFIXES = ("=", "+", "@")
+"""An id starting with one of these is a formula to a spreadsheet opening an export."""
+ISO_DATETIME_RE = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}")
+"""The start every accepted ISO 8601 timestamp string has: a calendar date and a time."""
+ISO_DATE_RE = re.compile(r"\d{4}-[\dWw]")
+"""A string that starts like an ISO 8601 date (calendar, week or ordinal)."""
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
+
+
+class DuplicateKeys(dict):  # type: ignore[type-arg]
+    """A JSON object that named some key twice (``duplicates``); parsed only to be refused."""
+
+    duplicates: tuple[str, ...] = ()
 
 
 class MalformedJson(ValueError):
@@ -59,14 +89,68 @@ class Rejection:
 def parse_json(data: bytes | str, *, what: str = "body") -> Any:
     """Parse ``data``; the standard library is the fallback so ``NaN``/``Infinity``/``1e999``
     (which Python's ``json.dumps`` emits) become per-point rejections instead of an error.
-    ``what`` names the input in ``MalformedJson`` ("body is not valid JSON: …")."""
+    ``what`` names the input in ``MalformedJson`` ("body is not valid JSON: …").
+
+    An object that names a key twice comes back as a ``DuplicateKeys`` dict (refused by the
+    checks below, per point). Detecting it costs one regex pass: the members of a valid JSON
+    document are its colons outside strings, compared with the members parsed."""
     try:
-        return orjson.loads(data)
+        value = orjson.loads(data)
     except orjson.JSONDecodeError as fast_error:
         try:
-            return json.loads(data)
+            return json.loads(data, object_pairs_hook=_object)
         except (ValueError, RecursionError):
             raise MalformedJson(f"{what} is not valid JSON: {fast_error}") from None
+    raw = data.encode() if isinstance(data, str) else data
+    if (isinstance(value, dict | list)) and _members(value) != _JSON_STRING.sub(b"", raw).count(
+        b":"
+    ):
+        return json.loads(data, object_pairs_hook=_object)
+    return value
+
+
+def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out = dict(pairs)
+    if len(out) == len(pairs):
+        return out
+    counts: dict[str, int] = {}
+    for key, _ in pairs:
+        counts[key] = counts.get(key, 0) + 1
+    dup = DuplicateKeys(out)
+    dup.duplicates = tuple(sorted(k for k, n in counts.items() if n > 1))
+    return dup
+
+
+def _members(value: Any) -> int:
+    """Key/value pairs in every object of ``value`` (a parsed document)."""
+    count = 0
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            count += len(item)
+            stack.extend(v for v in item.values() if isinstance(v, dict | list))
+        elif isinstance(item, list):
+            stack.extend(v for v in item if isinstance(v, dict | list))
+    return count
+
+
+def duplicate_problem(value: Any, what: str) -> str | None:
+    """The reason to refuse ``value`` (an object) for naming keys twice, or None."""
+    if isinstance(value, DuplicateKeys):
+        names = ", ".join(repr(safe_text(k)[:64]) for k in value.duplicates)
+        return f"{what} names key(s) {names} more than once"
+    return None
+
+
+def safe_text(text: str) -> str:
+    """``text`` with lone surrogates escaped (``\\ud800``), so it can be encoded as UTF-8 in a
+    reply or an excerpt."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode()
+    return text
 
 
 def check_identifier(value: Any, name: str) -> str | None:
@@ -78,7 +162,20 @@ def check_identifier(value: Any, name: str) -> str | None:
     if len(value) > MAX_ID_CHARS:
         return f"{name} must be at most {MAX_ID_CHARS} characters, got {len(value)}"
     if not value.isprintable():
+        if "\x00" in value:
+            return f"{name} must not contain a NUL character (PostgreSQL text cannot store it)"
+        if any("\ud800" <= c <= "\udfff" for c in value):
+            return f"{name} must not contain a lone UTF-16 surrogate (not encodable as UTF-8)"
         return f"{name} must contain printable characters only"
+    if value.isspace():
+        return f"{name} must not be blank"
+    if value.startswith(FORMULA_PREFIXES):
+        return f"{name} must not start with '=', '+' or '@' (a spreadsheet formula)"
+    if not value.isascii() and not unicodedata.is_normalized("NFC", value):
+        return (
+            f"{name} must be in Unicode NFC form (composed characters), e.g. "
+            f"{unicodedata.normalize('NFC', value)[:64]!r}"
+        )
     return None
 
 
@@ -118,7 +215,15 @@ def parse_timestamp(value: Any, *, mark_cut: bool = False) -> datetime | str:
     "…" (gateway-mqtt's wording).
     """
     if isinstance(value, str):
+        if ISO_DATE_RE.match(value) and not ISO_DATETIME_RE.match(value):
+            return (
+                f"timestamp {_quote(value, mark_cut)!r} is not a calendar date with a time "
+                "of day (a bare date, week or ordinal date is refused, not taken as midnight); "
+                "e.g. 2026-02-25T21:00:00Z"
+            )
         try:
+            if not ISO_DATETIME_RE.match(value):
+                raise ValueError(value)
             ts = datetime.fromisoformat(value)
         except ValueError:
             return (
@@ -162,16 +267,23 @@ def check_value(value: Any) -> float | str:
         return value
     if isinstance(value, int):
         try:
-            return float(value)
+            number = float(value)
         except OverflowError:
             return "value is too large for a double-precision number"
+        if abs(value) > EXACT_INT and int(number) != value:
+            return (
+                f"value {str(value)[:32]} is not exactly representable as a double-precision "
+                "number (integers beyond 2^53 would be rounded); send it as a float"
+            )
+        return number
     if isinstance(value, str) and value.strip().lower().lstrip("+-") in ("nan", "inf", "infinity"):
         return f"value must be a finite number, got {value[:16]!r}"
     return f"value must be a number, got {json_type(value)}"
 
 
 def check_metadata(value: Any) -> dict[str, Any] | str:
-    """``value`` as point metadata (a JSON object of bounded size), or the problem as text."""
+    """``value`` as point metadata (a JSON object of bounded size, within the point policy), or
+    the problem as text."""
     if not isinstance(value, dict):
         return f"metadata must be an object, got {json_type(value)}"
     if not value:
@@ -179,22 +291,43 @@ def check_metadata(value: Any) -> dict[str, Any] | str:
     try:
         size = len(orjson.dumps(value))
     except (orjson.JSONEncodeError, TypeError) as exc:
+        if "surrogates not allowed" in str(exc) or "str is not valid UTF-8" in str(exc):
+            return "metadata must not contain a lone UTF-16 surrogate (not encodable as UTF-8)"
         return f"metadata cannot be encoded as JSON: {exc}"
     if size > MAX_METADATA_BYTES:
         return f"metadata is {size} bytes of JSON; at most {MAX_METADATA_BYTES} bytes"
-    if _too_deep(value, MAX_METADATA_DEPTH):
-        return f"metadata nests objects/arrays more than {MAX_METADATA_DEPTH} levels deep"
-    return value
+    return _metadata_problem(value, MAX_METADATA_DEPTH) or value
 
 
-def _too_deep(value: Any, levels: int) -> bool:
-    """Whether ``value`` (a dict or list) nests containers deeper than ``levels``."""
+def _metadata_problem(value: Any, levels: int) -> str | None:
+    """What in ``value`` (a dict or list) breaks the point policy, or None."""
     if levels <= 0:
-        return True
-    children = value.values() if isinstance(value, dict) else value
-    return any(
-        isinstance(child, dict | list) and _too_deep(child, levels - 1) for child in children
-    )
+        return f"metadata nests objects/arrays more than {MAX_METADATA_DEPTH} levels deep"
+    if isinstance(value, dict):
+        if problem := duplicate_problem(value, "a metadata object"):
+            return problem
+        if any("\x00" in k for k in value):
+            return "metadata keys must not contain a NUL character (PostgreSQL cannot store it)"
+        children: Any = value.values()
+    else:
+        children = value
+    for child in children:
+        if isinstance(child, str):
+            if "\x00" in child:
+                return (
+                    "metadata values must not contain a NUL character (PostgreSQL cannot store it)"
+                )
+        elif isinstance(child, float):
+            if not math.isfinite(child):
+                return (
+                    "metadata values must be finite numbers (NaN/Infinity would be stored as null)"
+                )
+        elif isinstance(child, int) and not isinstance(child, bool):
+            if abs(child) > EXACT_INT:
+                return f"metadata number {str(child)[:32]} is beyond 2^53: not exact as a double"
+        elif isinstance(child, dict | list) and (problem := _metadata_problem(child, levels - 1)):
+            return problem
+    return None
 
 
 def check_sequence(sequence: Any) -> str | None:
@@ -250,6 +383,8 @@ def normalize_point(raw: Any, index: int, received_at: datetime) -> DataPoint | 
             index, None, f"point must be a JSON object, got {json_type(raw)}", "point", raw
         )
     problems: list[tuple[str, str]] = []  # (code, reason)
+    if problem := duplicate_problem(raw, "the point"):
+        problems.append(("duplicate_key", problem))
 
     stream_id = id_text(raw.get("stream_id"))
     if "stream_id" not in raw:
@@ -272,11 +407,10 @@ def normalize_point(raw: Any, index: int, received_at: datetime) -> DataPoint | 
 
     if problems:
         shown_id = stream_id if isinstance(stream_id, str) else None
-        if shown_id is not None and len(shown_id) > MAX_ID_CHARS:
-            shown_id = shown_id[:MAX_ID_CHARS]
-        return Rejection(
-            index, shown_id, "; ".join(reason for _, reason in problems), problems[0][0], raw
-        )
+        if shown_id is not None:
+            shown_id = safe_text(shown_id[:MAX_ID_CHARS])
+        reason = safe_text("; ".join(reason for _, reason in problems))
+        return Rejection(index, shown_id, reason, problems[0][0], raw)
     return build_point(
         {
             "stream_id": stream_id,
@@ -292,7 +426,7 @@ def normalize_point(raw: Any, index: int, received_at: datetime) -> DataPoint | 
 
 def unknown_fields(raw: dict[Any, Any], allowed: frozenset[str], expected: tuple[str, ...]) -> str:
     """The reason naming ``raw``'s fields outside ``allowed``."""
-    unknown = sorted(str(k) for k in raw if k not in allowed)
+    unknown = sorted(safe_text(str(k))[:64] for k in raw if k not in allowed)
     return f"unknown field(s) {', '.join(unknown)}; expected {', '.join(expected)}"
 
 

@@ -63,8 +63,13 @@ class RequestGuard:
 
     async def authenticate(self, request: Request) -> Granted:
         """The key of the ``X-API-Key`` header, or 401/403 (store errors propagate)."""
+        ip = client_ip(request.scope)
+        if (refusal := self.limiter.admit_auth(ip)) is not None:
+            raise refusal_reply(refusal)
         result = await self.keys.authenticate(request.headers.get(API_KEY_HEADER))
         if isinstance(result, Denied):
+            if result.status == 401:
+                self.limiter.auth_failed(ip)
             if result.reason == "missing API key":
                 result = Denied(401, f"missing {API_KEY_HEADER} header")
             raise self._refuse(request, result)
@@ -82,8 +87,14 @@ class RequestGuard:
         """403 when ``granted``'s role or scope does not allow ``action`` here."""
         problem = check_access(granted.record, action, domain, source_id)
         if problem is not None:
-            denied = Denied(403, problem, granted.key_id, granted.record.role.value)
-            raise self._refuse(request, denied, target)
+            self.deny(request, granted, problem, target)
+
+    def deny(
+        self, request: Request, granted: Granted, reason: str, target: str | None = None
+    ) -> None:
+        """Raise (and audit) 403 with ``reason``."""
+        denied = Denied(403, reason, granted.key_id, granted.record.role.value)
+        raise self._refuse(request, denied, target)
 
     async def authorize(
         self,

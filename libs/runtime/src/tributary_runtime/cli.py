@@ -14,6 +14,7 @@ tributary dlq list|replay                dead letters; replay to the original su
 tributary rollout start|promote|rollback|percent|list|report   canary of a classification config
 tributary switches list|set|unset        live settings of services (the seeds' feature flags)
 tributary csv upload FILE --source S --domain D [--wait]   import a CSV (`tributary csv --help`)
+tributary mqtt add|list|remove|broker-config   MQTT broker users (`tributary mqtt --help`)
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from tributary_runtime import (
     devices_cli,
     dlq_cli,
     keys_cli,
+    mqtt_cli,
     rollout_cli,
     status_cli,
     streams_cli,
@@ -85,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     streams_cli.add_parser(commands)
     devices_cli.add_parser(commands)
     csv_cli.add_parser(commands)
+    mqtt_cli.add_parser(commands)
     ml = commands.add_parser("ml", help="the ml-batch job").add_subparsers(
         dest="ml_command", required=True
     )
@@ -123,6 +126,8 @@ def main(argv: list[str] | None = None) -> None:
         return
     if args.command == "csv":  # HTTP to the csv-importer; no NATS settings needed
         raise SystemExit(csv_cli.run(args))
+    if args.command == "mqtt":  # files of the local broker; no NATS needed
+        raise SystemExit(mqtt_cli.run(args))
 
     settings = load_settings(OperatorSettings)
     # Commands print their results on stdout (``streams get > f.json``); connection chatter

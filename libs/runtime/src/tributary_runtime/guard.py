@@ -33,8 +33,8 @@ class GuardSettings(RateLimitSettings):
 
 
 def client_ip(scope: Scope) -> str | None:
-    """The client's address as the server saw it (uvicorn applies ``X-Forwarded-For`` only
-    from ``FORWARDED_ALLOW_IPS``, by default 127.0.0.1)."""
+    """The client's address as the server saw it (``X-Forwarded-For`` applies only from the
+    proxies in ``FORWARDED_ALLOW_IPS``, by default none: ``serve.uvicorn_config``)."""
     client = scope.get("client")
     return str(client[0]) if client else None
 

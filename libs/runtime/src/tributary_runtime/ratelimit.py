@@ -4,6 +4,9 @@ Every gateway uses one ``IngestLimiter``:
 
 - ``admit(ip)`` — one token of the client IP's budget per request (HTTP), frame (WebSocket) or
   upload (CSV); refused → 429 with ``Retry-After``.
+- ``admit_auth(ip)`` / ``auth_failed(ip)`` — a much smaller budget of *failed*
+  authentications per client IP (default 1/s, burst 20), so a flood of bad keys is answered 429
+  long before it reaches the request budget (which sits above what a gateway serves for 401s).
 - ``admit_points(domain, source_id, live, backfill)`` — the points of one request/message, from
   the source's *live* budget, and those older than ``BACKFILL_AGE_SECONDS`` from its separate
   *backfill* budget, so a device flushing a day of buffered readings cannot starve its (or
@@ -18,6 +21,7 @@ ones that have refilled completely (equivalent to new) are forgotten first, then
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from collections.abc import Callable, Iterable
@@ -55,6 +59,15 @@ class RateLimitSettings(BaseModel):
     )
     rate_limit_backfill_burst: float = Field(
         default=20_000.0, ge=1, description="Most backfill points a source may send at once."
+    )
+    rate_limit_auth_failures_per_second: float = Field(
+        default=1.0,
+        gt=0,
+        description="Failed authentications (missing/bad API key) per second per client IP, "
+        "sustained; beyond, the IP is answered 429 without checking its key.",
+    )
+    rate_limit_auth_failures_burst: float = Field(
+        default=20.0, ge=1, description="Most failed authentications a client IP may make at once."
     )
     backfill_age_seconds: float = Field(
         default=300.0,
@@ -167,6 +180,53 @@ class IngestLimiter:
             Limit(s.rate_limit_backfill_points_per_second, s.rate_limit_backfill_burst),
             clock=clock,
         )
+        self.auth_failures = TokenBuckets(
+            Limit(s.rate_limit_auth_failures_per_second, s.rate_limit_auth_failures_burst),
+            clock=clock,
+        )
+
+    async def spend_points(self, domain: str, source_id: str, live: int, backfill: int) -> float:
+        """Take ``live`` + ``backfill`` points from the source's budgets, waiting for the tokens
+        (at most a burst at a time): for work already accepted, such as a CSV import job, which
+        then runs at the source's budget instead of being refused. Seconds waited."""
+        if not self.enabled:
+            return 0.0
+        key = (domain, source_id)
+        waited = 0.0
+        for buckets, cost in ((self.live, live), (self.backfill, backfill)):
+            while cost > 0:
+                piece = min(cost, int(buckets.limit.burst))
+                wait = buckets.wait(key, piece)
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                    waited += wait
+                    continue
+                buckets.take(key, piece)
+                cost -= piece
+        return waited
+
+    def admit_auth(self, ip: str | None) -> Refusal | None:
+        """The refusal when ``ip`` has used up its failed-authentication budget (checked before
+        a key is looked at: guessing keys, or a client stuck on a bad one, costs one token
+        bucket, not the key store and the audit trail), else None."""
+        if not self.enabled:
+            return None
+        wait = self.auth_failures.wait(ip or "unknown", 1)
+        if wait <= 0:
+            return None
+        limit = self.auth_failures.limit
+        return Refusal(
+            429,
+            f"rate limit: more than {limit.rate:g} failed authentications/s (burst "
+            f"{limit.burst:g}) from client address {ip or 'unknown'}; retry after "
+            f"{_retry_after(wait)} s with a valid key",
+            _retry_after(wait),
+        )
+
+    def auth_failed(self, ip: str | None) -> None:
+        """Spend one token of ``ip``'s failed-authentication budget."""
+        if self.enabled:
+            self.auth_failures.take(ip or "unknown", 1)
 
     def admit(self, ip: str | None, what: str = "requests") -> Refusal | None:
         """One token of ``ip``'s budget, or the refusal."""

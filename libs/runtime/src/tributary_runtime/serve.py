@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import gc
+import os
 import socket
 import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from tributary_runtime.settings import ServiceSettings
 
@@ -35,20 +38,77 @@ class Server(uvicorn.Server):
         await super().shutdown(sockets)
 
 
+HEADER_TIMEOUT_SECONDS = 10.0
+"""Default of ``HTTP_HEADER_TIMEOUT_SECONDS``: how long a request's headers may take to arrive."""
+
+
+class HeaderTimeoutProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol, closing a connection whose request headers do not arrive
+    within ``header_timeout`` seconds of its first byte (or of the connection): uvicorn itself
+    waits forever for headers that never finish (slowloris). Bodies are bounded per endpoint."""
+
+    header_timeout = HEADER_TIMEOUT_SECONDS
+    _header_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._start_header_timer()
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._start_header_timer()
+
+    def on_headers_complete(self) -> None:
+        self._stop_header_timer()
+        super().on_headers_complete()
+
+    def handle_websocket_upgrade(self) -> None:
+        self._stop_header_timer()  # the transport now belongs to the WebSocket protocol
+        super().handle_websocket_upgrade()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stop_header_timer()
+        super().connection_lost(exc)
+
+    def _start_header_timer(self) -> None:
+        if self._header_timer is None:
+            self._header_timer = self.loop.call_later(self.header_timeout, self._headers_late)
+
+    def _stop_header_timer(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def _headers_late(self) -> None:
+        self._header_timer = None
+        self.transport.close()
+
+
 def uvicorn_config(app: Any, settings: ServiceSettings, **options: Any) -> uvicorn.Config:
     """The services' uvicorn setup for ``app``; ``options`` (e.g. ``ws_max_size``) go to
-    ``uvicorn.Config`` and override the defaults."""
+    ``uvicorn.Config`` and override the defaults.
+
+    ``X-Forwarded-For``/``-Proto`` are believed only from the proxies listed in
+    ``FORWARDED_ALLOW_IPS`` (comma-separated addresses/networks, ``*`` = any): by default
+    nobody, so a client cannot pick the address its rate limits and audit events are keyed on
+    (uvicorn's own default trusts 127.0.0.1, i.e. every local client). Request headers must
+    arrive within ``HTTP_HEADER_TIMEOUT_SECONDS`` (default 10): ``HeaderTimeoutProtocol``."""
+    forwarded = os.environ.get("FORWARDED_ALLOW_IPS", "").strip()
+    header_timeout = float(os.environ.get("HTTP_HEADER_TIMEOUT_SECONDS", HEADER_TIMEOUT_SECONDS))
+    protocol = type("HeaderTimeout", (HeaderTimeoutProtocol,), {"header_timeout": header_timeout})
     return uvicorn.Config(
         app,
         **{
             "host": settings.host,
             "port": settings.port,
             "loop": "uvloop",
-            "http": "httptools",
+            "http": protocol,
             "log_level": "warning",
             "access_log": False,
             "lifespan": "on",
             "timeout_graceful_shutdown": 10,
+            "proxy_headers": bool(forwarded),
+            "forwarded_allow_ips": forwarded or None,
             **options,
         },
     )

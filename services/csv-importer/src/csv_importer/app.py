@@ -51,7 +51,7 @@ from tributary_ingest.batches import error_type
 from tributary_ingest.bus import GatewayBus, open_gateway_bus
 from tributary_ingest.points import DOMAIN_RE, check_identifier
 from tributary_runtime.access import RequestGuard
-from tributary_runtime.apikeys import Action, Granted, Role
+from tributary_runtime.apikeys import Action, Granted, Role, check_access
 from tributary_runtime.audit import AuditLog
 from tributary_runtime.guard import HeaderLimits
 from tributary_runtime.ops import Reply, json_response, ops_routes
@@ -94,6 +94,7 @@ def create_app(settings: CsvImporterSettings, *, nats_client: Client | None = No
             max_errors_kept=settings.max_errors_kept,
             publish_timeout=settings.publish_timeout_seconds,
             publish_retries=settings.publish_retries,
+            limiter=limiter,
         )
         audit = AuditLog(gateway.js, ns, SERVICE_NAME)
         guard = RequestGuard(gateway.keys, limiter, audit)
@@ -181,6 +182,7 @@ def create_app(settings: CsvImporterSettings, *, nats_client: Client | None = No
                 request.stream(),
                 path,
                 settings.max_upload_bytes,
+                settings.upload_idle_timeout_seconds,
             )
         except UploadProblem as exc:
             body = {"error": exc.message} | ({"field": exc.field} if exc.field else {})
@@ -189,6 +191,15 @@ def create_app(settings: CsvImporterSettings, *, nats_client: Client | None = No
             domain, source_id = check_fields(received.fields)
             bus.guard.check(request, granted, Action.WRITE_POINTS, domain, source_id)
             options = detect_options(received.fields, received.head, received.utf8_valid)
+            if options.has_source_column and check_access(
+                granted.record, Action.WRITE_POINTS, domain, None
+            ):  # its rows name their own sources, so the key must be allowed any source
+                bus.guard.deny(
+                    request,
+                    granted,
+                    "the file has a source_id column, so its rows may name any source: it needs "
+                    f"a key allowed every source (this key's scope: {granted.record.scope_text()})",
+                )
         except OptionsProblem as exc:
             remove_spool_file(path)
             raise Reply(422, {"error": exc.message, "field": exc.field}) from None

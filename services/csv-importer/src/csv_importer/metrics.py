@@ -20,6 +20,10 @@ POINTS_REJECTED = Counter(
 UPLOADS = Counter("csv_importer_uploads", "POST /ingest/csv replies by HTTP status.", ["status"])
 JOBS_FINISHED = Counter("csv_importer_jobs_finished", "Jobs that ended, by status.", ["status"])
 JOBS_RESUMED = Counter("csv_importer_jobs_resumed", "Unfinished jobs picked up at start.")
+BUDGET_WAIT = Counter(
+    "csv_importer_budget_wait_seconds",
+    "Seconds jobs waited for their sources' live/backfill point budgets (rate limits).",
+)
 JOBS_RUNNING = Gauge("csv_importer_jobs_running", "Jobs being processed now.")
 ERRORS = Counter(
     "csv_importer_errors",

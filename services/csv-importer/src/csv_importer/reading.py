@@ -30,11 +30,15 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from tributary_contracts import DataPoint
 from tributary_ingest.points import (
+    ISO_DATE_RE,
+    ISO_DATETIME_RE,
     MAX_TIMESTAMP,
     MIN_TIMESTAMP,
     Rejection,
     build_point,
     check_identifier,
+    check_value,
+    parse_timestamp,
 )
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -48,6 +52,17 @@ UNIT_NAMES = {"s": "seconds", "ms": "milliseconds", "us": "microseconds"}
 _BAD_LINE = re.compile(r"Skipping line (\d+): (.*)")
 SAMPLE_ROWS = 1_000
 UNKNOWN_SOURCE = "-"
+MAX_COLUMNS = 1_000
+"""Most columns a file may have (a wide file's streams per row)."""
+COMPRESSED = {
+    b"\x1f\x8b": "gzip-compressed (gunzip it first)",
+    b"PK\x03\x04": "a zip archive (unzip it first)",
+    b"BZh": "bzip2-compressed (bunzip2 it first)",
+    b"\xfd7zXZ\x00": "xz-compressed (unxz it first)",
+    b"\x28\xb5\x2f\xfd": "zstd-compressed (unzstd it first)",
+    b"7z\xbc\xaf\x27\x1c": "a 7-zip archive (extract it first)",
+}
+"""Magic bytes of compressed files, and what to tell their sender."""
 """Source id under which rows without one are reported on dp.rejected.csv."""
 
 
@@ -206,6 +221,13 @@ def sniff_delimiter(first_lines: str) -> str:
 def detect_options(fields: dict[str, str], head: bytes, utf8_valid: bool) -> CsvOptions:
     """Resolve the form ``fields`` against the first bytes of the file; ``OptionsProblem``
     names the field (or the file) that makes the import impossible."""
+    for magic, what in COMPRESSED.items():
+        if head.startswith(magic):
+            raise OptionsProblem("file", f"the file is {what}, not CSV text")
+    if b"\x00" in head:
+        raise OptionsProblem(
+            "file", "the file holds NUL bytes: binary data (or UTF-16 text), not CSV; send UTF-8"
+        )
     encoding = choose_encoding(fields.get("encoding", "auto") or "auto", head, utf8_valid)
     text = head.decode(encoding, errors="replace").removeprefix("\ufeff")
     # The head may end inside a line: keep whole lines only (unless it is all there is).
@@ -236,6 +258,11 @@ def detect_options(fields: dict[str, str], head: bytes, utf8_valid: bool) -> Csv
     header = header_text in ("true", "1", "yes")
 
     first = next(csv.reader([lines[0]], delimiter=delimiter))
+    if len(first) > MAX_COLUMNS:
+        cut = "" if text.endswith(("\n", "\r")) or len(lines) > 1 else "at least "
+        raise OptionsProblem(
+            "file", f"line 1 has {cut}{len(first)} columns; at most {MAX_COLUMNS} are accepted"
+        )
     given = parse_column_list(fields.get("columns"), "columns")
     if header:
         columns = [c.strip() for c in first]
@@ -431,13 +458,22 @@ def parse_numbers(cells: pd.Series, decimal: str) -> tuple[np.ndarray, np.ndarra
     if decimal == ",":
         text = text.str.replace(",", ".", regex=False)
     values = pd.to_numeric(text, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+    # The point policy: an integer a double cannot hold exactly is refused, not rounded.
+    for i in np.flatnonzero(text.str.fullmatch(LONG_INTEGER).to_numpy(dtype=bool)):
+        if isinstance(check_value(int(text.iat[i])), str):
+            values[i] = np.nan
     return values, empty, text.to_numpy(dtype=object)
 
 
+LONG_INTEGER = r"[+-]?\d{16,}"
+
+
 def value_reason(column: str, text: str) -> str:
-    """Why the cell ``text`` of ``column`` is not a finite number."""
+    """Why the cell ``text`` of ``column`` is not a finite number (the shared rules' words)."""
     if text.lower().lstrip("+-") in ("nan", "inf", "infinity"):
         return f"{column} must be a finite number, got {text[:32]!r}"
+    if re.fullmatch(LONG_INTEGER, text) and isinstance(reason := check_value(int(text)), str):
+        return reason.replace("value", column, 1)
     return f"{column} {text[:64]!r} is not a number"
 
 
@@ -480,6 +516,17 @@ def parse_timestamps(
             )
     if fmt in ("iso8601", "auto"):
         todo = ~numeric & ~empty
+        # The point policy: a bare date or a week/ordinal date is refused (the shared rule's
+        # reason), not taken as midnight.
+        dateless = (
+            text.str.match(ISO_DATE_RE.pattern).to_numpy(dtype=bool)
+            & ~text.str.match(ISO_DATETIME_RE.pattern).to_numpy(dtype=bool)
+            & todo
+        )
+        for i in np.flatnonzero(dateless):
+            problem = parse_timestamp(text.iat[i])
+            out_of_range[int(i)] = problem if isinstance(problem, str) else "timestamp"
+        todo &= ~dateless
         if todo.any():
             parsed = pd.to_datetime(text[todo], format="ISO8601", utc=True, errors="coerce")
             good = parsed.notna().to_numpy()

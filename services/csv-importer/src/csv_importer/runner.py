@@ -18,7 +18,7 @@ import contextlib
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pandas as pd
@@ -27,6 +27,7 @@ import structlog
 from csv_importer.encode import encode_points
 from csv_importer.jobs import Checkpoint, ErrorEntry, Job, JobStatus, JobStore, now
 from csv_importer.metrics import (
+    BUDGET_WAIT,
     ERRORS,
     JOBS_FINISHED,
     JOBS_RUNNING,
@@ -38,6 +39,7 @@ from csv_importer.reading import (
     BadLines,
     ChunkResult,
     RowError,
+    SourcePoints,
     convert_chunk,
     leftover_bad_lines,
     read_chunks,
@@ -45,6 +47,7 @@ from csv_importer.reading import (
 from csv_importer.upload import remove_spool_file, spool_file_present
 from tributary_ingest.batches import PublishError, PublishOutcome
 from tributary_ingest.coalesce import Coalescer, settle
+from tributary_runtime.ratelimit import IngestLimiter
 from tributary_runtime.redelivery import backoff_delay
 
 log = structlog.get_logger("csv_importer")
@@ -77,8 +80,10 @@ class JobRunner:
         max_errors_kept: int,
         publish_timeout: float,
         publish_retries: int,
+        limiter: IngestLimiter | None = None,
     ) -> None:
         self._store = store
+        self._limiter = limiter  # each point spends its source's budget, as on every gateway
         self._publisher = publisher
         self._slots = asyncio.Semaphore(max_concurrent_jobs)
         self._max_errors = max_errors_kept
@@ -270,6 +275,7 @@ class JobRunner:
         for result in results:
             for source, points in result.points.items():
                 rejections = result.rejections.pop(source, [])
+                await self._spend(job, source, points, received_at)
                 submitted.append(
                     publisher.submit_encoded(
                         job.domain,
@@ -298,6 +304,21 @@ class JobRunner:
             for future in submitted:
                 future.cancel()  # abandoned after a failure (no effect once answered)
         apply(job, tally, self._max_errors)
+
+    async def _spend(
+        self, job: Job, source: str, points: SourcePoints, received_at: datetime
+    ) -> None:
+        """Wait until the source's live/backfill budgets cover these points (the rate limits
+        apply per point on every path, CSV included: a job slows to the budget)."""
+        if self._limiter is None:
+            return
+        cutoff = received_at - timedelta(seconds=self._limiter.backfill_age_seconds)
+        cutoff_text = cutoff.strftime("%Y-%m-%dT%H:%M:%SZ")  # the points' ts text format
+        backfill = sum(1 for ts in points.ts if ts < cutoff_text)
+        waited = await self._limiter.spend_points(
+            job.domain, source, len(points) - backfill, backfill
+        )
+        BUDGET_WAIT.inc(waited)
 
 
 @dataclass

@@ -25,6 +25,11 @@ class CsvImporterSettings(GatewayBusSettings, GuardSettings, ServiceSettings):
     max_upload_bytes: int = Field(
         default=8 * 1024**3, ge=1024, description="Largest CSV upload accepted; larger → 413."
     )
+    upload_idle_timeout_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description="An upload whose body sends nothing for this long is abandoned (408).",
+    )
     chunk_rows: int = Field(
         default=50_000,
         ge=10,

@@ -8,6 +8,7 @@ the file's lines are counted (``rows_total`` of the job) and its UTF-8 validity 
 
 from __future__ import annotations
 
+import asyncio
 import codecs
 import contextlib
 from collections.abc import AsyncIterator
@@ -156,10 +157,14 @@ class _Receiver:
 
 
 async def receive_upload(
-    content_type: str | None, body: AsyncIterator[bytes], path: Path, max_bytes: int
+    content_type: str | None,
+    body: AsyncIterator[bytes],
+    path: Path,
+    max_bytes: int,
+    idle_timeout: float | None = None,
 ) -> Upload:
     """Stream a multipart body to ``path``; ``UploadProblem`` when it is not a usable upload
-    (the partial file is then removed)."""
+    (the partial file is then removed), 408 when the body stalls for ``idle_timeout`` s."""
     mime, params = parse_options_header(content_type or "")
     if mime != b"multipart/form-data" or b"boundary" not in params:
         raise UploadProblem(
@@ -180,8 +185,17 @@ async def receive_upload(
         )
     }
     parser = MultipartParser(params[b"boundary"], callbacks)  # type: ignore[arg-type]
+    chunks = aiter(body)
     try:
-        async for chunk in body:
+        while True:
+            try:
+                chunk = await asyncio.wait_for(anext(chunks), idle_timeout)
+            except StopAsyncIteration:
+                break
+            except TimeoutError:
+                raise UploadProblem(
+                    408, f"the upload sent nothing for {idle_timeout:g} s; it was abandoned"
+                ) from None
             parser.write(chunk)
         parser.finalize()
     except UploadProblem:

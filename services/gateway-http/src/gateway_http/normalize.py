@@ -19,9 +19,11 @@ from tributary_ingest.points import (
     IOT_DOMAIN,
     Rejection,
     check_identifier,
+    duplicate_problem,
     id_text,
     json_type,
     normalize_point,
+    safe_text,
 )
 
 ENVELOPE_FIELDS = frozenset({"source_id", "domain", "data_points"})
@@ -51,7 +53,9 @@ def parse_envelope(body: Any, max_points: int) -> tuple[str, str, list[Any]]:
     """``(source_id, domain, raw points)`` of a parsed body, or ``EnvelopeError``."""
     if not isinstance(body, dict):
         raise EnvelopeError("body", f"body must be a JSON object, got {json_type(body)}")
-    unknown = sorted(str(k) for k in body if k not in ENVELOPE_FIELDS)
+    if problem := duplicate_problem(body, "the body"):
+        raise EnvelopeError("body", problem)
+    unknown = sorted(safe_text(str(k))[:64] for k in body if k not in ENVELOPE_FIELDS)
     if unknown:
         raise EnvelopeError(
             unknown[0],

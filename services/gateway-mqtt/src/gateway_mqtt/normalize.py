@@ -35,13 +35,10 @@ gateway shares (``tributary_ingest.points``: same rules, same wording).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
-
-import orjson
 
 from tributary_contracts import DataPoint, LegacyIds
 from tributary_contracts.models import DOMAIN_PATTERN
@@ -53,7 +50,9 @@ from tributary_ingest.points import (
     check_identifier,
     check_measurement,
     clip,
+    duplicate_problem,
     json_type,
+    parse_json,
     unknown_fields,
 )
 from tributary_runtime.devices import (
@@ -200,12 +199,10 @@ def _legacy_route(sensor: str, resolve_sensor: ResolveSensor | None) -> Route | 
 
 
 def parse_payload(payload: bytes) -> Any:
-    """orjson first; the standard library as fallback so ``NaN``/``Infinity`` (which Python's
-    ``json.dumps`` emits) become a ``value`` rejection rather than "not JSON"."""
-    try:
-        return orjson.loads(payload)
-    except orjson.JSONDecodeError:
-        return json.loads(payload.decode())  # ValueError (incl. UnicodeDecodeError) if not JSON
+    """``parse_json``: orjson first; the standard library as fallback so ``NaN``/``Infinity``
+    (which Python's ``json.dumps`` emits) become a ``value`` rejection rather than "not JSON";
+    an object naming a key twice comes back as ``DuplicateKeys``."""
+    return parse_json(payload, what="payload")  # MalformedJson is a ValueError
 
 
 def normalize_message(
@@ -230,6 +227,8 @@ def normalize_message(
             *ids,
         )
     problems: list[tuple[str, str]] = []  # (code, reason)
+    if problem := duplicate_problem(raw, "the payload"):
+        problems.append(("duplicate_key", problem))
 
     value, ts, metadata, sequence = check_measurement(raw, received_at, problems, mark_cut=True)
 

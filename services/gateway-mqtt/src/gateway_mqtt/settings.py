@@ -31,13 +31,19 @@ class GatewayMqttSettings(
         min_length=1,
         max_length=128,
         description=(
-            "Stable client id of the persistent session (default: tributary-gateway-mqtt, plus "
-            "-<BUS_PREFIX> if set); every replica needs its own (two clients with one id "
-            "disconnect each other)."
+            "Stable client id of the persistent session (default: MQTT_USERNAME if set, else "
+            "tributary-gateway-mqtt plus -<BUS_PREFIX> if set); every replica needs its own (two "
+            "clients with one id disconnect each other). The repository's broker config makes "
+            "a client's id its user name, so there each replica needs its own user."
         ),
     )
-    mqtt_username: str | None = Field(default=None, description="Broker user name, if any.")
-    mqtt_password: SecretStr | None = Field(default=None, description="Broker password, if any.")
+    mqtt_username: str | None = Field(
+        default=None,
+        description="Broker user name (`tributary mqtt add NAME --role gateway`).",
+    )
+    mqtt_password: SecretStr | None = Field(
+        default=None, description="Broker password (or MQTT_PASSWORD_FILE)."
+    )
     mqtt_tls_ca: str | None = Field(
         default=None,
         description="CA bundle file for mqtts:// (default: the system's trusted CAs).",
@@ -158,9 +164,11 @@ class GatewayMqttSettings(
 
     @property
     def client_id(self) -> str:
-        """``MQTT_CLIENT_ID``, or the default derived from ``BUS_PREFIX``."""
+        """``MQTT_CLIENT_ID``, else ``MQTT_USERNAME``, else derived from ``BUS_PREFIX``."""
         if self.mqtt_client_id is not None:
             return self.mqtt_client_id
+        if self.mqtt_username:
+            return self.mqtt_username
         return "tributary-gateway-mqtt" + (f"-{self.bus_prefix}" if self.bus_prefix else "")
 
     @property

@@ -108,6 +108,8 @@ class Bus:
 
     async def authorize(self, connect: Connect, ip: str | None) -> str | ProtocolError:
         """The key's id (for the session limit), or the error to reply (audited)."""
+        if (refusal := self.limiter.admit_auth(ip)) is not None:
+            return rate_limited(refusal, fatal=True)
         try:
             result = await self.keys.authorize(
                 connect.api_key, Action.WRITE_POINTS, connect.domain, connect.source_id
@@ -118,6 +120,8 @@ class Bus:
                 ErrorCode.BUS_UNAVAILABLE, "the API key could not be checked; reconnect later"
             )
         if isinstance(result, Denied):
+            if result.status == 401:
+                self.limiter.auth_failed(ip)
             self.audit.record_soon(
                 self.audit.event(
                     AuditAction.AUTH_FAILED if result.status == 401 else AuditAction.ACCESS_DENIED,

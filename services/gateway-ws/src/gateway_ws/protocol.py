@@ -24,10 +24,12 @@ from tributary_ingest.points import (
     MalformedJson,
     Rejection,
     check_identifier,
+    duplicate_problem,
     id_text,
     json_type,
     normalize_point,
     parse_json,
+    safe_text,
 )
 
 CONNECT_FIELDS = frozenset({"type", "source_id", "domain", "api_key", "resume"})
@@ -156,6 +158,8 @@ def parse_message(frame: str | bytes, max_frame_bytes: int) -> ClientMessage | P
         return ProtocolError(
             ErrorCode.BAD_MESSAGE, f"message must be a JSON object, got {json_type(body)}"
         )
+    if problem := duplicate_problem(body, "the message"):
+        return ProtocolError(ErrorCode.BAD_MESSAGE, problem)
     kind = body.get("type")
     if not isinstance(kind, str):
         return ProtocolError(
@@ -167,7 +171,7 @@ def parse_message(frame: str | bytes, max_frame_bytes: int) -> ClientMessage | P
     if kind == "connect":
         return _parse_connect(body)
     if kind == "ping":
-        unknown = sorted(str(k) for k in body if k not in PING_FIELDS)
+        unknown = sorted(safe_text(str(k))[:64] for k in body if k not in PING_FIELDS)
         if unknown:
             return ProtocolError(
                 ErrorCode.BAD_MESSAGE, f"unknown field(s) {', '.join(unknown)} in ping"
@@ -180,7 +184,7 @@ def parse_message(frame: str | bytes, max_frame_bytes: int) -> ClientMessage | P
 
 
 def _parse_connect(body: dict[str, Any]) -> Connect | ProtocolError:
-    unknown = sorted(str(k) for k in body if k not in CONNECT_FIELDS)
+    unknown = sorted(safe_text(str(k))[:64] for k in body if k not in CONNECT_FIELDS)
     if unknown:
         return ProtocolError(
             ErrorCode.BAD_CONNECT,
@@ -221,7 +225,7 @@ def _parse_connect(body: dict[str, Any]) -> Connect | ProtocolError:
 
 
 def _parse_data(body: dict[str, Any]) -> Data | ProtocolError:
-    unknown = sorted(str(k) for k in body if k not in DATA_FIELDS)
+    unknown = sorted(safe_text(str(k))[:64] for k in body if k not in DATA_FIELDS)
     if unknown:
         return ProtocolError(
             ErrorCode.BAD_BATCH, f"unknown field(s) {', '.join(unknown)} in data; expected batch"

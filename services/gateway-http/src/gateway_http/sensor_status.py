@@ -4,8 +4,8 @@ the legacy SQL Server (``dbo.sensor_readings``, ``dbo.alerts``, ``dbo.ml_events`
 writer-sqlserver, read through ``tributary_sqlserver.legacy_reads``).
 
 Kept free of HTTP: ``StoredIot`` answers ``status(sensor_id, sources)`` and ``readings(...)``,
-``status_body``/``reading_body`` build the legacy replies — so the status endpoint can move to
-another service (the console, issue 19) by taking this module along. Failures of the database
+``reading_body`` and ``tributary_runtime.sensor_status.status_body`` (shared with the console)
+build the legacy replies. Failures of the database
 are raised as ``StoreUnavailable`` naming it; the caller answers 503.
 """
 
@@ -13,36 +13,19 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
 
-from tributary_contracts import PointClass
-from tributary_runtime.devices import SensorIndexRecord
+from tributary_runtime.sensor_status import (
+    IOT_DOMAIN,
+    LATEST_SQL,
+    LEGACY_CLASS,
+    OPEN_ALERT_SQL,
+    iso,
+    status_body,
+)
 
-IOT_DOMAIN = "iot"
-LEGACY_CLASS = {
-    PointClass.CRITICAL.value: "ALERT",
-    PointClass.ANOMALY.value: "WARNING",
-    PointClass.WARNING.value: "WARNING",
-    PointClass.NORMAL.value: "ML_PREDICTION",
-    PointClass.REJECTED.value: "REJECTED",
-}
-"""The legacy ReadingClass name of a stored class (status replies carry both)."""
-
-LATEST_SQL = """
-SELECT time, value, cls, reason, stream_type, source_id FROM data_points
- WHERE domain = $1 AND source_id = ANY($2::text[]) AND stream_id = $3
- ORDER BY time DESC LIMIT 1
-"""
-OPEN_ALERT_SQL = """
-SELECT alert_id, severity, rule, reason, first_value, first_at, last_value, last_at, peak_value,
-       violation_count, opened_at
-  FROM stream_alerts
- WHERE domain = $1 AND source_id = ANY($2::text[]) AND stream_id = $3 AND status = 'open'
- ORDER BY opened_at DESC LIMIT 1
-"""
 READINGS_SQL = """
 SELECT stream_id, value, time, cls, reason FROM data_points
  WHERE domain = $1 AND source_id = $2
@@ -136,10 +119,6 @@ class StoredIot:
             raise StoreUnavailable("sqlserver", exc) from None
 
 
-def _iso(value: datetime | None) -> str | None:
-    return value.astimezone(UTC).isoformat().replace("+00:00", "Z") if value else None
-
-
 def reading_body(row: Any, sensors: dict[str, str] | None = None) -> dict[str, Any]:
     """One stored reading as ``/devices/{uuid}/readings`` lists it."""
     stream_id = row["stream_id"]
@@ -147,58 +126,11 @@ def reading_body(row: Any, sensors: dict[str, str] | None = None) -> dict[str, A
         "sensor_id": int(stream_id) if str(stream_id).isdigit() else stream_id,
         "sensor_uuid": (sensors or {}).get(str(stream_id)),
         "value": row["value"],
-        "timestamp": _iso(row["time"]),
+        "timestamp": iso(row["time"]),
         "classification": LEGACY_CLASS.get(row["cls"], row["cls"]),
         "cls": row["cls"],
         "reason": row["reason"],
     }
 
 
-def status_body(
-    sensor_id: int,
-    sensor: SensorIndexRecord | None,
-    latest: Any,
-    alert: Any,
-) -> dict[str, Any]:
-    """The status reply: registry ids, the latest reading and the open alert (or nulls).
-
-    ``state`` is the legacy class of the open alert if there is one, else of the latest
-    reading (``NO_DATA`` when nothing is stored)."""
-    latest_doc = None
-    if latest is not None:
-        latest_doc = {
-            "value": latest["value"],
-            "timestamp": _iso(latest["time"]),
-            "classification": LEGACY_CLASS.get(latest["cls"], latest["cls"]),
-            "cls": latest["cls"],
-            "reason": latest["reason"],
-        }
-    alert_doc = None
-    if alert is not None:
-        alert_doc = {
-            "alert_id": alert["alert_id"],
-            "classification": LEGACY_CLASS.get(alert["severity"], alert["severity"]),
-            "severity": alert["severity"],
-            "rule": alert["rule"],
-            "reason": alert["reason"],
-            "opened_at": _iso(alert["opened_at"]),
-            "first_value": alert["first_value"],
-            "last_value": alert["last_value"],
-            "last_at": _iso(alert["last_at"]),
-            "peak_value": alert["peak_value"],
-            "violation_count": alert["violation_count"],
-        }
-    state = "NO_DATA"
-    if alert_doc is not None:
-        state = alert_doc["classification"]
-    elif latest_doc is not None:
-        state = latest_doc["classification"]
-    return {
-        "sensor_id": sensor_id,
-        "device_uuid": sensor.device_uuid if sensor else None,
-        "sensor_uuid": sensor.sensor_uuid if sensor else None,
-        "sensor_type": sensor.sensor_type if sensor else None,
-        "state": state,
-        "latest": latest_doc,
-        "active_alert": alert_doc,
-    }
+__all__ = ["LEGACY_CLASS", "StoreUnavailable", "StoredIot", "reading_body", "status_body"]

@@ -16,7 +16,7 @@ class Refused(Exception):
 
 
 @dataclass(kw_only=True)
-class ListWriter(ClassifiedWriterBase[int]):
+class ListWriter(ClassifiedWriterBase[int, int]):
     """Writes ints to a list in one all-or-nothing step; refuses the ones in ``bad``."""
 
     bad: set[int]

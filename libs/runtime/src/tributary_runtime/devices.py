@@ -35,7 +35,7 @@ import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import structlog
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
@@ -43,6 +43,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from tributary_contracts import LegacyIds
 from tributary_runtime.kvwatch import KvFollower, kv_keys
+
+_T = TypeVar("_T")
 
 log = structlog.get_logger("tributary_runtime.devices")
 
@@ -185,13 +187,16 @@ class DeviceRegistry:
     def __init__(self, kv: Any, cache_seconds: float = 30.0) -> None:
         self._kv = kv
         self._cache_seconds = cache_seconds
-        self._cache: dict[str, tuple[float, Any]] = {}
+        self._cache: dict[str, tuple[float, object]] = {}
 
-    async def _get(self, key: str, parse: Callable[[bytes], Any]) -> Any:
+    async def _get(self, key: str, parse: Callable[[bytes], _T]) -> _T | None:
         now = time.monotonic()
         cached = self._cache.get(key)
         if cached is not None and now - cached[0] < self._cache_seconds:
-            return cached[1]
+            # a key's prefix (device/sensor/sensor-uuid) fixes its parser, so a cached entry was
+            # produced by this very ``parse``
+            return cast("_T | None", cached[1])
+        value: _T | None
         try:
             entry = await self._kv.get(key)
             value = parse(entry.value) if entry.value else None

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import orjson
@@ -36,7 +36,7 @@ def ops_routes(ready_check: ReadyCheck) -> list[Route]:
 
 
 def json_response(
-    status: int, body: dict[str, Any], headers: dict[str, str] | None = None
+    status: int, body: dict[str, Any], headers: Mapping[str, str] | None = None
 ) -> Response:
     """A JSON reply serialised with orjson (what handlers answer, ``Reply``s included)."""
     return Response(orjson.dumps(body), status, headers, media_type="application/json")

@@ -60,7 +60,8 @@ async def run(
         if command == "list":
             for key in sorted(await kv_keys(kv)):
                 entry = await kv.get(key)
-                print(f"{key} = {entry.value.decode(errors='replace')}", file=out)
+                value = (entry.value or b"").decode(errors="replace")
+                print(f"{key} = {value}", file=out)
         elif command == "set":
             key = switch_key(args.service, args.setting)
             await kv.put(key, args.value.encode())

@@ -36,6 +36,7 @@ from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 import nats.errors
 from nats.js import JetStreamContext
+from prometheus_client import Counter
 from pydantic import Field, ValidationError, field_validator
 
 from tributary_contracts import (
@@ -55,6 +56,8 @@ from tributary_runtime.redelivery import backoff_delay, deliveries
 from tributary_runtime.settings import ServiceSettings
 
 RowT = TypeVar("RowT")
+ResultT = TypeVar("ResultT")
+"""What a writer's ``_write`` returns for one transaction (a row count, per-table counts…)."""
 
 
 class WriterSettings(ServiceSettings):
@@ -89,6 +92,19 @@ class WriterSettings(ServiceSettings):
     @property
     def routes(self) -> SinkRoutes:
         return SinkRoutes.parse(self.sink_routes)
+
+
+class WriterMetrics(Protocol):
+    """The counters a writer's metrics module defines (the module itself satisfies this)."""
+
+    MESSAGES_RECEIVED: Counter
+    MESSAGES_ACKED: Counter
+    MESSAGES_NAKKED: Counter
+    MESSAGES_SKIPPED: Counter
+    ERRORS: Counter
+    """Labels stage, error_type."""
+    DLQ: Counter
+    """Label reason."""
 
 
 class Delivery(Protocol):
@@ -206,7 +222,7 @@ def _by_message(pending: list[Pending[RowT]]) -> list[list[Pending[RowT]]]:
 
 
 @dataclass
-class ClassifiedWriterBase(Generic[RowT]):
+class ClassifiedWriterBase(Generic[RowT, ResultT]):
     """Applies the writer's delivery rules to fetched messages (see the module docstring).
 
     Subclasses are declared ``@dataclass(kw_only=True)`` to add their own fields (the store…).
@@ -214,7 +230,7 @@ class ClassifiedWriterBase(Generic[RowT]):
 
     SINK: ClassVar[str]
     CONSUMER: ClassVar[str]
-    metrics: ClassVar[Any]
+    metrics: ClassVar[WriterMetrics]
     log: ClassVar[Any]
     # True: a DLQ batch lists its refused points in their original (time) order
     sort_dead_letters: ClassVar[bool] = False
@@ -235,13 +251,13 @@ class ClassifiedWriterBase(Generic[RowT]):
         """(rows, index in batch.points of each row, points refused before writing)."""
         raise NotImplementedError
 
-    async def _write(self, rows: Sequence[RowT]) -> Any:
+    async def _write(self, rows: Sequence[RowT]) -> ResultT:
         """One transaction, with the commit metrics."""
         raise NotImplementedError
 
     async def _isolate(
         self, pending: list[Pending[RowT]], rows: list[RowT], first: Exception
-    ) -> Any:
+    ) -> ResultT | None:
         """Store every writable row of a refused fetch, append each refused one to its owner's
         ``refused``; a transient error propagates. (``_bisect`` does the work.)"""
         raise NotImplementedError
@@ -255,7 +271,9 @@ class ClassifiedWriterBase(Generic[RowT]):
     def _write_failed(self) -> None:
         """A write failed transiently (hook for a circuit breaker)."""
 
-    def _stored(self, pending: list[Pending[RowT]], rows: list[RowT], result: Any) -> None:
+    def _stored(
+        self, pending: list[Pending[RowT]], rows: list[RowT], result: ResultT | None
+    ) -> None:
         """The fetch's writable rows are stored (hook for a circuit breaker or a log line)."""
 
     def _retry_context(self) -> dict[str, Any]:
@@ -266,7 +284,7 @@ class ClassifiedWriterBase(Generic[RowT]):
 
     async def _bisect(
         self, pending: list[Pending[RowT]], rows: list[RowT], first: Exception
-    ) -> tuple[list[Any], int]:
+    ) -> tuple[list[ResultT], int]:
         """Bisect a fetch the database refused (``first``): store every writable row, append
         each refused one to its owner's ``refused``. Returns (what ``_write`` returned for each
         stored part, how many rows were refused).
@@ -278,7 +296,7 @@ class ClassifiedWriterBase(Generic[RowT]):
         and the parts already stored dedupe on replay.
         """
         owners = [(p, index) for p in pending for index in p.indexes]
-        stored: list[Any] = []
+        stored: list[ResultT] = []
         refused = 0
 
         async def split(lo: int, hi: int, exc: Exception) -> None:
@@ -350,6 +368,7 @@ class ClassifiedWriterBase(Generic[RowT]):
 
     async def _store(self, pending: list[Pending[RowT]]) -> None:
         rows = [row for p in pending for row in p.rows]
+        result: ResultT | None
         try:
             result = await self._write(rows)
         except Exception as exc:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -121,10 +122,6 @@ def create_app(settings: ClassifierSettings) -> Starlette:
         )
         await follower.start(settings.state_load_timeout_seconds)
         outbox = CoalescingOutbox(JetStreamOutbox(js, settings.publish_timeout_seconds))
-        retry = {
-            "retry_delay": settings.publish_retry_seconds,
-            "max_retry_delay": settings.publish_retry_max_seconds,
-        }
         partitions = [
             Partition(
                 p,
@@ -138,7 +135,8 @@ def create_app(settings: ClassifierSettings) -> Starlette:
                     partitions=count,
                     rollouts=rollouts,
                     live_resolve=store.resolve,
-                    **retry,
+                    retry_delay=settings.publish_retry_seconds,
+                    max_retry_delay=settings.publish_retry_max_seconds,
                 ),
                 PartitionCheckpoint(
                     p,
@@ -146,7 +144,8 @@ def create_app(settings: ClassifierSettings) -> Starlette:
                     outbox,
                     state_bucket,
                     max_inputs=settings.checkpoint_max_inputs,
-                    **retry,
+                    retry_delay=settings.publish_retry_seconds,
+                    max_retry_delay=settings.publish_retry_max_seconds,
                 ),
             )
             for p in owned
@@ -218,7 +217,9 @@ def create_app(settings: ClassifierSettings) -> Starlette:
                         settings.staleness_check_interval_seconds,
                         background,
                         "staleness check",
-                        lambda p=partition: check_staleness(p, settings.staleness_max_events),
+                        functools.partial(
+                            check_staleness, partition, settings.staleness_max_events
+                        ),
                     ),
                     name=f"classifier-staleness-{partition.number}",
                 ),
@@ -227,7 +228,7 @@ def create_app(settings: ClassifierSettings) -> Starlette:
                         settings.eviction_interval_seconds,
                         background,
                         "eviction",
-                        lambda p=partition: evict_idle(p, settings, len(partitions)),
+                        functools.partial(evict_idle, partition, settings, len(partitions)),
                     ),
                     name=f"classifier-eviction-{partition.number}",
                 ),

@@ -367,7 +367,7 @@ def source_doc_json(
     a stream without a run, alert or close time; ``seq``: the input position it covers
     (``covered``); ``n``: the source's number of documents."""
     domain, source_id, chunk = doc
-    states = {}
+    states: dict[str, object] = {}
     for stream_id in stream_ids:
         st = streams.get((domain, source_id, stream_id))
         if st is None:

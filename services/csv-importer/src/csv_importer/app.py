@@ -16,12 +16,11 @@ needs one that may write to any source), job listings any valid key. Refusals ar
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
 import structlog
 from nats.aio.client import Client
@@ -301,7 +300,9 @@ def create_app(settings: CsvImporterSettings, *, nats_client: Client | None = No
         job = await get_job(bus, job.job_id)
         return json_response(200, job.public())
 
-    def handler(fn: Any, count: bool = False) -> Any:
+    Endpoint = Callable[[Request], Awaitable[Response]]
+
+    def handler(fn: Endpoint, count: bool = False) -> Endpoint:
         async def run(request: Request) -> Response:
             try:
                 response = await fn(request)

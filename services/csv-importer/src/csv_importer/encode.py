@@ -12,6 +12,7 @@ points are already checked plain values, and the per-point objects were most of 
 from __future__ import annotations
 
 from datetime import datetime
+from typing import cast
 
 import numpy as np
 import orjson
@@ -31,7 +32,8 @@ def _epoch_seconds(texts: list[str]) -> list[float]:
     """``2026-03-01T00:00:00.000500Z`` texts → epoch seconds, equal to ``datetime.timestamp()``
     (integer microseconds / 1e6, correctly rounded either way)."""
     micros = np.array([t[:-1] for t in texts], dtype="datetime64[us]").astype(np.int64)
-    return (micros / 1e6).tolist()
+    # a float64 array: ``tolist`` gives Python floats (numpy types it ``Any``)
+    return cast("list[float]", (micros / 1e6).tolist())
 
 
 def encode_points(

@@ -328,7 +328,7 @@ def detect_options(fields: dict[str, str], head: bytes, utf8_valid: bool) -> Csv
             raise OptionsProblem(
                 "source_id", "source_id is required (the file has no source_id column)"
             )
-        return CsvOptions(format=fmt, has_source_column=has_source, **base)
+        return CsvOptions.model_validate({**base, "format": fmt, "has_source_column": has_source})
 
     if not fields.get("source_id"):
         raise OptionsProblem("source_id", "source_id is required")
@@ -357,7 +357,7 @@ def detect_options(fields: dict[str, str], head: bytes, utf8_valid: bool) -> Csv
         problem = check_identifier(name, "value column name")
         if problem:
             raise OptionsProblem("value_columns", problem)
-    return CsvOptions(format=fmt, value_columns=value_columns, **base)
+    return CsvOptions.model_validate({**base, "format": fmt, "value_columns": value_columns})
 
 
 def numeric_columns(
@@ -705,11 +705,11 @@ def convert_chunk(
                     if value == value and value not in (_INF, _NINF):
                         out.add(name, value, ts)
                         continue
-                    why = f"{name} is empty" if empties[i] else value_reason(name, texts[i])
-                    events.append((row, RowError(row, name, why)))
+                    reason = f"{name} is empty" if empties[i] else value_reason(name, texts[i])
+                    events.append((row, RowError(row, name, reason)))
                     result.points_rejected += 1
                     result.rejections.setdefault(src, []).append(
-                        _rejection(row, name, why, _cells(frame, i))
+                        _rejection(row, name, reason, _cells(frame, i))
                     )
                 continue
             # long format: one point per row

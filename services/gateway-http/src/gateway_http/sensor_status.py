@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 
@@ -25,6 +25,8 @@ from tributary_runtime.sensor_status import (
     iso,
     status_body,
 )
+
+_T = TypeVar("_T")
 
 READINGS_SQL = """
 SELECT stream_id, value, time, cls, reason FROM data_points
@@ -110,7 +112,7 @@ class StoredIot:
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
             raise StoreUnavailable("postgresql", exc) from None
 
-    async def _in_sqlserver(self, read: Callable[..., Any], *args: Any) -> Any:
+    async def _in_sqlserver(self, read: Callable[..., _T], *args: Any) -> _T:
         try:
             return await asyncio.to_thread(read, self._sqlserver(), *args)
         except StoreUnavailable:

@@ -42,13 +42,19 @@ from tributary_contracts import (
 )
 from tributary_runtime.bus import connect_nats
 from tributary_runtime.ops import ops_routes
-from tributary_runtime.writer import check_consumer, dead_letter_publisher, pull_loop
+from tributary_runtime.writer import (
+    DeadLetterPublish,
+    check_consumer,
+    dead_letter_publisher,
+    pull_loop,
+)
 from writer_postgres import metrics
 from writer_postgres.alerts import AlertStore, AlertWriter
 from writer_postgres.audit import AuditStore, AuditWriter
 from writer_postgres.breaker import CircuitBreaker, GuardedStore
 from writer_postgres.consume import CONSUMER, ClassifiedWriter
 from writer_postgres.errors import Failure, classify_error, describe_error
+from writer_postgres.events import EventWriter
 from writer_postgres.ledger import LedgerStore, LedgerWriter
 from writer_postgres.migrate import migrate, storage_mode
 from writer_postgres.partitions import ensure_partitions
@@ -187,16 +193,33 @@ class WriterService:
         # Rejects, raw ledger, shadow verdicts: few messages each, one loop each.
         self.rejects = RejectStore(self.pool, s.write_timeout_seconds, s.reject_excerpt_bytes)
         self.ledger = LedgerStore(self.pool, s.write_timeout_seconds)
-        for writer_type, store, durable, stream_base in (
-            (RejectWriter, self.rejects, WRITER_POSTGRES_REJECTS_DURABLE, DP_REJECTED),
-            (LedgerWriter, self.ledger, WRITER_POSTGRES_LEDGER_DURABLE, DP_LEDGER),
-            (ShadowWriter, ShadowStore(self.pool, s.write_timeout_seconds),
-             WRITER_POSTGRES_SHADOW_DURABLE, DP_SHADOW),
-        ):
-            events = writer_type(
-                store, dead_letter_publisher(js, s.namespace, durable),
-                s.nak_backoff_seconds, s.nak_backoff_max_seconds,
-            )
+        retry = (s.nak_backoff_seconds, s.nak_backoff_max_seconds)
+
+        def dead_letter(durable: str) -> DeadLetterPublish:
+            return dead_letter_publisher(js, s.namespace, durable)
+
+        event_loops: list[tuple[EventWriter[Any], str, str]] = [
+            (
+                RejectWriter(self.rejects, dead_letter(WRITER_POSTGRES_REJECTS_DURABLE), *retry),
+                WRITER_POSTGRES_REJECTS_DURABLE,
+                DP_REJECTED,
+            ),
+            (
+                LedgerWriter(self.ledger, dead_letter(WRITER_POSTGRES_LEDGER_DURABLE), *retry),
+                WRITER_POSTGRES_LEDGER_DURABLE,
+                DP_LEDGER,
+            ),
+            (
+                ShadowWriter(
+                    ShadowStore(self.pool, s.write_timeout_seconds),
+                    dead_letter(WRITER_POSTGRES_SHADOW_DURABLE),
+                    *retry,
+                ),
+                WRITER_POSTGRES_SHADOW_DURABLE,
+                DP_SHADOW,
+            ),
+        ]
+        for events, durable, stream_base in event_loops:
             self._tasks.append(asyncio.create_task(
                 consume(js, s, events.handle, self._stopping, durable=durable,
                         stream_base=stream_base, breaker=self.breaker),

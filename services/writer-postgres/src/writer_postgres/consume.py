@@ -15,15 +15,15 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import ClassVar
 
 import structlog
 
 from tributary_contracts import ClassifiedBatch
-from tributary_runtime.writer import ClassifiedWriterBase, Pending
+from tributary_runtime.writer import ClassifiedWriterBase, Pending, WriterMetrics
 from writer_postgres import metrics
 from writer_postgres.errors import Failure, classify_error, describe_error
-from writer_postgres.store import PointStore, Row, batch_rows
+from writer_postgres.store import Row, RowStore, batch_rows
 
 log = structlog.get_logger(__name__)
 
@@ -32,15 +32,15 @@ CONSUMER = "writer-postgres"
 
 
 @dataclass(kw_only=True)
-class ClassifiedWriter(ClassifiedWriterBase[Row]):
+class ClassifiedWriter(ClassifiedWriterBase[Row, int]):
     """Applies the writer's delivery rules to fetched messages (see the module docstring)."""
 
     SINK = SINK
     CONSUMER = CONSUMER
-    metrics = metrics
+    metrics: ClassVar[WriterMetrics] = metrics
     log = log
 
-    store: PointStore
+    store: RowStore
 
     def _rows(
         self, batch: ClassifiedBatch
@@ -53,7 +53,7 @@ class ClassifiedWriter(ClassifiedWriterBase[Row]):
     def _describe(self, exc: BaseException) -> str:
         return describe_error(exc)
 
-    def _stored(self, pending: list[Pending[Row]], rows: list[Row], result: Any) -> None:
+    def _stored(self, pending: list[Pending[Row]], rows: list[Row], result: int | None) -> None:
         log.debug("fetch stored", messages=len(pending), rows=len(rows), inserted=result)
 
     async def _write(self, rows: Sequence[Row]) -> int:

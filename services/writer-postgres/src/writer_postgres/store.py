@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from datetime import UTC
-from typing import Any
+from typing import Any, Protocol
 
 import asyncpg
 import orjson
@@ -104,6 +104,13 @@ def batch_rows(batch: ClassifiedBatch) -> tuple[list[Row], list[int], list[tuple
 async def prepare_connection(conn: asyncpg.Connection) -> None:
     """Pool ``init``: create this connection's staging table (lives as long as the session)."""
     await conn.execute(_STAGING_DDL)
+
+
+class RowStore(Protocol):
+    """Where the classified writer stores rows: a ``PointStore``, or one guarded by the circuit
+    breaker (``breaker.GuardedStore``)."""
+
+    async def write_rows(self, rows: Sequence[Row]) -> int: ...
 
 
 class PointStore:

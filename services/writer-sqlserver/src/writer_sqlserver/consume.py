@@ -26,12 +26,12 @@ import asyncio
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import structlog
 
 from tributary_contracts import WRITER_SQLSERVER_DURABLE, ClassifiedBatch
-from tributary_runtime.writer import ClassifiedWriterBase, Pending
+from tributary_runtime.writer import ClassifiedWriterBase, Pending, WriterMetrics
 from writer_sqlserver import metrics
 from writer_sqlserver.breaker import CircuitBreaker
 from writer_sqlserver.errors import Failure, classify_error, describe_error
@@ -44,12 +44,12 @@ CONSUMER = WRITER_SQLSERVER_DURABLE
 
 
 @dataclass(kw_only=True)
-class ClassifiedWriter(ClassifiedWriterBase[Reading]):
+class ClassifiedWriter(ClassifiedWriterBase[Reading, WriteCounts]):
     """Applies the writer's delivery rules to fetched messages (see the module docstring)."""
 
     SINK = SINK
     CONSUMER = CONSUMER
-    metrics = metrics
+    metrics: ClassVar[WriterMetrics] = metrics
     log = log
     sort_dead_letters = True
 
@@ -70,7 +70,9 @@ class ClassifiedWriter(ClassifiedWriterBase[Reading]):
     def _write_failed(self) -> None:
         self.breaker.record_failure()
 
-    def _stored(self, pending: list[Pending[Reading]], rows: list[Reading], result: Any) -> None:
+    def _stored(
+        self, pending: list[Pending[Reading]], rows: list[Reading], result: WriteCounts | None
+    ) -> None:
         if rows:  # a fetch with nothing to write proves nothing about the database
             self.breaker.record_success()
 

@@ -95,6 +95,7 @@ from tributary_contracts.subjects import (
     unescape_key,
     unescape_token,
 )
+from tributary_contracts.version import CONTRACT_VERSION
 
 __all__ = [
     "API_KEYS_BUCKET",
@@ -102,6 +103,7 @@ __all__ = [
     "CLASSIFIER_DURABLE",
     "CLASSIFIER_STATE_BUCKET",
     "CONSUMERS",
+    "CONTRACT_VERSION",
     "CSV_JOBS_BUCKET",
     "DEFAULT_PARTITIONS",
     "DEVICES_BUCKET",

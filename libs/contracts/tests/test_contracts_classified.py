@@ -117,6 +117,18 @@ def test_deduplicator_drops_points_seen_before() -> None:
     assert len(dedup) == 3
 
 
+def test_deduplicator_unseen_remembers_only_what_was_handled() -> None:
+    dedup = PointDeduplicator()
+    bundle = _bundle(_batch("server-01", [95.0, 96.0]), _batch("server-01", [95.0]))
+    unseen = dedup.unseen(iter_readings(bundle))
+    # The repeat inside the message itself is dropped too; nothing is remembered yet.
+    assert [r.point.value for r in unseen] == [95.0, 96.0]
+    assert [r.point.value for r in dedup.unseen(iter_readings(bundle))] == [95.0, 96.0]
+    dedup.remember(unseen[:1])
+    assert unseen[0].key in dedup
+    assert [r.point.value for r in dedup.unseen(iter_readings(bundle))] == [96.0]
+
+
 def test_deduplicator_forgets_the_least_recently_seen_beyond_its_capacity() -> None:
     dedup = PointDeduplicator(capacity=2)
     assert [dedup.first_time(k) for k in ("a", "b", "a", "c")] == [True, True, False, True]

@@ -128,9 +128,30 @@ class PointDeduplicator:
             self._keys.popitem(last=False)
         return True
 
+    def __contains__(self, key: object) -> bool:
+        return key in self._keys
+
     def fresh(self, readings: Iterable[ClassifiedReading]) -> list[ClassifiedReading]:
-        """The readings not seen before, in order (each remembered)."""
+        """The readings not seen before, in order, each remembered at once."""
         return [r for r in readings if self.first_time(r.key)]
+
+    def unseen(self, readings: Iterable[ClassifiedReading]) -> list[ClassifiedReading]:
+        """The readings not seen before (nor earlier in ``readings``), in order, without
+        remembering them: call ``remember`` once they are handled, so that a message whose
+        handling failed (nacked, redelivered) is handled again rather than skipped."""
+        out: list[ClassifiedReading] = []
+        keys: set[str] = set()
+        for reading in readings:
+            key = reading.key
+            if key not in self._keys and key not in keys:
+                keys.add(key)
+                out.append(reading)
+        return out
+
+    def remember(self, readings: Iterable[ClassifiedReading]) -> None:
+        """Mark ``readings`` as handled."""
+        for reading in readings:
+            self.first_time(reading.key)
 
 
 @dataclass(frozen=True, slots=True)

@@ -134,7 +134,7 @@ async def real_js(nats_url: str, ns: Namespace) -> Any:
     return nc, js
 
 
-@pytest.fixture(params=["memory", "real"])
+@pytest.fixture(params=["memory", pytest.param("real", marks=pytest.mark.integration)])
 async def run_example(request: Any, servers: Any, bus_prefix: str) -> AsyncIterator[Any]:
     """Start the example with given options; yields a starter returning the Bus."""
     ns = Namespace(bus_prefix)

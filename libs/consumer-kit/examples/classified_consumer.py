@@ -20,7 +20,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import os
+import sys
 from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 from datetime import datetime
@@ -36,6 +38,7 @@ from faststream.nats import (
     NatsUserPassword,
     PullSub,
 )
+from nats.js.errors import NotFoundError
 
 from tributary_contracts import (
     DP_CLASSIFIED,
@@ -108,10 +111,16 @@ def security(options: Options) -> NatsSecurity | None:
     return None
 
 
-def build_broker(options: Options, handle: Handler) -> NatsBroker:
+def build_broker(
+    options: Options, handle: Handler, logger: logging.Logger | None = None
+) -> NatsBroker:
     """A broker with one subscriber: ``handle`` is awaited once per new point, in order."""
     ns = Namespace(options.prefix)
-    broker = NatsBroker(options.nats_url, security=security(options))
+    broker = NatsBroker(
+        options.nats_url,
+        security=security(options),
+        **({"logger": logger} if logger is not None else {}),
+    )
     dedup = PointDeduplicator(options.dedup_capacity)
     sources: Collection[str] | None = options.sources
 
@@ -181,8 +190,19 @@ def parse_options(argv: list[str] | None = None) -> Options:
 
 def main(argv: list[str] | None = None) -> None:
     options = parse_options(argv)
-    app = FastStream(build_broker(options, print_reading))
-    asyncio.run(app.run())
+    # FastStream's own log lines go to stderr: stdout carries only the points.
+    logger = logging.getLogger("classified_consumer")
+    logger.addHandler(logging.StreamHandler(sys.stderr))
+    logger.setLevel(logging.INFO)
+    app = FastStream(build_broker(options, print_reading, logger), logger=logger)
+    try:
+        asyncio.run(app.run())
+    except NotFoundError:
+        stream = Namespace(options.prefix).stream(DP_CLASSIFIED)
+        sys.exit(
+            f"classified_consumer: stream {stream} not found on {options.nats_url}: "
+            "is BUS_PREFIX the fleet's, and has the fleet started (tributary bootstrap)?"
+        )
 
 
 if __name__ == "__main__":

@@ -106,3 +106,16 @@ def read_stream(jetstream: object, bus_prefix: str) -> object:
         return await stored_messages(jetstream, Namespace(bus_prefix).stream(base))
 
     return read
+
+
+@pytest.fixture
+def read_batches(jetstream: object, bus_prefix: str) -> object:
+    """``await read_batches()``: the ``PointBatch``es in this test's raw stream, out of their
+    bundles (``tests.streams.RawBatch``: subject, bundle id, partition, batch)."""
+    from tests.streams import RawBatch, raw_batches
+    from tributary_contracts import Namespace
+
+    async def read() -> list[RawBatch]:
+        return await raw_batches(jetstream, Namespace(bus_prefix))
+
+    return read

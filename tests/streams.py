@@ -7,7 +7,7 @@ import contextlib
 from dataclasses import dataclass
 from typing import Any
 
-from tributary_contracts import Namespace
+from tributary_contracts import DP_RAW, MSG_ID_HEADER, Namespace, PointBatch, PointBundle
 from tributary_contracts.jetstream import BUCKETS, STREAMS
 
 
@@ -56,3 +56,25 @@ async def drop_namespace_at(nats_url: str, prefix: str) -> None:
         await drop_namespace(nc.jetstream(), prefix)
     finally:
         await nc.close()
+
+
+@dataclass
+class RawBatch:
+    """One ``PointBatch`` as stored on ``DP_RAW``: inside the ``PointBundle`` of ``subject``."""
+
+    subject: str
+    bundle_msg_id: str
+    partition: int
+    batch: PointBatch
+
+
+async def raw_batches(js: Any, ns: Namespace) -> list[RawBatch]:
+    """Every ``PointBatch`` in the namespace's raw stream, in order, out of their bundles."""
+    out = []
+    for message in await stored_messages(js, ns.stream(DP_RAW)):
+        bundle = PointBundle.model_validate_json(message.data)
+        out.extend(
+            RawBatch(message.subject, message.headers.get(MSG_ID_HEADER, ""), bundle.partition, b)
+            for b in bundle.batches
+        )
+    return out

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tributary_contracts import DP_CLASSIFIED, DP_DLQ, ClassifiedBatch, Namespace
+from tributary_contracts import DP_CLASSIFIED, DP_DLQ, ClassifiedBatch, ClassifiedBundle, Namespace
 
 WAIT_SECONDS = 20.0
 
@@ -50,6 +50,19 @@ async def publish(js: Any, ns: Namespace, batch: ClassifiedBatch) -> None:
     """Publish ``batch`` on its ``dp.classified`` subject, as the classifier does."""
     subject = ns.classified_subject(batch.domain, batch.cls, batch.source_id)
     await js.publish(subject, batch.model_dump_json().encode(), stream=ns.stream(DP_CLASSIFIED))
+
+
+async def publish_bundle(
+    js: Any, ns: Namespace, batches: list[ClassifiedBatch], partition: int = 0
+) -> ClassifiedBundle:
+    """Publish ``batches`` (one domain and class) as one ClassifiedBundle on its partitioned
+    subject, as the classifier does."""
+    bundle = ClassifiedBundle(
+        domain=batches[0].domain, cls=batches[0].cls, partition=partition, batches=batches
+    )
+    subject = ns.classified_partition_subject(bundle.domain, bundle.cls, partition)
+    await js.publish(subject, bundle.model_dump_json().encode(), stream=ns.stream(DP_CLASSIFIED))
+    return bundle
 
 
 async def consumer_settled(js: Any, ns: Namespace, durable: str) -> bool:

@@ -52,11 +52,12 @@ REPLICA_PORT_STEP = 1000
 
 
 def replica_env(name: str, index: int, count: int, prefix: str = "") -> dict[str, str]:
-    """What differs between replicas of one service: the classifier's partition, the MQTT
+    """What differs between replicas of one service: the classifier's replica index (replica k
+    of R owns the bus partitions p with p % R == k), the MQTT
     gateway's client id (two MQTT clients with one id disconnect each other; a stable id per
     replica lets a restarted replica resume its broker session). Replica 0 keeps the default."""
     if name == "classifier":
-        return {"CLASSIFIER_PARTITIONS": str(count), "CLASSIFIER_PARTITION": str(index)}
+        return {"CLASSIFIER_REPLICAS": str(count), "CLASSIFIER_REPLICA": str(index)}
     if name == "gateway-mqtt" and index > 0:
         return {"MQTT_CLIENT_ID": f"tributary-gateway-mqtt{'-' + prefix if prefix else ''}-{index}"}
     return {}

@@ -35,8 +35,8 @@ def test_replicas_get_their_own_ports_and_partition_settings() -> None:
     ]
     classifier = [dict(s.env) for s in expanded if s.name == "classifier"]
     assert classifier == [
-        {"CLASSIFIER_PARTITIONS": "2", "CLASSIFIER_PARTITION": "0"},
-        {"CLASSIFIER_PARTITIONS": "2", "CLASSIFIER_PARTITION": "1"},
+        {"CLASSIFIER_REPLICAS": "2", "CLASSIFIER_REPLICA": "0"},
+        {"CLASSIFIER_REPLICAS": "2", "CLASSIFIER_REPLICA": "1"},
     ]
     assert all(s.env == () for s in expanded if s.name == "writer-postgres")
 

@@ -139,12 +139,12 @@ def test_streams_are_bootstrapped_r3(rendered: list[dict[str, Any]]) -> None:
     assert config["JETSTREAM_REPLICAS"] == "3"
 
 
-def test_classifier_partitions_equal_its_replicas(rendered: list[dict[str, Any]]) -> None:
+def test_classifier_replicas_setting_equals_its_replicas(rendered: list[dict[str, Any]]) -> None:
     classifier = workloads(rendered)["classifier"]
     config = by_kind(rendered, "ConfigMap")["tributary-config"]["data"]
 
-    assert classifier["kind"] == "StatefulSet"  # the ordinal is the partition
-    assert int(config["CLASSIFIER_PARTITIONS"]) == classifier["spec"]["replicas"]
+    assert classifier["kind"] == "StatefulSet"  # the ordinal is the replica index
+    assert int(config["CLASSIFIER_REPLICAS"]) == classifier["spec"]["replicas"]
 
 
 def test_production_scales_out_and_keeps_secrets_out_of_git() -> None:

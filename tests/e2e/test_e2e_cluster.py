@@ -1,10 +1,11 @@
 """Scale-out on a real NATS cluster: 3 nats-server nodes on loopback, every stream R3, two
-writer-postgres replicas sharing their durable (and two classifier partitions when the
-classifier supports them), a known HTTP load, the DP_RAW stream leader SIGKILLed mid-load.
+writer-postgres replicas sharing their durable, two classifier replicas each owning two of the
+four bus partitions, a known HTTP load, the DP_RAW stream leader SIGKILLed mid-load.
 
 Then reconcile: every point gateway-http acknowledged (202) is in PostgreSQL exactly once, and
-nothing is stored that was never sent. The default run is short (~1 200 points); set
-``TRIBUTARY_CLUSTER_REQUESTS`` (requests of 20 points each) for a longer one.
+nothing is stored that was never sent; each classifier replica read only the messages of its
+own partitions (the delivered counts of their durables). The default run is short (~1 200
+points); set ``TRIBUTARY_CLUSTER_REQUESTS`` (requests of 20 points each) for a longer one.
 """
 
 from __future__ import annotations
@@ -39,10 +40,7 @@ DOMAIN = "infrastructure"
 BASE_TS = int(datetime(2026, 3, 1, tzinfo=UTC).timestamp())
 
 
-def classifier_partitions_supported() -> bool:
-    from classifier.settings import ClassifierSettings
-
-    return "classifier_partitions" in ClassifierSettings.model_fields
+CLASSIFIER_REPLICAS = 2
 
 
 @dataclass
@@ -72,9 +70,7 @@ def cluster_fleet(cluster: NatsCluster, servers: object) -> Iterator[FleetProces
 
     prefix = f"c{uuid.uuid4().hex[:10]}"
     base = servers.postgres_dsn.rpartition("/")[0]
-    replicas = {"writer-postgres": 2}
-    if classifier_partitions_supported():
-        replicas["classifier"] = 2
+    replicas = {"writer-postgres": 2, "classifier": CLASSIFIER_REPLICAS}
     fleet = FleetProcess(
         bus_prefix=prefix,
         postgres_dsn=f"{base}/e2e_{prefix}",
@@ -157,15 +153,10 @@ WRITTEN = "writer_postgres_points_written_total"
 
 
 def _busy(status: dict[str, Any]) -> bool:
-    """Whether the classifier's or the writers' durables still have pending or unacked messages.
-
-    With partitions the classifier reads through ``classifier-<i>-of-<N>``; the plain
-    ``classifier`` durable that bootstrap also declares then has no reader and is not waited on."""
+    """Whether the classifier's durables (``classifier-part-<p>``, and ``classifier-drain-<p>``
+    for former per-source subjects) or the writers' still have pending or unacked messages."""
     durables = {c["durable"] for c in status["consumers"]}
-    partitioned = any(d.startswith("classifier-") for d in durables)
-    watched = {"writer-postgres"} | (
-        {d for d in durables if d.startswith("classifier-")} if partitioned else {"classifier"}
-    )
+    watched = {"writer-postgres"} | {d for d in durables if d.startswith("classifier-")}
     return any(
         c["num_pending"] or c["num_ack_pending"]
         for c in status["consumers"]
@@ -175,10 +166,8 @@ def _busy(status: dict[str, Any]) -> bool:
 
 def _operator_status(fleet: FleetProcess, cluster: NatsCluster, killed: str) -> dict[str, Any]:
     """``tributary status --json`` as an operator would run it against the surviving nodes."""
-    services = [
-        f"gateway-http={fleet.url('gateway-http')}",
-        f"classifier={fleet.url('classifier')}",
-    ]
+    services = [f"gateway-http={fleet.url('gateway-http')}"]
+    services += [f"classifier={fleet.url('classifier', i)}" for i in range(CLASSIFIER_REPLICAS)]
     services += [f"writer-postgres={fleet.url('writer-postgres', i)}" for i in (0, 1)]
     env = {
         **os.environ,
@@ -199,6 +188,37 @@ async def _metric(base_url: str, name: str) -> int:
     async with httpx.AsyncClient() as client:
         text = (await client.get(base_url + "/metrics")).text
     return sum(int(float(line.split()[-1])) for line in text.splitlines() if line.startswith(name))
+
+
+async def _partition_reads(url: str, prefix: str) -> tuple[dict[int, int], dict[int, int]]:
+    """Per bus partition p: the messages on its raw subjects (``dp.raw.*.part.<p>``) and how
+    many deliveries its durable ``classifier-part-<p>`` made (first deliveries and redeliveries
+    after the node was killed)."""
+    import nats
+
+    from tributary_contracts import (
+        DEFAULT_PARTITIONS,
+        DP_RAW,
+        Namespace,
+        classifier_partition_durable,
+    )
+
+    ns = Namespace(prefix)
+    nc = await nats.connect(url.split(","))
+    try:
+        js = nc.jetstream()
+        on_subject = {}
+        delivered = {}
+        for p in range(DEFAULT_PARTITIONS):
+            info = await js.stream_info(
+                ns.stream(DP_RAW), subjects_filter=ns.raw_partition_filter(p)
+            )
+            on_subject[p] = sum((info.state.subjects or {}).values())
+            consumer = await js.consumer_info(ns.stream(DP_RAW), classifier_partition_durable(p))
+            delivered[p] = consumer.delivered.consumer_seq
+        return on_subject, delivered
+    finally:
+        await nc.close()
 
 
 async def _stream_leader(url: str, stream: str) -> tuple[str, int]:
@@ -255,7 +275,7 @@ async def test_cluster_node_killed_mid_load_loses_and_doubles_no_acked_point(
     )
     report = (
         f"cluster: killed {leader} (DP_RAW leader, now {new_leader}); "
-        f"writer-postgres x2, classifier x{2 if classifier_partitions_supported() else 1}; "
+        f"writer-postgres x2, classifier x{CLASSIFIER_REPLICAS}; "
         f"sent={len(ledger.sent)} acked={len(ledger.acked)} stored={len(stored)} rows={count} "
         f"duplicates={duplicates} missing={len(missing)} unexpected={len(unexpected)} "
         f"retried_requests={ledger.retried_requests} gave_up={ledger.given_up_requests} "
@@ -266,7 +286,23 @@ async def test_cluster_node_killed_mid_load_loses_and_doubles_no_acked_point(
     )
     written = [await _metric(fleet.url("writer-postgres", i), WRITTEN) for i in (0, 1)]
     report += f" written_by_writer_replica={written}"
+    surviving = ",".join(n.url for n in cluster.nodes if n.name != leader)
+    on_subject, delivered = await _partition_reads(surviving, fleet.bus_prefix)
+    fetched = [
+        await _metric(fleet.url("classifier", k), "classifier_received_messages_total")
+        for k in range(CLASSIFIER_REPLICAS)
+    ]
+    report += f" partition_messages={on_subject} delivered={delivered} fetched={fetched}"
     print(report)
+    # Each partition's durable delivered its own partition's messages (redeliveries after the
+    # kill on top), and replica k fetched exactly what the durables of its partitions
+    # (p % 2 == k) delivered: each replica read its own half of the stream, nothing else.
+    assert all(delivered[p] >= on_subject[p] for p in on_subject), report
+    assert sum(on_subject.values()) > 0, report
+    assert fetched == [
+        sum(n for p, n in delivered.items() if p % CLASSIFIER_REPLICAS == k)
+        for k in range(CLASSIFIER_REPLICAS)
+    ], report
     assert sum(written) == len(stored), report  # the two replicas shared the work, no overlap
     streams = {s["name"]: s for s in status["streams"]}
     assert not _busy(status), status["consumers"]

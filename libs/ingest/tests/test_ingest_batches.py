@@ -41,7 +41,7 @@ def test_encode_batches_cuts_at_500_points(
     count: int, sizes: list[int], transport: Transport
 ) -> None:
     messages = encode_batches(
-        "finance", "x.y", RECEIVED, points(count), "dp.raw.finance.x", 10**7, transport=transport
+        "finance", "x.y", RECEIVED, points(count), 10**7, transport=transport
     )
 
     batches = [PointBatch.model_validate_json(m.payload) for m in messages]
@@ -49,12 +49,9 @@ def test_encode_batches_cuts_at_500_points(
     assert [m.points for m in messages] == sizes
     assert [p.stream_id for b in batches for p in b.points] == [f"s{i}" for i in range(count)]
     for message, batch in zip(messages, batches, strict=True):
-        assert message.subject == "dp.raw.finance.x"
-        assert message.headers == {
-            MSG_ID_HEADER: batch_msg_id(
-                "finance", "x.y", [(p.stream_id, p.ts) for p in batch.points]
-            )
-        }
+        assert message.msg_id == batch_msg_id(
+            "finance", "x.y", [(p.stream_id, p.ts) for p in batch.points]
+        )
         assert (batch.domain, batch.source_id, batch.transport, batch.received_at) == (
             "finance",
             "x.y",
@@ -66,7 +63,7 @@ def test_encode_batches_cuts_at_500_points(
 def test_encode_batches_halves_batches_until_they_fit_the_byte_limit() -> None:
     limit = 100_000
     messages = encode_batches(
-        "finance", "s", RECEIVED, points(300, 2000), "subj", limit, transport=Transport.HTTP
+        "finance", "s", RECEIVED, points(300, 2000), limit, transport=Transport.HTTP
     )
 
     assert all(len(m.payload) <= limit for m in messages)
@@ -78,12 +75,12 @@ def test_encode_batches_halves_batches_until_they_fit_the_byte_limit() -> None:
 
 
 def test_encode_batches_is_deterministic_so_retries_dedup() -> None:
-    first = encode_batches("finance", "s", RECEIVED, points(700), "subj", 10**7, transport=WS)
+    first = encode_batches("finance", "s", RECEIVED, points(700), 10**7, transport=WS)
     again = encode_batches(
-        "finance", "s", RECEIVED + timedelta(seconds=5), points(700), "subj", 10**7, transport=WS
+        "finance", "s", RECEIVED + timedelta(seconds=5), points(700), 10**7, transport=WS
     )
 
-    assert [m.headers for m in first] == [m.headers for m in again]
+    assert [m.msg_id for m in first] == [m.msg_id for m in again]
 
 
 def test_encode_rejections_carries_reason_source_and_excerpt() -> None:

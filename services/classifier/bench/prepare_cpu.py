@@ -26,7 +26,8 @@ from nats.aio.msg import Msg
 
 from classifier.checkpoint import Checkpointer
 from classifier.config_store import StreamConfigStore
-from classifier.handler import Outgoing, RawBatchHandler
+from classifier.handler import RawBatchHandler
+from classifier.outbox import Outgoing
 from classifier.state import ClassifierState
 from tributary_contracts import Namespace, stream_config_key
 from tributary_runtime.logs import configure_logging

@@ -25,8 +25,8 @@ from classifier.settings import ClassifierSettings
 from classifier.state import source_doc_from_json
 from tests.host import free_port
 from tributary_contracts import (
-    CLASSIFIER_DURABLE,
     CLASSIFIER_STATE_BUCKET,
+    DEFAULT_PARTITIONS,
     DP_EVENTS,
     DP_RAW,
     MSG_ID_HEADER,
@@ -35,9 +35,12 @@ from tributary_contracts import (
     DataPoint,
     Namespace,
     PointBatch,
+    PointBundle,
     StreamConfig,
     ValueConstraints,
+    classifier_partition_durable,
     escape_key,
+    partition_of,
     stream_config_key,
 )
 
@@ -86,8 +89,17 @@ async def events(js: JetStreamContext, ns: Namespace) -> list[tuple[str, str, Al
     return found
 
 
+PARTITION = partition_of("iot", "dev.1", DEFAULT_PARTITIONS)
+
+
+async def publish(js: JetStreamContext, ns: Namespace, batch: PointBatch) -> None:
+    """``batch`` as a bundle of one batch on its partition's subject, as a gateway sends it."""
+    bundle = PointBundle(domain=batch.domain, partition=PARTITION, batches=[batch])
+    await js.publish(ns.raw_partition_subject("iot", PARTITION), bundle.model_dump_json().encode())
+
+
 async def inputs_acked(js: JetStreamContext, ns: Namespace) -> bool:
-    info = await js.consumer_info(ns.stream(DP_RAW), CLASSIFIER_DURABLE)
+    info = await js.consumer_info(ns.stream(DP_RAW), classifier_partition_durable(PARTITION))
     return bool(info.num_pending == 0 and info.num_ack_pending == 0)
 
 
@@ -108,12 +120,11 @@ async def test_alert_events_land_on_dp_events_with_their_subjects_and_msg_ids(
     revision = await put_config(js, ns, CONFIG)
     app = create_app(settings)
     async with app.router.lifespan_context(app):
-        raw = ns.raw_subject("iot", "dev.1")
-        await js.publish(raw, batch_at({0: 35, 1: 36, 2: 37, 3: 38}).model_dump_json().encode())
-        await js.publish(raw, batch_at({4: 70}).model_dump_json().encode())
-        await js.publish(raw, batch_at({5: 20}).model_dump_json().encode())
+        await publish(js, ns, batch_at({0: 35, 1: 36, 2: 37, 3: 38}))
+        await publish(js, ns, batch_at({4: 70}))
+        await publish(js, ns, batch_at({5: 20}))
         # a redelivery of the first batch (a gateway retry) changes nothing
-        await js.publish(raw, batch_at({0: 35, 1: 36, 2: 37, 3: 38}).model_dump_json().encode())
+        await publish(js, ns, batch_at({0: 35, 1: 36, 2: 37, 3: 38}))
 
         async def four_events() -> bool:
             return (await js.stream_info(ns.stream(DP_EVENTS))).state.messages >= 4
@@ -191,20 +202,19 @@ async def test_kill_9_mid_stream_then_restart_continues_counters_and_open_alerts
     ns = Namespace(bus_prefix)
     js = jetstream
     await put_config(js, ns, CONFIG)
-    raw = ns.raw_subject("iot", "dev.1")
     port = free_port()
     process = start_classifier(servers, bus_prefix, port)
     try:
         await wait_ready(port, process)
         # 2 of the 3 violating points, then kill -9
-        await js.publish(raw, batch_at({0: 20, 1: 35, 2: 36}).model_dump_json().encode())
+        await publish(js, ns, batch_at({0: 20, 1: 35, 2: 36}))
         await until(lambda: inputs_acked(js, ns), "the first batch acked")
         kill_9(process)
 
         # the third violating point after a restart: exactly one opened event, counting all 3
         process = start_classifier(servers, bus_prefix, port)
         await wait_ready(port, process)
-        await js.publish(raw, batch_at({3: 37}).model_dump_json().encode())
+        await publish(js, ns, batch_at({3: 37}))
         await until(lambda: inputs_acked(js, ns), "the second batch acked")
 
         async def one_event() -> bool:
@@ -217,8 +227,8 @@ async def test_kill_9_mid_stream_then_restart_continues_counters_and_open_alerts
         # closes the same alert
         process = start_classifier(servers, bus_prefix, port)
         await wait_ready(port, process)
-        await js.publish(raw, batch_at({4: 45}).model_dump_json().encode())
-        await js.publish(raw, batch_at({5: 10}).model_dump_json().encode())
+        await publish(js, ns, batch_at({4: 45}))
+        await publish(js, ns, batch_at({5: 10}))
 
         async def two_events() -> bool:
             return (await js.stream_info(ns.stream(DP_EVENTS))).state.messages >= 2

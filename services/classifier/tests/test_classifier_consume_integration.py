@@ -18,17 +18,19 @@ from nats.js import JetStreamContext
 from classifier.classify import ClassifierState
 from classifier.config_store import StreamConfigStore
 from classifier.consume import consume
-from classifier.handler import CoalescingOutbox, JetStreamOutbox, Outgoing, RawBatchHandler
+from classifier.consumers import ensure_durable
+from classifier.handler import RawBatchHandler
+from classifier.outbox import CoalescingOutbox, JetStreamOutbox, Outgoing
 from tributary_contracts import (
-    CLASSIFIER_DURABLE,
     DP_CLASSIFIED,
     DP_RAW,
-    ClassifiedBatch,
+    ClassifiedBundle,
     DataPoint,
     Namespace,
     PointBatch,
+    PointBundle,
     StreamConfig,
-    ensure_consumer,
+    classifier_partition_consumer,
     ensure_jetstream,
     stream_config_key,
 )
@@ -66,7 +68,7 @@ async def test_pipelined_fetches_classify_every_message_once_in_delivery_order(
 ) -> None:
     ns, js = Namespace(bus_prefix), jetstream
     await ensure_jetstream(js, ns)
-    await ensure_consumer(js, ns, CLASSIFIER_DURABLE)
+    durable = await ensure_durable(js, ns, classifier_partition_consumer(0))
     store = StreamConfigStore(defaults={})
     config = StreamConfig.model_validate({"rate_constraints": {"abs_delta": 5}})
     store.apply(stream_config_key("iot", "*", "temp"), config.model_dump_json().encode(), 1, None)
@@ -82,7 +84,8 @@ async def test_pipelined_fetches_classify_every_message_once_in_delivery_order(
                 DataPoint(stream_id="temp", value=20 + 10 * (i % 2), ts=T0 + timedelta(seconds=i))
             ],
         )
-        await js.publish(ns.raw_subject("iot", "dev-1"), batch.model_dump_json().encode())
+        bundle = PointBundle(domain="iot", partition=0, batches=[batch])
+        await js.publish(ns.raw_partition_subject("iot", 0), bundle.model_dump_json().encode())
 
     slow = SlowOutbox(JetStreamOutbox(js, 5.0))
     handler = RawBatchHandler(ns, store.resolve, CoalescingOutbox(slow), ClassifierState())
@@ -91,7 +94,7 @@ async def test_pipelined_fetches_classify_every_message_once_in_delivery_order(
         consume(
             js,
             ns.stream(DP_RAW),
-            CLASSIFIER_DURABLE,
+            durable,
             handler,
             stopping,
             batch_size=3,
@@ -106,13 +109,13 @@ async def test_pipelined_fetches_classify_every_message_once_in_delivery_order(
     stopping.set()
     await asyncio.wait_for(loop, 10)  # waits for the fetches in flight: all of them acked
 
-    info = await js.consumer_info(ns.stream(DP_RAW), CLASSIFIER_DURABLE)
+    info = await js.consumer_info(ns.stream(DP_RAW), durable)
     assert (info.num_pending, info.num_ack_pending, info.num_redelivered) == (0, 0, 0)
     out = [
-        ClassifiedBatch.model_validate_json((await js.get_msg(ns.stream(DP_CLASSIFIED), s)).data)
+        ClassifiedBundle.model_validate_json((await js.get_msg(ns.stream(DP_CLASSIFIED), s)).data)
         for s in range(1, MESSAGES + 1)
     ]
-    points = sorted((p.ts, p.rule, str(b.cls)) for b in out for p in b.points)
+    points = sorted((p.ts, p.rule, str(b.cls)) for x in out for b in x.batches for p in b.points)
     assert points == [(T0, "none", "normal")] + [
         (T0 + timedelta(seconds=i), "rate_abs_delta", "anomaly") for i in range(1, MESSAGES)
     ]

@@ -19,8 +19,9 @@ from prometheus_client import Counter
 
 from classifier.classify import ClassifierState
 from classifier.config_store import StreamConfigStore
-from classifier.handler import CoalescingOutbox, Outgoing, RawBatchHandler
+from classifier.handler import RawBatchHandler
 from classifier.metrics import DLQ_MESSAGES, ERRORS, PUBLISHED_POINTS, RECEIVED_POINTS
+from classifier.outbox import CoalescingOutbox, Outgoing
 from tributary_contracts import (
     DLQ_CONSUMER,
     DLQ_DELIVERIES,
@@ -29,13 +30,16 @@ from tributary_contracts import (
     DLQ_SUBJECT,
     MAX_DELIVER,
     MSG_ID_HEADER,
-    ClassifiedBatch,
+    ClassifiedBundle,
     Namespace,
     PointBatch,
+    PointBundle,
     StreamConfig,
     batch_msg_id,
+    bundle_msg_id,
     dead_letter_headers,
     escape_key,
+    partition_of,
     stream_config_key,
 )
 
@@ -47,9 +51,12 @@ MakeBatch = Callable[..., PointBatch]
 class RecordingMsg(Msg):
     """A JetStream message as nats-py delivers it, recording ack/nak instead of sending them."""
 
-    def __init__(self, data: bytes, *, deliveries: int = 1, seq: int = 1) -> None:
+    def __init__(
+        self, data: bytes, *, deliveries: int = 1, seq: int = 1, subject: str | None = None
+    ) -> None:
         reply = f"$JS.ACK.HDL_DP_RAW.classifier.{deliveries}.{seq}.{seq}.1772053200000000000.0"
-        super().__init__(None, NS.raw_subject("iot", "dev-1"), reply, data)  # type: ignore[arg-type]
+        subject = subject or NS.raw_subject("iot", "dev-1")  # a former per-source subject
+        super().__init__(None, subject, reply, data)  # type: ignore[arg-type]
         self.calls: list[tuple[str, float | None]] = []
 
     async def ack(self) -> None:
@@ -111,34 +118,104 @@ def raw(batch: PointBatch) -> bytes:
     return batch.model_dump_json().encode()
 
 
+def bundle_msg(*batches: PointBatch, partition: int = 0, seq: int = 1) -> RecordingMsg:
+    """The batches as one PointBundle on its partitioned subject, as a gateway publishes it."""
+    bundle = PointBundle(domain=batches[0].domain, partition=partition, batches=list(batches))
+    subject = NS.raw_partition_subject(bundle.domain, partition)
+    return RecordingMsg(bundle.model_dump_json().encode(), seq=seq, subject=subject)
+
+
+def classified(message: Outgoing) -> ClassifiedBundle:
+    assert isinstance(message.payload, bytes)
+    return ClassifiedBundle.model_validate_json(message.payload)
+
+
 # -- decisions, one fetch at a time ---------------------------------------------------------
 
 
-async def test_valid_batch_is_published_by_class_then_acked(
+async def test_bundle_is_published_as_one_classified_bundle_per_class_then_acked(
     store: StreamConfigStore, make_batch: MakeBatch
 ) -> None:
     outbox = MemoryOutbox()
-    batch = make_batch([20, 35, 70, 21])
-    msg = RecordingMsg(raw(batch))
+    one = make_batch([20, 35, 70, 21], source_id="dev-1")
+    two = make_batch([22, 36], source_id="dev-2")
+    msg = bundle_msg(one, two)
     before = counter(PUBLISHED_POINTS, cls="normal")
 
     outcome = await handler_with(store, outbox).handle([msg])
 
     out = [m for m in outbox.published if m.stream == NS.stream("DP_CLASSIFIED")]
     assert [m.subject for m in out] == [
-        NS.classified_subject("iot", "normal", "dev-1"),
-        NS.classified_subject("iot", "warning", "dev-1"),
-        NS.classified_subject("iot", "critical", "dev-1"),
+        NS.classified_partition_subject("iot", "normal", 0),
+        NS.classified_partition_subject("iot", "warning", 0),
+        NS.classified_partition_subject("iot", "critical", 0),
     ]
-    bodies = [ClassifiedBatch.model_validate_json(m.payload) for m in out]
-    assert [[p.value for p in b.points] for b in bodies] == [[20.0, 21.0], [35.0], [70.0]]
+    bodies = [classified(m) for m in out]
+    assert [[(b.source_id, [p.value for p in b.points]) for b in x.batches] for x in bodies] == [
+        [("dev-1", [20.0, 21.0]), ("dev-2", [22.0])],
+        [("dev-1", [35.0]), ("dev-2", [36.0])],
+        [("dev-1", [70.0])],
+    ]
     for m, body in zip(out, bodies, strict=True):
-        keys = [(p.stream_id, p.ts) for p in body.points]
-        assert m.headers == {MSG_ID_HEADER: batch_msg_id("iot", "dev-1", keys, str(body.cls))}
-        assert m.stream == NS.stream("DP_CLASSIFIED")
+        assert (body.domain, body.partition) == ("iot", 0)
+        assert all(b.cls == body.cls for b in body.batches)
+        ids = [
+            batch_msg_id("iot", b.source_id, [(p.stream_id, p.ts) for p in b.points], body.cls)
+            for b in body.batches
+        ]
+        # derived from the points: a redelivered input makes the same ids (deduplicated)
+        assert m.headers == {MSG_ID_HEADER: bundle_msg_id(ids)}
     assert msg.calls == [("ack", None)]
     assert (outcome.acked, outcome.nacked, outcome.dead_lettered) == ([msg], [], [])
-    assert counter(PUBLISHED_POINTS, cls="normal") - before == 2
+    assert counter(PUBLISHED_POINTS, cls="normal") - before == 3
+
+
+async def test_a_former_per_source_batch_is_classified_into_a_bundle(
+    store: StreamConfigStore, make_batch: MakeBatch
+) -> None:
+    outbox = MemoryOutbox()
+    msg = RecordingMsg(raw(make_batch([20, 70])))  # dp.raw.iot.dev-1, drained after an upgrade
+    outcome = await handler_with(store, outbox).handle([msg])
+    assert [m.subject for m in outbox.on(".classified.")] == [
+        NS.classified_partition_subject("iot", "normal", 0),
+        NS.classified_partition_subject("iot", "critical", 0),
+    ]
+    assert [
+        [p.value for p in classified(m).batches[0].points] for m in outbox.on(".classified.")
+    ] == [[20.0], [70.0]]
+    assert outcome.acked == [msg]
+
+
+async def test_a_source_of_another_partition_is_refused_or_left_to_its_owner(
+    store: StreamConfigStore, make_batch: MakeBatch
+) -> None:
+    sources = [f"dev-{i}" for i in range(40)]
+    mine = next(s for s in sources if partition_of("iot", s, 4) == 1)
+    theirs = next(s for s in sources if partition_of("iot", s, 4) == 2)
+    outbox = MemoryOutbox()
+    handler = RawBatchHandler(
+        NS, store.resolve, outbox, ClassifierState(), partition=1, partitions=4
+    )
+    misplaced = bundle_msg(
+        make_batch([20], source_id=mine), make_batch([21], source_id=theirs), partition=1, seq=1
+    )
+    former_theirs = RecordingMsg(
+        raw(make_batch([22], source_id=theirs)), seq=2, subject=NS.raw_subject("iot", theirs)
+    )
+    former_mine = RecordingMsg(
+        raw(make_batch([23], source_id=mine)), seq=3, subject=NS.raw_subject("iot", mine)
+    )
+
+    outcome = await handler.handle([misplaced, former_theirs, former_mine])
+
+    [letter] = outbox.on(".dlq.")
+    assert letter.headers[DLQ_KIND] == "wrong_partition"
+    assert f"source '{theirs}' hashes to partition 2 of 4, not 1" in letter.headers[DLQ_REASON]
+    assert outcome.skipped == [former_theirs]  # partition 2's drain classifies it
+    [out] = outbox.on(".classified.")
+    assert out.subject == NS.classified_partition_subject("iot", "normal", 1)
+    assert [b.source_id for b in classified(out).batches] == [mine]
+    assert all(m.calls == [("ack", None)] for m in (misplaced, former_theirs, former_mine))
 
 
 async def test_invalid_messages_go_to_the_dlq_and_their_neighbours_are_classified(
@@ -158,8 +235,8 @@ async def test_invalid_messages_go_to_the_dlq_and_their_neighbours_are_classifie
     outcome = await handler_with(store, outbox).handle([good1, not_json, not_a_batch, good2])
 
     assert [m.subject for m in outbox.on(".classified.")] == [
-        NS.classified_subject("iot", "normal", "dev-1"),
-        NS.classified_subject("iot", "critical", "dev-1"),
+        NS.classified_partition_subject("iot", "normal", 0),
+        NS.classified_partition_subject("iot", "critical", 0),
     ]
     letters = outbox.on(".dlq.")
     assert [m.subject for m in letters] == [NS.dlq_subject("classifier")] * 2
@@ -234,10 +311,7 @@ async def test_message_delivered_max_deliver_times_goes_to_the_dlq_unprocessed(
     assert letter.headers[DLQ_REASON] == f"delivered {MAX_DELIVER} times"
     assert letter.payload == given_up.data
     assert PointBatch.model_validate_json(letter.payload).points[0].value == 21.0
-    assert [
-        ClassifiedBatch.model_validate_json(m.payload).points[0].value
-        for m in outbox.on(".classified.")
-    ] == [20.0]
+    assert [classified(m).batches[0].points[0].value for m in outbox.on(".classified.")] == [20.0]
     assert (last_try.calls, given_up.calls) == ([("ack", None)], [("ack", None)])
     assert outcome.dead_lettered == [(given_up, "max_deliver")]
 

@@ -23,7 +23,6 @@ from starlette.applications import Starlette
 from classifier.app import create_app
 from classifier.settings import ClassifierSettings
 from tributary_contracts import (
-    CLASSIFIER_DURABLE,
     DLQ_CONSUMER,
     DLQ_DELIVERIES,
     DLQ_KIND,
@@ -36,17 +35,26 @@ from tributary_contracts import (
     MSG_ID_HEADER,
     STREAM_CONFIGS_BUCKET,
     ClassifiedBatch,
+    ClassifiedBundle,
     DataPoint,
     Namespace,
     PointBatch,
+    PointBundle,
     PointClass,
     StreamConfig,
     ValueConstraints,
     batch_msg_id,
+    bundle_msg_id,
+    classifier_partition_consumer,
+    classifier_partition_durable,
     stream_config_key,
 )
 
 pytestmark = pytest.mark.integration
+
+NOT_A_BUNDLE = (
+    b'{"domain": "iot", "partition": 0, "batches": [{"domain": "iot", "source_id": "d"}]}'
+)
 
 T0 = datetime(2026, 2, 25, 21, 0, tzinfo=UTC)
 TEMPERATURE = StreamConfig(
@@ -69,9 +77,12 @@ class Running:
         payload = config if isinstance(config, bytes) else config.model_dump_json().encode()
         return int(await kv.put(stream_config_key("iot", source_id, stream_id), payload))
 
-    async def publish_raw(self, payload: bytes | PointBatch, source_id: str = "dev-1") -> None:
-        data = payload.model_dump_json().encode() if isinstance(payload, PointBatch) else payload
-        await self.js.publish(self.ns.raw_subject("iot", source_id), data)
+    async def publish_raw(self, payload: bytes | PointBatch) -> None:
+        """``payload`` (a batch: as a bundle of one batch) on partition 0's subject."""
+        if isinstance(payload, PointBatch):
+            bundle = PointBundle(domain=payload.domain, partition=0, batches=[payload])
+            payload = bundle.model_dump_json().encode()
+        await self.js.publish(self.ns.raw_partition_subject("iot", 0), payload)
 
     async def wait_for_version(self, source_id: str, stream_id: str, revision: int) -> None:
         store = self.app.state.store
@@ -83,7 +94,7 @@ class Running:
         await eventually(applied)
 
     async def consumer(self) -> Any:
-        return await self.js.consumer_info(self.ns.stream(DP_RAW), CLASSIFIER_DURABLE)
+        return await self.js.consumer_info(self.ns.stream(DP_RAW), classifier_partition_durable(0))
 
     async def wait_input_acked(self) -> None:
         async def done() -> bool:
@@ -132,7 +143,10 @@ async def stream_size(js: JetStreamContext, stream: str) -> int:
 
 
 def classified(msgs: list[Msg]) -> list[ClassifiedBatch]:
-    return [ClassifiedBatch.model_validate_json(m.data) for m in msgs]
+    """The batch of each ClassifiedBundle (the tests publish one source per bundle)."""
+    bundles = [ClassifiedBundle.model_validate_json(m.data) for m in msgs]
+    assert all(len(b.batches) == 1 and b.partition == 0 for b in bundles)
+    return [b.batches[0] for b in bundles]
 
 
 def batch_of(
@@ -155,6 +169,7 @@ async def classifier_running(
         nats_url=servers.nats_url,
         bus_prefix=bus_prefix,
         fetch_timeout_seconds=0.05,
+        bus_partitions=1,
         nak_delay_seconds=0.1,
         nak_max_delay_seconds=0.5,
         **overrides,
@@ -178,9 +193,9 @@ async def test_raw_batches_are_classified_onto_their_subjects(
 
     ns = svc.ns
     assert [m.subject for m in msgs] == [
-        ns.classified_subject("iot", "normal", "dev-1"),
-        ns.classified_subject("iot", "warning", "dev-1"),
-        ns.classified_subject("iot", "critical", "dev-1"),
+        ns.classified_partition_subject("iot", "normal", 0),
+        ns.classified_partition_subject("iot", "warning", 0),
+        ns.classified_partition_subject("iot", "critical", 0),
     ]
     got = classified(msgs)
     assert [[(p.value, p.rule, p.config_version) for p in b.points] for b in got] == [
@@ -196,7 +211,8 @@ async def test_raw_batches_are_classified_onto_their_subjects(
         assert (b.domain, b.source_id, b.received_at) == ("iot", "dev-1", batch.received_at)
         keys = [(p.stream_id, p.ts) for p in b.points]
         assert m.headers is not None
-        assert m.headers[MSG_ID_HEADER] == batch_msg_id("iot", "dev-1", keys, str(b.cls))
+        batch_id = batch_msg_id("iot", "dev-1", keys, str(b.cls))
+        assert m.headers[MSG_ID_HEADER] == bundle_msg_id([batch_id])
 
 
 async def test_a_redelivered_batch_is_deduplicated_on_the_bus(
@@ -271,7 +287,7 @@ async def test_malformed_raw_message_goes_to_the_dlq_and_its_neighbours_are_clas
     async with classifier_running(servers, bus_prefix, jetstream) as svc:
         await svc.publish_raw(batch_of([10]))
         await svc.publish_raw(b"this is not json")
-        await svc.publish_raw(b'{"domain": "iot", "source_id": "dev-1", "points": []}')
+        await svc.publish_raw(NOT_A_BUNDLE)
         await svc.publish_raw(batch_of([11], start=T0 + timedelta(minutes=1)))
 
         letters = await read_stream(svc.js, svc.ns.stream(DP_DLQ), 2)
@@ -284,34 +300,34 @@ async def test_malformed_raw_message_goes_to_the_dlq_and_its_neighbours_are_clas
     assert [m.subject for m in letters] == [svc.ns.dlq_subject("classifier")] * 2
     # the letters too may be stored in either order; each body is the refused payload, byte for byte
     by_body = {m.data: m.headers or {} for m in letters}
-    not_json, not_a_batch = (
-        b"this is not json",
-        b'{"domain": "iot", "source_id": "dev-1", "points": []}',
-    )
+    not_json, not_a_batch = b"this is not json", NOT_A_BUNDLE
     assert set(by_body) == {not_json, not_a_batch}
     for headers in by_body.values():
         assert (headers[DLQ_KIND], headers[DLQ_SUBJECT], headers[DLQ_CONSUMER]) == (
             "invalid_batch",
-            svc.ns.raw_subject("iot", "dev-1"),
+            svc.ns.raw_partition_subject("iot", 0),
             "classifier",
         )
         assert headers[DLQ_DELIVERIES] == "1"
     assert by_body[not_json][DLQ_REASON].startswith("Invalid JSON")
-    assert "transport: Field required" in by_body[not_a_batch][DLQ_REASON]
+    assert "batches.0.transport: Field required" in by_body[not_a_batch][DLQ_REASON]
     assert (info.num_ack_pending, info.num_pending, info.num_redelivered) == (0, 0, 0)
 
 
 async def test_message_delivered_max_deliver_times_goes_to_the_dlq(
     servers: Any, bus_prefix: str, jetstream: JetStreamContext
 ) -> None:
-    from tributary_contracts import ensure_consumer
+    from tributary_contracts import ensure_jetstream
 
     ns = Namespace(bus_prefix)
-    await ensure_consumer(jetstream, ns, CLASSIFIER_DURABLE)
-    payload = batch_of([1]).model_dump_json().encode()
-    await jetstream.publish(ns.raw_subject("iot", "dev-1"), payload)
+    await ensure_jetstream(jetstream, ns)
+    durable = classifier_partition_consumer(0)
+    await jetstream.add_consumer(ns.stream(DP_RAW), **durable.kwargs(ns))
+    bundle = PointBundle(domain="iot", partition=0, batches=[batch_of([1])])
+    payload = bundle.model_dump_json().encode()
+    await jetstream.publish(ns.raw_partition_subject("iot", 0), payload)
     # Earlier deliveries that all failed: taken and nak'ed on the durable MAX_DELIVER - 1 times.
-    sub = await jetstream.pull_subscribe_bind(CLASSIFIER_DURABLE, ns.stream(DP_RAW))
+    sub = await jetstream.pull_subscribe_bind(durable.durable, ns.stream(DP_RAW))
     for _ in range(MAX_DELIVER - 1):
         [msg] = await sub.fetch(1, timeout=5)
         await msg.nak()
@@ -324,9 +340,9 @@ async def test_message_delivered_max_deliver_times_goes_to_the_dlq(
 
     headers = letter.headers or {}
     assert (headers[DLQ_KIND], headers[DLQ_DELIVERIES]) == ("max_deliver", str(MAX_DELIVER))
-    assert headers[DLQ_SUBJECT] == ns.raw_subject("iot", "dev-1")
+    assert headers[DLQ_SUBJECT] == ns.raw_partition_subject("iot", 0)
     assert letter.data == payload  # the original bytes, republishable as is
-    assert PointBatch.model_validate_json(letter.data).points[0].value == 1.0
+    assert PointBundle.model_validate_json(letter.data).batches[0].points[0].value == 1.0
 
 
 async def test_failed_publish_is_retried_until_the_output_is_durable(

@@ -1,4 +1,4 @@
-"""The importer against the real NATS: upload → job → PointBatches on the namespaced dp.raw."""
+"""The importer against the real NATS: upload → job → PointBundles on the namespaced dp.raw."""
 
 from __future__ import annotations
 
@@ -11,12 +11,15 @@ import pytest
 from csv_importer.jobs import JobStore
 
 from tributary_contracts import (
+    DEFAULT_PARTITIONS,
     DP_RAW,
     DP_REJECTED,
     MSG_ID_HEADER,
-    PointBatch,
+    PointBundle,
     RejectedInput,
     batch_msg_id,
+    bundle_msg_id,
+    partition_of,
 )
 from tributary_runtime.apikeys import Role
 
@@ -31,17 +34,26 @@ SEED_CSV = (
 
 
 async def raw_points(read_stream: Any) -> list[tuple[str, str, str, float, datetime]]:
-    """(subject, source, stream, value, ts) of every point on DP_RAW, checking each batch."""
+    """(subject, source, stream, value, ts) of every point on DP_RAW, checking each bundle."""
     out = []
     for message in await read_stream(DP_RAW):
-        batch = PointBatch.model_validate_json(message.data)
-        assert batch.transport == "csv"
-        assert message.headers[MSG_ID_HEADER] == batch_msg_id(
-            batch.domain, batch.source_id, ((p.stream_id, p.ts) for p in batch.points)
-        )
-        out += [
-            (message.subject, batch.source_id, p.stream_id, p.value, p.ts) for p in batch.points
-        ]
+        bundle = PointBundle.model_validate_json(message.data)
+        ids = []
+        for batch in bundle.batches:
+            assert batch.transport == "csv"
+            assert partition_of(batch.domain, batch.source_id, DEFAULT_PARTITIONS) == (
+                bundle.partition
+            )
+            ids.append(
+                batch_msg_id(
+                    batch.domain, batch.source_id, ((p.stream_id, p.ts) for p in batch.points)
+                )
+            )
+            out += [
+                (message.subject, batch.source_id, p.stream_id, p.value, p.ts)
+                for p in batch.points
+            ]
+        assert message.headers[MSG_ID_HEADER] == bundle_msg_id(ids)
     return out
 
 
@@ -65,7 +77,9 @@ async def test_upload_replies_202_with_a_job_that_completes(
     assert (job["rows_processed"], job["points_published"], job["points_rejected"]) == (3, 9, 0)
     assert (job["rows_total"], job["percent"], job["errors"]) == (3, 100.0, [])
     points = await raw_points(read_stream)
-    subject = f"{imp.ns.prefix}.dp.raw.infrastructure.src-1"
+    subject = imp.ns.raw_partition_subject(
+        "infrastructure", partition_of("infrastructure", "src-1", DEFAULT_PARTITIONS)
+    )
     ts = [datetime.fromtimestamp(1708900000 + i, UTC) for i in range(3)]
     assert points == [
         (subject, "src-1", "temperature", 23.5, ts[0]),
@@ -96,8 +110,10 @@ async def test_many_chunks_publish_every_point_once_in_batches_of_500(
         ts = datetime.fromtimestamp(1708900000 + i, UTC)
         expected += [("a", float(i), ts), ("b", i * 0.5, ts), ("c", float(-i), ts)]
     assert [(p[2], p[3], p[4]) for p in points] == expected
-    sizes = [len(PointBatch.model_validate_json(m.data).points) for m in await read_stream(DP_RAW)]
-    assert max(sizes) == 500
+    bundles = [PointBundle.model_validate_json(m.data) for m in await read_stream(DP_RAW)]
+    assert max(len(b.points) for bundle in bundles for b in bundle.batches) == 500
+    # no linger: a slice (300 rows × 3 points) fills one bundle and goes out at once
+    assert max(sum(len(b.points) for b in bundle.batches) for bundle in bundles) == 900
 
 
 async def test_bad_rows_are_recorded_with_row_numbers_and_the_rest_is_published(
@@ -154,7 +170,7 @@ async def test_only_the_first_errors_are_kept_but_all_are_counted(start_importer
     assert [e["row"] for e in job["errors"]] == list(range(2, 102))
 
 
-async def test_long_format_publishes_one_batch_stream_per_source(
+async def test_long_format_publishes_one_batch_per_source_in_its_partition(
     start_importer: Any, read_stream: Any
 ) -> None:
     text = (
@@ -168,11 +184,13 @@ async def test_long_format_publishes_one_batch_stream_per_source(
         job = await imp.finished(reply.json()["job_id"])
 
     assert job["status"] == "completed", job
-    prefix = imp.ns.prefix
-    assert [(p[0], p[1], p[3]) for p in await raw_points(read_stream)] == [
-        (f"{prefix}.dp.raw.infrastructure.host%20a", "host a", 1.5),
-        (f"{prefix}.dp.raw.infrastructure.host%2Eb", "host.b", 2.5),
-    ]
+    def subject(source: str) -> str:
+        partition = partition_of("infrastructure", source, DEFAULT_PARTITIONS)
+        return imp.ns.raw_partition_subject("infrastructure", partition)
+
+    assert sorted((p[0], p[1], p[3]) for p in await raw_points(read_stream)) == sorted(
+        [(subject("host a"), "host a", 1.5), (subject("host.b"), "host.b", 2.5)]
+    )
 
 
 @pytest.mark.parametrize(

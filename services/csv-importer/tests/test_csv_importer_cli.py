@@ -23,7 +23,7 @@ import pytest
 
 from tests.host import free_port
 from tests.streams import drop_namespace_at
-from tributary_contracts import API_KEYS_BUCKET, DP_RAW, Namespace, PointBatch, ensure_jetstream
+from tributary_contracts import API_KEYS_BUCKET, DP_RAW, Namespace, PointBundle, ensure_jetstream
 from tributary_runtime.apikeys import ApiKeyStore, Role
 from tributary_runtime.cli import main
 from tributary_runtime.csv_cli import progress_text
@@ -157,9 +157,10 @@ async def _raw_points(nats_url: str, prefix: str, source: str) -> list[tuple[str
         info = await js.stream_info(stream)
         points = []
         for seq in range(info.state.first_seq, info.state.last_seq + 1):
-            batch = PointBatch.model_validate_json((await js.get_msg(stream, seq)).data or b"")
-            if batch.source_id == source:
-                points += [(p.stream_id, p.value) for p in batch.points]
+            data = (await js.get_msg(stream, seq)).data or b""
+            for batch in PointBundle.model_validate_json(data).batches:
+                if batch.source_id == source:
+                    points += [(p.stream_id, p.value) for p in batch.points]
         return sorted(points)
     finally:
         await nc.close()

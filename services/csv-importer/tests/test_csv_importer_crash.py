@@ -18,7 +18,7 @@ import pytest
 from nats.js import JetStreamContext
 
 from tests.host import free_port
-from tributary_contracts import API_KEYS_BUCKET, CSV_JOBS_BUCKET, DP_RAW, Namespace, PointBatch
+from tributary_contracts import API_KEYS_BUCKET, CSV_JOBS_BUCKET, DP_RAW, Namespace, PointBundle
 from tributary_runtime.apikeys import ApiKeyStore, Role
 
 pytestmark = pytest.mark.integration
@@ -124,8 +124,10 @@ async def test_kill_9_mid_job_then_restart_completes_with_every_point_once(
     info = await jetstream.stream_info(stream)
     keys = []
     for seq in range(info.state.first_seq, info.state.last_seq + 1):
-        batch = PointBatch.model_validate_json((await jetstream.get_msg(stream, seq)).data)
-        keys += [(p.stream_id, int(p.ts.timestamp()), p.value) for p in batch.points]
+        bundle = PointBundle.model_validate_json((await jetstream.get_msg(stream, seq)).data)
+        keys += [
+            (p.stream_id, int(p.ts.timestamp()), p.value) for b in bundle.batches for p in b.points
+        ]
     expected = [
         (name, 1_700_000_000 + i, value)
         for i in range(ROWS)

@@ -9,7 +9,7 @@ import numpy as np
 from csv_importer.encode import encode_points
 from csv_importer.reading import SourcePoints, timestamp_texts
 
-from tributary_contracts import MSG_ID_HEADER, PointBatch, batch_msg_id
+from tributary_contracts import PointBatch, batch_msg_id
 
 RECEIVED = datetime(2026, 3, 1, 12, 0, 0, 123456, tzinfo=UTC)
 
@@ -21,7 +21,7 @@ def decoded(messages: list, domain: str, source: str) -> list[tuple[str, float, 
         assert (batch.domain, batch.source_id, batch.transport) == (domain, source, "csv")
         assert batch.received_at == RECEIVED
         assert message.points == len(batch.points)
-        assert message.headers[MSG_ID_HEADER] == batch_msg_id(
+        assert message.msg_id == batch_msg_id(
             domain, source, ((p.stream_id, p.ts) for p in batch.points)
         )
         points += [(p.stream_id, p.value, p.ts) for p in batch.points]
@@ -42,7 +42,7 @@ def test_odd_ids_values_and_times_survive_the_hand_written_json() -> None:
     points = SourcePoints(ids, values, times)
     source = 'src "x"/ü'
     out = decoded(
-        encode_points("finance", source, RECEIVED, points, "s", 1 << 20), "finance", source
+        encode_points("finance", source, RECEIVED, points, 1 << 20), "finance", source
     )
     assert out == [
         (sid, value, datetime.fromisoformat(ts))
@@ -55,10 +55,10 @@ def test_batches_are_cut_at_500_points_and_halved_until_they_fit() -> None:
     times = timestamp_texts(np.arange(n, dtype=np.int64) * 1_000_000)
     points = SourcePoints([f"s{i % 3}" for i in range(n)], [float(i) for i in range(n)], times)
 
-    cut = encode_points("iot", "dev", RECEIVED, points, "s", 1 << 20)
+    cut = encode_points("iot", "dev", RECEIVED, points, 1 << 20)
     assert [m.points for m in cut] == [500, 500, 203]
 
-    small = encode_points("iot", "dev", RECEIVED, points, "s", 20_000)
+    small = encode_points("iot", "dev", RECEIVED, points, 20_000)
     assert all(len(m.payload) <= 20_000 for m in small)
     assert sum(m.points for m in small) == n
     assert decoded(small, "iot", "dev") == decoded(cut, "iot", "dev")

@@ -15,13 +15,14 @@ from gateway_http.app import create_app
 from gateway_http.settings import GatewayHttpSettings
 from tributary_contracts import (
     API_KEYS_BUCKET,
+    DEFAULT_PARTITIONS,
     DP_RAW,
     DP_REJECTED,
-    MSG_ID_HEADER,
     Namespace,
-    PointBatch,
     batch_msg_id,
+    bundle_msg_id,
     ensure_jetstream,
+    partition_of,
 )
 from tributary_runtime.apikeys import ApiKeyStore, Role
 
@@ -48,8 +49,8 @@ def series(n: int, start: datetime = datetime(2026, 2, 25, tzinfo=UTC)) -> list[
     ]
 
 
-async def test_post_data_publishes_one_point_batch_with_deterministic_msg_id(
-    gateway: Any, read_stream: Any
+async def test_post_data_publishes_one_point_batch_in_a_bundle_of_its_partition(
+    gateway: Any, read_batches: Any
 ) -> None:
     before = datetime.now(UTC)
     points = [
@@ -69,9 +70,13 @@ async def test_post_data_publishes_one_point_batch_with_deterministic_msg_id(
 
     assert reply.status_code == 202, reply.text
     assert reply.json() == {"accepted": 3, "rejected": []}
-    [message] = await read_stream(DP_RAW)
-    assert message.subject == gateway.ns.raw_subject("infrastructure", "server-01")
-    batch = PointBatch.model_validate_json(message.data)
+    [raw] = await read_batches()
+    partition = partition_of("infrastructure", "server-01", DEFAULT_PARTITIONS)
+    assert (raw.subject, raw.partition) == (
+        gateway.ns.raw_partition_subject("infrastructure", partition),
+        partition,
+    )
+    batch = raw.batch
     assert (batch.domain, batch.source_id, batch.transport) == (
         "infrastructure",
         "server-01",
@@ -109,37 +114,35 @@ async def test_post_data_publishes_one_point_batch_with_deterministic_msg_id(
         datetime(2026, 2, 25, 21, 0, 0, 250000, tzinfo=UTC),
         batch.received_at,  # no timestamp: the receive time
     ]
-    assert message.headers[MSG_ID_HEADER] == batch_msg_id(
-        "infrastructure", "server-01", [(p.stream_id, p.ts) for p in batch.points]
+    assert raw.bundle_msg_id == bundle_msg_id(
+        [batch_msg_id("infrastructure", "server-01", [(p.stream_id, p.ts) for p in batch.points])]
     )
 
 
-async def test_post_data_escapes_source_id_in_subject_and_keeps_it_in_payload(
-    gateway: Any, read_stream: Any
+async def test_post_data_keeps_any_source_id_in_the_payload_and_partitions_it(
+    gateway: Any, read_batches: Any
 ) -> None:
     source = "rack.4 unit*7/ü"
 
     reply = await gateway.post(body(series(1), source_id=source, domain="finance"))
 
     assert reply.status_code == 202, reply.text
-    [message] = await read_stream(DP_RAW)
-    assert message.subject == gateway.ns.raw_subject("finance", source)
-    assert message.subject.endswith(".dp.raw.finance.rack%2E4%20unit%2A7/ü")
-    assert PointBatch.model_validate_json(message.data).source_id == source
+    [raw] = await read_batches()
+    partition = partition_of("finance", source, DEFAULT_PARTITIONS)
+    assert raw.subject.endswith(f".dp.raw.finance.part.{partition}")
+    assert raw.batch.source_id == source
 
 
 async def test_post_data_cuts_1200_points_into_three_batches_in_order(
-    gateway: Any, read_stream: Any
+    gateway: Any, read_batches: Any
 ) -> None:
     reply = await gateway.post(body(series(1200)))
 
     assert reply.status_code == 202, reply.text
     assert reply.json() == {"accepted": 1200, "rejected": []}
-    messages = await read_stream(DP_RAW)
-    batches = [PointBatch.model_validate_json(m.data) for m in messages]
+    batches = [r.batch for r in await read_batches()]
     assert [len(b.points) for b in batches] == [500, 500, 200]
     assert [p.value for b in batches for p in b.points] == [float(i) for i in range(1200)]
-    assert len({m.headers[MSG_ID_HEADER] for m in messages}) == 3
 
 
 async def test_post_data_twice_is_deduplicated_on_the_stream(
@@ -150,11 +153,11 @@ async def test_post_data_twice_is_deduplicated_on_the_stream(
 
     assert (first.status_code, second.status_code) == (202, 202)
     assert second.json() == {"accepted": 700, "rejected": []}
-    assert len(await read_stream(DP_RAW)) == 2  # the retry's two batches were dropped
+    assert len(await read_stream(DP_RAW)) == 1  # the retry's bundle was dropped
 
 
 async def test_post_data_splits_batches_that_exceed_the_server_payload_limit(
-    gateway: Any, read_stream: Any, nats_client: Any
+    gateway: Any, read_stream: Any, read_batches: Any, nats_client: Any
 ) -> None:
     # 400 points × ~7 KiB of metadata ≈ 2.8 MB: more than NATS' max_payload (1 MiB default).
     points = [{**p, "metadata": {"blob": "x" * 7000}} for p in series(400)]
@@ -165,12 +168,12 @@ async def test_post_data_splits_batches_that_exceed_the_server_payload_limit(
     messages = await read_stream(DP_RAW)
     assert len(messages) > 1
     assert all(len(m.data) <= nats_client.max_payload for m in messages)
-    values = [p.value for m in messages for p in PointBatch.model_validate_json(m.data).points]
+    values = [p.value for r in await read_batches() for p in r.batch.points]
     assert values == [float(i) for i in range(400)]
 
 
 async def test_post_data_accepts_good_points_and_reports_bad_ones(
-    gateway: Any, read_stream: Any
+    gateway: Any, read_stream: Any, read_batches: Any
 ) -> None:
     points = [
         {"stream_id": "ok", "value": 1.0, "timestamp": TS},
@@ -200,8 +203,8 @@ async def test_post_data_accepts_good_points_and_reports_bad_ones(
             },
         ],
     }
-    [raw] = await read_stream(DP_RAW)
-    assert [p.stream_id for p in PointBatch.model_validate_json(raw.data).points] == ["ok"]
+    [raw] = await read_batches()
+    assert [p.stream_id for p in raw.batch.points] == ["ok"]
     [rejected] = await read_stream(DP_REJECTED)
     assert rejected.subject == gateway.ns.rejected_subject("http")
     payload = orjson.loads(rejected.data)

@@ -12,7 +12,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from gateway_http.legacy import LEGACY_CLASS, status_body
-from tributary_contracts import DEVICES_BUCKET, DP_RAW, LegacyIds, PointBatch
+from tributary_contracts import DEFAULT_PARTITIONS, DEVICES_BUCKET, DP_RAW, LegacyIds, partition_of
 from tributary_runtime.devices import (
     DeviceRecord,
     DeviceRegistry,
@@ -78,14 +78,15 @@ async def post_packet(gw: Any, body: Any, key: str | None = KEY) -> Any:
 
 
 async def test_packet_is_published_with_the_iot_ids_and_answers_inserted(
-    iot: Any, read_stream: Any
+    iot: Any, read_batches: Any
 ) -> None:
     reply = await post_packet(iot, packet((TEMP, 21.5), (HUMID.upper(), 40)))
 
     assert (reply.status_code, reply.json()) == (200, {"inserted": 2})
-    [message] = await read_stream(DP_RAW)
-    assert message.subject == iot.ns.raw_subject("iot", DEVICE)
-    batch = PointBatch.model_validate_json(message.data)
+    [raw] = await read_batches()
+    partition = partition_of("iot", DEVICE, DEFAULT_PARTITIONS)
+    assert raw.subject == iot.ns.raw_partition_subject("iot", partition)
+    batch = raw.batch
     assert (batch.domain, batch.source_id, batch.transport) == ("iot", DEVICE, "http")
     temp = LegacyIds(sensor_id=17, device_uuid=DEVICE, sensor_uuid=TEMP)
     humid = LegacyIds(sensor_id=18, device_uuid=DEVICE, sensor_uuid=HUMID)
@@ -147,7 +148,7 @@ async def test_invalid_packet_gets_fastapi_shaped_422(iot: Any, read_stream: Any
     assert await read_stream(DP_RAW) == []
 
 
-async def test_single_and_bulk_readings_by_sensor_id(iot: Any, read_stream: Any) -> None:
+async def test_single_and_bulk_readings_by_sensor_id(iot: Any, read_batches: Any) -> None:
     one = await iot.client.post(
         "/ingest/readings",
         json={"sensor_id": 17, "value": 21.5, "timestamp": 1772053200},
@@ -167,7 +168,7 @@ async def test_single_and_bulk_readings_by_sensor_id(iot: Any, read_stream: Any)
 
     assert (one.status_code, one.json()) == (200, {"inserted": 1})
     assert (bulk.status_code, bulk.json()) == (200, {"inserted": 3})
-    batches = [PointBatch.model_validate_json(m.data) for m in await read_stream(DP_RAW)]
+    batches = [r.batch for r in await read_batches()]
     got = [
         (b.source_id, p.stream_id, p.value, p.stream_type, p.legacy and p.legacy.sensor_uuid)
         for b in batches

@@ -14,7 +14,7 @@ import orjson
 import pytest
 
 from gateway_http.provision import main, parse_body, provisioning_body, sign
-from tributary_contracts import AUDIT, DEVICES_BUCKET, DP_RAW, PROVISION_NONCES_BUCKET
+from tributary_contracts import AUDIT, DEVICES_BUCKET, PROVISION_NONCES_BUCKET
 from tributary_contracts.jetstream import PROVISION_NONCE_TTL_SECONDS
 from tributary_runtime.devices import DeviceRecord, DeviceRegistry, SensorRecord
 
@@ -40,7 +40,7 @@ async def audit_actions(read_stream: Any, count: int) -> list[dict[str, Any]]:
 
 
 async def test_signed_request_registers_a_device_whose_key_works_on_packets(
-    start_gateway: Any, read_stream: Any
+    start_gateway: Any, read_stream: Any, read_batches: Any
 ) -> None:
     async with start_gateway(provisioning_secret=SECRET) as gw:
         reply = await provision(gw, provisioning_body(SECRET, "SN-100"))
@@ -64,7 +64,7 @@ async def test_signed_request_registers_a_device_whose_key_works_on_packets(
         sent = await gw.client.post("/ingest/packets", json=packet, headers={"X-Device-Key": key})
         assert sent.status_code == 200, sent.text
         assert sent.json() == {"inserted": 1}
-        assert any(device_uuid in m.subject for m in await read_stream(DP_RAW))
+        assert any(r.batch.source_id == device_uuid for r in await read_batches())
         wrong = await gw.client.post(
             "/ingest/packets", json=packet, headers={"X-Device-Key": key + "x"}
         )

@@ -23,7 +23,7 @@ from gateway_mqtt.app import create_app
 from gateway_mqtt.settings import GatewayMqttSettings
 from tests.asgi import running
 from tests.streams import StoredMessage, stored_messages
-from tributary_contracts import Namespace
+from tributary_contracts import Namespace, PointBatch, PointBundle
 
 MQTT_HOST, MQTT_PORT = "127.0.0.1", 1883
 
@@ -78,6 +78,11 @@ async def wait_for_messages(
     return await stored_messages(js, stream)
 
 
+def batches(messages: list[StoredMessage]) -> list[PointBatch]:
+    """The point batches inside stored raw bundles, in order."""
+    return [b for m in messages for b in PointBundle.model_validate_json(m.data).batches]
+
+
 def make_settings(
     servers: Any, bus_prefix: str, topic_prefix: str, **overrides: Any
 ) -> GatewayMqttSettings:
@@ -89,7 +94,7 @@ def make_settings(
         "mqtt_session_expiry_seconds": 60,
         "mqtt_reconnect_min_seconds": 0.05,
         "mqtt_reconnect_max_seconds": 0.5,
-        "batch_linger_ms": 5,
+        "bundle_linger_ms": 5,
     }
     values.update(overrides)
     return GatewayMqttSettings(**values)
@@ -107,7 +112,14 @@ class Gateway:
         return f"{self.prefix}/{rest}"
 
     async def raw(self, count: int, timeout: float = 10.0) -> list[StoredMessage]:
-        return await wait_for_messages(self.js, self.ns.stream("DP_RAW"), count, timeout)
+        """The raw stream's bundles once they hold at least ``count`` point batches."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            stored = await stored_messages(self.js, self.ns.stream("DP_RAW"))
+            if len(batches(stored)) >= count:
+                return stored
+            await asyncio.sleep(0.05)
+        return await stored_messages(self.js, self.ns.stream("DP_RAW"))
 
     async def rejected(self, count: int, timeout: float = 10.0) -> list[StoredMessage]:
         return await wait_for_messages(self.js, self.ns.stream("DP_REJECTED"), count, timeout)
@@ -170,6 +182,7 @@ class Helpers:
     publish_sync: Any = publish_sync
     mosquitto_pub: Any = mosquitto_pub
     wait_for_messages: Any = wait_for_messages
+    batches: Any = batches
     make_settings: Any = make_settings
 
 

@@ -17,7 +17,7 @@ import pytest
 from nats.js import JetStreamContext
 
 from tests.host import free_port
-from tributary_contracts import Namespace, PointBatch, ensure_jetstream
+from tributary_contracts import Namespace, ensure_jetstream
 
 pytestmark = pytest.mark.integration
 
@@ -106,7 +106,7 @@ async def test_a_gateway_killed_before_acking_gets_the_messages_again_and_stores
         second.terminate()
         second.wait(timeout=20)
 
-    points = [p for m in stored for p in PointBatch.model_validate_json(m.data).points]
+    points = [p for b in mq.batches(stored) for p in b.points]
     assert sorted(p.value for p in points) == [1.0, 2.0]
     assert redelivered == 2  # the broker sent both again, flagged DUP
     assert in_flight == 0  # and this time they were acknowledged

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from gateway_mqtt.normalize import Route, normalize_message, parse_topic
-from tributary_contracts import DEVICES_BUCKET, LegacyIds, PointBatch
+from tributary_contracts import DEVICES_BUCKET, LegacyIds
 from tributary_runtime.devices import (
     DeviceRecord,
     DeviceRegistry,
@@ -63,7 +63,7 @@ def test_a_stream_type_in_a_legacy_payload_is_still_an_unknown_field() -> None:
 @pytest.mark.integration
 async def test_a_sensor_registered_while_running_is_resolved(gateway: Any, mq: Any) -> None:
     await mq.mosquitto_pub(gateway.topic("iot/sensors/17/readings"), '{"value": 1, "timestamp": 1}')
-    [before] = [PointBatch.model_validate_json(m.data) for m in await gateway.raw(1)]
+    [before] = mq.batches(await gateway.raw(1))
     assert before.source_id == "sensor-17"
 
     kv = await gateway.js.key_value(gateway.ns.bucket(DEVICES_BUCKET))
@@ -78,7 +78,7 @@ async def test_a_sensor_registered_while_running_is_resolved(gateway: Any, mq: A
         gateway.topic("iot/sensors/17/readings"), '{"value": 21.5, "timestamp": 1772053200}'
     )
 
-    after = PointBatch.model_validate_json((await gateway.raw(2))[1].data)
+    after = mq.batches(await gateway.raw(2))[1]
     assert (after.domain, after.source_id) == ("iot", DEVICE)
     [point] = after.points
     assert (point.stream_id, point.value, point.ts, point.stream_type, point.legacy) == (

@@ -262,7 +262,8 @@ def test_broker_url(url: str, expected: tuple[str, int, bool]) -> None:
         {"mqtt_topic_prefix": "a/#"},
         {"mqtt_shared_group": "a/b"},
         {"mqtt_topics": " , "},
-        {"batch_max_points": 501},
+        {"bus_partitions": 0},
+        {"bundle_linger_ms": -1},
         {"mqtt_qos": 2},
     ],
 )

@@ -1,10 +1,12 @@
-"""The pipeline on a fake bus and a fake broker connection: batching, PUBACK order, retries,
-abandoning on reconnect, backpressure, rejections and redelivered timestamp-less messages."""
+"""The pipeline and its coalescer on a fake JetStream and a fake broker connection: bundling,
+PUBACK order, retries, abandoning on reconnect, backpressure, rejections and redelivered
+timestamp-less messages."""
 
 from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any
 
 import orjson
@@ -12,7 +14,16 @@ import pytest
 
 from gateway_mqtt.pipeline import Pipeline
 from gateway_mqtt.settings import GatewayMqttSettings
-from tributary_contracts import MSG_ID_HEADER, PointBatch, RejectedInput
+from tributary_contracts import (
+    DEFAULT_PARTITIONS,
+    MSG_ID_HEADER,
+    PointBatch,
+    PointBundle,
+    RejectedInput,
+    Transport,
+    partition_of,
+)
+from tributary_ingest.coalesce import Coalescer
 
 
 @dataclass
@@ -44,27 +55,65 @@ class FakeBroker:
 
 
 class FakeBus:
-    """Records publishes; ``hold`` keeps PubAcks back until released, ``fail`` raises."""
+    """A JetStream as the coalescer sees it: records publishes; ``hold`` keeps a subject's
+    PubAcks back until released; ``fail`` makes publishes raise."""
 
     def __init__(self) -> None:
         self.published: list[tuple[str, bytes, dict[str, str]]] = []
         self.fail = False
         self.hold: dict[str, asyncio.Event] = {}  # subject → released
+        self.tasks: set[asyncio.Future[None]] = set()
 
-    async def publish(self, subject: str, payload: bytes, headers: dict[str, str]) -> Any:
+    async def publish_async(
+        self, subject: str, payload: bytes, wait_stall: float, headers: dict[str, str]
+    ) -> asyncio.Future[Any]:
         if self.fail:
             raise ConnectionError("bus down")
-        if subject in self.hold:
-            await self.hold[subject].wait()
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        event = self.hold.get(subject)
+        if event is None:
+            self._ack(subject, payload, headers, future)
+        else:
+            task = asyncio.ensure_future(self._held(event, subject, payload, headers, future))
+            self.tasks.add(task)
+        return future
+
+    async def _held(self, event: asyncio.Event, *args: Any) -> None:
+        await event.wait()
+        self._ack(*args)
+
+    def _ack(self, subject: str, payload: bytes, headers: dict[str, str], future: Any) -> None:
         self.published.append((subject, payload, headers))
-        return object()
+        future.set_result(SimpleNamespace(duplicate=False))
 
     def batches(self) -> list[PointBatch]:
-        return [PointBatch.model_validate_json(p) for s, p, _ in self.published if ".raw." in s]
+        return [
+            b
+            for s, p, _ in self.published
+            if ".raw." in s
+            for b in PointBundle.model_validate_json(p).batches
+        ]
 
 
 def settings(**overrides: Any) -> GatewayMqttSettings:
-    return GatewayMqttSettings(**{"batch_linger_ms": 5, **overrides})
+    return GatewayMqttSettings(**{"bundle_linger_ms": 5, **overrides})
+
+
+def pipeline_on(
+    bus: FakeBus, options: GatewayMqttSettings | None = None, max_message_bytes: int = 1 << 20
+) -> Pipeline:
+    options = options or settings()
+    coalescer = Coalescer(
+        bus,  # type: ignore[arg-type]
+        options.namespace,
+        transport=Transport.MQTT,
+        partitions=options.bus_partitions,
+        linger_seconds=options.bundle_linger_ms / 1000,
+        timeout=options.publish_timeout_seconds,
+        max_message_bytes=max_message_bytes,
+        excerpt_bytes=options.rejected_excerpt_bytes,
+    )
+    return Pipeline(options, coalescer)
 
 
 def value(v: float, ts: str | None = "2026-02-25T21:00:00Z") -> bytes:
@@ -79,9 +128,9 @@ async def settle(pipeline: Pipeline, seconds: float = 0.05) -> None:
     await pipeline.drain(1.0)
 
 
-async def test_points_of_one_source_go_out_in_one_batch_after_the_linger() -> None:
+async def test_messages_of_one_partition_go_out_in_one_bundle_after_the_linger() -> None:
     bus, broker = FakeBus(), FakeBroker()
-    pipeline = Pipeline(settings(), bus.publish)
+    pipeline = pipeline_on(bus)
     pipeline.attach(broker)
 
     for mid in range(1, 4):
@@ -89,41 +138,29 @@ async def test_points_of_one_source_go_out_in_one_batch_after_the_linger() -> No
     assert bus.published == [] and broker.acks == []  # lingering
     await settle(pipeline)
 
-    assert [[p.value for p in b.points] for b in bus.batches()] == [[1.0, 2.0, 3.0]]
+    assert [[p.value for p in b.points] for b in bus.batches()] == [[1.0], [2.0], [3.0]]
     assert broker.acks == [1, 2, 3]
-    assert bus.published[0][0] == "dp.raw.infrastructure.server-01"
+    partition = partition_of("infrastructure", "server-01", DEFAULT_PARTITIONS)
+    assert [s for s, _, _ in bus.published] == [f"dp.raw.infrastructure.part.{partition}"]
     assert MSG_ID_HEADER in bus.published[0][2]
 
 
-async def test_a_full_batch_is_published_without_waiting_for_the_linger() -> None:
+async def test_domains_are_bundled_apart_and_pubacks_keep_receipt_order() -> None:
     bus, broker = FakeBus(), FakeBroker()
-    pipeline = Pipeline(settings(batch_max_points=2, batch_linger_ms=10_000), bus.publish)
-    pipeline.attach(broker)
-
-    for mid in range(1, 6):
-        pipeline.handle(FakeMessage(mid, value(mid, f"2026-02-25T21:00:0{mid}Z")))
-    await asyncio.sleep(0.05)
-
-    assert [len(b.points) for b in bus.batches()] == [2, 2]
-    assert broker.acks == [1, 2, 3, 4]  # the fifth lingers
-    assert pipeline.in_flight == 1
-
-
-async def test_sources_are_batched_apart_and_pubacks_keep_receipt_order() -> None:
-    bus, broker = FakeBus(), FakeBroker()
-    bus.hold["dp.raw.finance.exchange"] = asyncio.Event()
-    pipeline = Pipeline(settings(), bus.publish)
+    held = f"dp.raw.finance.part.{partition_of('finance', 'exchange', DEFAULT_PARTITIONS)}"
+    bus.hold[held] = asyncio.Event()
+    pipeline = pipeline_on(bus)
     pipeline.attach(broker)
 
     pipeline.handle(FakeMessage(1, value(1), topic="finance/exchange/price/data"))
     pipeline.handle(FakeMessage(2, value(2)))
     pipeline.handle(FakeMessage(3, value(3), topic="finance/exchange/price/data"))
     await asyncio.sleep(0.05)
-    # server-01's batch (message 2) is acked by JetStream, but 1 arrived first: no PUBACK yet.
+    # server-01's bundle (message 2) is acked by JetStream, but 1 arrived first: no PUBACK yet.
     assert [b.source_id for b in bus.batches()] == ["server-01"]
     assert broker.acks == []
 
-    bus.hold["dp.raw.finance.exchange"].set()
+    bus.hold[held].set()
     await settle(pipeline)
     assert broker.acks == [1, 2, 3]
 
@@ -131,7 +168,7 @@ async def test_sources_are_batched_apart_and_pubacks_keep_receipt_order() -> Non
 async def test_nothing_is_acked_while_jetstream_fails_and_all_is_once_it_recovers() -> None:
     bus, broker = FakeBus(), FakeBroker()
     bus.fail = True
-    pipeline = Pipeline(settings(), bus.publish)
+    pipeline = pipeline_on(bus)
     pipeline.attach(broker)
 
     pipeline.handle(FakeMessage(1, value(1)))
@@ -143,13 +180,13 @@ async def test_nothing_is_acked_while_jetstream_fails_and_all_is_once_it_recover
     await asyncio.sleep(0.5)  # the retry backoff is at most 2 s; these are early retries
     await settle(pipeline)
     assert broker.acks == [1, 2]
-    assert len(bus.batches()) == 1
+    assert [p.value for b in bus.batches() for p in b.points] == [1.0]
 
 
 async def test_reading_pauses_above_max_in_flight_and_resumes_when_acked() -> None:
     bus, broker = FakeBus(), FakeBroker()
     bus.fail = True
-    pipeline = Pipeline(settings(max_in_flight=2), bus.publish)
+    pipeline = pipeline_on(bus, settings(max_in_flight=2))
     pipeline.attach(broker)
 
     for mid in (1, 2):
@@ -167,7 +204,7 @@ async def test_reading_pauses_above_max_in_flight_and_resumes_when_acked() -> No
 async def test_a_lost_connection_abandons_its_messages_to_the_broker_redelivery() -> None:
     bus, broker = FakeBus(), FakeBroker()
     bus.fail = True
-    pipeline = Pipeline(settings(), bus.publish)
+    pipeline = pipeline_on(bus)
     pipeline.attach(broker)
     pipeline.handle(FakeMessage(1, value(1)))
     await asyncio.sleep(0.1)
@@ -187,7 +224,7 @@ async def test_a_lost_connection_abandons_its_messages_to_the_broker_redelivery(
 async def test_a_redelivered_timestamp_less_message_keeps_its_first_receive_time() -> None:
     bus, broker = FakeBus(), FakeBroker()
     bus.fail = True
-    pipeline = Pipeline(settings(), bus.publish)
+    pipeline = pipeline_on(bus)
     pipeline.attach(broker)
     pipeline.handle(FakeMessage(7, value(12.5, ts=None)))
     await asyncio.sleep(0.05)
@@ -207,7 +244,7 @@ async def test_a_redelivered_timestamp_less_message_keeps_its_first_receive_time
 
 async def test_a_bad_message_is_published_as_rejected_and_then_acked() -> None:
     bus, broker = FakeBus(), FakeBroker()
-    pipeline = Pipeline(settings(), bus.publish)
+    pipeline = pipeline_on(bus)
     pipeline.attach(broker)
 
     pipeline.handle(FakeMessage(1, b'{"value": "high"}'))
@@ -228,7 +265,7 @@ async def test_a_bad_message_is_published_as_rejected_and_then_acked() -> None:
 
 async def test_qos0_messages_are_published_and_never_acked() -> None:
     bus, broker = FakeBus(), FakeBroker()
-    pipeline = Pipeline(settings(), bus.publish)
+    pipeline = pipeline_on(bus)
     pipeline.attach(broker)
 
     pipeline.handle(FakeMessage(0, value(1), qos=0))
@@ -238,9 +275,9 @@ async def test_qos0_messages_are_published_and_never_acked() -> None:
 
 
 @pytest.mark.parametrize("metadata_bytes", [7000])
-async def test_batches_too_large_for_one_message_are_split(metadata_bytes: int) -> None:
+async def test_bundles_too_large_for_one_message_are_split(metadata_bytes: int) -> None:
     bus, broker = FakeBus(), FakeBroker()
-    pipeline = Pipeline(settings(), bus.publish, max_message_bytes=64 * 1024)
+    pipeline = pipeline_on(bus, max_message_bytes=64 * 1024)
     pipeline.attach(broker)
 
     for mid in range(1, 21):

@@ -14,11 +14,12 @@ import pytest
 from nats.js import JetStreamContext
 
 from tributary_contracts import (
+    DEFAULT_PARTITIONS,
     MSG_ID_HEADER,
     LegacyIds,
-    PointBatch,
     RejectedInput,
     ensure_jetstream,
+    partition_of,
 )
 
 pytestmark = pytest.mark.integration
@@ -28,17 +29,15 @@ T0 = datetime(2026, 2, 25, 21, 0, tzinfo=UTC)
 
 @pytest.fixture(autouse=True)
 def _helpers(mq: Any) -> None:
-    global publish, mosquitto_pub, wait_for_messages
+    global publish, mosquitto_pub, wait_for_messages, batches
     publish, mosquitto_pub, wait_for_messages = mq.publish, mq.mosquitto_pub, mq.wait_for_messages
+    batches = mq.batches
 
 
 publish: Any
 mosquitto_pub: Any
 wait_for_messages: Any
-
-
-def batches(messages: list[Any]) -> list[PointBatch]:
-    return [PointBatch.model_validate_json(m.data) for m in messages]
+batches: Any
 
 
 async def test_the_seed_examples_become_point_batches(gateway: Any) -> None:
@@ -62,8 +61,12 @@ async def test_the_seed_examples_become_point_batches(gateway: Any) -> None:
     assert [(p.stream_id, p.value) for p in latency.points] == [("latency_ms", 12.5)]
     assert before <= latency.points[0].ts <= datetime.now(UTC)  # receive time
     assert {m.subject for m in stored} == {
-        f"{gateway.ns.prefix}.dp.raw.infrastructure.server-01",
-        f"{gateway.ns.prefix}.dp.raw.finance.trading-system",
+        gateway.ns.raw_partition_subject(
+            "infrastructure", partition_of("infrastructure", "server-01", DEFAULT_PARTITIONS)
+        ),
+        gateway.ns.raw_partition_subject(
+            "finance", partition_of("finance", "trading-system", DEFAULT_PARTITIONS)
+        ),
     }
     assert all(m.headers.get(MSG_ID_HEADER) for m in stored)
 
@@ -169,8 +172,8 @@ async def test_nothing_is_acked_while_jetstream_is_unavailable_and_all_arrives_a
     assert in_flight == 20  # received, none acked
 
     await ensure_jetstream(jetstream, gateway.ns)
-    stored = await wait_for_messages(jetstream, raw, 1, timeout=10)
-    await asyncio.sleep(0.5)
+    stored = await gateway.raw(20)  # each message retries on its own backoff (≤ 2 s)
+    await asyncio.sleep(0.5)  # room for any duplicate to show up
     stored = await wait_for_messages(jetstream, raw, 0)
     assert sorted(p.value for b in batches(stored) for p in b.points) == [
         float(i) for i in range(20)
@@ -182,28 +185,36 @@ async def test_a_crash_after_the_pubAck_but_before_the_puback_stores_the_point_o
 ) -> None:
     """The connection dies right after JetStream acked (no PUBACK sent): the broker redelivers
     over the next connection and the gateway republishes it. When the redelivered messages form
-    the same batch, its Nats-Msg-Id makes JetStream drop the copy; when they are batched
+    the same bundle, its Nats-Msg-Id makes JetStream drop the copy; when they are bundled
     differently, the copy reaches the raw stream but carries the same (stream, timestamp) key, so
     the writer's ON CONFLICT stores it once. The timestamp-less message keeps its first receive
     time for exactly that reason."""
     from gateway_mqtt import app as app_module
 
     crashed: list[str] = []
-    original = app_module.jetstream_publisher
+    original = app_module.coalescer
 
-    def crashing_publisher(js: Any, timeout: float) -> Any:
-        publish_ = original(js, timeout)
+    class CrashingJetStream:
+        """Aborts the broker connection as soon as the first raw bundle is acked."""
 
-        async def publish_then_crash(subject: str, payload: bytes, headers: dict[str, str]) -> Any:
-            ack = await publish_(subject, payload, headers)
-            if not crashed and ".raw." in subject:
-                crashed.append(subject)
-                supervisor.connection.abort()  # like a crash: no PUBACK, no DISCONNECT
+        def __init__(self, js: Any) -> None:
+            self._js = js
+
+        async def publish_async(self, subject: str, payload: bytes, **kwargs: Any) -> Any:
+            ack = await self._js.publish_async(subject, payload, **kwargs)
+            if ".raw." in subject:
+                ack.add_done_callback(lambda _: crash(subject))
             return ack
 
-        return publish_then_crash
+    def crash(subject: str) -> None:
+        if not crashed:
+            crashed.append(subject)
+            supervisor.connection.abort()  # like a crash: no PUBACK, no DISCONNECT
 
-    app_module.jetstream_publisher = crashing_publisher  # type: ignore[assignment]
+    def crashing_coalescer(js: Any, *args: Any, **kwargs: Any) -> Any:
+        return original(CrashingJetStream(js), *args, **kwargs)
+
+    app_module.coalescer = crashing_coalescer  # type: ignore[assignment]
     try:
         async with start_gateway() as gateway:
             supervisor = _supervisor_of(gateway)
@@ -216,7 +227,7 @@ async def test_a_crash_after_the_pubAck_but_before_the_puback_stores_the_point_o
             async with httpx.AsyncClient(transport=transport, base_url="http://gw") as client:
                 metrics = (await client.get("/metrics")).text
     finally:
-        app_module.jetstream_publisher = original  # type: ignore[assignment]
+        app_module.coalescer = original  # type: ignore[assignment]
 
     assert crashed
     assert "gateway_mqtt_redeliveries_total 0.0" not in metrics

@@ -21,7 +21,8 @@ from gateway_ws.app import STREAM_PATH, create_app, serve_options
 from gateway_ws.registry import SessionRegistry
 from gateway_ws.settings import GatewayWsSettings
 from tests.host import free_port
-from tributary_contracts import API_KEYS_BUCKET, DP_RAW, Namespace, PointBatch
+from tests.streams import RawBatch, raw_batches
+from tributary_contracts import API_KEYS_BUCKET, Namespace, PointBatch
 from tributary_runtime.apikeys import ApiKeyStore, Role
 from tributary_runtime.serve import Server, build_server
 
@@ -77,16 +78,11 @@ class Gateway:
         await asyncio.wait_for(self.task, 30)
 
     async def raw_points(self) -> list[PointBatch]:
-        return [PointBatch.model_validate_json(m.data) for m in await self.raw_messages()]
+        """The point batches on the raw stream, out of their bundles, in order."""
+        return [r.batch for r in await raw_batches(self.js, self.ns)]
 
-    async def raw_messages(self) -> list[Any]:
-        info = await self.js.stream_info(self.ns.stream(DP_RAW))
-        if info.state.messages == 0:
-            return []
-        return [
-            await self.js.get_msg(self.ns.stream(DP_RAW), seq)
-            for seq in range(info.state.first_seq, info.state.last_seq + 1)
-        ]
+    async def raw_batches(self) -> list[RawBatch]:
+        return await raw_batches(self.js, self.ns)
 
 
 def make_settings(servers: Any, bus_prefix: str, **overrides: Any) -> GatewayWsSettings:

@@ -12,7 +12,7 @@ import pytest
 
 from gateway_ws.protocol import Connect, ErrorCode, ProtocolError
 from gateway_ws.session import ChannelClosed, Session, SessionLimits
-from tributary_ingest.batches import PublishError, Submitted
+from tributary_ingest.batches import PublishError, PublishOutcome
 
 
 class MemoryChannel:
@@ -43,20 +43,37 @@ class MemoryChannel:
 
 
 class HeldPublisher:
-    """Every submit returns one future per data message, resolved by the test."""
+    """Every submit returns one future per data message, resolved by the test (``ok``)."""
 
     def __init__(self) -> None:
-        self.futures: list[asyncio.Future[Any]] = []
+        self.futures: list[Any] = []
         self.fail_submit = False
 
-    async def submit(
+    def submit(
         self, domain: str, source_id: str, received_at: datetime, points: Any, rejections: Any = ()
-    ) -> Submitted:
-        if self.fail_submit:
-            raise PublishError("disconnected", "nats gone")
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self.futures.append(future)
-        return Submitted([future], [])
+    ) -> asyncio.Future[PublishOutcome]:
+        future: asyncio.Future[PublishOutcome] = asyncio.get_running_loop().create_future()
+        if self.fail_submit:  # what the coalescer answers once it is closed
+            future.set_exception(PublishError("closed", "the gateway is shutting down"))
+            return future
+        self.futures.append(Held(future))
+        return future
+
+
+class Held:
+    """One submission's future as the test resolves it."""
+
+    def __init__(self, future: asyncio.Future[PublishOutcome]) -> None:
+        self.future = future
+
+    def set_result(self, _: None) -> None:
+        self.future.set_result(PublishOutcome(1, 0, True))
+
+    def set_exception(self, exc: BaseException) -> None:
+        self.future.set_exception(PublishError("timeout", repr(exc)))
+
+    def done(self) -> bool:
+        return self.future.done()
 
 
 class OneSourceRegistry:

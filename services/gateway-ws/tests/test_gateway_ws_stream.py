@@ -12,7 +12,14 @@ import orjson
 import pytest
 import websockets
 
-from tributary_contracts import DP_REJECTED, MSG_ID_HEADER, RejectedInput, batch_msg_id
+from tributary_contracts import (
+    DEFAULT_PARTITIONS,
+    DP_REJECTED,
+    RejectedInput,
+    batch_msg_id,
+    bundle_msg_id,
+    partition_of,
+)
 from tributary_runtime.apikeys import Role
 
 pytestmark = pytest.mark.integration
@@ -61,9 +68,10 @@ async def test_seed_handshake_and_data_are_acked_after_the_batch_is_on_dp_raw(
         ack = await recv(ws)
 
     assert ack == {"type": "ack", "sequence_up_to": 2, "accepted": 2, "rejected": []}
-    [message] = await gateway.raw_messages()
-    assert message.subject == gateway.ns.raw_subject("infrastructure", "server-01")
-    batch = orjson.loads(message.data)
+    [raw] = await gateway.raw_batches()
+    partition = partition_of("infrastructure", "server-01", DEFAULT_PARTITIONS)
+    assert raw.subject == gateway.ns.raw_partition_subject("infrastructure", partition)
+    batch = orjson.loads(raw.batch.model_dump_json())
     assert (batch["domain"], batch["source_id"], batch["transport"]) == (
         "infrastructure",
         "server-01",
@@ -87,8 +95,8 @@ async def test_a_large_data_message_becomes_batches_of_500_with_deterministic_ms
         ack = await recv(ws)
 
     assert ack == {"type": "ack", "sequence_up_to": 1199, "accepted": 1200, "rejected": []}
-    messages = await gateway.raw_messages()
-    sizes = [len(orjson.loads(m.data)["points"]) for m in messages]
+    raws = await gateway.raw_batches()
+    sizes = [len(r.batch.points) for r in raws]
     assert sizes == [500, 500, 200]
     expected_ids = [
         batch_msg_id(
@@ -98,7 +106,7 @@ async def test_a_large_data_message_becomes_batches_of_500_with_deterministic_ms
         )
         for lo, hi in ((0, 500), (500, 1000), (1000, 1200))
     ]
-    assert [m.headers[MSG_ID_HEADER] for m in messages] == expected_ids
+    assert {r.bundle_msg_id for r in raws} == {bundle_msg_id(expected_ids)}
 
 
 async def test_rejected_points_are_named_in_the_ack_and_published_on_dp_rejected_ws(
@@ -206,7 +214,7 @@ async def test_data_before_connect_is_an_error_and_connect_still_works(gateway: 
 
     assert error == {"type": "error", "code": "not_connected", "reason": "send connect before data"}
     assert again["code"] == "already_connected"
-    assert await gateway.raw_messages() == []
+    assert await gateway.raw_batches() == []
 
 
 async def test_an_invalid_connect_is_an_error_and_a_corrected_one_connects(

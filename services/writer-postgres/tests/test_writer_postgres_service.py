@@ -12,7 +12,7 @@ import httpx
 import pytest
 from starlette.applications import Starlette
 
-from tests.writers import consumer_settled, dead_letters, publish, wait_until
+from tests.writers import consumer_settled, dead_letters, publish, publish_bundle, wait_until
 from tributary_contracts import (
     DLQ_KIND,
     DLQ_REASON,
@@ -20,6 +20,7 @@ from tributary_contracts import (
     DP_CLASSIFIED,
     WRITER_POSTGRES_DURABLE,
     ClassifiedBatch,
+    ClassifiedBundle,
     Namespace,
     PointClass,
 )
@@ -73,6 +74,50 @@ async def test_a_row_postgres_refuses_goes_to_the_dlq_and_the_rest_is_stored(
     assert letters[0].headers[DLQ_REASON].startswith("22P05: unsupported Unicode escape sequence")
     assert letters[0].headers[DLQ_SUBJECT] == ns.classified_subject(
         poisoned.domain, poisoned.cls, poisoned.source_id
+    )
+
+
+async def test_bundles_and_former_batches_are_stored_exactly_once(
+    run_writer: RunWriter, jetstream: Any, ns: Namespace, database_dsn: str, make_batch: Any,
+    expect: Any, read_rows: Any,
+) -> None:
+    # A fleet upgraded to partitioned subjects: former per-source ClassifiedBatch messages
+    # still in the stream, then bundles of many sources, one of them repeating a batch.
+    former = make_batch(3, source_id="server-old")
+    a, b = make_batch(4, source_id="server-a"), make_batch(2, source_id="server-b")
+    c = make_batch(1, source_id="server-c", cls=PointClass.CRITICAL)
+    async with run_writer():
+        await publish(jetstream, ns, former)
+        await publish_bundle(jetstream, ns, [a, b], partition=1)
+        await publish_bundle(jetstream, ns, [c], partition=3)
+        await publish_bundle(jetstream, ns, [b, former], partition=1)  # a replay: no new rows
+        await wait_until(lambda: consumer_settled(jetstream, ns, WRITER_POSTGRES_DURABLE),
+                         "the consumer to ack all")
+    assert await read_rows(database_dsn) == expect(former, a, b, c)
+    assert await dead_letters(jetstream, ns, WRITER_POSTGRES_DURABLE, 0) == []
+
+
+async def test_a_refused_row_of_a_bundle_is_dead_lettered_as_a_bundle_of_its_batch(
+    run_writer: RunWriter, jetstream: Any, ns: Namespace, database_dsn: str, make_batch: Any,
+    expect: Any, read_rows: Any,
+) -> None:
+    poisoned = make_batch(3, source_id="sensor-box")
+    poisoned.points[1].metadata = {"note": "a\u0000b"}  # jsonb cannot store \u0000
+    clean = make_batch(4, source_id="server-ok")
+    async with run_writer():
+        bundle = await publish_bundle(jetstream, ns, [clean, poisoned], partition=2)
+        await wait_until(lambda: consumer_settled(jetstream, ns, WRITER_POSTGRES_DURABLE),
+                         "the consumer to ack all")
+        letters = await dead_letters(jetstream, ns, WRITER_POSTGRES_DURABLE, 1)
+    good = poisoned.model_copy(update={"points": [poisoned.points[0], poisoned.points[2]]})
+    assert await read_rows(database_dsn) == expect(clean, good)
+    refused = ClassifiedBundle.model_validate_json(letters[0].data)
+    assert refused == bundle.model_copy(
+        update={"batches": [poisoned.model_copy(update={"points": [poisoned.points[1]]})]}
+    )
+    assert letters[0].headers[DLQ_KIND] == "bad_rows"
+    assert letters[0].headers[DLQ_SUBJECT] == ns.classified_partition_subject(
+        poisoned.domain, poisoned.cls, 2
     )
 
 

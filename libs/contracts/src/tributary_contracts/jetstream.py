@@ -41,6 +41,10 @@ a replay for as long as its timestamp can still pass the window check."""
 
 # Durable consumer names (scoped by their stream, so not prefixed).
 CLASSIFIER_DURABLE = "classifier"
+"""The classifier's name as a consumer (DLQ subject ``dp.dlq.classifier``) and the former
+durable of per-source subjects (filter ``dp.raw.>``): no longer created, only read as the place
+a drain starts from (``classifier_drain_consumer``). The classifier reads through
+``classifier_partition_consumer(p)``."""
 WRITER_POSTGRES_DURABLE = "writer-postgres"
 WRITER_SQLSERVER_DURABLE = "writer-sqlserver"
 WRITER_POSTGRES_ALERTS_DURABLE = "writer-postgres-alerts"
@@ -142,7 +146,6 @@ class ConsumerDef:
 
 
 CONSUMERS: dict[str, ConsumerDef] = {
-    CLASSIFIER_DURABLE: ConsumerDef(CLASSIFIER_DURABLE, DP_RAW, "dp.raw.>"),
     WRITER_POSTGRES_DURABLE: ConsumerDef(WRITER_POSTGRES_DURABLE, DP_CLASSIFIED, "dp.classified.>"),
     WRITER_SQLSERVER_DURABLE: ConsumerDef(
         WRITER_SQLSERVER_DURABLE, DP_CLASSIFIED, "dp.classified.>"
@@ -168,6 +171,19 @@ def classifier_partition_consumer(partition: int) -> ConsumerDef:
         DP_RAW,
         f"dp.raw.*.part.{partition}",
     )
+
+
+def classifier_drain_durable(partition: int) -> str:
+    """Durable that drains the former per-source raw subjects for partition ``partition``."""
+    return f"{CLASSIFIER_DURABLE}-drain-{partition}"
+
+
+def classifier_drain_consumer(partition: int) -> ConsumerDef:
+    """``classifier-drain-<p>`` on ``DP_RAW``, filter ``dp.raw.*.*``: the former per-source
+    subjects (``dp.raw.<domain>.<source>``, exactly four tokens, so never a partition subject)
+    during an upgrade. Every partition's drain reads every former message and classifies those
+    of its own sources (their subject carries no partition)."""
+    return ConsumerDef(classifier_drain_durable(partition), DP_RAW, "dp.raw.*.*")
 
 
 class JetStreamLike(Protocol):

@@ -93,6 +93,19 @@ def partition_of(domain: str, source_id: str, partitions: int) -> int:
     return fnv1a_32((domain + escape_token(source_id)).encode()) % partitions
 
 
+def is_partition_subject(subject: str) -> bool:
+    """Whether a ``dp.raw``/``dp.classified`` subject (with or without a namespace prefix) is a
+    partitioned one (``dp.raw.<domain>.part.<n>``, ``dp.classified.<domain>.<cls>.part.<n>``:
+    a bundle) rather than a former per-source one (``dp.raw.<domain>.<source>``,
+    ``dp.classified.<domain>.<cls>.<source>``: one batch). Decided by the number of tokens, so a
+    source named ``part`` is never mistaken for a partition."""
+    tokens = subject.split(".")
+    if tokens[1:2] not in (["raw"], ["classified"]):
+        tokens = tokens[1:]  # a namespace prefix (one token)
+    size = 5 if tokens[1:2] == ["raw"] else 6
+    return len(tokens) == size and tokens[-2] == PARTITION_TOKEN
+
+
 @dataclass(frozen=True)
 class Namespace:
     """All bus names of one fleet. ``Namespace()`` is production; tests pass a unique prefix."""

@@ -1,5 +1,5 @@
-"""Accepted points → ``PointBatch`` messages on ``dp.raw.<domain>.<source>``; rejected input →
-``RejectedInput`` on ``dp.rejected.<transport>``; publishing them with ``publish_async``.
+"""Accepted points → encoded ``PointBatch``es (``coalesce`` bundles and publishes them); rejected
+input → ``RejectedInput`` messages on ``dp.rejected.<transport>``; publish errors and their labels.
 
 Batches hold at most ``MAX_BATCH_POINTS`` points and, so a batch of large metadata never exceeds
 the server's ``max_payload``, are halved until their JSON fits. Each carries a deterministic
@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -21,13 +20,11 @@ from typing import Any
 import nats.errors
 import nats.js.errors
 import orjson
-from nats.js import JetStreamContext
 
 from tributary_contracts import (
     MAX_BATCH_POINTS,
     MSG_ID_HEADER,
     DataPoint,
-    Namespace,
     PointBatch,
     RejectedEntry,
     RejectedInput,
@@ -51,11 +48,20 @@ class OutgoingMessage:
 
 
 @dataclass(frozen=True)
+class EncodedBatch:
+    """One ``PointBatch`` as JSON, with its ``batch_msg_id``."""
+
+    payload: bytes
+    msg_id: str
+    points: int
+
+
+@dataclass(frozen=True)
 class PublishOutcome:
     """What JetStream acknowledged for one request/message."""
 
     batches: int
-    duplicates: int  # batches JetStream already had (same Nats-Msg-Id inside the window)
+    duplicates: int  # batches whose bundle JetStream already had (same Nats-Msg-Id)
     rejected_published: bool  # False when the best-effort dp.rejected publish failed
 
 
@@ -96,13 +102,12 @@ def encode_batches(
     source_id: str,
     received_at: datetime,
     points: Sequence[DataPoint],
-    subject: str,
     max_bytes: int,
     *,
     transport: Transport,
-) -> list[OutgoingMessage]:
-    """Cut ``points`` into ``PointBatch`` messages of ≤ 500 points and ≤ ``max_bytes`` each."""
-    messages: list[OutgoingMessage] = []
+) -> list[EncodedBatch]:
+    """Cut ``points`` into ``PointBatch``es of ≤ 500 points and ≤ ``max_bytes`` each."""
+    messages: list[EncodedBatch] = []
     pending = [
         list(points[start : start + MAX_BATCH_POINTS])
         for start in range(0, len(points), MAX_BATCH_POINTS)
@@ -123,7 +128,7 @@ def encode_batches(
             pending.extend((chunk[half:], chunk[:half]))
             continue
         msg_id = batch_msg_id(domain, source_id, ((p.stream_id, p.ts) for p in chunk))
-        messages.append(OutgoingMessage(subject, payload, {MSG_ID_HEADER: msg_id}, len(chunk)))
+        messages.append(EncodedBatch(payload, msg_id, len(chunk)))
     return messages
 
 
@@ -179,165 +184,3 @@ def encode_rejections(
         )
         for start in range(0, len(rejections), MAX_BATCH_POINTS)
     ]
-
-
-@dataclass
-class Submitted:
-    """The PubAck futures of one request/message: point batches first, then rejection messages."""
-
-    batch_futures: list[asyncio.Future[Any]]
-    rejected_futures: list[asyncio.Future[Any]]
-
-
-class BatchPublisher:
-    """Publishes the batches and rejections of one request/message with ``publish_async``:
-    ``submit`` does not wait (the caller ``settle``s later), ``publish`` also awaits the acks."""
-
-    def __init__(
-        self,
-        js: JetStreamContext,
-        namespace: Namespace,
-        *,
-        transport: Transport,
-        timeout: float,
-        max_message_bytes: int,
-        excerpt_bytes: int,
-        observe_ack_latency: Callable[[float], None] | None = None,
-    ) -> None:
-        self._js = js
-        self._ns = namespace
-        self.transport = transport
-        self.timeout = timeout
-        self._max_bytes = max_message_bytes - HEADER_ROOM_BYTES
-        self._excerpt_bytes = excerpt_bytes
-        self._rejected_subject = namespace.rejected_subject(transport.value)
-        self._observe_ack_latency = observe_ack_latency
-
-    def error_type(self, exc: BaseException) -> str:
-        """``error_type`` with this publisher's labelling."""
-        return error_type(exc)
-
-    async def submit(
-        self,
-        domain: str,
-        source_id: str,
-        received_at: datetime,
-        points: Sequence[DataPoint],
-        rejections: Sequence[Rejection] = (),
-    ) -> Submitted:
-        """Publish everything without waiting for acks; ``PublishError`` if a publish cannot
-        start (the futures already started are cancelled)."""
-        batches = encode_batches(
-            domain,
-            source_id,
-            received_at,
-            points,
-            self._ns.raw_subject(domain, source_id),
-            self._max_bytes,
-            transport=self.transport,
-        )
-        rejected = self.rejection_messages(domain, source_id, received_at, rejections)
-        return await self.submit_messages(batches, rejected)
-
-    @property
-    def max_message_bytes(self) -> int:
-        """Largest payload of one message (the server's limit minus room for headers)."""
-        return self._max_bytes
-
-    def raw_subject(self, domain: str, source_id: str) -> str:
-        return self._ns.raw_subject(domain, source_id)
-
-    def rejection_messages(
-        self,
-        domain: str,
-        source_id: str,
-        received_at: datetime,
-        rejections: Sequence[Rejection],
-    ) -> list[OutgoingMessage]:
-        """``rejections`` as ``dp.rejected.<transport>`` messages."""
-        return encode_rejections(
-            domain,
-            source_id,
-            received_at,
-            rejections,
-            self._rejected_subject,
-            self._excerpt_bytes,
-            transport=self.transport,
-        )
-
-    async def submit_messages(
-        self, batches: Sequence[OutgoingMessage], rejected: Sequence[OutgoingMessage] = ()
-    ) -> Submitted:
-        """``submit`` for messages encoded by the caller (e.g. the CSV importer, which writes
-        its batches' JSON directly); same ``PublishError`` on a publish that cannot start."""
-        submitted = Submitted([], [])
-        try:
-            for message in batches:
-                submitted.batch_futures.append(await self._publish(message))
-            for message in rejected:
-                submitted.rejected_futures.append(await self._publish(message))
-        except Exception as exc:
-            for future in (*submitted.batch_futures, *submitted.rejected_futures):
-                future.cancel()
-            raise PublishError(self.error_type(exc), f"publish failed: {exc!r}") from exc
-        return submitted
-
-    async def _publish(self, message: OutgoingMessage) -> asyncio.Future[Any]:
-        return await self._js.publish_async(
-            message.subject, message.payload, wait_stall=self.timeout, headers=message.headers
-        )
-
-    async def publish(
-        self,
-        domain: str,
-        source_id: str,
-        received_at: datetime,
-        points: Sequence[DataPoint],
-        rejections: Sequence[Rejection] = (),
-    ) -> PublishOutcome:
-        """``submit``, then await every PubAck within ``timeout``; ``PublishError`` unless every
-        point batch was acked. The time from the first publish until the acks are in (or the
-        timeout) goes to ``observe_ack_latency``."""
-        started = time.perf_counter()
-        submitted = await self.submit(domain, source_id, received_at, points, rejections)
-        deadline = asyncio.get_running_loop().time() + self.timeout
-        try:
-            rejected_ok = await settle(submitted, deadline)
-        finally:
-            if self._observe_ack_latency is not None:
-                self._observe_ack_latency(time.perf_counter() - started)
-        duplicates = sum(1 for future in submitted.batch_futures if future.result().duplicate)
-        return PublishOutcome(len(submitted.batch_futures), duplicates, rejected_ok)
-
-
-async def settle(submitted: Submitted, deadline: float) -> bool:
-    """Wait until ``deadline`` (loop time) for every PubAck of ``submitted``.
-
-    Returns whether the rejection messages were acknowledged too (they are best effort); raises
-    ``PublishError`` unless every point batch was.
-    """
-    futures = [*submitted.batch_futures, *submitted.rejected_futures]
-    if futures:
-        remaining = deadline - asyncio.get_running_loop().time()
-        _, pending = await asyncio.wait(futures, timeout=max(remaining, 0.0))
-        for future in pending:
-            future.cancel()
-    first_error: BaseException | None = None
-    for future in submitted.batch_futures:
-        failure = _failure(future)
-        if failure is not None and first_error is None:
-            first_error = failure
-    rejected_ok = all(_failure(f) is None for f in submitted.rejected_futures)
-    if first_error is not None:
-        raise PublishError(
-            error_type(first_error),
-            f"JetStream did not acknowledge: {first_error!r}",
-        )
-    return rejected_ok
-
-
-def _failure(future: asyncio.Future[Any]) -> BaseException | None:
-    """Why ``future`` did not yield a PubAck (always retrieves the exception), or None."""
-    if future.cancelled():
-        return TimeoutError("no PubAck within the publish timeout")
-    return future.exception()

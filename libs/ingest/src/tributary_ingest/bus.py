@@ -1,4 +1,4 @@
-"""A gateway's connection to the bus: NATS, JetStream objects, API keys and a batch publisher,
+"""A gateway's connection to the bus: NATS, JetStream objects, API keys and a ``Coalescer``,
 opened within a deadline so a missing bus ends startup with one clear line."""
 
 from __future__ import annotations
@@ -13,14 +13,22 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 from pydantic import BaseModel, Field
 
-from tributary_contracts import API_KEYS_BUCKET, DP_RAW, Namespace, Transport, ensure_jetstream
-from tributary_ingest.batches import BatchPublisher
+from tributary_contracts import (
+    API_KEYS_BUCKET,
+    DEFAULT_PARTITIONS,
+    DP_RAW,
+    Namespace,
+    Transport,
+    ensure_jetstream,
+)
+from tributary_ingest.coalesce import Coalescer
 from tributary_runtime.apikeys import ApiKeyStore
 from tributary_runtime.bus import connect_nats
 from tributary_runtime.settings import ServiceSettings
 
 MAX_STREAM_MESSAGE_BYTES = 8 * 1024 * 1024  # the streams' max_msg_size (libs/contracts)
 READY_TIMEOUT_SECONDS = 2.0
+DEFAULT_LINGER_MS = 5.0
 
 Connect = Callable[[], Awaitable[Client]]
 T = TypeVar("T")
@@ -33,13 +41,14 @@ class BusSettings(Protocol):
 
     nats_url: str
     startup_timeout_seconds: float
+    bus_partitions: int
 
     @property
     def namespace(self) -> Namespace: ...
 
 
 class GatewaySettings(BusSettings, Protocol):
-    """The settings every gateway with API keys and a ``BatchPublisher`` has."""
+    """The settings every gateway with API keys and a ``Coalescer`` has."""
 
     api_key_cache_seconds: float
     publish_timeout_seconds: float
@@ -47,12 +56,32 @@ class GatewaySettings(BusSettings, Protocol):
 
 
 class BusStartupSettings(BaseModel):
-    """``open_bus``'s deadline (env var of the same name); mixed into a gateway's settings."""
+    """``open_bus``'s deadline and the fleet's partition count; mixed into a gateway's
+    settings."""
 
     startup_timeout_seconds: float = Field(
         default=30.0,
         gt=0,
         description="How long startup waits for NATS and JetStream before exiting with an error.",
+    )
+    bus_partitions: int = Field(
+        default=DEFAULT_PARTITIONS,
+        ge=1,
+        le=1024,
+        description="Bus partitions (dp.raw.<domain>.part.<n>); the same count in every gateway "
+        "and classifier of a fleet.",
+    )
+
+
+class BundleLingerSettings(BaseModel):
+    """How long a gateway gathers points into a bundle; mixed into the gateways that linger."""
+
+    bundle_linger_ms: float = Field(
+        default=DEFAULT_LINGER_MS,
+        ge=0,
+        le=1000,
+        description="Longest wait of a point for more points of its partition before their "
+        "bundle is published (sooner at MAX_BUNDLE_POINTS points or the size limit).",
     )
 
 
@@ -71,11 +100,12 @@ class GatewayBus:
     nc: Client
     js: JetStreamContext
     keys: ApiKeyStore
-    publisher: BatchPublisher
+    publisher: Coalescer
     raw_stream: str
     owns_connection: bool
 
     async def close(self) -> None:
+        await self.publisher.close()
         if self.owns_connection and not self.nc.is_closed:
             await self.nc.drain()
 
@@ -109,12 +139,14 @@ async def open_gateway_bus(
     service: str,
     transport: Transport,
     *,
+    linger_seconds: float,
     nats_client: Client | None = None,
     connect: Connect | None = None,
     observe_ack_latency: Callable[[float], None] | None = None,
+    observe_bundle_points: Callable[[float], None] | None = None,
 ) -> GatewayBus:
     """Connect (or use ``nats_client``, never closed, or ``connect``), ensure the JetStream
-    objects, open the key store and the publisher — all within ``startup_timeout_seconds``."""
+    objects, open the key store and the coalescer — all within ``startup_timeout_seconds``."""
     s = settings
     ns = s.namespace
 
@@ -125,20 +157,49 @@ async def open_gateway_bus(
             await js.key_value(ns.bucket(API_KEYS_BUCKET)),
             cache_seconds=s.api_key_cache_seconds,
         )
-        publisher = BatchPublisher(
+        publisher = coalescer(
             js,
-            ns,
-            transport=transport,
-            timeout=s.publish_timeout_seconds,
-            max_message_bytes=min(nc.max_payload, MAX_STREAM_MESSAGE_BYTES),
+            nc,
+            settings,
+            transport,
+            linger_seconds,
+            publish_timeout=s.publish_timeout_seconds,
             excerpt_bytes=s.rejected_excerpt_bytes,
             observe_ack_latency=observe_ack_latency,
+            observe_bundle_points=observe_bundle_points,
         )
         return GatewayBus(
             nc, js, keys, publisher, ns.stream(DP_RAW), owns_connection=nats_client is None
         )
 
     return await _within_startup_timeout(s, service, start())
+
+
+def coalescer(
+    js: JetStreamContext,
+    nc: Client,
+    settings: BusSettings,
+    transport: Transport,
+    linger_seconds: float,
+    *,
+    publish_timeout: float,
+    excerpt_bytes: int,
+    observe_ack_latency: Callable[[float], None] | None = None,
+    observe_bundle_points: Callable[[float], None] | None = None,
+) -> Coalescer:
+    """The gateway's ``Coalescer`` on ``nc`` (bounded by the server's ``max_payload``)."""
+    return Coalescer(
+        js,
+        settings.namespace,
+        transport=transport,
+        partitions=settings.bus_partitions,
+        linger_seconds=linger_seconds,
+        timeout=publish_timeout,
+        max_message_bytes=min(nc.max_payload, MAX_STREAM_MESSAGE_BYTES),
+        excerpt_bytes=excerpt_bytes,
+        observe_ack_latency=observe_ack_latency,
+        observe_bundle_points=observe_bundle_points,
+    )
 
 
 async def _connect(

@@ -8,14 +8,18 @@ database error is classified and described, its metrics module, logger and DLQ c
 and optional hooks (``_write_failed``, ``_stored``, ``_retry_context``) for a circuit breaker or
 extra logging.
 
-- a message that is not a valid ``ClassifiedBatch`` → DLQ (reason ``invalid_message``), ack;
+- a message is a ``ClassifiedBundle`` (``dp.classified.<domain>.<cls>.part.<p>``: the batches
+  of many sources) or, on a former per-source subject, one ``ClassifiedBatch`` (still read while
+  an upgraded fleet drains them); one that is not valid → DLQ (reason ``invalid_message``), ack;
 - a domain ``SINK_ROUTES`` gives another writer → ack without writing;
-- every other message of the fetch is written in ONE transaction and acked after the commit;
+- every other message of the fetch is written in ONE transaction and acked after the commit
+  (a bundle once every batch of it is stored or dead-lettered);
 - transient error → nak every message with a delay growing with its delivery count; a message
   already delivered ``MAX_DELIVER`` times goes to the DLQ (``max_deliver``) instead;
 - permanent error → ``_isolate`` marks each refused row; refused rows go to the DLQ with the
-  database's reason (``bad_rows``, grouped per message and reason, as a valid ClassifiedBatch so
-  it can be replayed), the others are stored, then every message is acked.
+  database's reason (``bad_rows``, grouped per batch and reason, as a valid message of the
+  subject it came on, a ClassifiedBundle of that one batch or a ClassifiedBatch, so it can be
+  replayed), the others are stored, then every message is acked.
 
 Nothing here raises: every failure is counted, logged once, and ends in ack, nak or DLQ. The
 metrics module must define ``MESSAGES_RECEIVED``, ``MESSAGES_ACKED``, ``MESSAGES_NAKKED``,
@@ -39,9 +43,11 @@ from tributary_contracts import (
     DP_DLQ,
     MAX_DELIVER,
     ClassifiedBatch,
+    ClassifiedBundle,
     Namespace,
     SinkRoutes,
     dead_letter_headers,
+    is_partition_subject,
 )
 from tributary_contracts.dead_letters import one_line
 from tributary_runtime.redelivery import backoff_delay, deliveries
@@ -169,7 +175,8 @@ async def pull_loop(
 
 @dataclass
 class Pending(Generic[RowT]):
-    """A parsed message owned by this writer, waiting for its rows to be committed."""
+    """One batch of a parsed message owned by this writer, waiting for its rows to be committed
+    (a bundle gives one per batch, all with the same ``msg``)."""
 
     msg: Delivery
     batch: ClassifiedBatch
@@ -177,6 +184,24 @@ class Pending(Generic[RowT]):
     rows: list[RowT]
     indexes: list[int]  # index in batch.points of each row
     refused: list[tuple[int, Exception]] = field(default_factory=list)  # (point index, why)
+    bundle: ClassifiedBundle | None = None
+    """The bundle the batch came in (None: a former per-source ClassifiedBatch message)."""
+
+
+def parse_classified(subject: str, data: bytes) -> ClassifiedBundle | ClassifiedBatch:
+    """A ``dp.classified`` message: a ClassifiedBundle on a partitioned subject, a
+    ClassifiedBatch on a former per-source one. Raises ``ValidationError``."""
+    if is_partition_subject(subject):
+        return ClassifiedBundle.model_validate_json(data)
+    return ClassifiedBatch.model_validate_json(data)
+
+
+def _by_message(pending: list[Pending[RowT]]) -> list[list[Pending[RowT]]]:
+    """``pending`` grouped by message, in order (the batches of a bundle share one message)."""
+    groups: dict[int, list[Pending[RowT]]] = {}
+    for p in pending:
+        groups.setdefault(id(p.msg), []).append(p)
+    return list(groups.values())
 
 
 @dataclass
@@ -280,9 +305,7 @@ class ClassifiedWriterBase(Generic[RowT]):
         pending: list[Pending[RowT]] = []
         try:
             for msg in messages:
-                admitted = await self._admit(msg)
-                if admitted is not None:
-                    pending.append(admitted)
+                pending.extend(await self._admit(msg))
             await self._store(pending)
         except Exception as exc:  # a bug or an unexpected failure: retry the unsettled ones
             self.metrics.ERRORS.labels("handle", type(exc).__name__).inc()
@@ -294,27 +317,35 @@ class ClassifiedWriterBase(Generic[RowT]):
             for msg in messages:
                 self._settled.discard(id(msg))
 
-    async def _admit(self, msg: Delivery) -> Pending[RowT] | None:
+    async def _admit(self, msg: Delivery) -> list[Pending[RowT]]:
         """Parse and route one message; settle it at once unless it has rows to write."""
         delivered = deliveries(msg)
         try:
-            batch = ClassifiedBatch.model_validate_json(msg.data)
+            parsed = parse_classified(msg.subject, msg.data)
         except (ValidationError, ValueError) as exc:
             self.metrics.ERRORS.labels("parse", type(exc).__name__).inc()
-            reason = f"invalid ClassifiedBatch: {exc}"
+            kind = "ClassifiedBundle" if is_partition_subject(msg.subject) else "ClassifiedBatch"
+            reason = f"invalid {kind}: {exc}"
             self.log.warning("invalid message dead-lettered", subject=msg.subject,
                              reason=one_line(reason))
             if await self._publish_dead_letter(msg, msg.data, "invalid_message", reason, delivered):
                 await self._ack(msg)
             else:
                 await self._nak(msg, delivered)
-            return None
-        if not self.routes.owns(self.SINK, batch.domain):
+            return []
+        if not self.routes.owns(self.SINK, parsed.domain):
             self.metrics.MESSAGES_SKIPPED.inc()
             await self._ack(msg)
-            return None
-        rows, indexes, refused = self._rows(batch)
-        return Pending(msg, batch, delivered, rows, indexes, list(refused))
+            return []
+        if isinstance(parsed, ClassifiedBatch):
+            batches, bundle = [parsed], None
+        else:
+            batches, bundle = parsed.batches, parsed
+        admitted = []
+        for batch in batches:
+            rows, indexes, refused = self._rows(batch)
+            admitted.append(Pending(msg, batch, delivered, rows, indexes, list(refused), bundle))
+        return admitted
 
     async def _store(self, pending: list[Pending[RowT]]) -> None:
         rows = [row for p in pending for row in p.rows]
@@ -334,11 +365,15 @@ class ClassifiedWriterBase(Generic[RowT]):
                 await self._retry_later(pending, retry_exc)
                 return
         self._stored(pending, rows, result)
-        for p in pending:
-            if p.refused and not await self._dead_letter_points(p):
-                await self._nak(p.msg, p.delivered)
-                continue
-            await self._ack(p.msg)
+        for group in _by_message(pending):
+            ok = True
+            for p in group:
+                if p.refused:
+                    ok &= await self._dead_letter_points(p)
+            if ok:
+                await self._ack(group[0].msg)
+            else:
+                await self._nak(group[0].msg, group[0].delivered)
 
     async def _dead_letter_points(self, p: Pending[RowT]) -> bool:
         """Publish the refused points of ``p``, one DLQ message per distinct reason."""
@@ -350,7 +385,10 @@ class ClassifiedWriterBase(Generic[RowT]):
             if self.sort_dead_letters:
                 indexes = sorted(indexes)
             refused = p.batch.model_copy(update={"points": [p.batch.points[i] for i in indexes]})
-            body = refused.model_dump_json().encode()
+            message: ClassifiedBatch | ClassifiedBundle = refused
+            if p.bundle is not None:  # replayable on the subject it came on
+                message = p.bundle.model_copy(update={"batches": [refused]})
+            body = message.model_dump_json().encode()
             ok &= await self._publish_dead_letter(p.msg, body, "bad_rows", reason, p.delivered)
         return ok
 
@@ -359,7 +397,7 @@ class ClassifiedWriterBase(Generic[RowT]):
         if pending:
             self.log.warning("write failed, redelivery scheduled", messages=len(pending),
                              error=self._describe(exc), **self._retry_context())
-        for p in pending:
+        for p in (group[0] for group in _by_message(pending)):
             if p.delivered >= MAX_DELIVER:
                 reason = f"gave up after {p.delivered} deliveries: {self._describe(exc)}"
                 self.log.error("message dead-lettered after max deliveries",

@@ -26,13 +26,10 @@ from __future__ import annotations
 
 import hashlib
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
 
 from classifier.state import SEVERITY_RANK, ClassifierState, OpenAlert, StreamKey, StreamState
+from classifier.verdict import Verdict
 from tributary_contracts import AlertEvent, AlertEventKind, PointClass, StreamConfig
-
-if TYPE_CHECKING:
-    from classifier.classify import Verdict
 
 STALENESS_RULE = "staleness"
 

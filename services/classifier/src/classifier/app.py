@@ -1,4 +1,4 @@
-"""Wiring: NATS, the config watch, the state load, the pull loop, the ops app."""
+"""Wiring: NATS, the config watch, the state load, one pull loop per owned partition, ops app."""
 
 from __future__ import annotations
 
@@ -13,15 +13,18 @@ from starlette.applications import Starlette
 from classifier.checkpoint import Checkpointer, StateFollower
 from classifier.config_store import StreamConfigStore
 from classifier.consume import consume
-from classifier.handler import CoalescingOutbox, JetStreamOutbox, RawBatchHandler
-from classifier.partition import PartitionFilter, ensure_partition_consumer
+from classifier.consumers import ensure_drain_durable, ensure_durable
+from classifier.handler import RawBatchHandler
+from classifier.outbox import CoalescingOutbox, JetStreamOutbox
 from classifier.settings import ClassifierSettings
 from classifier.state import ClassifierState
 from tributary_contracts import (
     CLASSIFIER_STATE_BUCKET,
     DP_RAW,
     STREAM_CONFIGS_BUCKET,
+    classifier_partition_consumer,
     ensure_jetstream,
+    partition_of,
 )
 from tributary_runtime.bus import connect_nats
 from tributary_runtime.ops import ops_routes
@@ -31,30 +34,34 @@ log = structlog.get_logger(__name__)
 SERVICE_NAME = "tributary-classifier"
 
 
-async def check_staleness_forever(handler: RawBatchHandler, settings: ClassifierSettings) -> None:
+async def check_staleness_forever(
+    handlers: list[RawBatchHandler], settings: ClassifierSettings
+) -> None:
     """Every ``STALENESS_CHECK_INTERVAL_SECONDS``: open staleness alerts on silent streams."""
     while True:
         await asyncio.sleep(settings.staleness_check_interval_seconds)
-        try:
-            await handler.check_staleness(settings.staleness_max_events)
-        except Exception:  # the next round tries again; never let the loop die
-            log.exception("staleness check failed")
+        for handler in handlers:
+            try:
+                await handler.check_staleness(settings.staleness_max_events)
+            except Exception:  # the next round tries again; never let the loop die
+                log.exception("staleness check failed", partition=handler.partition)
 
 
 async def flush_checkpoints_forever(
-    checkpointer: Checkpointer, settings: ClassifierSettings
+    checkpointers: list[Checkpointer], settings: ClassifierSettings
 ) -> None:
     """Every ``CHECKPOINT_INTERVAL_SECONDS``: checkpoint streams whose latest point moved."""
     while True:
         await asyncio.sleep(settings.checkpoint_interval_seconds)
-        try:
-            await checkpointer.flush_dirty()
-        except Exception:
-            log.exception("checkpoint flush failed")
+        for checkpointer in checkpointers:
+            try:
+                await checkpointer.flush_dirty()
+            except Exception:
+                log.exception("checkpoint flush failed")
 
 
 def create_app(settings: ClassifierSettings) -> Starlette:
-    """The ops app; its lifespan runs the classifier (config watch + state load + consume loop)."""
+    """The ops app; its lifespan runs the classifier (config watch, state load, pull loops)."""
     ns = settings.namespace
     nc: Client | None = None
     store: StreamConfigStore | None = None
@@ -73,61 +80,75 @@ def create_app(settings: ClassifierSettings) -> Starlette:
         nc = await connect_nats(settings, SERVICE_NAME)
         js = nc.jetstream()
         await ensure_jetstream(js, ns)
-        partitions, index = settings.classifier_partitions, settings.classifier_partition
-        durable = await ensure_partition_consumer(js, ns, index, partitions)
-        partition = PartitionFilter(ns, index, partitions) if partitions > 1 else None
+        partitions, owned = settings.bus_partitions, settings.owned_partitions
+        durables = {
+            p: await ensure_durable(js, ns, classifier_partition_consumer(p)) for p in owned
+        }
+        drains = {p: await ensure_drain_durable(js, ns, p) for p in owned}
         store = StreamConfigStore(await js.key_value(ns.bucket(STREAM_CONFIGS_BUCKET)))
         await store.start(settings.config_load_timeout_seconds)
-        state = ClassifierState()
+        states = {p: ClassifierState() for p in owned}
         state_bucket = ns.bucket(CLASSIFIER_STATE_BUCKET)
         follower = StateFollower(
             await js.key_value(state_bucket),
-            state,
-            owns_source=partition.owns_source if partition is not None else None,
+            lambda domain, source_id: states.get(partition_of(domain, source_id, partitions)),
         )
         await follower.start(settings.state_load_timeout_seconds)
         outbox = CoalescingOutbox(JetStreamOutbox(js, settings.publish_timeout_seconds))
-        checkpointer = Checkpointer(outbox, state, state_bucket)
-        handler = RawBatchHandler(
-            ns,
-            store.resolve,
-            outbox,
-            state,
-            checkpointer=checkpointer,
-            nak_delay=settings.nak_delay_seconds,
-            nak_max_delay=settings.nak_max_delay_seconds,
-            owns_subject=partition.owns_subject if partition is not None else None,
-        )
+        checkpointers = {p: Checkpointer(outbox, states[p], state_bucket) for p in owned}
+        handlers = [
+            RawBatchHandler(
+                ns,
+                store.resolve,
+                outbox,
+                states[p],
+                partition=p,
+                partitions=partitions,
+                checkpointer=checkpointers[p],
+                nak_delay=settings.nak_delay_seconds,
+                nak_max_delay=settings.nak_max_delay_seconds,
+            )
+            for p in owned
+        ]
         stopping = asyncio.Event()
-        consumer = asyncio.create_task(
-            consume(
-                js,
-                ns.stream(DP_RAW),
-                durable,
-                handler,
-                stopping,
-                batch_size=settings.fetch_batch_size,
-                fetch_timeout=settings.fetch_timeout_seconds,
-                max_inflight=settings.max_inflight_fetches,
-            ),
-            name="classifier-consume",
-        )
-        loops = [
-            asyncio.create_task(check_staleness_forever(handler, settings), name="staleness"),
+        consumers = [
             asyncio.create_task(
-                flush_checkpoints_forever(checkpointer, settings), name="checkpoint-flush"
+                consume(
+                    js,
+                    ns.stream(DP_RAW),
+                    durable[handler.partition],
+                    handler,
+                    stopping,
+                    batch_size=settings.fetch_batch_size,
+                    fetch_timeout=fetch_timeout,
+                    max_inflight=settings.max_inflight_fetches,
+                ),
+                name=f"classifier-{durable[handler.partition]}",
+            )
+            for handler in handlers
+            for durable, fetch_timeout in (
+                (durables, settings.fetch_timeout_seconds),
+                # Former per-source subjects: only an upgrade's backlog, so idle fetches are rare.
+                (drains, settings.drain_fetch_timeout_seconds),
+            )
+        ]
+        loops = [
+            asyncio.create_task(check_staleness_forever(handlers, settings), name="staleness"),
+            asyncio.create_task(
+                flush_checkpoints_forever(list(checkpointers.values()), settings),
+                name="checkpoint-flush",
             ),
         ]
-        app.state.handler = handler
+        app.state.handlers = handlers
         app.state.store = store
-        app.state.state = state
+        app.state.states = states
         log.info(
             "classifier started",
             configs=len(store),
-            streams=len(state),
-            subject=ns.all_raw(),
-            durable=durable,
-            partition=f"{index} of {partitions}",
+            streams=sum(len(s) for s in states.values()),
+            partitions=owned,
+            of=partitions,
+            replica=f"{settings.classifier_replica} of {settings.classifier_replicas}",
         )
         try:
             yield
@@ -138,9 +159,10 @@ def create_app(settings: ClassifierSettings) -> Starlette:
                     await loop
             await store.stop()
             stopping.set()  # no more fetches; the fetches in flight get their acks
-            await consumer
-            with contextlib.suppress(Exception):  # a clean stop leaves nothing to catch up
-                await asyncio.wait_for(checkpointer.flush_dirty(limit=1_000_000), 10)
+            await asyncio.gather(*consumers)
+            for checkpointer in checkpointers.values():
+                with contextlib.suppress(Exception):  # a clean stop leaves nothing to catch up
+                    await asyncio.wait_for(checkpointer.flush_dirty(limit=1_000_000), 10)
             await follower.stop()
             with contextlib.suppress(Exception):
                 await nc.drain()

@@ -26,8 +26,6 @@ group-committed rounds, each document once per round); any write of a document c
 mark of all its streams. The cost: after a crash, the first point of a stream compares its rates
 with a latest point up to that interval old, and duplicates of acknowledged normal points of that
 interval count as new (they are normal, so no counter or alert changes).
-
-Checkpoints of the former format (one document per stream, ``"f": 1``) are still read at load.
 """
 
 from __future__ import annotations
@@ -39,8 +37,8 @@ from typing import Any
 
 import structlog
 
-from classifier.handler import Outbox, Outgoing
-from classifier.metrics import CHECKPOINT_WRITES, ERRORS, STATE_STREAMS
+from classifier.metrics import CHECKPOINT_WRITES, ERRORS
+from classifier.outbox import Outbox, Outgoing
 from classifier.state import (
     ClassifierState,
     DocKey,
@@ -48,9 +46,7 @@ from classifier.state import (
     source_doc_from_json,
     source_doc_json,
     source_doc_key,
-    state_from_json,
 )
-from tributary_contracts import parse_stream_config_key
 from tributary_runtime.kvwatch import KvFollower
 
 log = structlog.get_logger(__name__)
@@ -177,21 +173,12 @@ class Checkpointer:
 
 
 class StateFollower(KvFollower):
-    """Loads the bucket's checkpoints into ``state`` at start and follows later writes."""
+    """Loads the bucket's checkpoints at start into the state of the partition each source
+    belongs to (``state_of``; None: a partition this process does not own, skipped)."""
 
-    def __init__(
-        self,
-        kv: Any,
-        state: ClassifierState,
-        follow: bool = False,
-        owns_source: Callable[[str, str], bool] | None = None,
-    ) -> None:
+    def __init__(self, kv: Any, state_of: Callable[[str, str], ClassifierState | None]) -> None:
         self._kv = kv
-        self.state = state
-        self.follow = follow
-        self.owns_source = owns_source
-        """With partitions: only the streams of this partition's sources are restored (another
-        partition's would otherwise get staleness alerts here too)."""
+        self.state_of = state_of
         self.loaded = asyncio.Event()
         self._watcher: Any = None
         self._task: asyncio.Task[None] | None = None
@@ -200,22 +187,19 @@ class StateFollower(KvFollower):
         if operation in _DELETE_OPERATIONS or not value:
             return  # a deleted checkpoint never rewinds the memory of a running classifier
         try:
-            if value.startswith(b'{"f":1,'):  # one stream, written before per-source documents
-                restored = [(parse_stream_config_key(key), state_from_json(value))]
-            else:
-                restored = source_doc_from_json(value)
+            restored = source_doc_from_json(value)
         except Exception as exc:
             ERRORS.labels(stage="state_load", error_type=type(exc).__name__).inc()
             log.warning("ignoring an unreadable checkpoint", key=key, error=repr(exc)[:300])
             return
         now = time()
-        owns = self.owns_source
         for ids, stream_state in restored:
-            if owns is not None and not owns(ids[0], ids[1]):
+            state = self.state_of(ids[0], ids[1])
+            if state is None:
                 continue
             # Silence while no classifier ran is not the stream's: its staleness clock restarts.
             stream_state.seen_at = max(stream_state.seen_at, now)
-            self.state.restore(ids, stream_state)
+            state.restore(ids, stream_state)
 
     async def start(self, load_timeout: float) -> None:
         """Watch the bucket; return once its current content is applied (or TimeoutError)."""
@@ -224,9 +208,7 @@ class StateFollower(KvFollower):
         try:
             await asyncio.wait_for(self.loaded.wait(), load_timeout)
         finally:
-            if not self.follow:
-                await self.stop()
-        STATE_STREAMS.set(len(self.state))
+            await self.stop()
 
     def _apply_entry(self, entry: Any) -> None:
         self.apply(entry.key, entry.value, entry.operation)

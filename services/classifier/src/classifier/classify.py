@@ -30,6 +30,7 @@ from typing import NamedTuple
 
 from classifier.alerts import KeyedEvent, track
 from classifier.state import ClassifierState, StreamKey, StreamState
+from classifier.verdict import Classified, Verdict
 from tributary_contracts import (
     ClassifiedBatch,
     ClassifiedPoint,
@@ -61,22 +62,6 @@ NO_CONFIG_REASON = "no configuration for this stream"
 
 ConfigResolver = Callable[[str, str, str, str | None], StreamConfig | None]
 """``(domain, source_id, stream_id, stream_type) -> StreamConfig | None``."""
-
-
-class Verdict(NamedTuple):
-    """The class of one point, why (a sentence with the numbers), and which rule decided.
-
-    ``side`` is +1 when the value broke an upper limit (or rose too fast), -1 for a lower one
-    (or a fall), 0 for a normal point: the direction an alert's peak follows.
-
-    A NamedTuple rather than a frozen dataclass: one is made per point, and a frozen dataclass
-    costs four times as much to build (its ``__init__`` goes through ``object.__setattr__``).
-    """
-
-    cls: PointClass
-    reason: str
-    rule: str
-    side: int = 0
 
 
 NO_CONFIG_VERDICT = Verdict(PointClass.NORMAL, NO_CONFIG_REASON, "none")
@@ -231,10 +216,6 @@ def late_verdict(point: DataPoint, config: StreamConfig | None, latest: datetime
         reason=f"late point (the stream is already at {latest.isoformat()}), value rules only: "
         f"{verdict.reason}"
     )
-
-
-Classified = tuple[DataPoint, Verdict, int | None]
-"""One point, its verdict and the ``config_version`` applied (a plain tuple: one per point)."""
 
 
 class MessageResult(NamedTuple):

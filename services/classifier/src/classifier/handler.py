@@ -1,42 +1,44 @@
-"""Delivery around ``classify_batch``: raw messages in, classified publishes out, then acks.
+"""Delivery around ``classify_message``: raw bundles in, classified bundles out, then acks.
 
-For the raw messages of one call (one per call in the service, see ``app.py``):
+One handler per bus partition it owns (``app.py``). For the raw messages of one fetch:
 
-1. a message delivered ``MAX_DELIVER`` times or more, or one that is not a valid PointBatch,
-   is a dead letter: its payload, unchanged, published to ``dp.dlq.classifier`` with the
-   contract's ``Tributary-Dlq-*`` headers (awaited), then acked;
-2. every other message is classified and split by class; all its ClassifiedBatches and the
-   alert events it caused (``dp.alert.>``) are published with ``publish_async`` and their acks
+1. a message delivered ``MAX_DELIVER`` times or more, or one that is not a valid
+   ``PointBundle`` of this partition (or, on a former per-source subject, a valid
+   ``PointBatch``), is a dead letter: its payload, unchanged, published to
+   ``dp.dlq.classifier`` with the contract's ``Tributary-Dlq-*`` headers (awaited), then acked;
+2. every other message is classified batch by batch, in order, and split by class: one
+   ``ClassifiedBundle`` per class on ``dp.classified.<domain>.<cls>.part.<p>``, holding one
+   ``ClassifiedBatch`` per input batch that has points of that class; with them the alert
+   events it caused (``dp.alert.>``), all published with ``publish_async`` and their acks
    awaited together;
-3. with them goes the checkpoint document of its source when the input changed a stream's run
-   or alert (``Checkpointer.writes_of``: one KV put per input at most, coalesced across the
-   concurrent calls of one loop turn);
-4. an input is acked only when every one of its outputs and its checkpoint were acked by
+3. with them goes the checkpoint document of each source whose run of violations or alert the
+   input changed (``Checkpointer.writes_of``, coalesced across the calls of one loop turn);
+4. an input is acked only when every one of its outputs and checkpoints were acked by
    JetStream; otherwise it is nak'ed with a growing delay and comes back (outputs that did get
    through are dropped as duplicates by their ``Nats-Msg-Id``; its points are then duplicates
    for the stream state, and alert events still unacknowledged are published again).
 
-Each raw message is parsed here, not by FastStream, so one bad message never fails its neighbours.
-Parsing and classification run without an ``await``, so concurrent calls see the per-stream
-state in delivery order.
+A message of a former per-source subject whose source belongs to another partition is acked
+without output (another partition's drain classifies it). Parsing and classification run
+without an ``await``, so the per-stream state sees the points in delivery order.
 """
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from enum import StrEnum
 from time import perf_counter, time
-from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 from nats.aio.msg import Msg
 from pydantic import ValidationError
 
 from classifier.alerts import KeyedEvent, event_msg_id, staleness_events
-from classifier.classify import Classified, ClassifierState, ConfigResolver, classify_message
-from classifier.encode import classified_batch_json, parse_batch
+from classifier.checkpoint import Checkpointer
+from classifier.classify import ClassifierState, ConfigResolver, classify_message
+from classifier.encode import RawInput, classified_bundle_json, parse_raw
 from classifier.metrics import (
     ALERT_EVENTS,
     BATCH_SECONDS,
@@ -49,7 +51,9 @@ from classifier.metrics import (
     RECEIVED_POINTS,
     STATE_STREAMS,
 )
+from classifier.outbox import Outbox, Outgoing
 from classifier.state import PendingEvent, StreamKey
+from classifier.verdict import Classified
 from tributary_contracts import (
     CLASSIFIER_DURABLE,
     DP_CLASSIFIED,
@@ -61,154 +65,34 @@ from tributary_contracts import (
     PointBatch,
     PointClass,
     batch_msg_id,
+    bundle_msg_id,
     dead_letter_headers,
+    partition_of,
 )
 from tributary_runtime.redelivery import backoff_delay, deliveries
 
-if TYPE_CHECKING:
-    from classifier.checkpoint import Checkpointer
-
 log = structlog.get_logger(__name__)
 
-CHECKPOINT = "checkpoint"
-"""Kind of an output that is a source's state checkpoint (a KV put)."""
+
+class OutputKind(StrEnum):
+    """What an output of an input is."""
+
+    POINTS = "points"
+    """A ClassifiedBundle (``label``: its class)."""
+    EVENT = "event"
+    """An alert event (``label``: opened, escalated or closed)."""
+    CHECKPOINT = "checkpoint"
+    """A source's state checkpoint (a KV put)."""
 
 
 @dataclass(frozen=True, slots=True)
-class Outgoing:
-    """One message to publish on JetStream."""
+class Output:
+    """One message an input makes, and what it is (for the metrics and the pending events)."""
 
-    subject: str
-    payload: bytes | Callable[[], bytes]
-    """The body, or a function that makes it when it is sent (a checkpoint: the stream's state
-    at send time, so the last write sent is always the newest state)."""
-    headers: dict[str, str]
-    stream: str | None = None
-    """Expected stream (``Nats-Expected-Stream``): a publish landing elsewhere fails."""
-    coalesce: str | None = None
-    """Messages with the same key published together are sent once (a source's checkpoint)."""
-
-
-class Outbox(Protocol):
-    """Where the handler publishes; raises or reports failures, never drops them."""
-
-    async def publish_all(self, messages: Sequence[Outgoing]) -> list[BaseException | None]:
-        """Publish all, wait for all acks together; per message None or the failure."""
-        ...
-
-    async def publish(self, message: Outgoing) -> None:
-        """Publish one message and wait for its ack (raises on failure)."""
-        ...
-
-
-class JetStreamOutbox:
-    """``Outbox`` on nats-py's JetStream: ``publish_async`` with the acks awaited together."""
-
-    def __init__(self, js: Any, timeout: float) -> None:
-        self._js = js
-        self._timeout = timeout
-
-    async def publish_all(self, messages: Sequence[Outgoing]) -> list[BaseException | None]:
-        results: list[BaseException | None] = [None] * len(messages)
-        futures: list[asyncio.Future[Any] | None] = []
-        for i, m in enumerate(messages):
-            future: asyncio.Future[Any] | None
-            try:
-                future = await self._js.publish_async(
-                    m.subject,
-                    m.payload() if callable(m.payload) else m.payload,
-                    wait_stall=self._timeout,
-                    stream=m.stream,
-                    headers=dict(m.headers),
-                )
-            except Exception as error:  # stalled, or the connection is closed
-                results[i] = error
-                future = None
-            futures.append(future)
-        pending = [f for f in futures if f is not None]
-        if pending:
-            _, not_done = await asyncio.wait(pending, timeout=self._timeout)
-            for late in not_done:
-                late.cancel()
-        for i, f in enumerate(futures):
-            if f is None:
-                continue
-            if f.cancelled():
-                results[i] = TimeoutError(f"no publish ack within {self._timeout} s")
-            else:
-                results[i] = f.exception()
-        return results
-
-    async def publish(self, message: Outgoing) -> None:
-        payload = message.payload
-        await self._js.publish(
-            message.subject,
-            payload() if callable(payload) else payload,
-            timeout=self._timeout,
-            stream=message.stream,
-            headers=dict(message.headers),
-        )
-
-
-class CoalescingOutbox:
-    """Gathers the ``publish_all`` calls of one event-loop turn into one group.
-
-    Calls made in the same loop turn (the settle task of a fetch, a staleness check, a
-    checkpoint flush) are sent together, and messages with the same ``coalesce`` key (the
-    checkpoint of a source touched by several inputs) are sent once, with the body made at send
-    time: the source's newest state covers every caller. Groups of different turns are in
-    flight at the same time (the consume loop pipelines fetches); each is sent in one go, in
-    turn order, so a later write of a checkpoint is always sent after an earlier one.
-    """
-
-    def __init__(self, inner: Outbox) -> None:
-        self.inner = inner
-        self._queued: list[tuple[Sequence[Outgoing], asyncio.Future[list[BaseException | None]]]]
-        self._queued = []
-        self._flushing: set[asyncio.Task[None]] = set()
-        self._scheduled = False
-
-    async def publish_all(self, messages: Sequence[Outgoing]) -> list[BaseException | None]:
-        if not messages:
-            return []
-        future: asyncio.Future[list[BaseException | None]]
-        future = asyncio.get_running_loop().create_future()
-        self._queued.append((messages, future))
-        if not self._scheduled:
-            self._scheduled = True
-            task = asyncio.create_task(self._flush(), name="classifier-publish-group")
-            self._flushing.add(task)
-            task.add_done_callback(self._flushing.discard)
-        return await asyncio.shield(future)
-
-    async def _flush(self) -> None:
-        await asyncio.sleep(0)  # let the other calls of this loop turn join
-        group, self._queued = self._queued, []
-        self._scheduled = False
-        unique: list[Outgoing] = []
-        slots: list[list[int]] = []
-        by_key: dict[str, int] = {}
-        for messages, _ in group:
-            positions = []
-            for m in messages:
-                if m.coalesce is not None and m.coalesce in by_key:
-                    positions.append(by_key[m.coalesce])
-                    continue
-                if m.coalesce is not None:
-                    by_key[m.coalesce] = len(unique)
-                positions.append(len(unique))
-                unique.append(m)
-            slots.append(positions)
-        try:
-            results = await self.inner.publish_all(unique)
-        except Exception as exc:  # never leave a caller waiting
-            results = [exc] * len(unique)
-        for (_, future), positions in zip(group, slots, strict=True):
-            if not future.done():
-                future.set_result([results[i] for i in positions])
-
-    async def publish(self, message: Outgoing) -> None:
-        await self.inner.publish(message)
+    message: Outgoing
+    kind: OutputKind
+    label: str
+    points: int = 0
 
 
 @dataclass
@@ -219,14 +103,14 @@ class Outcome:
     nacked: list[Msg] = field(default_factory=list)
     dead_lettered: list[tuple[Msg, str]] = field(default_factory=list)
     skipped: list[Msg] = field(default_factory=list)
-    """Acked without output: another partition's."""
+    """Acked without output: a former per-source message of another partition's source."""
 
 
 @dataclass(slots=True)
 class _Classified:
-    msg: Msg
+    msg: Msg | None
     deliveries: int
-    outputs: list[tuple[Outgoing, str, int]]  # message, class or event kind, point count
+    outputs: list[Output]
     touched: set[StreamKey] = field(default_factory=set)
 
 
@@ -240,11 +124,12 @@ class Prepared:
     """(message, deliveries, kind, reason) of the dead letters."""
     retry: list[tuple[Msg, int]] = field(default_factory=list)
     others: list[Msg] = field(default_factory=list)
-    """Messages of another partition: acked without output."""
+    """Former per-source messages of another partition: acked without output."""
 
 
 class RawBatchHandler:
-    """Handles fetched ``dp.raw.>`` messages: classify, publish, dead-letter, ack or nak."""
+    """Handles the fetched ``dp.raw`` messages of one partition: classify, publish, dead-letter,
+    ack or nak."""
 
     def __init__(
         self,
@@ -253,30 +138,43 @@ class RawBatchHandler:
         outbox: Outbox,
         state: ClassifierState | None = None,
         *,
+        partition: int = 0,
+        partitions: int = 1,
         checkpointer: Checkpointer | None = None,
         nak_delay: float = 1.0,
         nak_max_delay: float = 60.0,
         max_deliver: int = MAX_DELIVER,
-        owns_subject: Callable[[str], bool] | None = None,
     ) -> None:
         self.ns = ns
         self.resolve_config = resolve_config
         self.outbox = outbox
         self.state = state if state is not None else ClassifierState()
+        self.partition = partition
+        self.partitions = partitions
         self.checkpointer = checkpointer
         self.nak_delay = nak_delay
         self.nak_max_delay = nak_max_delay
         self.max_deliver = max_deliver
-        self.owns_subject = owns_subject
-        """With partitions: whether a raw message's subject is this partition's to classify."""
         self.dlq_subject = ns.dlq_subject(CLASSIFIER_DURABLE)
         self.classified_stream = ns.stream(DP_CLASSIFIED)
         self.dlq_stream = ns.stream(DP_DLQ)
         self.events_stream = ns.stream(DP_EVENTS)
+        self._raw_prefix = ns.all_raw()[:-1]  # "<prefix.>dp.raw."
+        self._source_partition: dict[tuple[str, str], int] = {}
 
     async def handle(self, msgs: Sequence[Msg]) -> Outcome:
         """Classify and publish ``msgs``, then ack, nak or dead-letter each of them."""
         return await self.settle(self.prepare(msgs))
+
+    def partition_of(self, domain: str, source_id: str) -> int:
+        """``tributary_contracts.partition_of`` with this handler's count, remembered."""
+        key = (domain, source_id)
+        found = self._source_partition.get(key)
+        if found is None:
+            if len(self._source_partition) >= 100_000:
+                self._source_partition.clear()
+            found = self._source_partition[key] = partition_of(domain, source_id, self.partitions)
+        return found
 
     def prepare(self, msgs: Sequence[Msg]) -> Prepared:
         """Parse and classify ``msgs`` (advancing the stream state), without any ``await``.
@@ -286,13 +184,6 @@ class RawBatchHandler:
         for their publish acks.
         """
         prepared = Prepared(perf_counter())
-        owns = self.owns_subject
-        if owns is not None:
-            mine = [m for m in msgs if owns(m.subject)]
-            if len(mine) < len(msgs):
-                prepared.others = [m for m in msgs if not owns(m.subject)]
-                OTHER_PARTITION_MESSAGES.inc(len(prepared.others))
-            msgs = mine
         RECEIVED_MESSAGES.inc(len(msgs))
         for msg in msgs:
             delivered = deliveries(msg)
@@ -302,40 +193,85 @@ class RawBatchHandler:
                 )
                 continue
             try:
-                batch = parse_batch(msg.data)
+                raw = parse_raw(msg.data, former=self._is_former(msg.subject))
             except ValidationError as exc:
                 prepared.dead.append((msg, delivered, "invalid_batch", _describe(exc)))
                 continue
-            RECEIVED_POINTS.inc(len(batch.points))
+            problem = self._misplaced(raw)
+            if problem is not None:
+                if raw.former:  # another partition's drain classifies it
+                    prepared.others.append(msg)
+                    continue
+                prepared.dead.append((msg, delivered, "wrong_partition", problem))
+                continue
             try:
-                classified_at = datetime.now(UTC)
-                result = classify_message(
-                    batch, self.resolve_config, self.state, classified_at, time()
-                )
-                outputs = [
-                    self._outgoing(batch, cls, classified_at, points)
-                    for cls, points in result.by_class.items()
-                ]
-                self._add_events(result.events, result.republish, outputs)
-                if self.checkpointer is not None:
-                    outputs.extend(
-                        (write, CHECKPOINT, 0)
-                        for write in self.checkpointer.writes_of(result.touched)
-                    )
+                outputs, touched = self._classify(raw)
             except Exception as exc:  # a defect, not bad data: retried, dead-lettered at the end
                 ERRORS.labels(stage="classify", error_type=type(exc).__name__).inc()
                 log.exception("classification failed", subject=msg.subject)
                 prepared.retry.append((msg, delivered))
                 continue
-            prepared.classified.append(
-                _Classified(msg, delivered, outputs, result.touched | result.republish)
-            )
+            prepared.classified.append(_Classified(msg, delivered, outputs, touched))
+        if prepared.others:
+            OTHER_PARTITION_MESSAGES.inc(len(prepared.others))
         return prepared
+
+    def _is_former(self, subject: str) -> bool:
+        """A former per-source subject ``dp.raw.<domain>.<source>`` (four tokens)."""
+        return subject[len(self._raw_prefix) :].count(".") == 1
+
+    def _misplaced(self, raw: RawInput) -> str | None:
+        """Why ``raw`` is not this partition's to classify (None when it is)."""
+        if not raw.former and raw.partition != self.partition:
+            return f"bundle of partition {raw.partition} delivered to partition {self.partition}"
+        for batch in raw.batches:
+            if batch.domain != raw.domain:
+                return f"batch of domain {batch.domain!r} in a bundle of domain {raw.domain!r}"
+            owner = self.partition_of(batch.domain, batch.source_id)
+            if owner != self.partition:
+                return (
+                    f"source {batch.source_id!r} hashes to partition {owner} of "
+                    f"{self.partitions}, not {self.partition}: do the gateways use another "
+                    f"BUS_PARTITIONS?"
+                )
+        return None
+
+    def _classify(self, raw: RawInput) -> tuple[list[Output], set[StreamKey]]:
+        """Classify every batch of ``raw`` in order; its outputs and the streams to checkpoint."""
+        classified_at = datetime.now(UTC)
+        wall = time()
+        groups: dict[PointClass, list[tuple[PointBatch, list[Classified]]]] = {}
+        events: list[KeyedEvent] = []
+        touched: set[StreamKey] = set()
+        republish: set[StreamKey] = set()
+        for batch in raw.batches:
+            RECEIVED_POINTS.inc(len(batch.points))
+            result = classify_message(batch, self.resolve_config, self.state, classified_at, wall)
+            for cls, points in result.by_class.items():
+                members = groups.get(cls)
+                if members is None:
+                    groups[cls] = [(batch, points)]
+                else:
+                    members.append((batch, points))
+            events.extend(result.events)
+            touched |= result.touched
+            republish |= result.republish
+        outputs = [
+            self._outgoing(raw.domain, cls, classified_at, members)
+            for cls, members in groups.items()
+        ]
+        self._add_events(events, republish, outputs)
+        if self.checkpointer is not None:
+            outputs.extend(
+                Output(write, OutputKind.CHECKPOINT, "checkpoint")
+                for write in self.checkpointer.writes_of(touched)
+            )
+        return outputs, touched | republish
 
     async def settle(self, prepared: Prepared) -> Outcome:
         """Publish what ``prepare`` made, then ack, nak or dead-letter each message."""
         outcome = Outcome()
-        for msg in prepared.others:  # another partition classifies it (its own durable)
+        for msg in prepared.others:  # another partition's drain classifies it
             if await self._ack(msg):
                 outcome.skipped.append(msg)
         retry = prepared.retry
@@ -349,70 +285,57 @@ class RawBatchHandler:
 
     def _outgoing(
         self,
-        batch: PointBatch,
+        domain: str,
         cls: PointClass,
         classified_at: datetime,
-        points: list[Classified],
-    ) -> tuple[Outgoing, str, int]:
+        members: list[tuple[PointBatch, list[Classified]]],
+    ) -> Output:
         cls_name = str(cls)
-        msg_id = batch_msg_id(
-            batch.domain, batch.source_id, [(p.stream_id, p.ts) for p, _, _ in points], cls_name
+        msg_id = bundle_msg_id(
+            batch_msg_id(
+                batch.domain,
+                batch.source_id,
+                [(p.stream_id, p.ts) for p, _, _ in points],
+                cls_name,
+            )
+            for batch, points in members
         )
         message = Outgoing(
-            self.ns.classified_subject(batch.domain, cls_name, batch.source_id),
-            classified_batch_json(batch, cls, classified_at, points),
+            self.ns.classified_partition_subject(domain, cls_name, self.partition),
+            classified_bundle_json(domain, cls, self.partition, classified_at, members),
             {MSG_ID_HEADER: msg_id},
             self.classified_stream,
         )
-        return message, cls_name, len(points)
+        return Output(message, OutputKind.POINTS, cls_name, sum(len(p) for _, p in members))
 
     def _add_events(
-        self,
-        events: list[KeyedEvent],
-        republish: set[StreamKey],
-        outputs: list[tuple[Outgoing, str, int]],
+        self, events: list[KeyedEvent], republish: set[StreamKey], outputs: list[Output]
     ) -> None:
         """Append alert events to ``outputs``: the new ones (remembered as pending until acked)
         and those still pending on the ``republish`` streams (a redelivered input: the publish
         that made them may have failed)."""
         streams = self.state.streams
-        again = set(republish)
         for key, event in events:
             subject = self.ns.alert_subject(event.domain, str(event.severity), event.source_id)
-            pending = PendingEvent(event_msg_id(event), subject, event.model_dump_json().encode())
-            streams[key].pending.append(pending)
-            outputs.append(
-                (
-                    Outgoing(
-                        subject,
-                        pending.payload,
-                        {MSG_ID_HEADER: pending.msg_id},
-                        self.events_stream,
-                    ),
-                    str(event.event),
-                    0,
-                )
+            pending = PendingEvent(
+                event_msg_id(event), subject, event.model_dump_json().encode(), str(event.event)
             )
-        for key in again:
+            streams[key].pending.append(pending)
+            outputs.append(self._event_output(pending))
+        for key in republish:
             st = streams.get(key)
-            if st is None or not st.pending:
-                continue
-            for pending in st.pending:
-                kind = pending.msg_id.rpartition(":")[2]
-                message = Outgoing(
-                    pending.subject,
-                    pending.payload,
-                    {MSG_ID_HEADER: pending.msg_id},
-                    self.events_stream,
-                )
-                outputs.append((message, kind, 0))
+            if st is not None:
+                outputs.extend(self._event_output(pending) for pending in st.pending)
+
+    def _event_output(self, pending: PendingEvent) -> Output:
+        message = Outgoing(
+            pending.subject, pending.payload, {MSG_ID_HEADER: pending.msg_id}, self.events_stream
+        )
+        return Output(message, OutputKind.EVENT, pending.kind)
 
     def _forget_published_events(self, item: _Classified) -> None:
-        acked = {
-            m.headers[MSG_ID_HEADER]
-            for m, kind, count in item.outputs
-            if count == 0 and kind != CHECKPOINT
-        }
+        events = (o for o in item.outputs if o.kind is OutputKind.EVENT)
+        acked = {o.message.headers[MSG_ID_HEADER] for o in events}
         if not acked:
             return
         streams = self.state.streams
@@ -429,14 +352,14 @@ class RawBatchHandler:
         if not events:
             return 0
         touched = {key for key, _ in events}
-        outputs: list[tuple[Outgoing, str, int]] = []
+        outputs: list[Output] = []
         self._add_events(events, set(), outputs)
-        results = await self.outbox.publish_all([m for m, _, _ in outputs])
-        item = _Classified(None, 0, outputs, touched)  # type: ignore[arg-type]
+        results = await self.outbox.publish_all([o.message for o in outputs])
+        item = _Classified(None, 0, outputs, touched)
         if all(e is None for e in results):
             self._forget_published_events(item)
-            for _, kind, _ in outputs:
-                ALERT_EVENTS.labels(event=kind).inc()
+            for output in outputs:
+                ALERT_EVENTS.labels(event=output.label).inc()
         else:
             # Still pending: published again with the stream's next point or next check.
             ERRORS.labels(stage="publish", error_type="staleness").inc()
@@ -450,20 +373,16 @@ class RawBatchHandler:
         flat = [out for item in classified for out in item.outputs]
         if not flat:
             return
-        results = await self.outbox.publish_all([message for message, _, _ in flat])
+        results = await self.outbox.publish_all([o.message for o in flat])
         position = 0
         for item in classified:
+            assert item.msg is not None
             errors = results[position : position + len(item.outputs)]
             position += len(item.outputs)
             failed = False
-            for (_, cls, count), error in zip(item.outputs, errors, strict=True):
+            for output, error in zip(item.outputs, errors, strict=True):
                 if error is None:
-                    if count:
-                        PUBLISHED_POINTS.labels(cls=cls).inc(count)
-                    elif cls == CHECKPOINT:
-                        CHECKPOINT_WRITES.inc()
-                    else:
-                        ALERT_EVENTS.labels(event=cls).inc()
+                    _count(output)
                 else:
                     failed = True
                     ERRORS.labels(stage="publish", error_type=type(error).__name__).inc()
@@ -479,7 +398,7 @@ class RawBatchHandler:
             self._forget_published_events(item)
             if await self._ack(item.msg):
                 outcome.acked.append(item.msg)
-        STATE_STREAMS.set(len(self.state))
+        STATE_STREAMS.labels(partition=str(self.partition)).set(len(self.state))
 
     async def _dead_letter(
         self,
@@ -538,6 +457,14 @@ class RawBatchHandler:
             return
         outcome.nacked.append(msg)
 
+
+def _count(output: Output) -> None:
+    if output.kind is OutputKind.POINTS:
+        PUBLISHED_POINTS.labels(cls=output.label).inc(output.points)
+    elif output.kind is OutputKind.CHECKPOINT:
+        CHECKPOINT_WRITES.inc()
+    else:
+        ALERT_EVENTS.labels(event=output.label).inc()
 
 
 def _describe(exc: ValidationError) -> str:

@@ -35,8 +35,10 @@ ALERT_EVENTS = Counter(
 CHECKPOINT_WRITES = Counter(
     "classifier_checkpoint_writes", "Stream state checkpoints written to classifier-state."
 )
-STATE_STREAMS = Gauge("classifier_streams", "Streams whose state is held in memory.")
+STATE_STREAMS = Gauge(
+    "classifier_streams", "Streams whose state is held in memory, by partition.", ["partition"]
+)
 OTHER_PARTITION_MESSAGES = Counter(
     "classifier_other_partition_messages",
-    "Raw messages of another partition, acked without output (CLASSIFIER_PARTITIONS > 1).",
+    "Former per-source raw messages of another partition's source, acked without output.",
 )

@@ -6,6 +6,7 @@ from typing import Self
 
 from pydantic import Field, model_validator
 
+from tributary_contracts import DEFAULT_PARTITIONS
 from tributary_runtime.settings import ServiceSettings
 
 
@@ -32,6 +33,12 @@ class ClassifierSettings(ServiceSettings):
         gt=0,
         le=30,
         description="Expiry of one fetch request: an idle bus delays a message at most this long.",
+    )
+    drain_fetch_timeout_seconds: float = Field(
+        default=1.0,
+        gt=0,
+        le=30,
+        description="Expiry of one fetch of the former per-source subjects (upgrade drain).",
     )
     publish_timeout_seconds: float = Field(
         default=5.0, gt=0, description="Longest wait for JetStream to ack the classified publishes."
@@ -71,23 +78,43 @@ class ClassifierSettings(ServiceSettings):
         le=3600,
         description="How often streams whose only change is their latest point are checkpointed.",
     )
-    classifier_partitions: int = Field(
+    bus_partitions: int = Field(
+        default=DEFAULT_PARTITIONS,
+        ge=1,
+        le=1024,
+        description="Bus partitions P of the fleet (the same count in every gateway).",
+    )
+    classifier_replicas: int = Field(
         default=1,
         ge=1,
         le=1024,
-        description="Partitions N: each process classifies the sources hashed to its index.",
+        description="Classifier processes R sharing the partitions (at most BUS_PARTITIONS).",
     )
-    classifier_partition: int = Field(
+    classifier_replica: int = Field(
         default=0,
         ge=0,
-        description="This process's partition index, 0 … CLASSIFIER_PARTITIONS - 1.",
+        description="This process's index k: it owns the partitions p with p % R == k.",
     )
 
     @model_validator(mode="after")
-    def _partition_in_range(self) -> Self:
-        if self.classifier_partition >= self.classifier_partitions:
+    def _replica_in_range(self) -> Self:
+        if self.classifier_replicas > self.bus_partitions:
             raise ValueError(
-                f"CLASSIFIER_PARTITION must be below CLASSIFIER_PARTITIONS "
-                f"({self.classifier_partitions}), got {self.classifier_partition}"
+                f"CLASSIFIER_REPLICAS ({self.classifier_replicas}) must not exceed "
+                f"BUS_PARTITIONS ({self.bus_partitions}): a replica would own no partition"
+            )
+        if self.classifier_replica >= self.classifier_replicas:
+            raise ValueError(
+                f"CLASSIFIER_REPLICA must be below CLASSIFIER_REPLICAS "
+                f"({self.classifier_replicas}), got {self.classifier_replica}"
             )
         return self
+
+    @property
+    def owned_partitions(self) -> list[int]:
+        """The partitions this replica reads: p with p % CLASSIFIER_REPLICAS == its index."""
+        return [
+            p
+            for p in range(self.bus_partitions)
+            if p % self.classifier_replicas == self.classifier_replica
+        ]

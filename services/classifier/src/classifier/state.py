@@ -66,11 +66,13 @@ class OpenAlert:
 
 @dataclass(slots=True)
 class PendingEvent:
-    """An alert event published but not yet acknowledged: ``(msg_id, subject, payload)``."""
+    """An alert event published but not yet acknowledged."""
 
     msg_id: str
     subject: str
     payload: bytes
+    kind: str
+    """opened, escalated or closed (the event's ``event``)."""
 
 
 @dataclass(slots=True)
@@ -139,15 +141,6 @@ class ClassifierState:
     def get(self, key: StreamKey) -> StreamState | None:
         return self.streams.get(key)
 
-    def observe(self, key: StreamKey, value: float, ts: datetime) -> None:
-        """Remember ``(value, ts)`` as the stream's latest point if it is newer (no alerts)."""
-        state = self.streams.get(key)
-        if state is None:
-            self.add(key, StreamState(value, ts))
-        elif ts > state.last_ts:
-            state.prev_value, state.prev_ts = state.last_value, state.last_ts
-            state.last_value, state.last_ts = value, ts
-
     def watch_staleness(self, key: StreamKey, state: StreamState) -> None:
         if state.staleness_seconds is None:
             self.stale_watch.pop(key, None)
@@ -214,12 +207,6 @@ def _ts(value: str | None) -> datetime | None:
     return None if value is None else datetime.fromisoformat(value)
 
 
-def state_to_json(state: StreamState) -> bytes:
-    """One stream alone in the checkpoint form (version 1, ``"f": 1``: read at load, for
-    checkpoints written before they were grouped per source)."""
-    return orjson.dumps({"f": 1, **_state_doc(state)}, option=orjson.OPT_UTC_Z)
-
-
 def _state_doc(state: StreamState) -> dict[str, Any]:
     return {
         "v": state.last_value,
@@ -238,16 +225,8 @@ def _state_doc(state: StreamState) -> dict[str, Any]:
         "stale": _alert_doc(state.stale_alert),
         "ss": state.staleness_seconds,
         "seen": state.seen_at,
-        "pending": [[p.msg_id, p.subject, p.payload.decode()] for p in state.pending],
+        "pending": [[p.msg_id, p.subject, p.payload.decode(), p.kind] for p in state.pending],
     }
-
-
-def state_from_json(data: bytes) -> StreamState:
-    """Reverse ``state_to_json`` (raises ValueError/KeyError/TypeError on a foreign document)."""
-    doc = orjson.loads(data)
-    if doc.get("f") != 1:
-        raise ValueError(f"unknown classifier-state format {doc.get('f')!r}")
-    return _state_from(doc)
 
 
 def _state_from(doc: dict[str, Any]) -> StreamState:
@@ -269,8 +248,15 @@ def _state_from(doc: dict[str, Any]) -> StreamState:
         stale_alert=_alert_from(doc["stale"]),
         staleness_seconds=doc["ss"],
         seen_at=doc["seen"],
-        pending=[PendingEvent(m, s, p.encode()) for m, s, p in doc["pending"]],
+        pending=[_pending_from(entry) for entry in doc["pending"]],
     )
+
+
+def _pending_from(entry: list[str]) -> PendingEvent:
+    msg_id, subject, payload, *kind = entry
+    # Three fields: written before events carried their kind; the payload has it.
+    event = kind[0] if kind else orjson.loads(payload)["event"]
+    return PendingEvent(msg_id, subject, payload.encode(), event)
 
 
 def source_doc_key(doc: DocKey) -> str:
@@ -315,8 +301,7 @@ def source_doc_json(
 
 
 def source_doc_from_json(data: bytes) -> list[tuple[StreamKey, StreamState]]:
-    """Reverse ``source_doc_json``; also reads a version 1 single-stream document (its key is
-    then needed: use ``state_from_json``). Raises ValueError/KeyError/TypeError on a foreign one."""
+    """Reverse ``source_doc_json``. Raises ValueError/KeyError/TypeError on a foreign one."""
     doc = orjson.loads(data)
     if doc.get("f") != 2:
         raise ValueError(f"unknown classifier-state format {doc.get('f')!r}")

@@ -2,9 +2,10 @@
 
 ``POST /ingest/csv`` (multipart, ``X-API-Key`` of an ingest or admin key) streams the file to the
 spool directory, creates a job in the ``csv-jobs`` bucket and replies 202 with its id at once;
-the job then publishes ``PointBatch``es (``transport=csv``) on ``dp.raw.<domain>.<source>`` and
-bad cells on ``dp.rejected.csv``. ``GET /ingest/csv/jobs[/{job_id}]`` shows jobs,
-``DELETE /ingest/csv/jobs/{job_id}`` cancels one. At start every unfinished job resumes.
+the job then publishes ``PointBatch``es (``transport=csv``) in ``PointBundle``s on
+``dp.raw.<domain>.part.<p>`` and bad cells on ``dp.rejected.csv``.
+``GET /ingest/csv/jobs[/{job_id}]`` shows jobs, ``DELETE /ingest/csv/jobs/{job_id}`` cancels one.
+At start every unfinished job resumes.
 
 Access as on gateway-http (``tributary_runtime.access``): each request spends a token of the
 client IP's budget (429), shows its key (401), and its role/scope is checked (403): uploads and
@@ -83,7 +84,7 @@ def create_app(settings: CsvImporterSettings, *, nats_client: Client | None = No
 
     async def start() -> Bus:
         gateway = await open_gateway_bus(
-            settings, SERVICE_NAME, Transport.CSV, nats_client=nats_client
+            settings, SERVICE_NAME, Transport.CSV, nats_client=nats_client, linger_seconds=0
         )
         jobs = JobStore(await gateway.js.key_value(ns.bucket(CSV_JOBS_BUCKET)))
         runner = JobRunner(

@@ -1,4 +1,4 @@
-"""A source's points of one slice → ``PointBatch`` messages, JSON written directly.
+"""A source's points of one slice → encoded ``PointBatch``es, JSON written directly.
 
 The same messages ``tributary_ingest.batches.encode_batches`` makes from ``DataPoint``s — at
 most 500 points each, halved until the payload fits, the same deterministic ``Nats-Msg-Id``
@@ -17,8 +17,8 @@ import numpy as np
 import orjson
 
 from csv_importer.reading import SourcePoints
-from tributary_contracts import MAX_BATCH_POINTS, MSG_ID_HEADER, Transport, batch_msg_id_of
-from tributary_ingest.batches import OutgoingMessage
+from tributary_contracts import MAX_BATCH_POINTS, Transport, batch_msg_id_of
+from tributary_ingest.batches import EncodedBatch
 
 _POINT_TAIL = '","stream_type":null,"sequence":null,"metadata":{},"legacy":null}'
 
@@ -39,10 +39,9 @@ def encode_points(
     source_id: str,
     received_at: datetime,
     points: SourcePoints,
-    subject: str,
     max_bytes: int,
-) -> list[OutgoingMessage]:
-    """``points`` as ``PointBatch`` messages on ``subject`` (≤ 500 points, ≤ ``max_bytes``)."""
+) -> list[EncodedBatch]:
+    """``points`` as ``PointBatch``es (≤ 500 points, ≤ ``max_bytes``)."""
     head = (
         f'{{"domain":{_json(domain)},"source_id":{_json(source_id)},'
         f'"transport":"{Transport.CSV.value}","received_at":{_json(received_at)},"points":['
@@ -52,7 +51,7 @@ def encode_points(
     n = len(values)
     pending = [(lo, min(lo + MAX_BATCH_POINTS, n)) for lo in range(0, n, MAX_BATCH_POINTS)]
     pending.reverse()  # used as a stack; keeps input order across the output
-    messages: list[OutgoingMessage] = []
+    messages: list[EncodedBatch] = []
     while pending:
         lo, hi = pending.pop()
         sids, vals, ts_part = stream_ids[lo:hi], values[lo:hi], times[lo:hi]
@@ -69,5 +68,5 @@ def encode_points(
             pending.extend(((mid, hi), (lo, mid)))
             continue
         msg_id = batch_msg_id_of(domain, source_id, sids, _epoch_seconds(ts_part))
-        messages.append(OutgoingMessage(subject, payload, {MSG_ID_HEADER: msg_id}, hi - lo))
+        messages.append(EncodedBatch(payload, msg_id, hi - lo))
     return messages

@@ -1,12 +1,14 @@
-"""Running import jobs: file → chunks → points → ``PointBatch``es on ``dp.raw`` → checkpoint.
+"""Running import jobs: file → chunks → points → ``PointBatch``es in ``PointBundle``s on
+``dp.raw.<domain>.part.<p>`` → checkpoint.
 
-A chunk's points are published with ``publish_async`` (a slice at a time, so only one slice of
-points is in memory), then every PubAck of the chunk is awaited; only then does the job's
-``checkpoint`` move past the chunk and get written to the ``csv-jobs`` bucket. A job that stops
-anywhere (crash, kill -9, bus outage) starts again after its checkpoint; the chunk it was in is
-published again with the same batches and ``Nats-Msg-Id``s (the batches are cut the same way:
-``chunk_rows`` and ``slice_rows`` are stored in the job), so JetStream drops the repeats within
-its duplicate window and the databases' unique key drops them after it.
+A chunk's points are handed to the importer's ``Coalescer`` a slice at a time (so only one slice
+of points is in memory; no linger: a slice's batches fill bundles up to their bounds and go out at
+once), then every PubAck of the chunk is awaited; only then does the job's ``checkpoint`` move
+past the chunk and get written to the ``csv-jobs`` bucket. A job that stops anywhere (crash,
+kill -9, bus outage) starts again after its checkpoint; the chunk it was in is published again
+with the same batches (cut the same way: ``chunk_rows`` and ``slice_rows`` are stored in the job),
+so mostly the same bundles and ``Nats-Msg-Id``s: JetStream drops the repeats within its duplicate
+window and the databases' unique key drops any point that comes back in another bundle.
 """
 
 from __future__ import annotations
@@ -41,7 +43,8 @@ from csv_importer.reading import (
     read_chunks,
 )
 from csv_importer.upload import remove_spool_file, spool_file_present
-from tributary_ingest.batches import BatchPublisher, PublishError, Submitted, settle
+from tributary_ingest.batches import PublishError, PublishOutcome
+from tributary_ingest.coalesce import Coalescer, settle
 from tributary_runtime.redelivery import backoff_delay
 
 log = structlog.get_logger("csv_importer")
@@ -68,7 +71,7 @@ class JobRunner:
     def __init__(
         self,
         store: JobStore,
-        publisher: BatchPublisher,
+        publisher: Coalescer,
         *,
         max_concurrent_jobs: int,
         max_errors_kept: int,
@@ -261,29 +264,25 @@ class JobRunner:
     ) -> None:
         """Publish every slice of one chunk, await all its PubAcks, then count it into the job
         and its checkpoint (a cancel stops after the current slice, counting what was sent)."""
-        submitted = Submitted([], [])
+        submitted: list[asyncio.Future[PublishOutcome]] = []
         tally = Tally()
+        publisher = self._publisher
         for result in results:
-            publisher = self._publisher
             for source, points in result.points.items():
                 rejections = result.rejections.pop(source, [])
-                part = await publisher.submit_messages(
-                    encode_points(
+                submitted.append(
+                    publisher.submit_encoded(
                         job.domain,
                         source,
-                        received_at,
-                        points,
-                        publisher.raw_subject(job.domain, source),
-                        publisher.max_message_bytes,
-                    ),
-                    publisher.rejection_messages(job.domain, source, received_at, rejections),
+                        encode_points(
+                            job.domain, source, received_at, points, publisher.max_batch_bytes
+                        ),
+                        publisher.rejection_messages(job.domain, source, received_at, rejections),
+                    )
                 )
-                submitted.batch_futures += part.batch_futures
-                submitted.rejected_futures += part.rejected_futures
                 tally.points_published += len(points)
             for source, rejections in result.rejections.items():
-                part = await self._publisher.submit(job.domain, source, received_at, [], rejections)
-                submitted.rejected_futures += part.rejected_futures
+                submitted.append(publisher.submit(job.domain, source, received_at, [], rejections))
             tally.rows += result.rows
             tally.points_rejected += result.points_rejected
             tally.errors += result.errors
@@ -292,7 +291,12 @@ class JobRunner:
             if cancel.is_set():
                 break
         deadline = asyncio.get_running_loop().time() + self._timeout
-        await settle(submitted, deadline)
+        try:
+            for future in submitted:
+                await settle(future, deadline)
+        finally:
+            for future in submitted:
+                future.cancel()  # abandoned after a failure (no effect once answered)
         apply(job, tally, self._max_errors)
 
 

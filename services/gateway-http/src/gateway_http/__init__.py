@@ -1,1 +1,1 @@
-"""Tributary HTTP gateway: ``POST /ingest/data`` → ``PointBatch`` messages on ``dp.raw.>``."""
+"""Tributary HTTP gateway: ``POST /ingest/data`` → ``PointBundle``s on ``dp.raw.>``."""

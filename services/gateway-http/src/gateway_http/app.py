@@ -5,8 +5,9 @@ The legacy IoT endpoints (``/ingest/packets``, ``/ingest/readings[/bulk]``,
 ``/sensors/{id}/status``) live in ``legacy``; they are wired here.
 
 ``POST /ingest/data`` consumes ``{"source_id", "domain", "data_points": [...]}`` with an
-``X-API-Key`` and produces ``PointBatch`` messages on ``dp.raw.<domain>.<source>`` (rejected points
-on ``dp.rejected.http``); it replies 202 only after JetStream acknowledged every batch.
+``X-API-Key`` and produces a ``PointBatch`` that joins the ``PointBundle`` of its partition on
+``dp.raw.<domain>.part.<p>`` (``Coalescer``; rejected points on ``dp.rejected.http``); it
+replies 202 only after JetStream acknowledged the bundles holding its points.
 ``GET|PUT|DELETE /streams/{domain}/{source_id}/{stream_id}/config`` reads (any key) and writes
 (admin keys) StreamConfigs in the ``stream-configs`` bucket (``config_api``). ``/keys`` manages API
 keys (admin keys, ``keys_api``). ``POST /devices/provision`` registers IoT devices by an HMAC-signed
@@ -41,6 +42,7 @@ from gateway_http import config_api, keys_api
 from gateway_http.legacy import LegacyIot
 from gateway_http.metrics import (
     ACK_LATENCY,
+    BUNDLE_POINTS,
     CONFIG_REQUESTS,
     ERRORS,
     POINTS_PUBLISHED,
@@ -57,8 +59,9 @@ from tributary_contracts import (
     AuditAction,
     Transport,
 )
-from tributary_ingest.batches import BatchPublisher, PublishError, error_type
+from tributary_ingest.batches import PublishError, error_type
 from tributary_ingest.bus import Connect, GatewayBus, open_gateway_bus
+from tributary_ingest.coalesce import Coalescer
 from tributary_ingest.points import MalformedJson, parse_json
 from tributary_runtime import ops
 from tributary_runtime.access import API_KEY_HEADER, RequestGuard, refusal_reply
@@ -94,7 +97,7 @@ class Bus:
     nc: Client
     js: JetStreamContext
     keys: ApiKeyStore
-    publisher: BatchPublisher
+    publisher: Coalescer
     configs: StreamConfigBucket
     gateway: GatewayBus
     guard: RequestGuard
@@ -123,7 +126,9 @@ def create_app(
             Transport.HTTP,
             nats_client=nats_client,
             connect=connect,
+            linger_seconds=settings.bundle_linger_ms / 1000,
             observe_ack_latency=ACK_LATENCY.observe,
+            observe_bundle_points=BUNDLE_POINTS.observe,
         )
         configs = StreamConfigBucket(await gateway.js.key_value(ns.bucket(STREAM_CONFIGS_BUCKET)))
         audit = AuditLog(gateway.js, ns, SERVICE_NAME, timeout=settings.publish_timeout_seconds)
@@ -245,7 +250,8 @@ def create_app(
         return json_response(202, {"accepted": len(accepted), "rejected": reply})
 
     async def ingest_data(request: Request) -> Response:
-        """POST /ingest/data: points → dp.raw.<domain>.<source>, 202 after every PubAck."""
+        """POST /ingest/data: points → a bundle on dp.raw.<domain>.part.<p>, 202 after its
+        PubAck."""
         try:
             return await ingest(request, datetime.now(UTC))
         except Reply as reply:

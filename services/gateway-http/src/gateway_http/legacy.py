@@ -14,7 +14,7 @@
 Points get domain ``iot``, ``stream_id`` = the sensor_id as text, ``source_id`` = the owning
 device's uuid (``sensor-<id>`` for a sensor the registry does not know), ``stream_type`` =
 ``iot.<sensor_type>`` (the IoT classification defaults) and ``legacy`` = the legacy ids; they are
-published like ``/ingest/data``'s (``BatchPublisher``; the reply comes after JetStream's PubAck).
+published like ``/ingest/data``'s (``Coalescer``; the reply comes after JetStream's PubAck).
 
 Replies keep the legacy (FastAPI) shapes: 200 ``{"inserted": n}`` (the seed's ``IngestResult``),
 errors ``{"detail": "..."}``, and an invalid body 422 ``{"detail": [{"loc", "msg", "type"}]}``
@@ -39,7 +39,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from tributary_contracts import DEVICES_BUCKET, DataPoint, LegacyIds, PointClass
-from tributary_ingest.batches import PublishError, error_type, settle
+from tributary_ingest.batches import PublishError, error_type
+from tributary_ingest.coalesce import settle
 from tributary_ingest.points import (
     IOT_DOMAIN,
     MalformedJson,
@@ -253,11 +254,12 @@ class LegacyIot:
     ) -> int:
         """Publish every source's points; returns the count once JetStream acked them all."""
         publisher = bus.publisher
-        submitted = []
+        deadline = asyncio.get_running_loop().time() + publisher.timeout
+        submitted = [
+            publisher.submit(IOT_DOMAIN, source_id, received_at, points)
+            for source_id, points in groups.items()
+        ]
         try:
-            for source_id, points in groups.items():
-                submitted.append(await publisher.submit(IOT_DOMAIN, source_id, received_at, points))
-            deadline = asyncio.get_running_loop().time() + publisher.timeout
             for one in submitted:
                 await settle(one, deadline)
         except PublishError as exc:
@@ -268,7 +270,7 @@ class LegacyIot:
 
     # -- handlers -----------------------------------------------------------------------------
     async def packets(self, request: Request) -> tuple[int, Any]:
-        """POST /ingest/packets: a device's readings by sensor uuid → dp.raw.iot.<device>."""
+        """POST /ingest/packets: a device's readings by sensor uuid → dp.raw.iot.part.<p>."""
         received_at = datetime.now(UTC)
         bus, registry = self._ready()
         key = request.headers.get(DEVICE_KEY_HEADER)
@@ -338,11 +340,11 @@ class LegacyIot:
             raise Reply(422, {"detail": [detail]}) from None
 
     async def reading(self, request: Request) -> tuple[int, Any]:
-        """POST /ingest/readings: one reading by sensor_id → dp.raw.iot.<device>."""
+        """POST /ingest/readings: one reading by sensor_id → dp.raw.iot.part.<p>."""
         return await self._readings(request, "readings")
 
     async def bulk(self, request: Request) -> tuple[int, Any]:
-        """POST /ingest/readings/bulk: readings by sensor_id → dp.raw.iot.<device> per device."""
+        """POST /ingest/readings/bulk: readings by sensor_id → dp.raw.iot.part.<p> per device."""
         return await self._readings(request, "bulk")
 
     async def _readings(self, request: Request, endpoint: str) -> tuple[int, Any]:

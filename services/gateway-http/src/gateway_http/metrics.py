@@ -37,3 +37,8 @@ ACK_LATENCY = Histogram(
     "Time from the first publish of a request to the last JetStream PubAck.",
     buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
 )
+BUNDLE_POINTS = Histogram(
+    "gateway_http_bundle_points",
+    "Points per PointBundle published on dp.raw.<domain>.part.<p>.",
+    buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000),
+)

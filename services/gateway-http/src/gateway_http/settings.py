@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from pydantic import Field, SecretStr
 
-from tributary_ingest.bus import GatewayBusSettings
+from tributary_ingest.bus import BundleLingerSettings, GatewayBusSettings
 from tributary_runtime.guard import GuardSettings
 from tributary_runtime.settings import ServiceSettings
 
 
-class GatewayHttpSettings(GatewayBusSettings, GuardSettings, ServiceSettings):
+class GatewayHttpSettings(GatewayBusSettings, BundleLingerSettings, GuardSettings, ServiceSettings):
     """What the HTTP gateway reads from the environment."""
 
     port: int = Field(

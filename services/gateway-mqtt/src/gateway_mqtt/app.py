@@ -2,8 +2,8 @@
 Starlette app serving ``/health``, ``/ready`` (broker and bus connected) and ``/metrics``.
 
 Consumes QoS 1 messages on ``<domain>/<source_id>/<stream_id>/data`` and
-``iot/sensors/<sensor_id>/readings`` (under ``MQTT_TOPIC_PREFIX``); produces ``PointBatch``es on
-``dp.raw.<domain>.<source>`` and ``RejectedInput``s on ``dp.rejected.mqtt``.
+``iot/sensors/<sensor_id>/readings`` (under ``MQTT_TOPIC_PREFIX``); produces ``PointBundle``s on
+``dp.raw.<domain>.part.<p>`` (``Coalescer``) and ``RejectedInput``s on ``dp.rejected.mqtt``.
 """
 
 from __future__ import annotations
@@ -17,12 +17,12 @@ import structlog
 from nats.aio.client import Client
 from starlette.applications import Starlette
 
-from gateway_mqtt.metrics import CONNECTED, CONNECTS, ERRORS
+from gateway_mqtt.metrics import BUNDLE_POINTS, CONNECTED, CONNECTS, ERRORS
 from gateway_mqtt.mqtt import MqttConnectError, MqttConnection
-from gateway_mqtt.pipeline import Pipeline, jetstream_publisher
+from gateway_mqtt.pipeline import Pipeline
 from gateway_mqtt.settings import GatewayMqttSettings
-from tributary_contracts import DEVICES_BUCKET, DP_RAW
-from tributary_ingest.bus import MAX_STREAM_MESSAGE_BYTES, Connect, open_bus
+from tributary_contracts import DEVICES_BUCKET, DP_RAW, Transport
+from tributary_ingest.bus import Connect, coalescer, open_bus
 from tributary_runtime.devices import SensorDirectory
 from tributary_runtime.ops import ops_routes
 
@@ -121,12 +121,17 @@ def create_app(
         # Legacy topic iot/sensors/<id>/readings: the device registry, mirrored in memory.
         sensors = SensorDirectory(await js.key_value(ns.bucket(DEVICES_BUCKET)))
         await sensors.start(settings.startup_timeout_seconds)
-        pipeline = Pipeline(
+        bundles = coalescer(
+            js,
+            nc,
             settings,
-            jetstream_publisher(js, settings.publish_timeout_seconds),
-            max_message_bytes=min(nc.max_payload, MAX_STREAM_MESSAGE_BYTES),
-            resolve_sensor=sensors.get,
+            Transport.MQTT,
+            settings.bundle_linger_ms / 1000,
+            publish_timeout=settings.publish_timeout_seconds,
+            excerpt_bytes=settings.rejected_excerpt_bytes,
+            observe_bundle_points=BUNDLE_POINTS.observe,
         )
+        pipeline = Pipeline(settings, bundles, resolve_sensor=sensors.get)
         sensors.on_change = pipeline.forget_routes
         supervisor = MqttSupervisor(settings, pipeline)
         task = asyncio.create_task(supervisor.run())
@@ -142,6 +147,7 @@ def create_app(
             except asyncio.CancelledError:
                 pass
             state.clear()
+            await bundles.close()
             await sensors.stop()
             if nats_client is None and not nc.is_closed:
                 await nc.drain()

@@ -14,9 +14,6 @@ MESSAGES_RECEIVED = Counter(
 POINTS_PUBLISHED = Counter(
     "gateway_mqtt_points_published", "Data points acknowledged by JetStream on dp.raw."
 )
-BATCHES_PUBLISHED = Counter(
-    "gateway_mqtt_batches_published", "PointBatch messages acknowledged by JetStream."
-)
 MESSAGES_REJECTED = Counter(
     "gateway_mqtt_messages_rejected", "MQTT messages refused, by reason code.", ["reason"]
 )
@@ -38,6 +35,11 @@ CONNECTED = Gauge("gateway_mqtt_broker_connected", "1 while connected to the MQT
 CONNECTS = Counter("gateway_mqtt_connects", "Successful connections to the broker.")
 ACK_LATENCY = Histogram(
     "gateway_mqtt_publish_ack_seconds",
-    "Time from publishing a batch to its JetStream PubAck.",
+    "Time from handing a message to the coalescer to its bundle's JetStream PubAck.",
     buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+)
+BUNDLE_POINTS = Histogram(
+    "gateway_mqtt_bundle_points",
+    "Points per PointBundle published on dp.raw.<domain>.part.<p>.",
+    buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000),
 )

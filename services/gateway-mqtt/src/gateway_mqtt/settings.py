@@ -7,14 +7,13 @@ from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator
 
-from tributary_contracts import MAX_BATCH_POINTS
-from tributary_ingest.bus import BusStartupSettings
+from tributary_ingest.bus import BundleLingerSettings, BusStartupSettings
 from tributary_runtime.settings import ServiceSettings
 
 MQTT_SCHEMES = {"mqtt": 1883, "mqtts": 8883}
 
 
-class GatewayMqttSettings(BusStartupSettings, ServiceSettings):
+class GatewayMqttSettings(BusStartupSettings, BundleLingerSettings, ServiceSettings):
     """What the MQTT gateway reads from the environment."""
 
     port: int = Field(
@@ -97,22 +96,13 @@ class GatewayMqttSettings(BusStartupSettings, ServiceSettings):
             "when JetStream does not acknowledge, the gateway stops there."
         ),
     )
-    batch_max_points: int = Field(
-        default=MAX_BATCH_POINTS,
-        ge=1,
-        le=MAX_BATCH_POINTS,
-        description="Points per PointBatch before it is published at once.",
-    )
-    batch_linger_ms: float = Field(
-        default=20.0,
-        ge=0,
-        description="How long a (domain, source) batch waits for more points before publishing.",
-    )
     max_payload_bytes: int = Field(
         default=64 * 1024, ge=64, description="Largest accepted MQTT payload; larger is rejected."
     )
     publish_timeout_seconds: float = Field(
-        default=5.0, gt=0, description="How long to wait for one JetStream PubAck before retrying."
+        default=5.0,
+        gt=0,
+        description="How long to wait for a bundle's JetStream PubAck before retrying.",
     )
     shutdown_timeout_seconds: float = Field(
         default=10.0,

@@ -2,8 +2,9 @@
 ``/ready``, ``/metrics``.
 
 ``/ingest/stream`` consumes the streaming protocol (``connect``, ``data``, ``ping``; see the
-README) and produces ``PointBatch`` messages on ``dp.raw.<domain>.<source>`` (rejected points on
-``dp.rejected.ws``); each ``ack`` is sent only after JetStream acknowledged its points.
+README) and produces ``PointBatch``es that join the ``PointBundle`` of their partition on
+``dp.raw.<domain>.part.<p>`` (``Coalescer``; rejected points on ``dp.rejected.ws``); each ``ack``
+is sent only after JetStream acknowledged the bundles holding its points.
 
 Access is decided like on gateway-http (``tributary_runtime``): every frame (and the connection
 itself) spends a token of the client IP's budget, ``connect`` checks the key (``unauthorized``)
@@ -27,7 +28,7 @@ from starlette.applications import Starlette
 from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket
 
-from gateway_ws.metrics import ERRORS
+from gateway_ws.metrics import BUNDLE_POINTS, ERRORS
 from gateway_ws.protocol import (
     CloseCode,
     Connect,
@@ -42,9 +43,10 @@ from gateway_ws.resume import ResumeStore, ResumeTracker
 from gateway_ws.session import ChannelClosed, Session, SessionLimits
 from gateway_ws.settings import GatewayWsSettings
 from tributary_contracts import DP_RAW, AuditAction, Transport
-from tributary_ingest.batches import BatchPublisher, error_type
+from tributary_ingest.batches import error_type
 from tributary_ingest.bus import Connect as ConnectNats
 from tributary_ingest.bus import GatewayBus, open_gateway_bus
+from tributary_ingest.coalesce import Coalescer
 from tributary_runtime.apikeys import Action, ApiKeyStore, Denied
 from tributary_runtime.audit import AuditLog
 from tributary_runtime.guard import HeaderLimits, client_ip
@@ -93,7 +95,7 @@ class Bus:
     js: JetStreamContext
     keys: ApiKeyStore
     resume: ResumeStore
-    publisher: BatchPublisher
+    publisher: Coalescer
     gateway: GatewayBus
     audit: AuditLog
     limiter: IngestLimiter
@@ -170,7 +172,13 @@ def create_app(
     @asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
         gateway = await open_gateway_bus(
-            settings, SERVICE_NAME, Transport.WS, nats_client=nats_client, connect=connect
+            settings,
+            SERVICE_NAME,
+            Transport.WS,
+            nats_client=nats_client,
+            connect=connect,
+            linger_seconds=settings.bundle_linger_ms / 1000,
+            observe_bundle_points=BUNDLE_POINTS.observe,
         )
         resume = await ResumeStore.open(gateway.js, ns)
         audit = AuditLog(gateway.js, ns, SERVICE_NAME, timeout=settings.publish_timeout_seconds)

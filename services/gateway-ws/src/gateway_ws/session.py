@@ -56,7 +56,8 @@ from gateway_ws.protocol import (
     parse_message,
     pong_reply,
 )
-from tributary_ingest.batches import PublishError, Submitted, settle
+from tributary_ingest.batches import PublishError, PublishOutcome
+from tributary_ingest.coalesce import settle
 
 log = structlog.get_logger("gateway_ws.session")
 
@@ -82,14 +83,16 @@ class Channel(Protocol):
 
 
 class Publisher(Protocol):
-    async def submit(
+    """The gateway's ``Coalescer``: queues points, the future is answered by their PubAck."""
+
+    def submit(
         self,
         domain: str,
         source_id: str,
         received_at: datetime,
         points: Any,
         rejections: Any = (),
-    ) -> Submitted: ...
+    ) -> asyncio.Future[PublishOutcome]: ...
 
 
 class Registry(Protocol):
@@ -146,9 +149,9 @@ class State(Enum):
 
 @dataclass
 class DataSlot:
-    """An ack owed: its PubAck futures and the reply to send once they all resolved."""
+    """An ack owed: the outcome of its points' bundles and the reply to send once it is in."""
 
-    submitted: Submitted
+    submitted: asyncio.Future[PublishOutcome]
     normalized: NormalizedBatch
     received: float  # perf_counter when the frame was read
     deadline: float  # loop time by which every PubAck must be in
@@ -407,18 +410,13 @@ class Session:
         POINTS_RECEIVED.inc(len(batch))
         for rejection in normalized.rejected:
             POINTS_REJECTED.labels(rejection.code).inc()
-        try:
-            submitted = await self._publisher.submit(
-                self.domain,
-                self.source_id,
-                received_at,
-                normalized.accepted,
-                normalized.rejected,
-            )
-        except PublishError as exc:
-            ERRORS.labels("publish", exc.error_type).inc()
-            self._reply_error(_bus_unavailable(exc))
-            return
+        submitted = self._publisher.submit(
+            self.domain,
+            self.source_id,
+            received_at,
+            normalized.accepted,
+            normalized.rejected,
+        )
         deadline = asyncio.get_running_loop().time() + self.limits.publish_timeout
         self._data_in_flight += 1
         BATCHES_IN_FLIGHT.inc()
@@ -453,11 +451,10 @@ class Session:
     async def _finish_data(self, slot: DataSlot) -> None:
         try:
             if self._failed:
-                for future in (*slot.submitted.batch_futures, *slot.submitted.rejected_futures):
-                    future.cancel()
+                slot.submitted.cancel()
                 return
             try:
-                rejected_ok = await settle(slot.submitted, slot.deadline)
+                rejected_ok = (await settle(slot.submitted, slot.deadline)).rejected_published
             except PublishError as exc:
                 ERRORS.labels("publish", exc.error_type).inc()
                 error = _bus_unavailable(exc)

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from tributary_ingest.bus import GatewayBusSettings
+from tributary_ingest.bus import BundleLingerSettings, GatewayBusSettings
 from tributary_runtime.guard import GuardSettings
 from tributary_runtime.settings import ServiceSettings
 
 
-class GatewayWsSettings(GatewayBusSettings, GuardSettings, ServiceSettings):
+class GatewayWsSettings(GatewayBusSettings, BundleLingerSettings, GuardSettings, ServiceSettings):
     """What the WebSocket gateway reads from the environment."""
 
     port: int = Field(

@@ -21,8 +21,10 @@ from tributary_contracts import (
     MSG_ID_HEADER,
     AlertEvent,
     ClassifiedBatch,
+    ClassifiedBundle,
     Namespace,
     PointBatch,
+    PointBundle,
     dead_letter_headers,
     ensure_consumer,
 )
@@ -185,7 +187,7 @@ async def test_status_reports_services_rates_lag_dlq_and_streams(
     consumers = {c["durable"]: c for c in report["consumers"]}
     assert consumers["writer-postgres"]["exists"] is True
     assert consumers["writer-postgres"]["num_pending"] == 7
-    assert consumers["classifier"]["exists"] is False
+    assert consumers["writer-sqlserver"]["exists"] is False  # declared, not deployed
     streams = {s["name"]: s for s in report["streams"]}
     assert streams[ns.stream(DP_CLASSIFIED)]["messages"] == 7
     assert streams[ns.stream(DP_DLQ)]["subjects"] == {ns.dlq_subject("classifier"): 1}
@@ -222,7 +224,7 @@ async def test_tail_prints_live_classified_points_and_alerts(
 ) -> None:
     ns = Namespace(bus_prefix)
     out = io.StringIO()
-    task = asyncio.create_task(tail_cli.tail(nats_client, bus_prefix, "dp.>", 3, 10.0, False, out))
+    task = asyncio.create_task(tail_cli.tail(nats_client, bus_prefix, "dp.>", 5, 10.0, False, out))
     await asyncio.sleep(0.3)  # the subscription is live before anything is published
     await jetstream.publish(
         ns.classified_subject("infrastructure", "critical", "host-1"),
@@ -232,16 +234,26 @@ async def test_tail_prints_live_classified_points_and_alerts(
         ns.alert_subject("infrastructure", "critical", "host-1"),
         alert_event().model_dump_json().encode(),
     )
+    other = classified_batch().model_copy(update={"source_id": "host-2"})
+    bundle = ClassifiedBundle(
+        domain="infrastructure", cls="critical", partition=3, batches=[other]
+    )
+    await jetstream.publish(
+        ns.classified_partition_subject("infrastructure", "critical", 3),
+        bundle.model_dump_json().encode(),
+    )
 
     lines, messages = await asyncio.wait_for(task, timeout=15)
 
     printed = out.getvalue().splitlines()
-    assert (lines, messages) == (3, 2)
+    assert (lines, messages) == (5, 3)
     assert printed == [
         "2026-03-01T12:00:00Z  infrastructure/host-1/cpu  99.5  critical  above 95",
         "2026-03-01T12:00:00Z  infrastructure/host-1/cpu  97  critical  above 95",
         "2026-03-01T12:00:00Z  infrastructure/host-1/cpu  opened critical  value 99.5 "
         "(peak 99.5, 3 violations)  99.5 above alert_max 95",
+        "2026-03-01T12:00:00Z  infrastructure/host-2/cpu  99.5  critical  above 95",
+        "2026-03-01T12:00:00Z  infrastructure/host-2/cpu  97  critical  above 95",
     ]
 
 
@@ -297,6 +309,11 @@ async def test_dlq_list_and_replay_only_what_is_safe(
     seq_rejected = await _dead_letter(
         jetstream, ns, "writer-postgres", ns.rejected_subject("http"), good
     )
+    bundle = PointBundle(domain="infrastructure", partition=2, batches=[raw_batch("host-7")])
+    bundle_subject = ns.raw_partition_subject("infrastructure", 2)
+    seq_bundle = await _dead_letter(
+        jetstream, ns, "classifier", bundle_subject, bundle.model_dump_json().encode()
+    )
 
     out = io.StringIO()
     listed = await dlq_cli.run_list(
@@ -304,7 +321,7 @@ async def test_dlq_list_and_replay_only_what_is_safe(
     )
     rows = [json.loads(line) for line in out.getvalue().splitlines()]
     assert listed == 0
-    assert [r["seq"] for r in rows] == [seq_rejected, seq_moved, seq_invalid, seq_good]
+    assert [r["seq"] for r in rows] == [seq_bundle, seq_rejected, seq_moved, seq_invalid, seq_good]
     assert rows[-1]["consumer"] == "classifier" and rows[-1]["reason"] == "database down"
     assert rows[-1]["subject"] == "dp.raw.infrastructure.host-9"
 
@@ -317,6 +334,7 @@ async def test_dlq_list_and_replay_only_what_is_safe(
     assert code == 1  # three were refused
     assert lines[str(seq_good)].startswith(f"replayed to {raw_subject} as {ns.stream(DP_RAW)}")
     assert lines[str(seq_good)].endswith("deleted from the DLQ")
+    assert lines[str(seq_bundle)].startswith(f"replayed to {bundle_subject} as {ns.stream(DP_RAW)}")
     assert "not a valid message for dp.raw.infrastructure.host-9: domain" in lines[str(seq_invalid)]
     assert "payload belongs on" in lines[str(seq_moved)]
     assert "not a data subject" in lines[str(seq_rejected)]

@@ -45,8 +45,11 @@ from tributary_contracts import (
     MSG_ID_HEADER,
     AlertEvent,
     ClassifiedBatch,
+    ClassifiedBundle,
     Namespace,
     PointBatch,
+    PointBundle,
+    is_partition_subject,
 )
 
 REPLAYED_FROM = "Tributary-Replayed-From"
@@ -148,9 +151,18 @@ def check_replay(ns: Namespace, letter: DeadLetter) -> tuple[str, str] | str:
     if rel is None:
         return f"original subject {original!r} is outside this namespace ({ns.prefix!r})"
     try:
-        if rel.startswith("dp.raw."):
+        if rel.startswith("dp.raw.") and is_partition_subject(rel):
+            bundle = PointBundle.model_validate_json(letter.data)
+            expected, stream = ns.raw_partition_subject(bundle.domain, bundle.partition), DP_RAW
+        elif rel.startswith("dp.raw."):
             raw = PointBatch.model_validate_json(letter.data)
             expected, stream = ns.raw_subject(raw.domain, raw.source_id), DP_RAW
+        elif rel.startswith("dp.classified.") and is_partition_subject(rel):
+            classified = ClassifiedBundle.model_validate_json(letter.data)
+            expected = ns.classified_partition_subject(
+                classified.domain, classified.cls, classified.partition
+            )
+            stream = DP_CLASSIFIED
         elif rel.startswith("dp.classified."):
             batch = ClassifiedBatch.model_validate_json(letter.data)
             expected = ns.classified_subject(batch.domain, batch.cls, batch.source_id)

@@ -21,7 +21,14 @@ from typing import Any, TextIO
 
 from pydantic import ValidationError
 
-from tributary_contracts import AlertEvent, ClassifiedBatch, PointBatch
+from tributary_contracts import (
+    AlertEvent,
+    ClassifiedBatch,
+    ClassifiedBundle,
+    PointBatch,
+    PointBundle,
+    is_partition_subject,
+)
 
 COLOURS = {
     "normal": "\033[32m",
@@ -74,13 +81,20 @@ def format_message(relative_subject: str, data: bytes, colour: bool) -> list[str
     kind = relative_subject.split(".")[1] if "." in relative_subject else ""
     try:
         if kind == "classified":
-            batch = ClassifiedBatch.model_validate_json(data)
-            paint = (COLOURS.get(batch.cls, ""), RESET) if colour else ("", "")
-            return [
-                f"{_when(p.ts)}  {batch.domain}/{batch.source_id}/{p.stream_id}  {p.value:g}  "
-                f"{paint[0]}{batch.cls}{paint[1]}  {p.reason}"
-                for p in batch.points
-            ]
+            batches = (
+                ClassifiedBundle.model_validate_json(data).batches
+                if is_partition_subject(relative_subject)
+                else [ClassifiedBatch.model_validate_json(data)]
+            )
+            lines = []
+            for batch in batches:
+                paint = (COLOURS.get(batch.cls, ""), RESET) if colour else ("", "")
+                lines += [
+                    f"{_when(p.ts)}  {batch.domain}/{batch.source_id}/{p.stream_id}  "
+                    f"{p.value:g}  {paint[0]}{batch.cls}{paint[1]}  {p.reason}"
+                    for p in batch.points
+                ]
+            return lines
         if kind == "alert":
             event = AlertEvent.model_validate_json(data)
             paint = (COLOURS.get(event.severity, ""), RESET) if colour else ("", "")
@@ -90,10 +104,15 @@ def format_message(relative_subject: str, data: bytes, colour: bool) -> list[str
                 f"(peak {event.peak_value:g}, {event.violation_count} violations)  {event.reason}"
             ]
         if kind == "raw":
-            raw = PointBatch.model_validate_json(data)
+            raws = (
+                PointBundle.model_validate_json(data).batches
+                if is_partition_subject(relative_subject)
+                else [PointBatch.model_validate_json(data)]
+            )
             return [
                 f"{_when(p.ts)}  {raw.domain}/{raw.source_id}/{p.stream_id}  {p.value:g}  "
                 f"raw via {raw.transport}"
+                for raw in raws
                 for p in raw.points
             ]
     except ValidationError as exc:

@@ -14,9 +14,19 @@ from collections.abc import Iterator
 from typing import Any
 
 import httpx
+import nats
 import pytest
 
 from tests.e2e.fleet_process import ROOT, FleetProcess
+from tributary_contracts import (
+    DEFAULT_PARTITIONS,
+    DP_CLASSIFIED,
+    ClassifiedBundle,
+    Namespace,
+    decode_classified,
+    iter_readings,
+    partition_of,
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
@@ -122,6 +132,20 @@ async def test_example_consumer_receives_classified_points_of_one_domain_and_cla
     ]
     assert {(p["domain"], p["rule"]) for p in lines} == {("infrastructure", "critical_zone")}
     assert all(p["reason"] for p in lines)
+    # They came as ClassifiedBundles on the partitioned subject of their source.
+    nc = await nats.connect(fleet.nats_url)
+    try:
+        ns = Namespace(fleet.bus_prefix)
+        part = partition_of("infrastructure", "dn-rack-1", DEFAULT_PARTITIONS)
+        last = await nc.jetstream().get_last_msg(
+            ns.stream(DP_CLASSIFIED),
+            ns.classified_partition_subject("infrastructure", "critical", part),
+        )
+    finally:
+        await nc.close()
+    bundle = decode_classified(last.data or b"")
+    assert isinstance(bundle, ClassifiedBundle)
+    assert [(r.source_id, r.point.value) for r in iter_readings(bundle)] == [("dn-rack-1", 100.0)]
 
 
 async def test_a_repeated_request_reaches_the_consumer_once(

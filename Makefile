@@ -18,7 +18,7 @@ test: install servers  ## unit, handler, integration and e2e tests
 
 lint: install
 	@.venv/bin/ruff check libs services tests deploy bench
-	@.venv/bin/mypy libs/contracts/src
+	@.venv/bin/mypy libs/contracts/src libs/consumer-kit/src
 
 bench: install servers  ## every transport end to end vs this machine's limits (not a test); BENCH_ARGS="--duration 30"
 	@$(PY) bench/run.py $(BENCH_ARGS)

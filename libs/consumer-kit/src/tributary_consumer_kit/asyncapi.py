@@ -274,7 +274,10 @@ def asyncapi_document(ns: Namespace = Namespace()) -> dict[str, Any]:
 
 def asyncapi_yaml(ns: Namespace = Namespace()) -> str:
     """``asyncapi_document`` as YAML (the checked-in ``docs/asyncapi.yaml``)."""
-    return yaml.safe_dump(asyncapi_document(ns), sort_keys=False, allow_unicode=True, width=100)
+    text: str = yaml.safe_dump(
+        asyncapi_document(ns), sort_keys=False, allow_unicode=True, width=100
+    )
+    return text
 
 
 SCHEMA_MODELS: tuple[type[BaseModel], ...] = (

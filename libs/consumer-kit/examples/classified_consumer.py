@@ -8,7 +8,8 @@ DP_CLASSIFIED stream whose server-side filter is ``dp.classified.<domain>.<cls>.
 server sends only that domain and class, in bundles or, during an upgrade, former per-source
 batches), sources filtered on the client (a partition mixes sources), points deduplicated on
 their idempotency key, and each message acked only after all its points were handled (an error
-nacks it: redelivered, at most ``MAX_DELIVER`` times). Copy it and replace ``print_reading``.
+nacks it with a growing delay: redelivered, at most ``MAX_DELIVER`` times; a message that is not
+a classified message is terminated, not retried). Copy it and replace ``print_reading``.
 
 Settings: ``NATS_URL`` (nats://127.0.0.1:4222), ``BUS_PREFIX`` (the fleet's namespace, empty in
 production), the reader account's ``NATS_USER``/``NATS_PASSWORD`` or ``NATS_CREDS`` (a .creds
@@ -28,17 +29,21 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from faststream import AckPolicy, FastStream
+from faststream.exceptions import NackMessage, RejectMessage
+from faststream.middlewares import ExceptionMiddleware
 from faststream.nats import (
     ConsumerConfig,
     DeliverPolicy,
     JStream,
     NatsBroker,
     NatsCredentials,
+    NatsMessage,
     NatsSecurity,
     NatsUserPassword,
     PullSub,
 )
 from nats.js.errors import NotFoundError
+from pydantic import ValidationError
 
 from tributary_contracts import (
     DP_CLASSIFIED,
@@ -50,10 +55,13 @@ from tributary_contracts import (
     iter_readings,
 )
 
-MAX_DELIVER = 5
-"""Deliveries of one message before the server stops offering it to this consumer. A reader
-account cannot publish to a dead-letter subject; the server's advisory
+MAX_DELIVER = 20
+"""Deliveries of one message before the server stops offering it to this consumer: with the
+backoff below, a downstream outage of about a quarter of an hour is ridden out. A reader account
+cannot publish to a dead-letter subject; the server's advisory
 ``$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.<stream>.<durable>`` records the skip."""
+RETRY_DELAY_SECONDS = 1.0
+RETRY_MAX_DELAY_SECONDS = 60.0
 
 Handler = Callable[[ClassifiedReading], Awaitable[None]]
 
@@ -111,14 +119,30 @@ def security(options: Options) -> NatsSecurity | None:
     return None
 
 
+def retry_delay(delivered: int) -> float:
+    """Nack delay before delivery ``delivered + 1``: 1 s, 2 s, 4 s … at most 60 s."""
+    return min(RETRY_DELAY_SECONDS * 2 ** max(delivered - 1, 0), RETRY_MAX_DELAY_SECONDS)
+
+
 def build_broker(
     options: Options, handle: Handler, logger: logging.Logger | None = None
 ) -> NatsBroker:
     """A broker with one subscriber: ``handle`` is awaited once per new point, in order."""
     ns = Namespace(options.prefix)
+    log = logger or logging.getLogger("classified_consumer")
+    invalid = ExceptionMiddleware()
+
+    @invalid.add_handler(ValidationError)
+    async def refuse(exc: ValidationError) -> None:
+        # Not a classified message: retrying cannot help. Terminated (the server's advisory
+        # $JS.EVENT.ADVISORY.CONSUMER.MSG_TERMINATED records it); the stream keeps it.
+        log.error("not a classified message, terminated: %s", " ".join(str(exc).split()))
+        raise RejectMessage()
+
     broker = NatsBroker(
         options.nats_url,
         security=security(options),
+        middlewares=[invalid],
         **({"logger": logger} if logger is not None else {}),
     )
     dedup = PointDeduplicator(options.dedup_capacity)
@@ -132,12 +156,18 @@ def build_broker(
         pull_sub=PullSub(batch_size=options.batch_size, timeout=1.0),
         ack_policy=AckPolicy.NACK_ON_ERROR,
     )
-    async def on_classified(message: ClassifiedMessage) -> None:
+    async def on_classified(message: ClassifiedMessage, msg: NatsMessage) -> None:
         """Consumes ClassifiedBundle (or a former ClassifiedBatch); hands each new point on."""
         fresh = dedup.unseen(iter_readings(message, sources))
-        for reading in fresh:
-            await handle(reading)
-        # Only now: a failure above nacks the message and its points are handled again.
+        try:
+            for reading in fresh:
+                await handle(reading)
+        except Exception as exc:
+            delivered = msg.raw_message.metadata.num_delivered or 1
+            delay = retry_delay(delivered)
+            log.warning("handling failed (delivery %d), again in %.0f s: %r", delivered, delay, exc)
+            raise NackMessage(delay=delay) from exc
+        # Only now: a failed message is handled again, from its first point, when redelivered.
         dedup.remember(fresh)
 
     return broker

@@ -210,6 +210,19 @@ async def test_reads_former_per_source_batches(run_example: Any) -> None:
     assert await bus.wait_for(1) == [("a.b c", 97.0)]
 
 
+async def test_a_message_that_is_not_classified_is_passed_over(run_example: Any) -> None:
+    bus = await run_example(domain="infra", cls="critical")
+    subject = bus.ns.classified_partition_subject("infra", "critical", 0)
+    await bus.publish(subject, b'{"domain": "infra", "batches": "none"}', "bad-shape")
+    await bus.publish(subject, b"not json", "not-json")
+    await publish_bundle(bus, bundle(batch("s1", [91.0])), "good")
+    assert await bus.wait_for(1) == [("s1", 91.0)]
+
+
+def test_retry_delay_doubles_up_to_a_minute() -> None:
+    assert [example.retry_delay(n) for n in (1, 2, 3, 6, 7, 20)] == [1, 2, 4, 32, 60, 60]
+
+
 async def test_points_seen_before_are_handled_once(run_example: Any) -> None:
     bus = await run_example(domain="infra", cls="critical")
     await publish_bundle(bus, bundle(batch("s1", [91.0, 92.0])), "m1")
@@ -272,6 +285,36 @@ async def test_a_message_whose_handling_failed_is_delivered_again(
     # The nacked message came again; 91.0 was handled on both deliveries (at least once:
     # the handler is idempotent or stores point_key uniquely), 92.0 once it succeeded.
     assert handled == [91.0, 91.0, 92.0]
+
+
+@pytest.mark.integration
+async def test_a_message_that_is_not_classified_is_terminated_not_retried(
+    js: Any, servers: Any, bus_prefix: str
+) -> None:
+    ns = Namespace(bus_prefix)
+    handled: list[float] = []
+
+    async def keep(reading: ClassifiedReading) -> None:
+        handled.append(reading.point.value)
+
+    opts = example.Options(domain="infra", cls="critical", nats_url=servers.nats_url,
+                           prefix=bus_prefix, durable="strict")  # fmt: skip
+    broker = example.build_broker(opts, keep)
+    await broker.start()
+    try:
+        subject = ns.classified_partition_subject("infra", "critical", 0)
+        await js.publish(subject, b'{"domain": "infra"}', headers={MSG_ID_HEADER: "bad"})
+        await publish(js, ns, [91.0], "good")
+        await wait_until(lambda: handled == [91.0], "the good point")
+        for _ in range(100):  # bounded: the good point's ack reaches the server
+            info = await js.consumer_info(ns.stream(DP_CLASSIFIED), "strict")
+            if info.ack_floor.stream_seq == 2:
+                break
+            await asyncio.sleep(0.1)
+    finally:
+        await broker.stop()
+    # Both messages are done (the bad one terminated), neither was delivered twice.
+    assert (info.ack_floor.stream_seq, info.num_ack_pending, info.num_redelivered) == (2, 0, 0)
 
 
 @pytest.mark.integration

@@ -26,6 +26,7 @@ from tributary_consumer_kit.asyncapi import (
 )
 from tributary_consumer_kit.page import asyncapi_html, asyncapi_routes
 from tributary_contracts import (
+    CONSUMERS,
     CONTRACT_VERSION,
     ClassifiedBatch,
     ClassifiedBundle,
@@ -33,7 +34,9 @@ from tributary_contracts import (
     PointBatch,
     PointBundle,
     StreamConfig,
+    classifier_partition_durable,
 )
+from tributary_contracts.jetstream import BUCKETS, STREAMS
 
 DOCS = Path(__file__).resolve().parents[3] / "docs"
 T0 = datetime(2026, 2, 25, 21, 0, tzinfo=UTC)
@@ -202,3 +205,26 @@ async def test_routes_serve_the_page_and_the_document() -> None:
     assert "dp.classified.{domain}.{cls}.part.{partition}" in page.text
     assert as_json.json() == asyncapi_document()
     assert as_yaml.text == (DOCS / "asyncapi.yaml").read_text()
+
+
+def test_every_subject_builder_has_a_channel() -> None:
+    # A new subject in libs/contracts must get a channel (and so a place in asyncapi.yaml).
+    builders = {n for n in dir(Namespace) if n.endswith("_subject") and not n.startswith("_")}
+    documented = {c.builder for c in channels()}
+    assert builders - documented == set(), "add a Channel in tributary_consumer_kit.asyncapi"
+
+
+def test_every_stream_has_a_channel() -> None:
+    addresses = [c.address for c in channels()]
+    for stream in STREAMS:
+        for pattern in stream.subjects:
+            head = pattern.removesuffix(">")
+            assert any(a.startswith(head) for a in addresses), (stream.base, pattern)
+
+
+def test_the_prose_contract_names_every_stream_bucket_and_durable() -> None:
+    text = (DOCS / "contract.md").read_text()
+    names = [s.base for s in STREAMS] + [b for b, _, _ in BUCKETS] + list(CONSUMERS)
+    names += [classifier_partition_durable(0).replace("0", "<p>")]
+    missing = [n for n in names if f"`{n}`" not in text]
+    assert missing == [], "docs/contract.md does not name these"

@@ -123,6 +123,8 @@ class Channel:
     """One documented subject family: its address, payload model and headers."""
 
     name: str
+    builder: str
+    """The ``Namespace`` method that builds the address (a test checks every builder is used)."""
     address: str
     payload: type[BaseModel] | None
     description: str
@@ -135,6 +137,7 @@ def channels(ns: Namespace = Namespace()) -> tuple[Channel, ...]:
     return (
         Channel(
             "rawBundle",
+            "raw_partition_subject",
             ns.raw_partition_subject(domain, part),  # type: ignore[arg-type]
             PointBundle,
             "Normalised, unclassified points of many sources of one domain and partition, "
@@ -148,6 +151,7 @@ def channels(ns: Namespace = Namespace()) -> tuple[Channel, ...]:
         ),
         Channel(
             "rawBatchFormer",
+            "raw_subject",
             ns.raw_subject(domain, source),
             PointBatch,
             "Former (contract 1.x) subject: one source's batch per message. No longer "
@@ -156,6 +160,7 @@ def channels(ns: Namespace = Namespace()) -> tuple[Channel, ...]:
         ),
         Channel(
             "classifiedBundle",
+            "classified_partition_subject",
             ns.classified_partition_subject(domain, cls, part),  # type: ignore[arg-type]
             ClassifiedBundle,
             "Classified points of many sources of one domain, class and partition (stream "
@@ -170,6 +175,7 @@ def channels(ns: Namespace = Namespace()) -> tuple[Channel, ...]:
         ),
         Channel(
             "classifiedBatchFormer",
+            "classified_subject",
             ns.classified_subject(domain, cls, source),
             ClassifiedBatch,
             "Former (contract 1.x) subject: one source's classified batch per message. No "
@@ -179,6 +185,7 @@ def channels(ns: Namespace = Namespace()) -> tuple[Channel, ...]:
         ),
         Channel(
             "alert",
+            "alert_subject",
             ns.alert_subject(domain, "{severity}", source),
             AlertEvent,
             "Alert lifecycle events from the classifier (stream DP_EVENTS): opened, escalated, "
@@ -187,6 +194,7 @@ def channels(ns: Namespace = Namespace()) -> tuple[Channel, ...]:
         ),
         Channel(
             "prediction",
+            "prediction_subject",
             ns.prediction_subject(domain, source),
             PredictionBatch,
             "ml-batch's forecasts and anomaly scores of the streams of one source "
@@ -195,12 +203,14 @@ def channels(ns: Namespace = Namespace()) -> tuple[Channel, ...]:
         ),
         Channel(
             "rejected",
+            "rejected_subject",
             ns.rejected_subject("{transport}"),
             RejectedInput,
             "Input a gateway could not accept, with reasons and excerpts (stream DP_REJECTED).",
         ),
         Channel(
             "deadLetter",
+            "dlq_subject",
             ns.dlq_subject("{consumer}"),
             None,
             "Messages a consumer gave up on (stream DP_DLQ): the refused body unchanged (or, "
@@ -210,6 +220,7 @@ def channels(ns: Namespace = Namespace()) -> tuple[Channel, ...]:
         ),
         Channel(
             "audit",
+            "audit_subject",
             ns.audit_subject("{service}", "{action}"),
             AuditEvent,
             "Security audit events (stream AUDIT), stored in ingestion_audit_log.",

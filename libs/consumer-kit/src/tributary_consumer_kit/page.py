@@ -16,7 +16,8 @@ from tributary_consumer_kit.asyncapi import asyncapi_document, asyncapi_yaml
 
 _STYLE = """
 body{font:15px/1.5 system-ui,sans-serif;margin:2rem auto;max-width:72rem;padding:0 1rem;color:#222}
-code,pre{font:13px ui-monospace,monospace}pre{background:#f6f6f6;padding:.5rem;overflow:auto}
+code,pre{font:13px ui-monospace,monospace}h3 code{font-size:17px}
+pre{background:#f6f6f6;padding:.5rem;overflow:auto}
 table{border-collapse:collapse;width:100%;margin:.5rem 0 1.5rem}
 th,td{border:1px solid #ddd;padding:.3rem .5rem;text-align:left;vertical-align:top}
 th{background:#f0f3f7}h2{margin-top:2rem;border-bottom:1px solid #ddd}

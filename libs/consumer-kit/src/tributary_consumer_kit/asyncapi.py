@@ -214,7 +214,7 @@ def channels(ns: Namespace = Namespace()) -> tuple[Channel, ...]:
             ns.dlq_subject("{consumer}"),
             None,
             "Messages a consumer gave up on (stream DP_DLQ): the refused body unchanged (or, "
-            "for rows a database refused, a batch of just those points); why in the headers. "
+            "for rows a database refused, a bundle of just those points); why in the headers. "
             "`tributary dlq replay` republishes to the original subject.",
             _DLQ_HEADERS,
         ),

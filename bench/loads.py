@@ -1,11 +1,14 @@
 """Bounded, self-stopping load generators for each transport, all on 127.0.0.1.
 
-Every generator runs one *phase*: ``fixed`` (an open-loop schedule of ``rate`` points/s in total;
+Every generator runs one *phase*: ``…fixed`` (an open-loop schedule of ``rate`` points/s in total;
 latency is measured from the *scheduled* send time, so a stalled server cannot hide its delay by
-slowing the sender) or ``saturation`` (as fast as the transport's flow control allows; latency from
-the actual send). Each source (HTTP connection, WebSocket session, MQTT source id) numbers its
-points 0, 1, 2, …: point ``n`` has stream ``s{n % streams}`` and timestamp ``BASE_TS + n`` seconds,
-so every point has its own idempotency key and none is deduplicated away. Source ids are
+slowing the sender) or anything else, e.g. ``…saturation`` (as fast as the transport's flow
+control allows; latency from the actual send). A phase ends after ``duration`` seconds or, when
+``max_points`` is set, once that many points were sent. HTTP sources share ``connections``
+keep-alive connections (a device fleet behind a load balancer), round robin. Each source
+numbers its points 0, 1, 2, …: point ``n`` has stream ``s{n % streams}`` and timestamp
+``BASE_TS + n`` seconds, so every point has its own idempotency key and none is deduplicated
+away. Source ids are
 ``bench-<transport>-<phase>-<i>``, which is what the verification in ``run.py`` groups by.
 """
 
@@ -31,7 +34,7 @@ class PhaseLoad:
     """What one transport phase asks for."""
 
     transport: str
-    phase: str  # "fixed" or "saturation"
+    phase: str  # "<profile>-fixed" (open loop) or "<profile>-saturation", "<profile>-drain"
     duration: float
     rate: float  # points/s in total (fixed only)
     batch: int  # points per request / message (MQTT: always 1)
@@ -39,9 +42,15 @@ class PhaseLoad:
     streams: int
     ws_window: int = 100
     mqtt_window: int = 10_000
+    connections: int = 0  # HTTP keep-alive connections (0: one per source)
+    max_points: int = 0  # stop once this many points were sent (0: only the duration)
 
     def source_id(self, index: int) -> str:
         return f"bench-{self.transport}-{self.phase}-{index}"
+
+    @property
+    def open_loop(self) -> bool:
+        return self.phase.endswith("fixed")
 
 
 @dataclass
@@ -73,10 +82,12 @@ def make_points(first: int, count: int, streams: int) -> list[dict[str, object]]
     ]
 
 
-def schedule(load: PhaseLoad, index: int, start: float) -> tuple[float, float]:
-    """(first send time, interval) of one source under the fixed offered load."""
-    interval = load.sources * load.batch / load.rate
-    return start + interval * index / load.sources, interval
+def schedule(load: PhaseLoad, index: int, start: float, senders: int = 0) -> tuple[float, float]:
+    """(first send time, interval) of sender ``index`` of ``senders`` (default: one per source)
+    under the fixed offered load."""
+    senders = senders or load.sources
+    interval = senders * load.batch / load.rate
+    return start + interval * index / senders, interval
 
 
 async def pace(due: float) -> None:
@@ -112,28 +123,39 @@ def post_head(path: str, api_key: str | None) -> bytes:
     ).encode()
 
 
-async def http_source(
-    load: PhaseLoad, index: int, port: int, key: str, record: PhaseRecord, deadline: float
+async def http_connection(
+    load: PhaseLoad,
+    index: int,
+    connections: int,
+    port: int,
+    key: str,
+    record: PhaseRecord,
+    deadline: float,
 ) -> None:
-    source = load.source_id(index)
+    """One keep-alive connection sending for sources index, index + connections, …"""
+    sources = [load.source_id(i) for i in range(index, load.sources, connections)]
+    sent = [0] * len(sources)
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     head = post_head("/ingest/data", key)
-    due, interval = schedule(load, index, record.started)
-    sent = 0
+    due, interval = schedule(load, index, record.started, connections)
     max_requests = int(load.duration * 1_000_000 / load.batch) + 1  # a hard bound on the loop
     try:
-        for _ in range(max_requests):
-            if load.phase == "fixed":
+        for k in range(max_requests):
+            if load.open_loop:
                 if due >= deadline:
                     break
                 await pace(due)
             elif time.monotonic() >= deadline:
                 break
+            if load.max_points and record.points >= load.max_points:
+                break
+            i = k % len(sources)
+            source = sources[i]
             body = orjson.dumps(
                 {
                     "source_id": source,
                     "domain": DOMAIN,
-                    "data_points": make_points(sent, load.batch, load.streams),
+                    "data_points": make_points(sent[i], load.batch, load.streams),
                 }
             )
             started = time.monotonic()
@@ -141,11 +163,9 @@ async def http_source(
                 status = await http_post(reader, writer, head, body)
             if status == 202:
                 record.ack(
-                    source,
-                    time.monotonic() - (due if load.phase == "fixed" else started),
-                    load.batch,
+                    source, time.monotonic() - (due if load.open_loop else started), load.batch
                 )
-                sent += load.batch  # a refused request's timestamps are reused by the next one
+                sent[i] += load.batch  # a refused request's timestamps are reused next time
             else:
                 record.error(f"http_{status}")
             due += interval
@@ -156,8 +176,12 @@ async def http_source(
 async def run_http(load: PhaseLoad, port: int, key: str, record: PhaseRecord) -> None:
     record.started = time.monotonic()
     deadline = record.started + load.duration
+    connections = min(load.connections or load.sources, load.sources)
     await asyncio.gather(
-        *(http_source(load, i, port, key, record, deadline) for i in range(load.sources))
+        *(
+            http_connection(load, i, connections, port, key, record, deadline)
+            for i in range(connections)
+        )
     )
     record.send_done = time.monotonic()
 
@@ -166,21 +190,31 @@ async def run_http(load: PhaseLoad, port: int, key: str, record: PhaseRecord) ->
 
 
 async def ws_source(
-    load: PhaseLoad, index: int, url: str, key: str, record: PhaseRecord, deadline: float
+    load: PhaseLoad, index: int, url: str, key: str, record: PhaseRecord, start: StartLine
 ) -> None:
     import websockets
 
     source = load.source_id(index)
-    async with websockets.connect(url, max_size=None) as ws:
+    try:
+        ws = await websockets.connect(url, max_size=None, open_timeout=60)
         await ws.send(
             orjson.dumps(
                 {"type": "connect", "source_id": source, "domain": DOMAIN, "api_key": key}
             ).decode()
         )
         reply = orjson.loads(await ws.recv())
-        if reply.get("type") != "connected":
-            record.error(f"ws_{reply.get('code', reply.get('type'))}")
-            return
+    except Exception as exc:
+        record.error(f"ws_connect_{type(exc).__name__}")
+        start.arrived()
+        return
+    start.arrived()
+    if reply.get("type") != "connected":
+        record.error(f"ws_{reply.get('code', reply.get('type'))}")
+        await ws.close()
+        return
+    await start.go.wait()
+    deadline = start.deadline
+    async with ws:
         window = asyncio.Semaphore(load.ws_window)
         owed: deque[float] = deque()  # per sent message, its latency origin (acks come in order)
         sending_done = asyncio.Event()
@@ -203,17 +237,19 @@ async def ws_source(
         max_messages = int(load.duration * 1_000_000 / load.batch) + 1
         try:
             for _ in range(max_messages):
-                if load.phase == "fixed":
+                if load.open_loop:
                     if due >= deadline:
                         break
                     await pace(due)
                 elif time.monotonic() >= deadline:
                     break
+                if load.max_points and record.points >= load.max_points:
+                    break
                 frame = orjson.dumps(
                     {"type": "data", "batch": make_points(sent, load.batch, load.streams)}
                 ).decode()
                 await window.acquire()
-                owed.append(due if load.phase == "fixed" else time.monotonic())
+                owed.append(due if load.open_loop else time.monotonic())
                 await ws.send(frame)
                 sent += load.batch
                 due += interval
@@ -230,12 +266,37 @@ async def ws_source(
 
 async def run_ws(load: PhaseLoad, port: int, key: str, record: PhaseRecord) -> None:
     url = f"ws://127.0.0.1:{port}/ingest/stream"
+    # Sessions connect before the clock starts (2,000 handshakes take a while), then send.
+    start = StartLine(load.sources)
+    tasks = [
+        asyncio.create_task(ws_source(load, i, url, key, record, start))
+        for i in range(load.sources)
+    ]
+    try:
+        async with asyncio.timeout(120):
+            await start.all_in.wait()
+    except TimeoutError:
+        record.error("ws_connect_timeout")
     record.started = time.monotonic()
-    deadline = record.started + load.duration
-    await asyncio.gather(
-        *(ws_source(load, i, url, key, record, deadline) for i in range(load.sources))
-    )
+    start.deadline = record.started + load.duration
+    start.go.set()
+    await asyncio.gather(*tasks)
     record.send_done = time.monotonic()
+
+
+class StartLine:
+    """Holds every session until all are connected, then starts them together."""
+
+    def __init__(self, sessions: int) -> None:
+        self.waiting = sessions
+        self.all_in = asyncio.Event()
+        self.go = asyncio.Event()
+        self.deadline = 0.0
+
+    def arrived(self) -> None:
+        self.waiting -= 1
+        if self.waiting <= 0:
+            self.all_in.set()
 
 
 # ---------------------------------------------------------------------------------------- MQTT
@@ -307,12 +368,14 @@ def mqtt_publisher(
             if cancelled.is_set():
                 break
             now = time.monotonic()
-            if load.phase == "fixed":
+            if load.open_loop:
                 if due >= deadline:
                     break
                 if due > now:
                     time.sleep(due - now)
             elif now >= deadline:
+                break
+            if load.max_points and published >= load.max_points:
                 break
             # Wait for the broker's PUBACKs beyond paho's in-flight window (queueing in the
             # client would only measure the client) and for the gateway beyond ours.
@@ -338,7 +401,7 @@ def mqtt_publisher(
             source = load.source_id(i)
             payload = b'{"value": %d, "timestamp": %d}' % (n, BASE_TS + n)
             topic = f"{topic_prefix}/{DOMAIN}/{source}/s{n % load.streams}/data"
-            sent_at = due if load.phase == "fixed" else time.monotonic()
+            sent_at = due if load.open_loop else time.monotonic()
             info = client.publish(topic, payload, qos=1)
             with lock:
                 acked_at = early.pop(info.mid, None)

@@ -44,6 +44,14 @@ def markdown(result: dict[str, Any]) -> str:
     for transport in dict.fromkeys(p["transport"] for p in result["phases"]):
         meaning = next(p["ack_meaning"] for p in result["phases"] if p["transport"] == transport)
         lines.append(f"- {transport} ack: {meaning}.")
+    for p in result["phases"]:
+        if "drain_seconds" in p:
+            lines.append(
+                f"- {p['transport']} {p['phase']}: classifier paused while "
+                f"{p['points_acked']:,} single-reading messages were acknowledged (lag "
+                f"{p['drain_backlog']}); resumed, every point was a row and every lag 0 after "
+                f"{p['drain_seconds']} s: **{_n(p['drain_points_per_s'])} points/s** drained."
+            )
     errors = {
         f"{p['transport']}-{p['phase']}": p["errors"] for p in result["phases"] if p["errors"]
     }
@@ -67,7 +75,7 @@ def markdown(result: dict[str, Any]) -> str:
         "|---|---|" + "---|" * len(services),
     ]
     for p in result["phases"]:
-        if p["phase"] == "saturation":
+        if p["phase"].endswith("saturation"):
             cells = " | ".join(_n(p["cpu_percent"].get(s, float("nan"))) for s in services)
             lines.append(f"| {p['transport']} | {_n(sum(p['cpu_percent'].values()))} | {cells} |")
     rss = ", ".join(f"{k} {v} MiB" for k, v in result["peak_rss_mib"].items())

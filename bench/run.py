@@ -1,16 +1,29 @@
-"""The fleet against this machine's physical limits, in one run (issue 10). A measure, not a test.
+"""The fleet against this machine's physical limits, in one run (issues 10, 16). A measure, not
+a test.
 
     make bench
-    .venv/bin/python bench/run.py --duration 10 --rate 2000 --batch 100 --sources 4 \
-        --streams 10 --transports http,ws,mqtt --out /tmp/tributary-bench
+    .venv/bin/python bench/run.py --duration 10 --profiles devices,batched \
+        --device-sources 2000 --device-rate 5000 --drain-messages 100000 \
+        --rate 2000 --batch 100 --sources 4 --out /tmp/tributary-bench
 
 Starts the fleet once as processes (``tests/e2e/fleet_process.FleetProcess``) in a fresh bus
-namespace and a fresh database, measures the physical limits (``limits.py``), then per transport
-runs two bounded phases of ``--duration`` seconds each: ``fixed`` (``--rate`` points/s offered,
-open loop) and ``saturation`` (closed loop). After each phase it waits until every acknowledged
-point is a row. Reported per phase: acked and end-to-end points/s (first send → last row), ack
-latency p50/p95/p99, CPU per service (/proc utime+stime), consumer lag (JetStream num_pending +
-num_ack_pending of classifier and writer-postgres) sampled every second and after the drain. At the
+namespace and a fresh database, measures the physical limits (``limits.py``), then runs two
+profiles in the same run, so that they compare under the same machine load:
+
+- ``devices``: ``--device-sources`` sources sending 1 point per HTTP request / WebSocket message
+  / MQTT message (HTTP over ``--device-connections`` keep-alive connections, one WebSocket
+  session per source); per transport a ``devices-fixed`` phase at ``--device-rate`` points/s and
+  a ``devices-saturation`` phase; then ``devices-drain``: the classifier is paused (SIGSTOP),
+  ``--drain-messages`` single-reading MQTT messages are acknowledged, the classifier resumes
+  (SIGCONT) and the time until every point is a row and the consumer lag is 0 is measured.
+- ``batched``: ``--sources`` sources sending ``--batch`` points per request/message; per
+  transport ``batched-fixed`` at ``--rate`` points/s and ``batched-saturation`` (CSV: one job).
+
+Each phase lasts ``--duration`` seconds (the drain: until its messages are sent). After each
+phase it waits until every acknowledged point is a row. Reported per phase: acked and end-to-end
+points/s (first send → last row), ack latency p50/p95/p99, CPU per service (/proc
+utime+stime), consumer lag (JetStream num_pending + num_ack_pending of the classifier's partition
+consumers and writer-postgres) sampled every second and after the drain. At the
 end it checks that every acknowledged point is in PostgreSQL exactly once (count(*) and
 count(DISTINCT key) per transport and phase) and says so loudly if not (exit status 3).
 Writes result.json, result.md and timeline.png to ``--out``; removes its namespace and database.
@@ -49,8 +62,11 @@ from tests.e2e.conftest import _drop_database  # noqa: E402
 from tests.e2e.fleet_process import FleetProcess  # noqa: E402
 from tests.host import cpu_seconds, vm_mib  # noqa: E402
 from tests.streams import drop_namespace_at  # noqa: E402
+from tributary_contracts import DEFAULT_PARTITIONS  # noqa: E402
 
 TRANSPORTS = ("http", "ws", "mqtt", "csv")
+PROFILES = ("devices", "batched")
+DEVICE_TRANSPORTS = ("http", "ws", "mqtt")
 SHARED_SERVERS = ("nats-server", "postgres", "mosquitto")
 MAX_SAMPLES = 3600
 
@@ -129,17 +145,35 @@ class Bench:
     # ------------------------------------------------------------------------------ sampling
 
     async def lag(self) -> dict[str, int]:
-        from tributary_contracts import CONSUMERS, Namespace
+        """Unprocessed messages of the classifier (all its partition consumers) and the writer."""
+        from tributary_contracts import CONSUMERS, Namespace, classifier_partition_consumer
 
         ns = Namespace(self.prefix)
+        partitions = int(os.environ.get("BUS_PARTITIONS", DEFAULT_PARTITIONS))
+        consumers = {
+            "classifier": [classifier_partition_consumer(p) for p in range(partitions)],
+            "writer-postgres": [CONSUMERS["writer-postgres"]],
+        }
         out = {}
-        for durable in ("classifier", "writer-postgres"):
-            try:
-                info = await self.js.consumer_info(CONSUMERS[durable].stream_name(ns), durable)
-                out[durable] = int(info.num_pending or 0) + int(info.num_ack_pending or 0)
-            except Exception:
-                out[durable] = -1
+        for name, defs in consumers.items():
+            total = 0
+            for d in defs:
+                try:
+                    info = await self.js.consumer_info(d.stream_name(ns), d.durable)
+                    total += int(info.num_pending or 0) + int(info.num_ack_pending or 0)
+                except Exception:
+                    total = -1
+                    break
+            out[name] = total
         return out
+
+    async def wait_lag_zero(self, deadline: float) -> float:
+        """Poll until every consumer's lag is 0 (or ``deadline``); when it was."""
+        while time.monotonic() < deadline:
+            if all(v == 0 for v in (await self.lag()).values()):
+                break
+            await asyncio.sleep(0.2)
+        return time.monotonic()
 
     async def raw_seq(self) -> int:
         from tributary_contracts import Namespace
@@ -185,9 +219,9 @@ class Bench:
     async def count_rows(self) -> int:
         return int(await self.db.fetchval("SELECT count(*) FROM data_points"))
 
-    async def wait_rows(self, target: int) -> tuple[int, float]:
+    async def wait_rows(self, target: int, timeout: float = 0.0) -> tuple[int, float]:
         """Poll until ``target`` rows are visible (or the drain timeout); (rows, when)."""
-        deadline = time.monotonic() + self.args.drain_timeout
+        deadline = time.monotonic() + (timeout or self.args.drain_timeout)
         rows = await self.count_rows()
         while rows < target and time.monotonic() < deadline:
             await asyncio.sleep(0.2)
@@ -196,49 +230,96 @@ class Bench:
 
     # ------------------------------------------------------------------------------- phases
 
-    async def run_phase(self, transport: str, phase: str, duration: float) -> dict[str, Any]:
+    def load(self, profile: str, transport: str, phase: str, duration: float) -> PhaseLoad:
+        """What ``phase`` (fixed, saturation, drain) of ``profile`` offers on ``transport``."""
         a = self.args
-        batch = 1 if transport == "mqtt" else a.batch
-        load = PhaseLoad(
+        if profile == "devices":
+            return PhaseLoad(
+                transport,
+                f"{profile}-{phase}",
+                duration,
+                a.device_rate,
+                1,
+                a.device_sources,
+                a.streams,
+                ws_window=a.device_ws_window,
+                mqtt_window=a.mqtt_window,
+                connections=a.device_connections,
+                max_points=a.drain_messages if phase == "drain" else 0,
+            )
+        return PhaseLoad(
             transport,
-            phase,
+            f"{profile}-{phase}",
             duration,
             a.rate,
-            batch,
+            1 if transport == "mqtt" else a.batch,
             a.sources,
             a.streams,
             ws_window=a.ws_window,
             mqtt_window=a.mqtt_window,
         )
+
+    async def run_phase(self, load: PhaseLoad) -> dict[str, Any]:
+        """One phase; a drain phase pauses the classifier while sending and measures from its
+        resumption until every point is a row and every consumer's lag is 0."""
+        a = self.args
+        transport, phase = load.transport, load.phase
+        drain = phase.endswith("drain")
         record = PhaseRecord()
         rows_before = await self.count_rows()
         seq_before = await self.raw_seq()
         self.phase_label = f"{transport}-{phase}"
         pids = self.fleet.child_pids()
+        paused = (
+            [pid for name, pid in pids.items() if name.startswith("classifier")] if drain else []
+        )
         cpu_before = cpu_snapshot(pids)
-        if transport == "csv":
-            await run_csv(load, self.port("csv-importer"), self.fleet.admin_key, a.csv_rows, record)
-        elif transport == "http":
-            await run_http(load, self.port("gateway-http"), self.fleet.admin_key, record)
-        elif transport == "ws":
-            await run_ws(load, self.port("gateway-ws"), self.fleet.admin_key, record)
-        else:
-            await run_mqtt(load, self.prefix, self.fleet.url("gateway-mqtt") + "/metrics", record)
+        for pid in paused:
+            os.kill(pid, signal.SIGSTOP)
+        try:
+            if transport == "csv":
+                await run_csv(
+                    load, self.port("csv-importer"), self.fleet.admin_key, a.csv_rows, record
+                )
+            elif transport == "http":
+                await run_http(load, self.port("gateway-http"), self.fleet.admin_key, record)
+            elif transport == "ws":
+                await run_ws(load, self.port("gateway-ws"), self.fleet.admin_key, record)
+            else:
+                await run_mqtt(
+                    load, self.prefix, self.fleet.url("gateway-mqtt") + "/metrics", record
+                )
+        finally:
+            for pid in paused:
+                os.kill(pid, signal.SIGCONT)
+        resumed_at = time.monotonic()
         send_seconds = record.send_done - record.started
         cpu_after = cpu_snapshot(pids)
         seq_after = await self.raw_seq()
-        rows, last_row_at = await self.wait_rows(rows_before + record.points)
+        backlog = await self.lag()
+        timeout = max(a.drain_timeout, 240.0) if drain else a.drain_timeout
+        rows, last_row_at = await self.wait_rows(rows_before + record.points, timeout)
+        lag_zero_at = await self.wait_lag_zero(time.monotonic() + (30 if drain else 0))
         lag_after = await self.lag()
         self.phase_label = "drain"
         self.sent[f"{transport}-{phase}"] = record.points
         latencies = [lat for _, lat, _ in record.acks]
         in_phase = [s for s in self.samples if s["phase"] == f"{transport}-{phase}"]
+        drained = {}
+        if drain:
+            seconds = max(last_row_at, lag_zero_at) - resumed_at
+            drained = {
+                "drain_backlog": backlog,
+                "drain_seconds": round(seconds, 2),
+                "drain_points_per_s": round((rows - rows_before) / seconds),
+            }
         return {
             "transport": transport,
             "phase": phase,
+            **drained,
             "t_start": round(record.started - self.t0, 2),
             "t_end": round(record.send_done - self.t0, 2),
-            "offered_points_per_s": a.rate if phase == "fixed" else float("nan"),
+            "offered_points_per_s": load.rate if load.open_loop else float("nan"),
             "points_acked": record.points,
             "acks": len(record.acks),
             "errors": record.errors,
@@ -335,18 +416,31 @@ class Bench:
             sampler = asyncio.create_task(self.sampler(stop))
             # Warm up (connections, consumers, the writer's pool), then measure.
             self.phase_label = "warmup"
-            await self.run_phase("http", "warmup", 2.0)  # verified at the end, not reported
+            # verified at the end, not reported
+            await self.run_phase(self.load("batched", "http", "warmup", 2.0))
             self.phase_label = "limits"
             limits |= await pg_limits(self.fleet.postgres_dsn, a.limit_rows, 5000, a.limit_seconds)
             limits |= await jetstream_limits(
                 a.nats_url, self.prefix, a.limit_rows, 512, a.limit_seconds
             )
             limits |= await starlette_limit(a.sources, a.batch, a.streams, a.limit_seconds)
-            for transport in a.transports:
-                # A CSV job has no offered rate: it is imported as fast as the importer can.
-                for phase in ("saturation",) if transport == "csv" else ("fixed", "saturation"):
-                    print(f"bench: {transport} {phase} …", flush=True)
-                    phases.append(await self.run_phase(transport, phase, a.duration))
+            for profile in a.profiles:
+                transports = (
+                    [t for t in a.transports if t in DEVICE_TRANSPORTS]
+                    if profile == "devices"
+                    else a.transports
+                )
+                for transport in transports:
+                    # A CSV job has no offered rate: it is imported as fast as it can be.
+                    wanted = ("saturation",) if transport == "csv" else ("fixed", "saturation")
+                    for phase in wanted:
+                        print(f"bench: {profile} {transport} {phase} …", flush=True)
+                        load = self.load(profile, transport, phase, a.duration)
+                        phases.append(await self.run_phase(load))
+                if profile == "devices" and a.drain_messages and "mqtt" in a.transports:
+                    print(f"bench: devices drain of {a.drain_messages:,} messages …", flush=True)
+                    load = self.load(profile, "mqtt", "drain", 600.0)
+                    phases.append(await self.run_phase(load))
             verification = await self.verify()
             memory = {
                 name: round(vm_mib(pid).get("VmHWM", float("nan")), 1)
@@ -399,7 +493,11 @@ class Bench:
             "machine": machine(a, loadavg_start),
             "options": {k: v for k, v in vars(a).items() if k not in ("postgres_base",)},
             "options_line": (
-                f"--duration {a.duration:g} --rate {a.rate:g} --batch {a.batch} "
+                f"--duration {a.duration:g} --profiles {','.join(a.profiles)} "
+                f"--device-sources {a.device_sources} --device-rate {a.device_rate:g} "
+                f"--device-connections {a.device_connections} "
+                f"--device-ws-window {a.device_ws_window} --drain-messages {a.drain_messages} "
+                f"--rate {a.rate:g} --batch {a.batch} "
                 f"--sources {a.sources} --streams {a.streams} --transports "
                 f"{','.join(a.transports)} --ws-window {a.ws_window} "
                 f"--mqtt-window {a.mqtt_window} --csv-rows {a.csv_rows} "
@@ -431,9 +529,9 @@ def ratios(phases: list[dict[str, Any]], limits: dict[str, float]) -> list[dict[
             )
 
     for p in phases:
-        if p["phase"] != "saturation":
+        if not p["phase"].endswith("saturation"):
             continue
-        t = p["transport"]
+        t = f"{p['transport']} {p['phase'].removesuffix('-saturation')}"
         add(f"{t} e2e points/s to rows", p["e2e_points_per_s"], "pg_keyed_copy_rows_per_s")
         add(f"{t} e2e points/s to rows", p["e2e_points_per_s"], "pg_copy_rows_per_s")
         add(f"{t} DP_RAW msgs/s published", p["dp_raw_msgs_per_s"], "js_publish_async_msgs_per_s")
@@ -442,10 +540,10 @@ def ratios(phases: list[dict[str, Any]], limits: dict[str, float]) -> list[dict[
             p["dp_raw_msgs_per_s"],
             "js_fetch_ack_msgs_per_s",
         )
-        if t == "http":
-            add("http requests/s", p["acks_per_s"], "starlette_empty_post_req_per_s")
-        if t == "mqtt":
-            add("mqtt messages/s acked", p["acks_per_s"], "js_publish_async_msgs_per_s")
+        if p["transport"] == "http":
+            add(f"{t} requests/s", p["acks_per_s"], "starlette_empty_post_req_per_s")
+        if p["transport"] == "mqtt":
+            add(f"{t} messages/s acked", p["acks_per_s"], "js_publish_async_msgs_per_s")
     return out
 
 
@@ -495,6 +593,39 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per phase")
+    parser.add_argument(
+        "--profiles",
+        default="devices,batched",
+        help=f"comma-separated, of {','.join(PROFILES)}",
+    )
+    parser.add_argument(
+        "--device-sources", type=int, default=2000, help="devices profile: source ids"
+    )
+    parser.add_argument(
+        "--device-rate",
+        type=float,
+        default=5000.0,
+        help="devices profile: offered points/s in total in the fixed phase",
+    )
+    parser.add_argument(
+        "--device-connections",
+        type=int,
+        default=200,
+        help="devices profile: HTTP keep-alive connections the sources share",
+    )
+    parser.add_argument(
+        "--device-ws-window",
+        type=int,
+        default=2,
+        help="devices profile: unacked messages per WebSocket session at saturation",
+    )
+    parser.add_argument(
+        "--drain-messages",
+        type=int,
+        default=100_000,
+        help="devices profile: backlog of single-reading MQTT messages the drain phase clears "
+        "(0: no drain phase)",
+    )
     parser.add_argument(
         "--rate", type=float, default=2000.0, help="offered points/s in total in the fixed phase"
     )
@@ -562,6 +693,9 @@ def main() -> None:
         help="server DSN without database; a fresh database is used",
     )
     args = parser.parse_args()
+    args.profiles = [p.strip() for p in args.profiles.split(",") if p.strip()]
+    if set(args.profiles) - set(PROFILES):
+        parser.error(f"unknown profiles {args.profiles}; expected some of {PROFILES}")
     wanted = [t.strip() for t in args.transports.split(",") if t.strip()]
     unknown = set(wanted) - set(TRANSPORTS)
     if unknown:

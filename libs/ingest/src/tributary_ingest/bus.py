@@ -28,7 +28,10 @@ from tributary_runtime.settings import ServiceSettings
 
 MAX_STREAM_MESSAGE_BYTES = 8 * 1024 * 1024  # the streams' max_msg_size (libs/contracts)
 READY_TIMEOUT_SECONDS = 2.0
-DEFAULT_LINGER_MS = 5.0
+DEFAULT_LINGER_MS = 2.0
+"""Bundles per second stay ≤ partitions × 1000 / linger (2,000/s with 4 partitions), far under
+what the classifier fetches and acks (~7,000 msg/s measured), while a point waits ≤ 2 ms: a
+fifth of the WebSocket ack budget (10 ms p95)."""
 
 Connect = Callable[[], Awaitable[Client]]
 T = TypeVar("T")

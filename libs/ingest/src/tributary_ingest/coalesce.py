@@ -397,10 +397,12 @@ class Coalescer:
 async def settle(future: asyncio.Future[PublishOutcome], deadline: float) -> PublishOutcome:
     """The outcome of a submission by ``deadline`` (loop time); ``PublishError`` if it failed
     or is not in by then (the submission is abandoned)."""
-    if not future.done():
-        remaining = deadline - asyncio.get_running_loop().time()
-        await asyncio.wait((future,), timeout=max(remaining, 0.0))
-    if not future.done():
-        future.cancel()
-        raise PublishError("timeout", "JetStream did not acknowledge within the publish timeout")
-    return future.result()
+    if future.done():
+        return future.result()
+    try:
+        async with asyncio.timeout_at(deadline):  # cancels the submission when it fires
+            return await future
+    except TimeoutError:
+        raise PublishError(
+            "timeout", "JetStream did not acknowledge within the publish timeout"
+        ) from None

@@ -5,8 +5,8 @@
 
 The same 10,000 streams, configs and messages as ``many_streams.py``, handed to
 ``RawBatchHandler.prepare`` in fetches of ``--fetch`` messages (parse, classify, alert
-lifecycle, output JSON, msg ids), plus the checkpoint bodies those fetches ask for (each
-coalesced document made once per fetch, as ``CoalescingOutbox`` sends it). Everything the
+lifecycle, output JSON, msg ids), plus the checkpoint bodies of one snapshot per fetch (every
+document whose streams moved, as ``PartitionCheckpoint`` writes them). Everything the
 classifier computes per point, and none of the nats-py/socket cost that ``many_streams.py``
 adds. Each repeat starts from empty state; prints every repeat's µs per point and their
 minimum (the least disturbed by other work on this shared machine). ``--profile`` prints the
@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from many_streams import PER_SOURCE, config_of, raw_messages
 from nats.aio.msg import Msg
 
-from classifier.checkpoint import Checkpointer
+from classifier.checkpoint import document_writes
 from classifier.config_store import StreamConfigStore
 from classifier.handler import RawBatchHandler
 from classifier.outbox import Outgoing
@@ -56,17 +56,13 @@ def build_store(streams: int) -> StreamConfigStore:
 def one_pass(store: StreamConfigStore, msgs: list[Msg], fetch: int) -> float:
     """Seconds of CPU for prepare + checkpoint bodies of every fetch, from empty state."""
     state = ClassifierState()
-    checkpointer = Checkpointer(NoOutbox(), state, NS.bucket("classifier-state"))
-    handler = RawBatchHandler(NS, store.resolve, NoOutbox(), state, checkpointer=checkpointer)
+    handler = RawBatchHandler(NS, store.resolve, NoOutbox(), state)
+    bucket = NS.bucket("classifier-state")
     started = time.process_time()
     for i in range(0, len(msgs), fetch):
-        prepared = handler.prepare(msgs[i : i + fetch])
-        made: set[str] = set()
-        for item in prepared.classified:
-            for out, _, _ in item.outputs:
-                if callable(out.payload) and out.coalesce not in made:
-                    made.add(out.coalesce or "")
-                    out.payload()
+        handler.prepare(handler.parse(msgs[i : i + fetch]))
+        docs, state.dirty = state.dirty, set()
+        document_writes(state, bucket, docs)
     return time.process_time() - started
 
 

@@ -227,8 +227,9 @@ def test_checkpoint_round_trips_every_field() -> None:
     st = s.state.get(KEY)
     assert st is not None and st.stale_alert is not None and st.last_close_at is not None
     doc = s.state.doc_of[KEY]
-    restored = dict(source_doc_from_json(source_doc_json(doc, [KEY[2]], s.state.streams)))
-    assert restored == {KEY: st}
+    read = source_doc_from_json(source_doc_json(doc, [KEY[2]], s.state.streams, 41, 1))
+    assert (read.source, read.chunk, read.chunks, read.covered) == (KEY[:2], 0, 1, 41)
+    assert dict(read.states) == {KEY: st}
 
 
 def test_source_document_round_trips_and_is_chunked() -> None:
@@ -249,7 +250,7 @@ def test_source_document_round_trips_and_is_chunked() -> None:
             source_doc_json(
                 ("iot", "dev.1", 1), state.doc_streams(("iot", "dev.1", 1)), state.streams
             )
-        )
+        ).states
     )
     assert len(restored) == 3
     assert all(restored[key] == state.streams[key] for key in restored)

@@ -133,6 +133,7 @@ async def test_alert_events_land_on_dp_events_with_their_subjects_and_msg_ids(
         await until(lambda: inputs_acked(js, ns), "inputs acked")
         await asyncio.sleep(0.3)
         got = await events(js, ns)
+        last_seq = (await js.stream_info(ns.stream(DP_RAW))).state.last_seq
         kv = await js.key_value(ns.bucket(CLASSIFIER_STATE_BUCKET))
         checkpoint = await kv.get(f"{escape_key('iot')}.{escape_key('dev.1')}")
 
@@ -155,8 +156,10 @@ async def test_alert_events_land_on_dp_events_with_their_subjects_and_msg_ids(
     assert closed_critical.alert_id == escalated.alert_id
     assert closed_critical.closed_at == T0 + timedelta(seconds=5)
     assert checkpoint.value is not None
-    [(key, restored)] = source_doc_from_json(checkpoint.value)
+    doc = source_doc_from_json(checkpoint.value)
+    [(key, restored)] = doc.states
     assert key == ("iot", "dev.1", "temp") and restored.alert is None and restored.run == 0
+    assert doc.covered == last_seq  # the state holds every input, up to the last bundle
 
 
 def start_classifier(servers: Any, bus_prefix: str, port: int) -> subprocess.Popen[bytes]:

@@ -15,6 +15,7 @@ from classifier.classify import (
     Verdict,
     classify,
     classify_batch,
+    classify_message,
 )
 from tributary_contracts import (
     ClassifiedBatch,
@@ -218,9 +219,12 @@ def test_classify_batch_resolves_each_stream_once_with_its_type(
     assert result[1].points[0].reason == NO_CONFIG_REASON
 
 
-def test_classify_batch_remembers_the_latest_point_of_each_stream(make_batch: MakeBatch) -> None:
+def test_classify_batch_remembers_the_latest_point_of_each_configured_stream(
+    make_batch: MakeBatch,
+) -> None:
     state = ClassifierState()
-    classify_batch(make_batch([1, 2, 3]), fixed(None), state)
+    configured = fixed(StreamConfig())
+    classify_batch(make_batch([1, 2, 3]), configured, state)
     key = ("iot", "dev-1", "temp")
     latest = state.get(key)
     assert latest is not None and (latest.last_value, latest.last_ts) == (
@@ -229,9 +233,39 @@ def test_classify_batch_remembers_the_latest_point_of_each_stream(make_batch: Ma
     )
 
     # a late (older) point does not rewind the stream; a newer one moves it on
-    classify_batch(make_batch([99], start=T0 - timedelta(hours=1)), fixed(None), state)
+    classify_batch(make_batch([99], start=T0 - timedelta(hours=1)), configured, state)
     assert (state.get(key).last_value, len(state)) == (3.0, 1)  # type: ignore[union-attr]
-    classify_batch(make_batch([4], start=T0 + timedelta(hours=1)), fixed(None), state)
+    classify_batch(make_batch([4], start=T0 + timedelta(hours=1)), configured, state)
     assert state.get(key).last_value == 4.0  # type: ignore[union-attr]
-    classify_batch(make_batch([5], source_id="dev-2"), fixed(None), state)
+    classify_batch(make_batch([5], source_id="dev-2"), configured, state)
     assert len(state) == 2
+    assert state.dirty == {("iot", "dev-1", 0), ("iot", "dev-2", 0)}
+
+
+def test_an_unconfigured_stream_gets_no_state(make_batch: MakeBatch) -> None:
+    state = ClassifierState()
+    classify_batch(make_batch([1, 2, 3]), fixed(None), state)
+    assert (len(state), state.dirty, state.chunks) == (0, set(), {})
+
+
+def test_new_streams_of_a_source_at_its_cap_get_value_rules_and_no_state(
+    make_batch: MakeBatch,
+) -> None:
+    state = ClassifierState(max_streams_per_source=3)
+    config = StreamConfig(value_constraints=ValueConstraints(max_value=100))
+    points = [DataPoint(stream_id=f"s{i}", value=150.0 if i == 4 else 1.0, ts=T0) for i in range(5)]
+    batch = PointBatch(
+        domain="iot", source_id="dev-1", transport="http", received_at=T0, points=points
+    )
+    result = classify_message(batch, fixed(config), state)
+    assert result.over_cap == 2
+    assert sorted(k[2] for k in state.streams) == ["s0", "s1", "s2"]
+    [critical] = result.by_class[PointClass.CRITICAL]
+    assert critical[0].stream_id == "s4"
+    assert critical[1].reason == (
+        "stream limit of the source reached (3 streams), value rules only: "
+        "value 150.0 is above the physical maximum 100.0"
+    )
+    # another source has its own budget
+    other = batch.model_copy(update={"source_id": "dev-2"})
+    assert classify_message(other, fixed(config), state).over_cap == 2

@@ -1,8 +1,9 @@
-"""The raw-batch handler: what it publishes, dead-letters, acks and naks.
+"""The raw-bundle handler and the partition checkpoint: what is published, dead-lettered,
+written to the state bucket, and when inputs are acked.
 
-``RawBatchHandler.handle`` driven directly with JetStream messages that record their acks (to
-check every ack/nak decision and delay). The outbox is the only stand-in: an in-memory recorder
-instead of JetStream. The pull loop that feeds the handler is tested against the real NATS in
+``RawBatchHandler.handle`` and ``PartitionCheckpoint.snapshot`` driven directly with JetStream
+messages that record their acks. The outbox is the only stand-in: an in-memory recorder instead
+of JetStream. The pull loop that feeds them is tested against the real NATS in
 ``test_classifier_consume_integration.py``.
 """
 
@@ -11,17 +12,20 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 from nats.aio.msg import Msg
 from prometheus_client import Counter
 
+from classifier.checkpoint import PartitionCheckpoint
 from classifier.classify import ClassifierState
 from classifier.config_store import StreamConfigStore
 from classifier.handler import RawBatchHandler
 from classifier.metrics import DLQ_MESSAGES, ERRORS, PUBLISHED_POINTS, RECEIVED_POINTS
 from classifier.outbox import CoalescingOutbox, Outgoing
+from classifier.state import source_doc_from_json
 from tributary_contracts import (
     DLQ_CONSUMER,
     DLQ_DELIVERIES,
@@ -43,6 +47,7 @@ from tributary_contracts import (
     stream_config_key,
 )
 
+T0 = datetime(2026, 2, 25, 21, 0, tzinfo=UTC)  # as in conftest.make_batch
 PREFIX = "hdl"
 NS = Namespace(PREFIX)
 MakeBatch = Callable[..., PointBatch]
@@ -72,10 +77,12 @@ class MemoryOutbox:
     def __init__(self, fail: Callable[[Outgoing], bool] = lambda _: False) -> None:
         self.fail = fail
         self.published: list[Outgoing] = []
+        self.attempts: list[Outgoing] = []
 
     async def publish_all(self, messages: Sequence[Outgoing]) -> list[BaseException | None]:
         results: list[BaseException | None] = []
         for m in messages:
+            self.attempts.append(m)
             if self.fail(m):
                 results.append(TimeoutError("no ack"))
             else:
@@ -108,9 +115,9 @@ def store(temperature_config: StreamConfig) -> StreamConfigStore:
     return s
 
 
-def handler_with(store: StreamConfigStore, outbox: MemoryOutbox) -> RawBatchHandler:
+def handler_with(store: StreamConfigStore, outbox: Any, **kw: Any) -> RawBatchHandler:
     return RawBatchHandler(
-        NS, store.resolve, outbox, ClassifierState(), nak_delay=0.5, nak_max_delay=4
+        NS, store.resolve, outbox, ClassifierState(), retry_delay=0.01, max_retry_delay=0.02, **kw
     )
 
 
@@ -142,7 +149,7 @@ async def test_bundle_is_published_as_one_classified_bundle_per_class_then_acked
     msg = bundle_msg(one, two)
     before = counter(PUBLISHED_POINTS, cls="normal")
 
-    outcome = await handler_with(store, outbox).handle([msg])
+    prepared = await handler_with(store, outbox).handle([msg])
 
     out = [m for m in outbox.published if m.stream == NS.stream("DP_CLASSIFIED")]
     assert [m.subject for m in out] == [
@@ -165,8 +172,8 @@ async def test_bundle_is_published_as_one_classified_bundle_per_class_then_acked
         ]
         # derived from the points: a redelivered input makes the same ids (deduplicated)
         assert m.headers == {MSG_ID_HEADER: bundle_msg_id(ids)}
-    assert msg.calls == [("ack", None)]
-    assert (outcome.acked, outcome.nacked, outcome.dead_lettered) == ([msg], [], [])
+    assert msg.calls == []  # acked by the partition's next snapshot, not here
+    assert (prepared.inputs, prepared.dead_lettered) == ([msg], [])
     assert counter(PUBLISHED_POINTS, cls="normal") - before == 3
 
 
@@ -175,7 +182,7 @@ async def test_a_former_per_source_batch_is_classified_into_a_bundle(
 ) -> None:
     outbox = MemoryOutbox()
     msg = RecordingMsg(raw(make_batch([20, 70])))  # dp.raw.iot.dev-1, drained after an upgrade
-    outcome = await handler_with(store, outbox).handle([msg])
+    prepared = await handler_with(store, outbox).handle([msg])
     assert [m.subject for m in outbox.on(".classified.")] == [
         NS.classified_partition_subject("iot", "normal", 0),
         NS.classified_partition_subject("iot", "critical", 0),
@@ -183,7 +190,7 @@ async def test_a_former_per_source_batch_is_classified_into_a_bundle(
     assert [
         [p.value for p in classified(m).batches[0].points] for m in outbox.on(".classified.")
     ] == [[20.0], [70.0]]
-    assert outcome.acked == [msg]
+    assert prepared.inputs == [msg]
 
 
 async def test_a_source_of_another_partition_is_refused_or_left_to_its_owner(
@@ -206,16 +213,16 @@ async def test_a_source_of_another_partition_is_refused_or_left_to_its_owner(
         raw(make_batch([23], source_id=mine)), seq=3, subject=NS.raw_subject("iot", mine)
     )
 
-    outcome = await handler.handle([misplaced, former_theirs, former_mine])
+    prepared = await handler.handle([misplaced, former_theirs, former_mine])
 
     [letter] = outbox.on(".dlq.")
     assert letter.headers[DLQ_KIND] == "wrong_partition"
     assert f"source '{theirs}' hashes to partition 2 of 4, not 1" in letter.headers[DLQ_REASON]
-    assert outcome.skipped == [former_theirs]  # partition 2's drain classifies it
+    assert prepared.skipped == [former_theirs]  # partition 2's drain classifies it
     [out] = outbox.on(".classified.")
     assert out.subject == NS.classified_partition_subject("iot", "normal", 1)
     assert [b.source_id for b in classified(out).batches] == [mine]
-    assert all(m.calls == [("ack", None)] for m in (misplaced, former_theirs, former_mine))
+    assert prepared.inputs == [misplaced, former_theirs, former_mine]  # all acked by snapshot
 
 
 async def test_invalid_messages_go_to_the_dlq_and_their_neighbours_are_classified(
@@ -232,7 +239,7 @@ async def test_invalid_messages_go_to_the_dlq_and_their_neighbours_are_classifie
     not_a_batch = RecordingMsg(json.dumps(bad_value).encode(), seq=3)
     before = counter(DLQ_MESSAGES, reason="invalid_batch")
 
-    outcome = await handler_with(store, outbox).handle([good1, not_json, not_a_batch, good2])
+    prepared = await handler_with(store, outbox).handle([good1, not_json, not_a_batch, good2])
 
     assert [m.subject for m in outbox.on(".classified.")] == [
         NS.classified_partition_subject("iot", "normal", 0),
@@ -262,36 +269,48 @@ async def test_invalid_messages_go_to_the_dlq_and_their_neighbours_are_classifie
             original.data,
         )
     assert letters[0].headers[MSG_ID_HEADER] != letters[1].headers[MSG_ID_HEADER]
-    for m in (good1, not_json, not_a_batch, good2):
-        assert m.calls == [("ack", None)]
-    assert outcome.dead_lettered == [(not_json, "invalid_batch"), (not_a_batch, "invalid_batch")]
+    assert prepared.inputs == [good1, not_json, not_a_batch, good2]
+    assert prepared.dead_lettered == [(not_json, "invalid_batch"), (not_a_batch, "invalid_batch")]
     assert counter(DLQ_MESSAGES, reason="invalid_batch") - before == 2
 
 
-async def test_failed_publish_naks_only_the_inputs_it_concerns(
+async def test_failed_publishes_are_retried_unchanged_until_acked(
     store: StreamConfigStore, make_batch: MakeBatch
 ) -> None:
-    outbox = MemoryOutbox(fail=lambda m: ".critical." in m.subject)
-    ok = RecordingMsg(raw(make_batch([20, 21])))
-    partly = RecordingMsg(raw(make_batch([20, 70], source_id="dev-1")), deliveries=3)
+    failures = {"left": 3}
+    critical_subject = NS.classified_partition_subject("iot", "critical", 0)
+
+    def fail(m: Outgoing) -> bool:
+        if m.subject == critical_subject and failures["left"]:
+            failures["left"] -= 1
+            return True
+        return False
+
+    outbox = MemoryOutbox(fail)
     before = counter(ERRORS, stage="publish", error_type="TimeoutError")
 
-    outcome = await handler_with(store, outbox).handle([ok, partly])
+    await handler_with(store, outbox).handle([RecordingMsg(raw(make_batch([20, 70])))])
 
-    assert ok.calls == [("ack", None)]
-    assert partly.calls == [("nak", 2.0)]  # 0.5 s doubled per earlier delivery
-    assert (outcome.acked, outcome.nacked) == ([ok], [partly])
-    assert outbox.on(".dlq.") == []
-    assert counter(ERRORS, stage="publish", error_type="TimeoutError") - before == 1
+    critical = [m for m in outbox.attempts if m.subject == critical_subject]
+    assert (
+        len(critical) == 4 and len({(m.payload, m.headers[MSG_ID_HEADER]) for m in critical}) == 1
+    )
+    assert [m.subject for m in outbox.on(".classified.")] == [
+        NS.classified_partition_subject("iot", "normal", 0),  # sent once, not again
+        critical_subject,
+    ]
+    assert counter(ERRORS, stage="publish", error_type="TimeoutError") - before == 3
 
 
-@pytest.mark.parametrize(("deliveries", "delay"), [(1, 0.5), (2, 1.0), (4, 4.0), (9, 4.0)])
-async def test_nak_delay_grows_with_deliveries_up_to_the_maximum(
-    store: StreamConfigStore, make_batch: MakeBatch, deliveries: int, delay: float
+async def test_a_stopping_handler_gives_up_publishing(
+    store: StreamConfigStore, make_batch: MakeBatch
 ) -> None:
-    msg = RecordingMsg(raw(make_batch([20])), deliveries=deliveries)
-    await handler_with(store, MemoryOutbox(fail=lambda m: True)).handle([msg])
-    assert msg.calls == [("nak", delay)]
+    handler = handler_with(store, MemoryOutbox(fail=lambda m: True))
+    prepared = handler.prepare(handler.parse([RecordingMsg(raw(make_batch([20])))]))
+    publishing = asyncio.create_task(handler.publish(prepared))
+    await asyncio.sleep(0.05)
+    handler.stopping.set()
+    assert await asyncio.wait_for(publishing, 5) is False  # the input stays unacked
 
 
 async def test_message_delivered_max_deliver_times_goes_to_the_dlq_unprocessed(
@@ -301,7 +320,7 @@ async def test_message_delivered_max_deliver_times_goes_to_the_dlq_unprocessed(
     last_try = RecordingMsg(raw(make_batch([20])), deliveries=MAX_DELIVER - 1, seq=7)
     given_up = RecordingMsg(raw(make_batch([21])), deliveries=MAX_DELIVER, seq=8)
 
-    outcome = await handler_with(store, outbox).handle([last_try, given_up])
+    prepared = await handler_with(store, outbox).handle([last_try, given_up])
 
     [letter] = outbox.on(".dlq.")
     assert (letter.headers[DLQ_KIND], letter.headers[DLQ_DELIVERIES]) == (
@@ -312,30 +331,22 @@ async def test_message_delivered_max_deliver_times_goes_to_the_dlq_unprocessed(
     assert letter.payload == given_up.data
     assert PointBatch.model_validate_json(letter.payload).points[0].value == 21.0
     assert [classified(m).batches[0].points[0].value for m in outbox.on(".classified.")] == [20.0]
-    assert (last_try.calls, given_up.calls) == ([("ack", None)], [("ack", None)])
-    assert outcome.dead_lettered == [(given_up, "max_deliver")]
+    assert prepared.dead_lettered == [(given_up, "max_deliver")]
 
 
-async def test_failed_dead_letter_publish_naks_instead_of_acking(
-    store: StreamConfigStore,
-) -> None:
-    msg = RecordingMsg(b"garbage")
-    outbox = MemoryOutbox(fail=lambda m: ".dlq." in m.subject)
-    before = counter(ERRORS, stage="dlq", error_type="TimeoutError")
-    outcome = await handler_with(store, outbox).handle([msg])
-    assert msg.calls == [("nak", 0.5)]
-    assert (outcome.dead_lettered, outcome.nacked, outbox.published) == ([], [msg], [])
-    assert counter(ERRORS, stage="dlq", error_type="TimeoutError") - before == 1
-
-
-async def test_classification_defect_naks_for_a_retry(make_batch: MakeBatch) -> None:
+async def test_classification_defect_dead_letters_the_input(make_batch: MakeBatch) -> None:
     def broken(*_: Any) -> StreamConfig:
         raise KeyError("boom")
 
     outbox = MemoryOutbox()
     msg = RecordingMsg(raw(make_batch([20])))
-    outcome = await RawBatchHandler(NS, broken, outbox, nak_delay=0.5).handle([msg])
-    assert (msg.calls, outbox.published, outcome.nacked) == ([("nak", 0.5)], [], [msg])
+    prepared = await RawBatchHandler(NS, broken, outbox).handle([msg])
+    [letter] = outbox.published
+    assert (letter.headers[DLQ_KIND], letter.headers[DLQ_REASON]) == (
+        "classify_failed",
+        "KeyError('boom')",
+    )
+    assert prepared.dead_lettered == [(msg, "classify_failed")]
 
 
 async def test_received_points_are_counted(store: StreamConfigStore, make_batch: MakeBatch) -> None:
@@ -346,71 +357,21 @@ async def test_received_points_are_counted(store: StreamConfigStore, make_batch:
     assert counter(RECEIVED_POINTS) - before == 3
 
 
-# -- alert events and checkpoints -------------------------------------------------------------
-
-
-def handler_with_checkpoints(
-    store: StreamConfigStore, outbox: Any
-) -> tuple[RawBatchHandler, ClassifierState]:
-    from classifier.checkpoint import Checkpointer
-
-    state = ClassifierState()
-    handler = RawBatchHandler(
-        NS,
-        store.resolve,
-        outbox,
-        state,
-        checkpointer=Checkpointer(outbox, state, NS.bucket("classifier-state")),
-        nak_delay=0.5,
-    )
-    return handler, state
-
-
-async def test_alert_events_and_checkpoint_go_out_with_the_outputs_before_the_ack(
+async def test_alert_events_go_out_with_the_outputs(
     store: StreamConfigStore, make_batch: MakeBatch
 ) -> None:
     outbox = MemoryOutbox()
-    handler, _ = handler_with_checkpoints(store, outbox)
-    msg = RecordingMsg(raw(make_batch([35, 36])))  # consecutive 1: a warning alert opens
+    await handler_with(store, outbox).handle([bundle_msg(make_batch([35, 36]))])
 
-    await handler.handle([msg])
-
-    [event] = outbox.on(".dp.alert.")
+    [event] = outbox.on(".dp.alert.")  # consecutive 1: a warning alert opens
     assert event.subject == NS.alert_subject("iot", "warning", "dev-1")
     assert event.stream == NS.stream("DP_EVENTS")
-    body = json.loads(event.payload)  # type: ignore[arg-type]
+    body = json.loads(event.payload)
     assert event.headers == {MSG_ID_HEADER: f"{body['alert_id']}:opened"}
-    [checkpoint] = [m for m in outbox.published if m.subject.startswith("$KV.")]
-    key = f"{escape_key('iot')}.{escape_key('dev-1')}"  # one document per (domain, source)
-    assert checkpoint.subject == f"$KV.{NS.bucket('classifier-state')}.{key}"
-    assert msg.calls == [("ack", None)]
+    assert [m.subject for m in outbox.published if m.subject.startswith("$KV.")] == []
 
 
-async def test_failed_event_publish_naks_and_the_redelivery_publishes_it_again(
-    store: StreamConfigStore, make_batch: MakeBatch
-) -> None:
-    failing = {"on": True}
-    outbox = MemoryOutbox(fail=lambda m: failing["on"] and ".dp.alert." in m.subject)
-    handler, state = handler_with_checkpoints(store, outbox)
-    payload = raw(make_batch([35, 36]))
-
-    first = RecordingMsg(payload)
-    await handler.handle([first])
-    assert first.calls == [("nak", 0.5)]
-    assert outbox.on(".dp.alert.") == []
-    pending = state.get(("iot", "dev-1", "temp")).pending  # type: ignore[union-attr]
-    assert len(pending) == 1
-
-    failing["on"] = False
-    again = RecordingMsg(payload, deliveries=2)
-    await handler.handle([again])  # its points are duplicates now: no new event, the old one
-    [event] = outbox.on(".dp.alert.")
-    assert event.headers == {MSG_ID_HEADER: pending[0].msg_id}
-    assert again.calls == [("ack", None)]
-    assert state.get(("iot", "dev-1", "temp")).pending == []  # type: ignore[union-attr]
-
-
-# -- publish groups ----------------------------------------------------------------------------
+# -- snapshots: the partition checkpoint -------------------------------------------------------
 
 
 class GatedOutbox(MemoryOutbox):
@@ -419,35 +380,116 @@ class GatedOutbox(MemoryOutbox):
     def __init__(self) -> None:
         super().__init__()
         self.groups: list[list[str]] = []
-        self.bodies: list[bytes] = []
         self.release = asyncio.Event()
+        self.release.set()
 
     async def publish_all(self, messages: Sequence[Outgoing]) -> list[BaseException | None]:
         self.groups.append([m.subject for m in messages])
-        self.bodies += [m.payload() if callable(m.payload) else m.payload for m in messages]
         await self.release.wait()
         return await super().publish_all(messages)
 
 
-async def test_publish_groups_coalesce_within_a_turn_and_overlap_across_turns() -> None:
+def partition_with(
+    store: StreamConfigStore, outbox: Any
+) -> tuple[RawBatchHandler, PartitionCheckpoint]:
+    handler = handler_with(store, outbox)
+    checkpoint = PartitionCheckpoint(
+        0, handler.state, outbox, BUCKET, retry_delay=0.01, max_retry_delay=0.02
+    )
+    return handler, checkpoint
+
+
+def run_fetch(handler: RawBatchHandler, checkpoint: PartitionCheckpoint, msgs: list[Any]) -> Any:
+    """What the pull loop does with one fetch: classify, publish in a task, track."""
+    prepared = handler.prepare(handler.parse(msgs))
+    task = asyncio.create_task(handler.publish(prepared))
+    checkpoint.track(prepared.inputs, task)
+    return task
+
+
+BUCKET = NS.bucket("classifier-state")
+DOC_KEY = f"$KV.{BUCKET}.{escape_key('iot')}.{escape_key('dev-1')}"
+
+
+async def test_a_snapshot_acks_only_after_the_outputs_and_the_documents_are_acked(
+    store: StreamConfigStore, make_batch: MakeBatch
+) -> None:
+    outbox = GatedOutbox()
+    handler, checkpoint = partition_with(store, outbox)
+    outbox.release.clear()  # JetStream is slow to ack
+    first = bundle_msg(make_batch([35, 36]), seq=11)
+    run_fetch(handler, checkpoint, [first])
+    snapshot = asyncio.create_task(checkpoint.snapshot())
+    await asyncio.sleep(0.05)
+    assert first.calls == []  # outputs not acked yet: neither document nor ack
+    assert all(not s.startswith("$KV.") for group in outbox.groups for s in group)
+
+    second = bundle_msg(make_batch([37], start=T0 + timedelta(seconds=5)), seq=12)
+    run_fetch(handler, checkpoint, [second])  # after the cut: waits for the next snapshot
+    outbox.release.set()
+    assert await snapshot == 1
+
+    assert first.calls == [("ack", None)] and second.calls == []
+    [write] = [m for m in outbox.published if m.subject.startswith("$KV.")]
+    assert write.subject == DOC_KEY and write.stream == f"KV_{BUCKET}"
+    doc = source_doc_from_json(write.payload)
+    assert doc.covered == 11  # the input position its state holds: the first bundle
+    assert [st.last_value for _, st in doc.states] == [36.0]  # the cut's state, not later
+    assert await checkpoint.snapshot() == 1
+    assert second.calls == [("ack", None)]
+
+
+async def test_a_failed_document_write_keeps_the_inputs_unacked_until_it_lands(
+    store: StreamConfigStore, make_batch: MakeBatch
+) -> None:
+    failures = {"left": 2}
+
+    def fail(m: Outgoing) -> bool:
+        if m.subject.startswith("$KV.") and failures["left"]:
+            failures["left"] -= 1
+            return True
+        return False
+
+    outbox = MemoryOutbox(fail)
+    handler, checkpoint = partition_with(store, outbox)
+    msg = bundle_msg(make_batch([35]), seq=5)
+    run_fetch(handler, checkpoint, [msg])
+    assert await checkpoint.snapshot() == 1
+    assert msg.calls == [("ack", None)]
+    assert len([m for m in outbox.attempts if m.subject == DOC_KEY]) == 3
+    assert handler.state.dirty == set()
+
+
+async def test_a_redelivered_bundle_covered_by_the_state_is_skipped_per_source(
+    store: StreamConfigStore, make_batch: MakeBatch
+) -> None:
+    outbox = MemoryOutbox()
+    handler, checkpoint = partition_with(store, outbox)
+    one = make_batch([35, 36], source_id="dev-1")
+    await handler.handle([bundle_msg(one, seq=20)])
+    await checkpoint.snapshot()
+    published = len(outbox.published)
+
+    # the same bundle again (its ack was lost), now with a batch of a new source in it
+    two = make_batch([20], source_id="dev-2")
+    prepared = await handler.handle([bundle_msg(one, two, seq=20)])
+
+    [out] = outbox.published[published:]
+    assert [b.source_id for b in classified(out).batches] == ["dev-2"]
+    assert prepared.inputs and handler.state.covered[("iot", "dev-1")] == 20
+    st = handler.state.get(("iot", "dev-1", "temp"))
+    assert st is not None and (st.run, st.last_value) == (2, 36.0)  # nothing counted twice
+
+
+async def test_publish_groups_of_one_turn_go_out_together() -> None:
     inner = GatedOutbox()
     outbox = CoalescingOutbox(inner)
-    bodies = iter([b"first", b"second"])
-    checkpoint = Outgoing("$KV.b.k", lambda: next(bodies), {}, coalesce="$KV.b.k")
-
-    # one turn: two callers share one group, their common checkpoint is sent once
     first = asyncio.gather(
-        outbox.publish_all([Outgoing("a.1", b"1", {}), checkpoint]),
-        outbox.publish_all([Outgoing("a.2", b"2", {}), checkpoint]),
+        outbox.publish_all([Outgoing("a.1", b"1", {})]),
+        outbox.publish_all([Outgoing("a.2", b"2", {}), Outgoing("a.3", b"3", {})]),
     )
     await asyncio.sleep(0.01)
-    # a later turn does not wait for the first group's acks
-    second = asyncio.ensure_future(outbox.publish_all([Outgoing("b.1", b"3", {}), checkpoint]))
-    await asyncio.sleep(0.01)
-    assert inner.groups == [["a.1", "$KV.b.k", "a.2"], ["b.1", "$KV.b.k"]]
-
-    inner.release.set()
-    assert await first == [[None, None], [None, None]]
-    assert await second == [None, None]
-    # each group made the checkpoint body once, when it was sent
-    assert inner.bodies == [b"1", b"first", b"2", b"3", b"second"]
+    second = asyncio.ensure_future(outbox.publish_all([Outgoing("b.1", b"4", {})]))
+    assert await first == [[None], [None, None]]
+    assert await second == [None]
+    assert inner.groups == [["a.1", "a.2", "a.3"], ["b.1"]]

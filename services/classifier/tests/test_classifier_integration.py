@@ -18,6 +18,7 @@ import httpx
 import pytest
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
+from prometheus_client import REGISTRY
 from starlette.applications import Starlette
 
 from classifier.app import create_app
@@ -170,8 +171,9 @@ async def classifier_running(
         bus_prefix=bus_prefix,
         fetch_timeout_seconds=0.05,
         bus_partitions=1,
-        nak_delay_seconds=0.1,
-        nak_max_delay_seconds=0.5,
+        publish_retry_seconds=0.1,
+        publish_retry_max_seconds=0.5,
+        checkpoint_interval_seconds=0.2,
         **overrides,
     )
     app = create_app(settings)
@@ -355,10 +357,14 @@ async def test_failed_publish_is_retried_until_the_output_is_durable(
         await svc.js.delete_stream(classified_stream)  # the next hop is down
         await svc.publish_raw(batch_of([5]))
 
-        async def redelivered() -> bool:
-            return bool((await svc.consumer()).num_redelivered >= 1)
+        def publish_failed() -> bool:
+            errors = REGISTRY.get_sample_value(
+                "classifier_errors_total",
+                {"stage": "publish", "error_type": "NoStreamResponseError"},
+            )
+            return bool(errors and errors >= 2)
 
-        await eventually_async(redelivered)
+        await eventually(publish_failed)  # retried, the same messages, while the stream is gone
         assert (await svc.consumer()).num_ack_pending == 1  # not acked while undeliverable
 
         await ensure_jetstream(svc.js, svc.ns)  # the next hop is back

@@ -1,26 +1,30 @@
-"""Wiring: NATS, the config watch, the state load, one pull loop per owned partition, ops app."""
+"""Wiring: NATS, the config watch, the state load, per owned partition its pull loops, its
+snapshots, its staleness checks and evictions; the ops app."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 
 import structlog
 from nats.aio.client import Client
 from starlette.applications import Starlette
 
-from classifier.checkpoint import Checkpointer, StateFollower
+from classifier.checkpoint import PartitionCheckpoint, StateFollower, StateLoader
 from classifier.config_store import StreamConfigStore
 from classifier.consume import consume
 from classifier.consumers import ensure_drain_durable, ensure_durable
 from classifier.handler import RawBatchHandler
-from classifier.outbox import CoalescingOutbox, JetStreamOutbox
+from classifier.outbox import CoalescingOutbox, JetStreamOutbox, Outgoing, publish_until_acked
 from classifier.settings import ClassifierSettings
 from classifier.state import ClassifierState
 from tributary_contracts import (
     CLASSIFIER_STATE_BUCKET,
+    DP_EVENTS,
     DP_RAW,
+    MSG_ID_HEADER,
     STREAM_CONFIGS_BUCKET,
     classifier_partition_consumer,
     ensure_jetstream,
@@ -34,34 +38,51 @@ log = structlog.get_logger(__name__)
 SERVICE_NAME = "tributary-classifier"
 
 
-async def check_staleness_forever(
-    handlers: list[RawBatchHandler], settings: ClassifierSettings
-) -> None:
-    """Every ``STALENESS_CHECK_INTERVAL_SECONDS``: open staleness alerts on silent streams."""
-    while True:
-        await asyncio.sleep(settings.staleness_check_interval_seconds)
-        for handler in handlers:
-            try:
-                await handler.check_staleness(settings.staleness_max_events)
-            except Exception:  # the next round tries again; never let the loop die
-                log.exception("staleness check failed", partition=handler.partition)
+@dataclass
+class Partition:
+    """What one owned partition runs on: its state, handler and checkpoint."""
+
+    number: int
+    state: ClassifierState
+    handler: RawBatchHandler
+    checkpoint: PartitionCheckpoint
 
 
-async def flush_checkpoints_forever(
-    checkpointers: list[Checkpointer], settings: ClassifierSettings
+async def every(
+    seconds: float, stopping: asyncio.Event, what: str, action: Callable[[], Awaitable[object]]
 ) -> None:
-    """Every ``CHECKPOINT_INTERVAL_SECONDS``: checkpoint streams whose latest point moved."""
-    while True:
-        await asyncio.sleep(settings.checkpoint_interval_seconds)
-        for checkpointer in checkpointers:
-            try:
-                await checkpointer.flush_dirty()
-            except Exception:
-                log.exception("checkpoint flush failed")
+    """Run ``action`` every ``seconds`` until ``stopping``; a failure is logged, never fatal."""
+    while not stopping.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stopping.wait(), seconds)
+        if stopping.is_set():
+            return
+        try:
+            await action()
+        except Exception:  # the next round tries again
+            log.exception(f"{what} failed")
+
+
+async def check_staleness(partition: Partition, limit: int) -> None:
+    """Open staleness alerts on silent streams and publish them; the snapshot after waits for
+    them (so the alert never reaches the bucket without its event)."""
+    outputs = partition.handler.staleness(limit)
+    if outputs:
+        task = asyncio.create_task(partition.handler.publish_events(outputs))
+        partition.checkpoint.track((), task)
+        await task
+
+
+async def evict_idle(partition: Partition, settings: ClassifierSettings, share: int) -> None:
+    """Evict idle sources, and the least recent above this partition's share of
+    ``MAX_STREAMS_IN_MEMORY``."""
+    partition.checkpoint.evict_idle(
+        settings.state_idle_seconds, settings.max_streams_in_memory // share
+    )
 
 
 def create_app(settings: ClassifierSettings) -> Starlette:
-    """The ops app; its lifespan runs the classifier (config watch, state load, pull loops)."""
+    """The ops app; its lifespan runs the classifier."""
     ns = settings.namespace
     nc: Client | None = None
     store: StreamConfigStore | None = None
@@ -80,89 +101,131 @@ def create_app(settings: ClassifierSettings) -> Starlette:
         nc = await connect_nats(settings, SERVICE_NAME)
         js = nc.jetstream()
         await ensure_jetstream(js, ns)
-        partitions, owned = settings.bus_partitions, settings.owned_partitions
+        count, owned = settings.bus_partitions, settings.owned_partitions
         durables = {
             p: await ensure_durable(js, ns, classifier_partition_consumer(p)) for p in owned
         }
         drains = {p: await ensure_drain_durable(js, ns, p) for p in owned}
         store = StreamConfigStore(await js.key_value(ns.bucket(STREAM_CONFIGS_BUCKET)))
         await store.start(settings.config_load_timeout_seconds)
-        states = {p: ClassifierState() for p in owned}
+        states = {p: ClassifierState(settings.max_streams_per_source) for p in owned}
         state_bucket = ns.bucket(CLASSIFIER_STATE_BUCKET)
+        kv = await js.key_value(state_bucket)
         follower = StateFollower(
-            await js.key_value(state_bucket),
-            lambda domain, source_id: states.get(partition_of(domain, source_id, partitions)),
+            kv, lambda domain, source_id: states.get(partition_of(domain, source_id, count))
         )
         await follower.start(settings.state_load_timeout_seconds)
         outbox = CoalescingOutbox(JetStreamOutbox(js, settings.publish_timeout_seconds))
-        checkpointers = {p: Checkpointer(outbox, states[p], state_bucket) for p in owned}
-        handlers = [
-            RawBatchHandler(
-                ns,
-                store.resolve,
-                outbox,
+        retry = {
+            "retry_delay": settings.publish_retry_seconds,
+            "max_retry_delay": settings.publish_retry_max_seconds,
+        }
+        partitions = [
+            Partition(
+                p,
                 states[p],
-                partition=p,
-                partitions=partitions,
-                checkpointer=checkpointers[p],
-                nak_delay=settings.nak_delay_seconds,
-                nak_max_delay=settings.nak_max_delay_seconds,
+                RawBatchHandler(
+                    ns, store.resolve, outbox, states[p], partition=p, partitions=count, **retry
+                ),
+                PartitionCheckpoint(
+                    p,
+                    states[p],
+                    outbox,
+                    state_bucket,
+                    max_inputs=settings.checkpoint_max_inputs,
+                    **retry,
+                ),
             )
             for p in owned
         ]
+        if follower.legacy_events:  # held by former checkpoints as not yet acked
+            events_stream = ns.stream(DP_EVENTS)
+            await publish_until_acked(
+                outbox,
+                [
+                    Outgoing(e.subject, e.payload, {MSG_ID_HEADER: e.msg_id}, events_stream)
+                    for e in follower.legacy_events.values()
+                ],
+                retry_delay=settings.publish_retry_seconds,
+                max_delay=settings.publish_retry_max_seconds,
+            )
+        for partition in partitions:  # what the load brought in beyond the caps
+            await evict_idle(partition, settings, len(partitions))
+        loader = StateLoader(kv)
         stopping = asyncio.Event()
         consumers = [
             asyncio.create_task(
                 consume(
                     js,
                     ns.stream(DP_RAW),
-                    durable[handler.partition],
-                    handler,
+                    durable[partition.number],
+                    partition.handler,
+                    partition.checkpoint,
                     stopping,
+                    loader=loader,
                     batch_size=settings.fetch_batch_size,
                     fetch_timeout=fetch_timeout,
                     max_inflight=settings.max_inflight_fetches,
                 ),
-                name=f"classifier-{durable[handler.partition]}",
+                name=f"classifier-{durable[partition.number]}",
             )
-            for handler in handlers
+            for partition in partitions
             for durable, fetch_timeout in (
                 (durables, settings.fetch_timeout_seconds),
                 # Former per-source subjects: only an upgrade's backlog, so idle fetches are rare.
                 (drains, settings.drain_fetch_timeout_seconds),
             )
         ]
-        loops = [
-            asyncio.create_task(check_staleness_forever(handlers, settings), name="staleness"),
-            asyncio.create_task(
-                flush_checkpoints_forever(list(checkpointers.values()), settings),
-                name="checkpoint-flush",
-            ),
-        ]
-        app.state.handlers = handlers
+        background = asyncio.Event()
+        loops = []
+        for partition in partitions:
+            loops += [
+                asyncio.create_task(
+                    partition.checkpoint.run(settings.checkpoint_interval_seconds, background),
+                    name=f"classifier-snapshot-{partition.number}",
+                ),
+                asyncio.create_task(
+                    every(
+                        settings.staleness_check_interval_seconds,
+                        background,
+                        "staleness check",
+                        lambda p=partition: check_staleness(p, settings.staleness_max_events),
+                    ),
+                    name=f"classifier-staleness-{partition.number}",
+                ),
+                asyncio.create_task(
+                    every(
+                        settings.eviction_interval_seconds,
+                        background,
+                        "eviction",
+                        lambda p=partition: evict_idle(p, settings, len(partitions)),
+                    ),
+                    name=f"classifier-eviction-{partition.number}",
+                ),
+            ]
+        app.state.partitions = partitions
         app.state.store = store
-        app.state.states = states
         log.info(
             "classifier started",
             configs=len(store),
             streams=sum(len(s) for s in states.values()),
             partitions=owned,
-            of=partitions,
+            of=count,
             replica=f"{settings.classifier_replica} of {settings.classifier_replicas}",
         )
         try:
             yield
         finally:
-            for loop in loops:
-                loop.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await loop
+            stopping.set()  # no more fetches; the publishes in flight finish
+            background.set()
+            await asyncio.wait(consumers, timeout=10)
+            for partition in partitions:  # the bus is down: what is unacked comes back
+                partition.handler.stopping.set()
+            await asyncio.gather(*consumers, *loops, return_exceptions=True)
+            for partition in partitions:  # a clean stop acks what it classified
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(partition.checkpoint.snapshot(stopping), 10)
             await store.stop()
-            stopping.set()  # no more fetches; the fetches in flight get their acks
-            await asyncio.gather(*consumers)
-            for checkpointer in checkpointers.values():
-                with contextlib.suppress(Exception):  # a clean stop leaves nothing to catch up
-                    await asyncio.wait_for(checkpointer.flush_dirty(limit=1_000_000), 10)
             await follower.stop()
             with contextlib.suppress(Exception):
                 await nc.drain()

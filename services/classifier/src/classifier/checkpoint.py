@@ -1,52 +1,64 @@
-"""State checkpoints in the ``classifier-state`` KV bucket, one document per source: written,
-loaded, followed.
+"""Checkpoints by partition: snapshots of a partition's state tied to the input they cover,
+the acks they release, and the load (at start and on demand) from the ``classifier-state`` bucket.
 
-Documents: the streams of one ``(domain, source_id)`` are checkpointed together, in one JSON
-document under ``<escape_key(domain)>.<escape_key(source_id)>`` holding every stream's state
-(latest points, runs, open and staleness alerts, last close time, pending events). A source with
-more than ``CHUNK_STREAMS`` streams is split into several documents (``….1``, ``….2``, … in the
-order this process first saw its streams), which keeps each one far below the max payload. An
-input batch is one source, so it costs at most one checkpoint write (one per chunk it touches
-for those very large sources). Since a document replaces a stream's memory only when it is more
-recent (``ClassifierState.restore``), an older copy of a stream left in another chunk (after a
-restart the order of first sight may differ) is harmless.
+A partition's pull loops classify inputs and publish their outputs (``RawBatchHandler``) but do
+not ack them. ``PartitionCheckpoint`` acks them, by snapshot, every
+``CHECKPOINT_INTERVAL_SECONDS`` or once ``CHECKPOINT_MAX_INPUTS`` inputs wait:
 
-Writing, exact part: the document of a source whose run of violations or alert an input changed
-is written together with that input's outputs (``writes_of``: one more message in the same
-``publish_async`` group), and the input is acked only when all of them are acked. The body is
-made when the message is sent (the source's state at that moment), so whichever write of a
-document is sent last holds its newest state. Writing the checkpoint alongside the outputs rather
-than after them is safe because alert events stay in the state as ``pending`` until acked: if the
-checkpoint lands and an event does not, the redelivered input's points are duplicates for the
-stream and its pending events are published again (same ``Nats-Msg-Id``).
+1. **cut** (no ``await``, so between two fetches): the inputs classified so far, the publish
+   tasks of their outputs, and the body of every checkpoint document whose streams changed since
+   the last snapshot (``ClassifierState.dirty``), each holding ``seq``: the stream sequence of
+   the last bundle whose points that source's state holds (``ClassifierState.covered``);
+2. wait until every output of those inputs is acked by JetStream (the publish tasks retry until
+   it is, so an output is never lost while the process lives);
+3. write the documents (KV puts, acks awaited together); on a failure they stay dirty and the
+   inputs wait for the next snapshot;
+4. ack the inputs.
 
-Writing, lazy part: streams whose only change is their latest point (``ClassifierState.dirty``)
-are written by ``flush_dirty`` every ``CHECKPOINT_INTERVAL_SECONDS`` (``save_docs``:
-group-committed rounds, each document once per round); any write of a document clears the dirty
-mark of all its streams. The cost: after a crash, the first point of a stream compares its rates
-with a latest point up to that interval old, and duplicates of acknowledged normal points of that
-interval count as new (they are normal, so no counter or alert changes).
+So a document in the bucket never holds the effect of an input whose outputs are not durable,
+and an input is acked only once the state it produced is. After a restart the consumer
+redelivers what was not acked; a bundle at or below the ``seq`` of its source's document was
+classified into that state and its outputs are durable: its batches of that source are skipped
+(exactly once, no replay through a later state). Anything later is classified again on the state
+it was first classified on, so it gets the same verdicts, the same outputs and the same alert
+ids (deduplicated by ``Nats-Msg-Id``, and by the writers' unique key).
+
+Size and frequency are bounded: a document holds at most ``CHUNK_STREAMS`` streams, and a
+document is written at most once per snapshot however many inputs touched it. Nothing is
+written for a source whose streams did not move (nor for unconfigured streams, which have no
+state).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable, Iterable
-from time import time
+from time import monotonic, time
 from typing import Any
 
 import structlog
+from nats.aio.msg import Msg
 
-from classifier.metrics import CHECKPOINT_WRITES, ERRORS
-from classifier.outbox import Outbox, Outgoing
+from classifier.metrics import (
+    CHECKPOINT_WRITES,
+    ERRORS,
+    EVICTED_STREAMS,
+    SNAPSHOT_SECONDS,
+    STATE_STREAMS,
+)
+from classifier.outbox import Outbox, Outgoing, publish_until_acked
 from classifier.state import (
     ClassifierState,
     DocKey,
-    StreamKey,
+    LegacyEvent,
+    SourceDoc,
+    SourceKey,
     source_doc_from_json,
     source_doc_json,
     source_doc_key,
 )
+from tributary_contracts import escape_key
 from tributary_runtime.kvwatch import KvFollower
 
 log = structlog.get_logger(__name__)
@@ -64,121 +76,180 @@ def kv_stream(bucket: str) -> str:
     return f"KV_{bucket}"
 
 
-class Checkpointer:
-    """Writes the checkpoint documents of touched sources to the bucket."""
+def document_writes(state: ClassifierState, bucket: str, docs: Iterable[DocKey]) -> list[Outgoing]:
+    """The KV puts of ``docs`` with the state as it is now (bodies made here, not at send)."""
+    stream = kv_stream(bucket)
+    writes = []
+    for doc in docs:
+        source = (doc[0], doc[1])
+        body = source_doc_json(
+            doc,
+            state.doc_streams(doc),
+            state.streams,
+            state.covered.get(source, 0),
+            state.chunk_count(source),
+        )
+        writes.append(Outgoing(kv_put_subject(bucket, source_doc_key(doc)), body, {}, stream))
+    return writes
 
-    def __init__(self, outbox: Outbox, state: ClassifierState, bucket: str) -> None:
-        self.outbox = outbox
+
+class PartitionCheckpoint:
+    """Snapshots one partition's state and acks the inputs each snapshot covers."""
+
+    def __init__(
+        self,
+        partition: int,
+        state: ClassifierState,
+        outbox: Outbox,
+        bucket: str,
+        *,
+        max_inputs: int = 2000,
+        retry_delay: float = 1.0,
+        max_retry_delay: float = 30.0,
+    ) -> None:
+        self.partition = partition
         self.state = state
+        self.outbox = outbox
         self.bucket = bucket
-        self._stream = kv_stream(bucket)
-        self._waiting: set[DocKey] = set()
-        self._next: asyncio.Future[bool] | None = None
-        self._task: asyncio.Task[None] | None = None
+        self.max_inputs = max_inputs
+        self.retry_delay = retry_delay
+        self.max_retry_delay = max_retry_delay
+        self.inputs: list[Msg] = []
+        """Inputs classified since the last cut, in order: acked by the next snapshot."""
+        self.publishing: set[asyncio.Task[Any]] = set()
+        """Tasks publishing the outputs of classified inputs (and staleness events)."""
+        self.due = asyncio.Event()
+        """Set when enough inputs wait: the snapshot loop does not wait for its interval."""
+        self._lock = asyncio.Lock()
 
-    def write_of_doc(self, doc: DocKey) -> Outgoing:
-        """The KV put of document ``doc``, its body made when it is sent."""
-        state = self.state
+    def track(self, inputs: Iterable[Msg], publishing: asyncio.Task[Any] | None) -> None:
+        """Inputs just classified (acked by a later snapshot) and the task publishing their
+        outputs (awaited before that snapshot is written)."""
+        self.inputs.extend(inputs)
+        if publishing is not None:
+            self.publishing.add(publishing)
+            publishing.add_done_callback(self.publishing.discard)
+        if len(self.inputs) >= self.max_inputs:
+            self.due.set()
 
-        def body() -> bytes:
-            domain, source_id, _ = doc
-            stream_ids = state.doc_streams(doc)
-            dirty = state.dirty
-            if dirty:
-                for stream_id in stream_ids:
-                    dirty.discard((domain, source_id, stream_id))
-            return source_doc_json(doc, stream_ids, state.streams)
-
-        subject = kv_put_subject(self.bucket, source_doc_key(doc))
-        return Outgoing(subject, body, {}, self._stream, coalesce=subject)
-
-    def docs_of(self, keys: Iterable[StreamKey]) -> set[DocKey]:
-        """The checkpoint documents holding ``keys`` (one for a source of ≤ CHUNK_STREAMS)."""
-        doc_of = self.state.doc_of
-        return {doc_of[key] for key in keys if key in doc_of}
-
-    def writes_of(self, keys: Iterable[StreamKey]) -> list[Outgoing]:
-        """The KV puts that checkpoint ``keys``: one per document holding any of them."""
-        return [self.write_of_doc(doc) for doc in self.docs_of(keys)]
-
-    async def save(self, keys: Iterable[StreamKey]) -> bool:
-        """Write the documents holding ``keys``; True once every write is acked."""
-        return await self.save_docs(self.docs_of(keys))
-
-    async def save_docs(self, docs: set[DocKey]) -> bool:
-        """Write ``docs`` in group-committed rounds; True once every write is acked."""
-        if not docs:
-            return True
-        if self._next is None:
-            self._next = asyncio.get_running_loop().create_future()
-        self._waiting |= docs
-        round_done = self._next
-        if self._task is None or self._task.done():
-            self._task = asyncio.create_task(self._rounds(), name="classifier-checkpoint")
-        return await asyncio.shield(round_done)
-
-    async def flush_dirty(self, limit: int = 10_000) -> int:
-        """Write up to ``limit`` documents holding streams whose latest point moved since their
-        last checkpoint; the number of documents."""
-        dirty = self.state.dirty
-        if not dirty:
-            return 0
-        doc_of = self.state.doc_of
-        docs: set[DocKey] = set()
-        for key in list(dirty):
-            doc = doc_of.get(key)
-            if doc is None:
-                dirty.discard(key)
-                continue
-            docs.add(doc)
-            if len(docs) >= limit:
-                break
-        if not await self.save_docs(docs):
-            for domain, source_id, chunk in docs:  # retried by the next flush
-                for stream_id in self.state.doc_streams((domain, source_id, chunk)):
-                    dirty.add((domain, source_id, stream_id))
-        return len(docs)
-
-    async def _rounds(self) -> None:
-        while self._waiting:
-            await asyncio.sleep(0)  # let the other handler calls of this fetch join the round
-            docs, done = self._waiting, self._next
-            self._waiting, self._next = set(), None
-            assert done is not None
-            ok = False
-            try:
-                ok = await self._write(docs)
-            except Exception as exc:  # a defect: report it as a failed round, never hang
-                ERRORS.labels(stage="checkpoint", error_type=type(exc).__name__).inc()
-                log.exception("checkpoint round failed")
-            finally:
-                if not done.done():
-                    done.set_result(ok)
-
-    async def _write(self, docs: set[DocKey]) -> bool:
-        messages = [self.write_of_doc(doc) for doc in docs]
-        if not messages:
-            return True
-        results = await self.outbox.publish_all(messages)
-        failed = [e for e in results if e is not None]
-        CHECKPOINT_WRITES.inc(len(messages) - len(failed))
-        if failed:
-            ERRORS.labels(stage="checkpoint", error_type=type(failed[0]).__name__).inc()
-            log.warning(
-                "checkpoint write failed; inputs will be redelivered",
-                failed=len(failed),
-                error=repr(failed[0]),
+    async def snapshot(self, give_up: asyncio.Event | None = None) -> int:
+        """Cut, wait for the outputs, write the changed documents, ack: the inputs acked."""
+        async with self._lock:  # one snapshot of a partition at a time, in cut order
+            started = monotonic()
+            inputs, self.inputs = self.inputs, []
+            self.due.clear()
+            publishing = list(self.publishing)
+            docs, self.state.dirty = self.state.dirty, set()
+            writes = document_writes(self.state, self.bucket, docs)
+            if publishing:
+                await asyncio.gather(*publishing, return_exceptions=True)
+            written = await publish_until_acked(
+                self.outbox,
+                writes,
+                retry_delay=self.retry_delay,
+                max_delay=self.max_retry_delay,
+                give_up=give_up,
+                on_error=self._write_failed,
             )
-        return not failed
+            if not written:  # stopping: the inputs are redelivered after the restart
+                self.state.dirty |= docs
+                return 0
+            if writes:
+                CHECKPOINT_WRITES.inc(len(writes))
+                self.state.on_disk.update((d[0], d[1]) for d in docs)
+            acked = 0
+            for msg in inputs:
+                try:
+                    await msg.ack()
+                    acked += 1
+                except Exception as exc:  # redelivered later: skipped by its covered seq
+                    ERRORS.labels(stage="ack", error_type=type(exc).__name__).inc()
+            SNAPSHOT_SECONDS.observe(monotonic() - started)
+            STATE_STREAMS.labels(partition=str(self.partition)).set(len(self.state))
+            return acked
+
+    def _write_failed(self, error: BaseException) -> None:
+        ERRORS.labels(stage="checkpoint", error_type=type(error).__name__).inc()
+        log.warning(
+            "checkpoint write failed; retrying", partition=self.partition, error=repr(error)
+        )
+
+    async def run(self, interval: float, stopping: asyncio.Event) -> None:
+        """Snapshot every ``interval`` seconds, or sooner when ``due``, until ``stopping``."""
+        while not stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.due.wait(), interval)
+            try:
+                await self.snapshot(stopping)
+            except Exception:  # a defect: the inputs wait for the next round, never lost
+                ERRORS.labels(stage="checkpoint", error_type="defect").inc()
+                log.exception("snapshot failed", partition=self.partition)
+
+    def evict_idle(self, idle_seconds: float, max_streams: int) -> int:
+        """Evict sources idle for ``idle_seconds`` (then the least recent ones above
+        ``max_streams``) whose state is in the bucket; the streams evicted."""
+        evicted = self.state.evict_idle(time() - idle_seconds, max_streams)
+        if evicted:
+            EVICTED_STREAMS.inc(evicted)
+            STATE_STREAMS.labels(partition=str(self.partition)).set(len(self.state))
+        return evicted
+
+
+class StateLoader:
+    """Restores evicted sources from the bucket before their next point is classified."""
+
+    def __init__(self, kv: Any) -> None:
+        self._kv = kv
+
+    async def load(self, state: ClassifierState, sources: Iterable[SourceKey]) -> int:
+        """Read the documents of ``sources`` that are in the bucket but not in memory; the
+        number of sources restored."""
+        missing = [s for s in set(sources) if s in state.on_disk and s not in state.chunks]
+        if not missing:
+            return 0
+        docs = await asyncio.gather(*(self._source_docs(s) for s in missing))
+        now = time()
+        for source, found in zip(missing, docs, strict=True):
+            for doc in found:
+                _restart_staleness(doc, now)
+                state.restore_source(source, doc.covered, doc.states)
+        return len(missing)
+
+    async def _source_docs(self, source: SourceKey) -> list[SourceDoc]:
+        key = f"{escape_key(source[0])}.{escape_key(source[1])}"
+        first = await self._get(key)
+        if first is None:
+            return []
+        rest = await asyncio.gather(*(self._get(f"{key}.{c}") for c in range(1, first.chunks)))
+        return [first, *(doc for doc in rest if doc is not None)]
+
+    async def _get(self, key: str) -> SourceDoc | None:
+        try:
+            entry = await self._kv.get(key)
+        except Exception as exc:
+            if "not found" in str(exc).lower() or type(exc).__name__ == "KeyNotFoundError":
+                return None
+            raise
+        if not entry.value:
+            return None
+        return source_doc_from_json(entry.value)
+
+
+def _restart_staleness(doc: SourceDoc, now: float) -> None:
+    # Silence while no classifier held the stream is not the stream's: its clock restarts.
+    for _, stream_state in doc.states:
+        stream_state.seen_at = max(stream_state.seen_at, now)
 
 
 class StateFollower(KvFollower):
     """Loads the bucket's checkpoints at start into the state of the partition each source
-    belongs to (``state_of``; None: a partition this process does not own, skipped)."""
+    belongs to (``state_of``; None: a partition this process does not own, skipped), and
+    collects the alert events former documents still held as unacknowledged."""
 
     def __init__(self, kv: Any, state_of: Callable[[str, str], ClassifierState | None]) -> None:
         self._kv = kv
         self.state_of = state_of
+        self.legacy_events: dict[str, LegacyEvent] = {}
         self.loaded = asyncio.Event()
         self._watcher: Any = None
         self._task: asyncio.Task[None] | None = None
@@ -187,19 +258,18 @@ class StateFollower(KvFollower):
         if operation in _DELETE_OPERATIONS or not value:
             return  # a deleted checkpoint never rewinds the memory of a running classifier
         try:
-            restored = source_doc_from_json(value)
+            doc = source_doc_from_json(value)
         except Exception as exc:
             ERRORS.labels(stage="state_load", error_type=type(exc).__name__).inc()
             log.warning("ignoring an unreadable checkpoint", key=key, error=repr(exc)[:300])
             return
-        now = time()
-        for ids, stream_state in restored:
-            state = self.state_of(ids[0], ids[1])
-            if state is None:
-                continue
-            # Silence while no classifier ran is not the stream's: its staleness clock restarts.
-            stream_state.seen_at = max(stream_state.seen_at, now)
-            state.restore(ids, stream_state)
+        state = self.state_of(*doc.source)
+        if state is None:
+            return
+        _restart_staleness(doc, time())
+        state.restore_source(doc.source, doc.covered, doc.states)
+        for event in doc.legacy_events:
+            self.legacy_events[event.msg_id] = event
 
     async def start(self, load_timeout: float) -> None:
         """Watch the bucket; return once its current content is applied (or TimeoutError)."""

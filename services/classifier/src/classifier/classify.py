@@ -225,11 +225,9 @@ class MessageResult(NamedTuple):
     """Classified points grouped by class, in order of first use, input order within a class."""
     events: list[KeyedEvent]
     """Alert events, in the order they happened."""
-    touched: set[StreamKey]
-    """Streams whose run or alert changed: checkpointed with the outputs, before the input is
-    acked. (Streams whose latest point only moved are added to ``state.dirty``.)"""
-    republish: set[StreamKey]
-    """Streams with pending (unacknowledged) alert events that got a redelivered or late point."""
+    over_cap: int
+    """Points of new streams of a source already at its stream cap: judged by the value rules
+    only, and not remembered."""
 
 
 def classify_message(
@@ -243,6 +241,9 @@ def classify_message(
 
     Each stream's config is resolved once per batch. ``now`` stamps alert events (emitted_at),
     ``wall`` (epoch seconds) is when the streams were last seen (for the staleness check).
+    A stream gets state when it has a configuration (an unconfigured stream's verdict never
+    depends on its past) and its source is below ``state.max_streams_per_source``; every
+    checkpoint document whose streams moved is marked in ``state.dirty``.
     """
     domain, source_id = batch.domain, batch.source_id
     emitted_at = now or datetime.now(UTC)
@@ -250,9 +251,9 @@ def classify_message(
     configs: dict[tuple[str, str | None], StreamConfig | None] = {}
     by_class: dict[PointClass, list[Classified]] = {}
     events: list[KeyedEvent] = []
-    touched: set[StreamKey] = set()
-    republish: set[StreamKey] = set()
+    over_cap = 0
     dirty = state.dirty
+    doc_of = state.doc_of
     streams = state.streams
     for point in batch.points:
         stream_id = point.stream_id
@@ -269,13 +270,22 @@ def classify_message(
         value, ts = point.value, point.ts
         if st is None:
             verdict = classify(point, config)
-            st = StreamState(value, ts)
-            state.add(key, st)
-            fresh = True
+            fresh = False
+            if config is not None:
+                st = StreamState(value, ts)
+                fresh = state.add(key, st)
+                if not fresh:
+                    over_cap += 1
+                    verdict = verdict._replace(
+                        reason=f"stream limit of the source reached "
+                        f"({state.max_streams_per_source} streams), value rules only: "
+                        f"{verdict.reason}"
+                    )
         elif ts > st.last_ts:
             verdict = classify(point, config, st.last_value, st.last_ts)
             st.prev_value, st.prev_ts = st.last_value, st.last_ts
             st.last_value, st.last_ts = value, ts
+            dirty.add(doc_of[key])
             fresh = True
         else:
             fresh = False
@@ -283,12 +293,10 @@ def classify_message(
                 verdict = classify(point, config, st.prev_value, st.prev_ts)
             else:
                 verdict = late_verdict(point, config, st.last_ts)
-            if st.pending:  # its events may not have got through: publish them again
-                republish.add(key)
         if fresh:
+            assert st is not None
             st.seen_at = seen_at
             if config is not None:
-                dirty.add(key)
                 if st.staleness_seconds != config.staleness_seconds:
                     st.staleness_seconds = config.staleness_seconds
                     state.watch_staleness(key, st)
@@ -300,14 +308,13 @@ def classify_message(
             ):
                 for event in track(key, st, value, ts, verdict, config, version, emitted_at):
                     events.append((key, event))
-                touched.add(key)
         classified = (point, verdict, version)
         group = by_class.get(verdict.cls)
         if group is None:
             by_class[verdict.cls] = [classified]
         else:
             group.append(classified)
-    return MessageResult(by_class, events, touched, republish)
+    return MessageResult(by_class, events, over_cap)
 
 
 def split_by_class(

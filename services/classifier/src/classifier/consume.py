@@ -1,21 +1,22 @@
-"""The pull loop on the durable consumer: fetch, classify, publish, ack; fetches pipelined.
+"""The pull loop on one durable consumer: fetch, classify, publish; acks by snapshot.
 
 A plain nats-py ``pull_subscribe_bind`` + ``fetch`` loop (as writer-postgres does), not
 FastStream's subscriber: FastStream ran the handler once per message through its dependency
 injection, middlewares and a task group (≈ 10–15 % of the CPU in a profile), and it fetched the
 next batch only once every handler call of the previous one had its publish acks. Here:
 
-1. ``fetch`` up to ``FETCH_BATCH_SIZE`` messages;
-2. ``RawBatchHandler.prepare`` parses and classifies them all at once, without an ``await``, so
-   the per-stream state sees the points in delivery order;
-3. ``RawBatchHandler.settle`` publishes the outputs (``publish_async``, acks awaited together)
-   and then acks, naks or dead-letters each input: in a task, while the loop already fetches and
-   classifies the next batch. At most ``MAX_INFLIGHT_FETCHES`` fetches wait for their acks at
-   once; the loop waits for the oldest before it fetches more.
+1. ``fetch`` up to ``FETCH_BATCH_SIZE`` messages and parse them;
+2. sources evicted from memory are read back from the bucket (``StateLoader``);
+3. ``RawBatchHandler.prepare`` classifies them all at once, without an ``await``, so the
+   per-stream state sees the points in delivery order, and the partition's checkpoint takes
+   the messages (acked by its next snapshot);
+4. ``RawBatchHandler.publish`` sends the outputs, in a task, while the loop already fetches and
+   classifies the next batch. At most ``MAX_INFLIGHT_FETCHES`` fetches publish at once; the
+   loop waits for the oldest before it fetches more.
 
-Each input is still acked only after every one of its outputs is acked. A failed fetch (bus
-restarting, consumer briefly missing) is counted, logged and retried after a second; nats-py
-reconnects underneath. On stop the loop fetches no more and waits for the fetches in flight.
+A failed fetch (bus restarting, consumer briefly missing) is counted, logged and retried after
+a second; nats-py reconnects underneath. On stop the loop fetches no more and waits for the
+publishes in flight.
 """
 
 from __future__ import annotations
@@ -27,17 +28,18 @@ from typing import Any
 import nats.errors
 import structlog
 
+from classifier.checkpoint import PartitionCheckpoint, StateLoader
 from classifier.handler import RawBatchHandler
-from classifier.metrics import ERRORS
+from classifier.metrics import ERRORS, RESTORED_SOURCES
 
 log = structlog.get_logger(__name__)
 
 
-def _settled(task: asyncio.Task[Any]) -> None:
-    """Report a settle task that failed (a defect): its inputs come back after ``ack_wait``."""
+def _published(task: asyncio.Task[Any]) -> None:
+    """Report a publish task that failed (a defect): its inputs come back after ``ack_wait``."""
     if not task.cancelled() and task.exception() is not None:
-        ERRORS.labels(stage="settle", error_type=type(task.exception()).__name__).inc()
-        log.error("settling a fetch failed", error=repr(task.exception()))
+        ERRORS.labels(stage="publish", error_type=type(task.exception()).__name__).inc()
+        log.error("publishing a fetch's outputs failed", error=repr(task.exception()))
 
 
 async def consume(
@@ -45,8 +47,10 @@ async def consume(
     stream: str,
     durable: str,
     handler: RawBatchHandler,
+    checkpoint: PartitionCheckpoint,
     stopping: asyncio.Event,
     *,
+    loader: StateLoader | None = None,
     batch_size: int,
     fetch_timeout: float,
     max_inflight: int,
@@ -63,10 +67,16 @@ async def consume(
                     msgs = await sub.fetch(batch_size, timeout=fetch_timeout)
                 except (TimeoutError, nats.errors.TimeoutError):
                     continue  # nothing to do right now
-                prepared = handler.prepare(msgs)
-                task = asyncio.create_task(handler.settle(prepared), name="classifier-settle")
+                parsed = handler.parse(msgs)
+                if loader is not None:
+                    evicted = handler.evicted_sources(parsed)
+                    if evicted:
+                        RESTORED_SOURCES.inc(await loader.load(handler.state, evicted))
+                prepared = handler.prepare(parsed)
+                task = asyncio.create_task(handler.publish(prepared), name="classifier-publish")
+                checkpoint.track(prepared.inputs, task)
                 inflight.add(task)
-                task.add_done_callback(_settled)
+                task.add_done_callback(_published)
                 task.add_done_callback(inflight.discard)
                 if len(inflight) >= max_inflight:
                     await asyncio.wait(inflight, return_when=asyncio.FIRST_COMPLETED)
@@ -76,7 +86,7 @@ async def consume(
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stopping.wait(), timeout=1.0)
     finally:
-        if inflight:  # their outputs are on the way: let them be acked (or nak'ed)
+        if inflight:  # their outputs are on the way: let them be acked
             await asyncio.gather(*inflight, return_exceptions=True)
         if sub is not None:
             with contextlib.suppress(Exception):

@@ -1,58 +1,58 @@
-"""Delivery around ``classify_message``: raw bundles in, classified bundles out, then acks.
+"""Delivery around ``classify_message``: raw bundles in, classified bundles and alert events out.
 
-One handler per bus partition it owns (``app.py``). For the raw messages of one fetch:
+One handler per bus partition it owns (``app.py``). For the raw messages of one fetch,
+``prepare`` (no ``await``, so the per-stream state sees the points in delivery order):
 
 1. a message delivered ``MAX_DELIVER`` times or more, or one that is not a valid
-   ``PointBundle`` of this partition (or, on a former per-source subject, a valid
-   ``PointBatch``), is a dead letter: its payload, unchanged, published to
-   ``dp.dlq.classifier`` with the contract's ``Tributary-Dlq-*`` headers (awaited), then acked;
+   ``PointBundle`` of this partition (on a former per-source subject: a valid ``PointBatch``),
+   or whose classification raised, becomes a dead letter: its payload, unchanged, for
+   ``dp.dlq.classifier`` with the contract's ``Tributary-Dlq-*`` headers;
 2. every other message is classified batch by batch, in order, and split by class: one
    ``ClassifiedBundle`` per class on ``dp.classified.<domain>.<cls>.part.<p>``, holding one
-   ``ClassifiedBatch`` per input batch that has points of that class; with them the alert
-   events it caused (``dp.alert.>``), all published with ``publish_async`` and their acks
-   awaited together;
-3. with them goes the checkpoint document of each source whose run of violations or alert the
-   input changed (``Checkpointer.writes_of``, coalesced across the calls of one loop turn);
-4. an input is acked only when every one of its outputs and checkpoints were acked by
-   JetStream; otherwise it is nak'ed with a growing delay and comes back (outputs that did get
-   through are dropped as duplicates by their ``Nats-Msg-Id``; its points are then duplicates
-   for the stream state, and alert events still unacknowledged are published again).
+   ``ClassifiedBatch`` per input batch with points of that class (``Nats-Msg-Id``: the
+   ``bundle_msg_id`` of their ``batch_msg_id``s, so the same points always give the same id),
+   plus the alert events it caused (``dp.alert.>``). A batch of a source whose state already
+   holds this bundle (``ClassifierState.covered``: a redelivery) is skipped;
+3. a former per-source message of a source of another partition is left to that partition's
+   drain (no output).
 
-A message of a former per-source subject whose source belongs to another partition is acked
-without output (another partition's drain classifies it). Parsing and classification run
-without an ``await``, so the per-stream state sees the points in delivery order.
+``publish`` then sends the outputs (``publish_async``, acks awaited together) and retries the
+ones that failed, unchanged, until JetStream acks them: an output is never dropped while the
+process lives. The inputs are acked by the partition's next snapshot, once their outputs and
+the state they produced are durable (``classifier.checkpoint``).
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
 from time import perf_counter, time
+from typing import NamedTuple
 
 import structlog
 from nats.aio.msg import Msg
 from pydantic import ValidationError
 
 from classifier.alerts import KeyedEvent, event_msg_id, staleness_events
-from classifier.checkpoint import Checkpointer
 from classifier.classify import ClassifierState, ConfigResolver, classify_message
 from classifier.encode import RawInput, classified_bundle_json, parse_raw
 from classifier.metrics import (
     ALERT_EVENTS,
     BATCH_SECONDS,
-    CHECKPOINT_WRITES,
     DLQ_MESSAGES,
     ERRORS,
     OTHER_PARTITION_MESSAGES,
+    OVER_CAP_POINTS,
     PUBLISHED_POINTS,
     RECEIVED_MESSAGES,
     RECEIVED_POINTS,
-    STATE_STREAMS,
+    SKIPPED_BATCHES,
 )
-from classifier.outbox import Outbox, Outgoing
-from classifier.state import PendingEvent, StreamKey
+from classifier.outbox import Outbox, Outgoing, publish_until_acked
+from classifier.state import SourceKey
 from classifier.verdict import Classified
 from tributary_contracts import (
     CLASSIFIER_DURABLE,
@@ -61,6 +61,7 @@ from tributary_contracts import (
     DP_EVENTS,
     MAX_DELIVER,
     MSG_ID_HEADER,
+    AlertEvent,
     Namespace,
     PointBatch,
     PointClass,
@@ -69,7 +70,7 @@ from tributary_contracts import (
     dead_letter_headers,
     partition_of,
 )
-from tributary_runtime.redelivery import backoff_delay, deliveries
+from tributary_runtime.redelivery import deliveries
 
 log = structlog.get_logger(__name__)
 
@@ -81,13 +82,13 @@ class OutputKind(StrEnum):
     """A ClassifiedBundle (``label``: its class)."""
     EVENT = "event"
     """An alert event (``label``: opened, escalated or closed)."""
-    CHECKPOINT = "checkpoint"
-    """A source's state checkpoint (a KV put)."""
+    DEAD_LETTER = "dead_letter"
+    """A refused input on ``dp.dlq.classifier`` (``label``: the reason kind)."""
 
 
 @dataclass(frozen=True, slots=True)
 class Output:
-    """One message an input makes, and what it is (for the metrics and the pending events)."""
+    """One message made from an input, and what it is (counted once JetStream acked it)."""
 
     message: Outgoing
     kind: OutputKind
@@ -95,41 +96,39 @@ class Output:
     points: int = 0
 
 
-@dataclass
-class Outcome:
-    """What became of each raw message of one fetch (returned for tests and logs)."""
-
-    acked: list[Msg] = field(default_factory=list)
-    nacked: list[Msg] = field(default_factory=list)
-    dead_lettered: list[tuple[Msg, str]] = field(default_factory=list)
-    skipped: list[Msg] = field(default_factory=list)
-    """Acked without output: a former per-source message of another partition's source."""
-
-
-@dataclass(slots=True)
-class _Classified:
-    msg: Msg | None
-    deliveries: int
-    outputs: list[Output]
-    touched: set[StreamKey] = field(default_factory=set)
-
-
 @dataclass(slots=True)
 class Prepared:
-    """The messages of one fetch, classified and ready to publish (``RawBatchHandler.prepare``)."""
+    """The messages of one fetch, classified (``RawBatchHandler.prepare``)."""
 
     started: float
-    classified: list[_Classified] = field(default_factory=list)
-    dead: list[tuple[Msg, int, str, str]] = field(default_factory=list)
-    """(message, deliveries, kind, reason) of the dead letters."""
-    retry: list[tuple[Msg, int]] = field(default_factory=list)
-    others: list[Msg] = field(default_factory=list)
-    """Former per-source messages of another partition: acked without output."""
+    inputs: list[Msg] = field(default_factory=list)
+    """Every message of the fetch: acked by the snapshot after their outputs are durable."""
+    outputs: list[Output] = field(default_factory=list)
+    dead_lettered: list[tuple[Msg, str]] = field(default_factory=list)
+    skipped: list[Msg] = field(default_factory=list)
+    """Former per-source messages of another partition's source: no output."""
+
+
+class Parsed(NamedTuple):
+    """One fetched message, parsed: its batches, or why it is refused (kind, detail)."""
+
+    msg: Msg
+    delivered: int
+    raw: RawInput | None
+    refused: tuple[str, str] | None = None
+
+
+def stream_sequence(msg: Msg) -> int:
+    """The message's sequence in its stream (0 when it has no JetStream metadata)."""
+    try:
+        return int(msg.metadata.sequence.stream)
+    except Exception:
+        return 0
 
 
 class RawBatchHandler:
-    """Handles the fetched ``dp.raw`` messages of one partition: classify, publish, dead-letter,
-    ack or nak."""
+    """Classifies the fetched ``dp.raw`` messages of one partition into outputs and publishes
+    them (see the module docstring)."""
 
     def __init__(
         self,
@@ -140,9 +139,8 @@ class RawBatchHandler:
         *,
         partition: int = 0,
         partitions: int = 1,
-        checkpointer: Checkpointer | None = None,
-        nak_delay: float = 1.0,
-        nak_max_delay: float = 60.0,
+        retry_delay: float = 1.0,
+        max_retry_delay: float = 60.0,
         max_deliver: int = MAX_DELIVER,
     ) -> None:
         self.ns = ns
@@ -151,20 +149,17 @@ class RawBatchHandler:
         self.state = state if state is not None else ClassifierState()
         self.partition = partition
         self.partitions = partitions
-        self.checkpointer = checkpointer
-        self.nak_delay = nak_delay
-        self.nak_max_delay = nak_max_delay
+        self.retry_delay = retry_delay
+        self.max_retry_delay = max_retry_delay
         self.max_deliver = max_deliver
         self.dlq_subject = ns.dlq_subject(CLASSIFIER_DURABLE)
         self.classified_stream = ns.stream(DP_CLASSIFIED)
         self.dlq_stream = ns.stream(DP_DLQ)
         self.events_stream = ns.stream(DP_EVENTS)
+        self.stopping = asyncio.Event()
+        """Set at stop: publishes that keep failing are given up (inputs stay unacked)."""
         self._raw_prefix = ns.all_raw()[:-1]  # "<prefix.>dp.raw."
-        self._source_partition: dict[tuple[str, str], int] = {}
-
-    async def handle(self, msgs: Sequence[Msg]) -> Outcome:
-        """Classify and publish ``msgs``, then ack, nak or dead-letter each of them."""
-        return await self.settle(self.prepare(msgs))
+        self._source_partition: dict[SourceKey, int] = {}
 
     def partition_of(self, domain: str, source_id: str) -> int:
         """``tributary_contracts.partition_of`` with this handler's count, remembered."""
@@ -176,49 +171,62 @@ class RawBatchHandler:
             found = self._source_partition[key] = partition_of(domain, source_id, self.partitions)
         return found
 
-    def prepare(self, msgs: Sequence[Msg]) -> Prepared:
-        """Parse and classify ``msgs`` (advancing the stream state), without any ``await``.
-
-        The consume loop calls this for each fetch in delivery order, then settles the fetches
-        concurrently: the state sees the points in order even while earlier fetches still wait
-        for their publish acks.
-        """
-        prepared = Prepared(perf_counter())
-        RECEIVED_MESSAGES.inc(len(msgs))
+    def parse(self, msgs: Sequence[Msg]) -> list[Parsed]:
+        """The messages of a fetch as batches, or why they are refused."""
+        parsed = []
         for msg in msgs:
             delivered = deliveries(msg)
             if delivered >= self.max_deliver:
-                prepared.dead.append(
-                    (msg, delivered, "max_deliver", f"delivered {delivered} times")
+                parsed.append(
+                    Parsed(msg, delivered, None, ("max_deliver", f"delivered {delivered} times"))
                 )
                 continue
+            former = msg.subject[len(self._raw_prefix) :].count(".") == 1
             try:
-                raw = parse_raw(msg.data, former=self._is_former(msg.subject))
+                parsed.append(Parsed(msg, delivered, parse_raw(msg.data, former=former)))
             except ValidationError as exc:
-                prepared.dead.append((msg, delivered, "invalid_batch", _describe(exc)))
+                parsed.append(Parsed(msg, delivered, None, ("invalid_batch", _describe(exc))))
+        return parsed
+
+    def evicted_sources(self, parsed: Sequence[Parsed]) -> set[SourceKey]:
+        """Sources of ``parsed`` whose state was evicted to the bucket: ``StateLoader`` brings
+        them back before ``prepare``."""
+        state = self.state
+        if not state.on_disk:
+            return set()
+        return {
+            source
+            for item in parsed
+            if item.raw is not None
+            for source in ((b.domain, b.source_id) for b in item.raw.batches)
+            if source in state.on_disk and source not in state.chunks
+        }
+
+    def prepare(self, parsed: Sequence[Parsed]) -> Prepared:
+        """Classify ``parsed`` (advancing the stream state), without any ``await``."""
+        prepared = Prepared(perf_counter(), [item.msg for item in parsed])
+        RECEIVED_MESSAGES.inc(len(parsed))
+        for msg, delivered, raw, refused in parsed:
+            if raw is None:
+                assert refused is not None
+                self._dead_letter(prepared, msg, delivered, *refused)
                 continue
             problem = self._misplaced(raw)
             if problem is not None:
                 if raw.former:  # another partition's drain classifies it
-                    prepared.others.append(msg)
+                    prepared.skipped.append(msg)
                     continue
-                prepared.dead.append((msg, delivered, "wrong_partition", problem))
+                self._dead_letter(prepared, msg, delivered, "wrong_partition", problem)
                 continue
             try:
-                outputs, touched = self._classify(raw)
-            except Exception as exc:  # a defect, not bad data: retried, dead-lettered at the end
+                prepared.outputs.extend(self._classify(raw, stream_sequence(msg)))
+            except Exception as exc:  # a defect, not bad data: kept for an operator
                 ERRORS.labels(stage="classify", error_type=type(exc).__name__).inc()
                 log.exception("classification failed", subject=msg.subject)
-                prepared.retry.append((msg, delivered))
-                continue
-            prepared.classified.append(_Classified(msg, delivered, outputs, touched))
-        if prepared.others:
-            OTHER_PARTITION_MESSAGES.inc(len(prepared.others))
+                self._dead_letter(prepared, msg, delivered, "classify_failed", repr(exc))
+        if prepared.skipped:
+            OTHER_PARTITION_MESSAGES.inc(len(prepared.skipped))
         return prepared
-
-    def _is_former(self, subject: str) -> bool:
-        """A former per-source subject ``dp.raw.<domain>.<source>`` (four tokens)."""
-        return subject[len(self._raw_prefix) :].count(".") == 1
 
     def _misplaced(self, raw: RawInput) -> str | None:
         """Why ``raw`` is not this partition's to classify (None when it is)."""
@@ -236,17 +244,36 @@ class RawBatchHandler:
                 )
         return None
 
-    def _classify(self, raw: RawInput) -> tuple[list[Output], set[StreamKey]]:
-        """Classify every batch of ``raw`` in order; its outputs and the streams to checkpoint."""
+    def _classify(self, raw: RawInput, seq: int) -> list[Output]:
+        """Classify the batches of ``raw`` (stream sequence ``seq``) in order; its outputs."""
         classified_at = datetime.now(UTC)
         wall = time()
+        state = self.state
+        covered = state.covered
+        # A former per-source message comes through the drain, whose order against the bundles
+        # is not the stream's: only bundles are checked against (and move) the covered position.
+        done: set[SourceKey] = set()
+        if seq and not raw.former and covered:
+            done = {
+                (b.domain, b.source_id)
+                for b in raw.batches
+                if covered.get((b.domain, b.source_id), 0) >= seq
+            }
         groups: dict[PointClass, list[tuple[PointBatch, list[Classified]]]] = {}
         events: list[KeyedEvent] = []
-        touched: set[StreamKey] = set()
-        republish: set[StreamKey] = set()
         for batch in raw.batches:
+            source = (batch.domain, batch.source_id)
+            if source in done:
+                SKIPPED_BATCHES.inc()
+                continue
             RECEIVED_POINTS.inc(len(batch.points))
-            result = classify_message(batch, self.resolve_config, self.state, classified_at, wall)
+            result = classify_message(batch, self.resolve_config, state, classified_at, wall)
+            if result.over_cap:
+                OVER_CAP_POINTS.inc(result.over_cap)
+            if source in state.chunks:  # a source with state: remember what it holds
+                state.seen[source] = wall
+                if seq and not raw.former:
+                    covered[source] = seq
             for cls, points in result.by_class.items():
                 members = groups.get(cls)
                 if members is None:
@@ -254,36 +281,14 @@ class RawBatchHandler:
                 else:
                     members.append((batch, points))
             events.extend(result.events)
-            touched |= result.touched
-            republish |= result.republish
         outputs = [
-            self._outgoing(raw.domain, cls, classified_at, members)
+            self._points_output(raw.domain, cls, classified_at, members)
             for cls, members in groups.items()
         ]
-        self._add_events(events, republish, outputs)
-        if self.checkpointer is not None:
-            outputs.extend(
-                Output(write, OutputKind.CHECKPOINT, "checkpoint")
-                for write in self.checkpointer.writes_of(touched)
-            )
-        return outputs, touched | republish
+        outputs.extend(self._event_output(event) for _, event in events)
+        return outputs
 
-    async def settle(self, prepared: Prepared) -> Outcome:
-        """Publish what ``prepare`` made, then ack, nak or dead-letter each message."""
-        outcome = Outcome()
-        for msg in prepared.others:  # another partition's drain classifies it
-            if await self._ack(msg):
-                outcome.skipped.append(msg)
-        retry = prepared.retry
-        await self._publish_and_ack(prepared.classified, outcome, retry)
-        for msg, delivered, reason, detail in prepared.dead:
-            await self._dead_letter(msg, delivered, reason, detail, outcome, retry)
-        for msg, delivered in retry:
-            await self._nak(msg, delivered, outcome)
-        BATCH_SECONDS.observe(perf_counter() - prepared.started)
-        return outcome
-
-    def _outgoing(
+    def _points_output(
         self,
         domain: str,
         cls: PointClass,
@@ -308,163 +313,90 @@ class RawBatchHandler:
         )
         return Output(message, OutputKind.POINTS, cls_name, sum(len(p) for _, p in members))
 
-    def _add_events(
-        self, events: list[KeyedEvent], republish: set[StreamKey], outputs: list[Output]
-    ) -> None:
-        """Append alert events to ``outputs``: the new ones (remembered as pending until acked)
-        and those still pending on the ``republish`` streams (a redelivered input: the publish
-        that made them may have failed)."""
-        streams = self.state.streams
-        for key, event in events:
-            subject = self.ns.alert_subject(event.domain, str(event.severity), event.source_id)
-            pending = PendingEvent(
-                event_msg_id(event), subject, event.model_dump_json().encode(), str(event.event)
-            )
-            streams[key].pending.append(pending)
-            outputs.append(self._event_output(pending))
-        for key in republish:
-            st = streams.get(key)
-            if st is not None:
-                outputs.extend(self._event_output(pending) for pending in st.pending)
-
-    def _event_output(self, pending: PendingEvent) -> Output:
+    def _event_output(self, event: AlertEvent) -> Output:
+        subject = self.ns.alert_subject(event.domain, str(event.severity), event.source_id)
         message = Outgoing(
-            pending.subject, pending.payload, {MSG_ID_HEADER: pending.msg_id}, self.events_stream
+            subject,
+            event.model_dump_json().encode(),
+            {MSG_ID_HEADER: event_msg_id(event)},
+            self.events_stream,
         )
-        return Output(message, OutputKind.EVENT, pending.kind)
+        return Output(message, OutputKind.EVENT, str(event.event))
 
-    def _forget_published_events(self, item: _Classified) -> None:
-        events = (o for o in item.outputs if o.kind is OutputKind.EVENT)
-        acked = {o.message.headers[MSG_ID_HEADER] for o in events}
-        if not acked:
-            return
-        streams = self.state.streams
-        for key in item.touched:
-            st = streams.get(key)
-            if st is not None and st.pending:
-                st.pending = [p for p in st.pending if p.msg_id not in acked]
-                # The checkpoint sent with them still lists them: rewrite it in the next flush.
-                self.state.dirty.add(key)
-
-    async def check_staleness(self, limit: int = 1000) -> int:
-        """Open staleness alerts on silent streams, publish them, checkpoint; the count."""
-        events = staleness_events(self.state, time(), datetime.now(UTC), limit)
-        if not events:
-            return 0
-        touched = {key for key, _ in events}
-        outputs: list[Output] = []
-        self._add_events(events, set(), outputs)
-        results = await self.outbox.publish_all([o.message for o in outputs])
-        item = _Classified(None, 0, outputs, touched)
-        if all(e is None for e in results):
-            self._forget_published_events(item)
-            for output in outputs:
-                ALERT_EVENTS.labels(event=output.label).inc()
-        else:
-            # Still pending: published again with the stream's next point or next check.
-            ERRORS.labels(stage="publish", error_type="staleness").inc()
-        if self.checkpointer is not None:
-            await self.checkpointer.save(touched)
-        return len(events)
-
-    async def _publish_and_ack(
-        self, classified: list[_Classified], outcome: Outcome, retry: list[tuple[Msg, int]]
-    ) -> None:
-        flat = [out for item in classified for out in item.outputs]
-        if not flat:
-            return
-        results = await self.outbox.publish_all([o.message for o in flat])
-        position = 0
-        for item in classified:
-            assert item.msg is not None
-            errors = results[position : position + len(item.outputs)]
-            position += len(item.outputs)
-            failed = False
-            for output, error in zip(item.outputs, errors, strict=True):
-                if error is None:
-                    _count(output)
-                else:
-                    failed = True
-                    ERRORS.labels(stage="publish", error_type=type(error).__name__).inc()
-            if failed:
-                log.warning(
-                    "classified publish failed; input will be redelivered",
-                    subject=item.msg.subject,
-                    deliveries=item.deliveries,
-                    error=repr(next(e for e in errors if e is not None)),
-                )
-                retry.append((item.msg, item.deliveries))
-                continue
-            self._forget_published_events(item)
-            if await self._ack(item.msg):
-                outcome.acked.append(item.msg)
-        STATE_STREAMS.labels(partition=str(self.partition)).set(len(self.state))
-
-    async def _dead_letter(
-        self,
-        msg: Msg,
-        deliveries: int,
-        reason: str,
-        detail: str,
-        outcome: Outcome,
-        retry: list[tuple[Msg, int]],
+    def _dead_letter(
+        self, prepared: Prepared, msg: Msg, delivered: int, reason: str, detail: str
     ) -> None:
         # The contract's format: the refused payload as the body, unchanged, so it can be
         # republished as is; why and where in headers, with a deterministic Nats-Msg-Id so a
         # retried dead-letter publish is deduplicated.
         headers = dead_letter_headers(
-            CLASSIFIER_DURABLE, reason, detail, msg.subject, deliveries, msg.data
+            CLASSIFIER_DURABLE, reason, detail, msg.subject, delivered, msg.data
         )
-        try:
-            await self.outbox.publish(
-                Outgoing(self.dlq_subject, msg.data, headers, self.dlq_stream)
-            )
-        except Exception as exc:
-            ERRORS.labels(stage="dlq", error_type=type(exc).__name__).inc()
-            log.warning(
-                "dead-letter publish failed; message will be redelivered",
-                subject=msg.subject,
-                reason=reason,
-                error=repr(exc),
-            )
-            retry.append((msg, deliveries))
-            return
-        DLQ_MESSAGES.labels(reason=reason).inc()
+        message = Outgoing(self.dlq_subject, msg.data, headers, self.dlq_stream)
+        prepared.outputs.append(Output(message, OutputKind.DEAD_LETTER, reason))
+        prepared.dead_lettered.append((msg, reason))
         log.warning(
             "message sent to the dead-letter subject",
             subject=msg.subject,
             reason=reason,
             detail=detail[:300],
-            deliveries=deliveries,
+            deliveries=delivered,
         )
-        if await self._ack(msg):
-            outcome.dead_lettered.append((msg, reason))
 
-    async def _ack(self, msg: Msg) -> bool:
-        try:
-            await msg.ack()
-        except Exception as exc:  # connection lost: the message is redelivered, deduplicated
-            ERRORS.labels(stage="ack", error_type=type(exc).__name__).inc()
-            return False
-        return True
+    async def publish(self, prepared: Prepared) -> bool:
+        """Publish the outputs of ``prepared`` until JetStream acked every one (True), or the
+        handler is stopping (False: the inputs stay unacked and come back after a restart)."""
+        done = await self._publish_outputs(prepared.outputs)
+        BATCH_SECONDS.observe(perf_counter() - prepared.started)
+        return done
 
-    async def _nak(self, msg: Msg, deliveries: int, outcome: Outcome) -> None:
-        delay = backoff_delay(deliveries, self.nak_delay, self.nak_max_delay)
-        try:
-            await msg.nak(delay=delay)
-        except Exception as exc:  # connection lost: ack_wait redelivers it anyway
-            ERRORS.labels(stage="nak", error_type=type(exc).__name__).inc()
-            return
-        outcome.nacked.append(msg)
+    async def _publish_outputs(self, outputs: list[Output]) -> bool:
+        if not outputs:
+            return True
+        done = await publish_until_acked(
+            self.outbox,
+            [o.message for o in outputs],
+            retry_delay=self.retry_delay,
+            max_delay=self.max_retry_delay,
+            give_up=self.stopping,
+            on_error=_publish_failed,
+        )
+        if done:
+            for output in outputs:
+                _count(output)
+        return done
+
+    async def handle(self, msgs: Sequence[Msg]) -> Prepared:
+        """Classify ``msgs`` and publish their outputs (tests; the service pipelines
+        ``prepare`` and ``publish`` and acks by snapshot)."""
+        prepared = self.prepare(self.parse(msgs))
+        await self.publish(prepared)
+        return prepared
+
+    def staleness(self, limit: int = 1000) -> list[Output]:
+        """Open staleness alerts on silent streams (their documents become dirty); the events
+        to publish (no ``await``: a cut never sees the alert without its event)."""
+        events = staleness_events(self.state, time(), datetime.now(UTC), limit)
+        for key, _ in events:
+            self.state.dirty.add(self.state.doc_of[key])
+        return [self._event_output(event) for _, event in events]
+
+    async def publish_events(self, outputs: list[Output]) -> bool:
+        return await self._publish_outputs(outputs)
+
+
+def _publish_failed(error: BaseException) -> None:
+    ERRORS.labels(stage="publish", error_type=type(error).__name__).inc()
+    log.warning("publish failed; retrying the same messages", error=repr(error))
 
 
 def _count(output: Output) -> None:
     if output.kind is OutputKind.POINTS:
         PUBLISHED_POINTS.labels(cls=output.label).inc(output.points)
-    elif output.kind is OutputKind.CHECKPOINT:
-        CHECKPOINT_WRITES.inc()
-    else:
+    elif output.kind is OutputKind.EVENT:
         ALERT_EVENTS.labels(event=output.label).inc()
+    else:
+        DLQ_MESSAGES.labels(reason=output.label).inc()
 
 
 def _describe(exc: ValidationError) -> str:

@@ -33,7 +33,26 @@ ALERT_EVENTS = Counter(
     "classifier_alert_events", "Alert events published (acked by JetStream) by kind.", ["event"]
 )
 CHECKPOINT_WRITES = Counter(
-    "classifier_checkpoint_writes", "Stream state checkpoints written to classifier-state."
+    "classifier_checkpoint_writes", "Checkpoint documents written to classifier-state."
+)
+SNAPSHOT_SECONDS = Histogram(
+    "classifier_snapshot_seconds",
+    "One partition snapshot: wait for the outputs, write the documents, ack the inputs.",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+)
+EVICTED_STREAMS = Counter(
+    "classifier_evicted_streams", "Stream states evicted from memory (kept in the bucket)."
+)
+RESTORED_SOURCES = Counter(
+    "classifier_restored_sources", "Evicted sources restored from the bucket on their next point."
+)
+OVER_CAP_POINTS = Counter(
+    "classifier_over_cap_points",
+    "Points of new streams of a source at MAX_STREAMS_PER_SOURCE (value rules only, no state).",
+)
+SKIPPED_BATCHES = Counter(
+    "classifier_skipped_batches",
+    "Redelivered batches whose points the state already holds (covered by a checkpoint).",
 )
 STATE_STREAMS = Gauge(
     "classifier_streams", "Streams whose state is held in memory, by partition.", ["partition"]

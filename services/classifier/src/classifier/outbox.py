@@ -16,14 +16,10 @@ class Outgoing:
     """One message to publish on JetStream."""
 
     subject: str
-    payload: bytes | Callable[[], bytes]
-    """The body, or a function that makes it when it is sent (a checkpoint: the stream's state
-    at send time, so the last write sent is always the newest state)."""
+    payload: bytes
     headers: dict[str, str]
     stream: str | None = None
     """Expected stream (``Nats-Expected-Stream``): a publish landing elsewhere fails."""
-    coalesce: str | None = None
-    """Messages with the same key published together are sent once (a source's checkpoint)."""
 
 
 class Outbox(Protocol):
@@ -53,7 +49,7 @@ class JetStreamOutbox:
             try:
                 future = await self._js.publish_async(
                     m.subject,
-                    m.payload() if callable(m.payload) else m.payload,
+                    m.payload,
                     wait_stall=self._timeout,
                     stream=m.stream,
                     headers=dict(m.headers),
@@ -77,10 +73,9 @@ class JetStreamOutbox:
         return results
 
     async def publish(self, message: Outgoing) -> None:
-        payload = message.payload
         await self._js.publish(
             message.subject,
-            payload() if callable(payload) else payload,
+            message.payload,
             timeout=self._timeout,
             stream=message.stream,
             headers=dict(message.headers),
@@ -90,12 +85,9 @@ class JetStreamOutbox:
 class CoalescingOutbox:
     """Gathers the ``publish_all`` calls of one event-loop turn into one group.
 
-    Calls made in the same loop turn (the settle task of a fetch, a staleness check, a
-    checkpoint flush) are sent together, and messages with the same ``coalesce`` key (the
-    checkpoint of a source touched by several inputs) are sent once, with the body made at send
-    time: the source's newest state covers every caller. Groups of different turns are in
-    flight at the same time (the consume loop pipelines fetches); each is sent in one go, in
-    turn order, so a later write of a checkpoint is always sent after an earlier one.
+    Calls made in the same loop turn (the publish tasks of several partitions' fetches, a
+    snapshot's documents) are sent together. Groups of different turns are in flight at the
+    same time (the consume loops pipeline fetches); each is sent in one go, in turn order.
     """
 
     def __init__(self, inner: Outbox) -> None:
@@ -122,27 +114,54 @@ class CoalescingOutbox:
         await asyncio.sleep(0)  # let the other calls of this loop turn join
         group, self._queued = self._queued, []
         self._scheduled = False
-        unique: list[Outgoing] = []
-        slots: list[list[int]] = []
-        by_key: dict[str, int] = {}
-        for messages, _ in group:
-            positions = []
-            for m in messages:
-                if m.coalesce is not None and m.coalesce in by_key:
-                    positions.append(by_key[m.coalesce])
-                    continue
-                if m.coalesce is not None:
-                    by_key[m.coalesce] = len(unique)
-                positions.append(len(unique))
-                unique.append(m)
-            slots.append(positions)
+        flat = [m for messages, _ in group for m in messages]
         try:
-            results = await self.inner.publish_all(unique)
+            results = await self.inner.publish_all(flat)
         except Exception as exc:  # never leave a caller waiting
-            results = [exc] * len(unique)
-        for (_, future), positions in zip(group, slots, strict=True):
+            results = [exc] * len(flat)
+        position = 0
+        for messages, future in group:
             if not future.done():
-                future.set_result([results[i] for i in positions])
+                future.set_result(results[position : position + len(messages)])
+            position += len(messages)
 
     async def publish(self, message: Outgoing) -> None:
         await self.inner.publish(message)
+
+
+async def publish_until_acked(
+    outbox: Outbox,
+    messages: Sequence[Outgoing],
+    *,
+    retry_delay: float,
+    max_delay: float,
+    give_up: asyncio.Event | None = None,
+    on_error: Callable[[BaseException], None] | None = None,
+) -> bool:
+    """Publish ``messages`` and retry the ones that failed (same bytes, same ``Nats-Msg-Id``:
+    a retry of a publish that did land is deduplicated) with a delay doubling from
+    ``retry_delay`` up to ``max_delay``, until every one is acked: True. False only when
+    ``give_up`` is set first (the process is stopping). ``on_error`` sees each failure."""
+    pending = list(messages)
+    delay = retry_delay
+    while pending:
+        results = await outbox.publish_all(pending)
+        failed = [m for m, error in zip(pending, results, strict=True) if error is not None]
+        if on_error is not None:
+            for error in results:
+                if error is not None:
+                    on_error(error)
+        pending = failed
+        if not pending:
+            return True
+        if give_up is not None and give_up.is_set():
+            return False
+        try:
+            if give_up is None:
+                await asyncio.sleep(delay)
+            else:
+                await asyncio.wait_for(give_up.wait(), delay)
+        except TimeoutError:
+            pass
+        delay = min(delay * 2, max_delay)
+    return True

@@ -43,13 +43,13 @@ class ClassifierSettings(ServiceSettings):
     publish_timeout_seconds: float = Field(
         default=5.0, gt=0, description="Longest wait for JetStream to ack the classified publishes."
     )
-    nak_delay_seconds: float = Field(
+    publish_retry_seconds: float = Field(
         default=1.0,
         gt=0,
-        description="Redelivery delay after a failed publish (doubles per delivery).",
+        description="Delay before publishing failed outputs again (doubles per retry).",
     )
-    nak_max_delay_seconds: float = Field(
-        default=60.0, gt=0, description="Upper bound of the redelivery delay."
+    publish_retry_max_seconds: float = Field(
+        default=30.0, gt=0, description="Upper bound of the publish retry delay."
     )
     config_load_timeout_seconds: float = Field(
         default=10.0,
@@ -73,10 +73,37 @@ class ClassifierSettings(ServiceSettings):
         description="Most staleness alerts opened per check (the rest wait for the next one).",
     )
     checkpoint_interval_seconds: float = Field(
-        default=30.0,
+        default=1.0,
         gt=0,
-        le=3600,
-        description="How often streams whose only change is their latest point are checkpointed.",
+        le=25,
+        description="Most seconds between two snapshots of a partition (inputs are acked by them).",
+    )
+    checkpoint_max_inputs: int = Field(
+        default=2000,
+        ge=1,
+        le=15_000,
+        description="A snapshot is taken sooner once this many inputs of a partition wait for it.",
+    )
+    max_streams_per_source: int = Field(
+        default=10_000,
+        ge=1,
+        description="Streams with state per source; points of further new streams get the "
+        "value rules only.",
+    )
+    state_idle_seconds: float = Field(
+        default=600.0,
+        gt=0,
+        description="A source silent this long leaves memory (its state stays in the bucket, "
+        "restored on its next point).",
+    )
+    max_streams_in_memory: int = Field(
+        default=200_000,
+        ge=1,
+        description="Stream states one process keeps in memory; above it the least recently "
+        "seen sources are evicted.",
+    )
+    eviction_interval_seconds: float = Field(
+        default=10.0, gt=0, le=3600, description="How often idle sources are evicted."
     )
     bus_partitions: int = Field(
         default=DEFAULT_PARTITIONS,

@@ -64,6 +64,23 @@ def test_decode_classified_reads_a_former_per_source_batch() -> None:
     assert decode_classified(batch.model_dump_json().encode()) == batch
 
 
+def test_decode_classified_reads_a_batch_whose_metadata_says_batches() -> None:
+    batch = _batch("server-01", [95.0])
+    batch.points[0].metadata = {"batches": 3}
+    assert decode_classified(batch.model_dump_json()) == batch
+
+
+def test_decode_classified_agrees_with_the_message_annotation() -> None:
+    from pydantic import TypeAdapter
+
+    from tributary_contracts import ClassifiedMessage
+
+    adapter: TypeAdapter[ClassifiedBundle | ClassifiedBatch] = TypeAdapter(ClassifiedMessage)
+    for message in (_batch("s", [95.0]), _bundle(_batch("s", [95.0]), _batch("t", [96.0]))):
+        body = message.model_dump_json()
+        assert decode_classified(body) == adapter.validate_json(body) == message
+
+
 def test_decode_classified_names_the_bad_field() -> None:
     body = _bundle(_batch("server-01", [95.0])).model_dump(mode="json")
     body["batches"][0]["points"][0]["value"] = "hot"

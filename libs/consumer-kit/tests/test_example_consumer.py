@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
-import os
 import sys
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
@@ -359,19 +358,18 @@ class ConfiguredNats(PrivateNats):
 
 
 @pytest.fixture
-def secured_nats() -> Iterator[ConfiguredNats]:
+def secured_nats(monkeypatch: pytest.MonkeyPatch) -> Iterator[ConfiguredNats]:
     if not Path(NATS_SERVER).exists():
         pytest.skip(f"{NATS_SERVER} is not installed")
+    # The snippet's passwords come from the server's environment (inherited from ours).
+    monkeypatch.setenv("FLEET_PASSWORD", "fleet-secret")
+    monkeypatch.setenv("READER_PASSWORD", "reader-secret")
     server = ConfiguredNats()
-    env = {"FLEET_PASSWORD": "fleet-secret", "READER_PASSWORD": "reader-secret"}
-    os.environ.update(env)  # the server resolves $FLEET_PASSWORD from its environment
     try:
         server.start()
         yield server
     finally:
         server.close()
-        for name in env:
-            os.environ.pop(name, None)
 
 
 @pytest.mark.integration

@@ -26,7 +26,8 @@ from gateway_ws.app import create_app as create_ws
 from gateway_ws.settings import GatewayWsSettings
 from tests.asgi import running
 from tests.host import free_port
-from tributary_contracts import API_KEYS_BUCKET, DP_RAW, Namespace, PointBatch
+from tests.streams import raw_batches
+from tributary_contracts import API_KEYS_BUCKET, Namespace, PointBatch
 from tributary_runtime.apikeys import ApiKeyStore, Role
 from tributary_runtime.serve import Server, build_server
 
@@ -106,14 +107,8 @@ class Fleet:
             return dict(orjson.loads(await asyncio.wait_for(ws.recv(), 10)))
 
     async def raw_batches(self) -> list[PointBatch]:
-        stream = self.ns.stream(DP_RAW)
-        info = await self.js.stream_info(stream)
-        if info.state.messages == 0:
-            return []
-        return [
-            PointBatch.model_validate_json((await self.js.get_msg(stream, seq)).data or b"")
-            for seq in range(info.state.first_seq, info.state.last_seq + 1)
-        ]
+        """The point batches on ``DP_RAW``, out of their bundles."""
+        return [r.batch for r in await raw_batches(self.js, self.ns)]
 
 
 async def make_keys(js: JetStreamContext, ns: Namespace) -> Keys:

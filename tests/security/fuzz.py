@@ -31,7 +31,8 @@ from gateway_ws.app import create_app as create_ws
 from gateway_ws.protocol import normalize_batch
 from gateway_ws.settings import GatewayWsSettings
 from tests.host import free_port
-from tributary_contracts import API_KEYS_BUCKET, DP_RAW, Namespace, PointBatch
+from tests.streams import raw_batches
+from tributary_contracts import API_KEYS_BUCKET, Namespace
 from tributary_ingest.points import id_text, normalize_point
 from tributary_runtime.apikeys import ApiKeyStore, Role
 from tributary_runtime.serve import Server, build_server
@@ -68,11 +69,9 @@ async def admin_key(js: Any, ns: Namespace) -> str:
 
 async def stored_keys(js: Any, ns: Namespace, domain: str | None = None) -> set[Key]:
     """Point keys on ``DP_RAW`` (of ``domain`` only, when given)."""
-    stream = ns.stream(DP_RAW)
-    info = await js.stream_info(stream)
     keys: set[Key] = set()
-    for seq in range(info.state.first_seq, info.state.last_seq + 1) if info.state.messages else ():
-        batch = PointBatch.model_validate_json((await js.get_msg(stream, seq)).data or b"")
+    for raw in await raw_batches(js, ns):
+        batch = raw.batch
         if domain is None or batch.domain == domain:
             keys |= {(batch.domain, batch.source_id, p.stream_id, p.ts) for p in batch.points}
     return keys

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -23,12 +24,14 @@ import nats
 from tests.e2e.faults.load import Key, Ledger
 from tributary_contracts import (
     CLASSIFIER_DURABLE,
+    DEFAULT_PARTITIONS,
     DP_CLASSIFIED,
     DP_DLQ,
     DP_RAW,
     WRITER_POSTGRES_DURABLE,
     ClassifiedBatch,
     Namespace,
+    classifier_partition_durable,
 )
 from tributary_contracts.dead_letters import DLQ_KIND, DLQ_REASON
 
@@ -93,16 +96,19 @@ async def dead_letters(nats_url: str, prefix: str, sources: list[str]) -> list[D
 
 
 async def consumer_lag(nats_url: str, prefix: str) -> dict[str, int]:
-    """Pending + unacknowledged messages of the classifier and writer-postgres consumers."""
+    """Pending + unacknowledged messages of the classifier (its partition consumers, summed) and
+    writer-postgres consumers."""
     ns = Namespace(prefix)
     nc = await nats.connect(nats_url, connect_timeout=5, max_reconnect_attempts=3)
     try:
         js = nc.jetstream()
-        lag = {}
-        for stream, durable in ((DP_RAW, CLASSIFIER_DURABLE),
-                                (DP_CLASSIFIED, WRITER_POSTGRES_DURABLE)):  # fmt: skip
-            info = await js.consumer_info(ns.stream(stream), durable)
-            lag[durable] = int(info.num_pending) + int(info.num_ack_pending)
+        lag = {CLASSIFIER_DURABLE: 0}
+        partitions = int(os.environ.get("BUS_PARTITIONS", DEFAULT_PARTITIONS))
+        for p in range(partitions):
+            info = await js.consumer_info(ns.stream(DP_RAW), classifier_partition_durable(p))
+            lag[CLASSIFIER_DURABLE] += int(info.num_pending) + int(info.num_ack_pending)
+        info = await js.consumer_info(ns.stream(DP_CLASSIFIED), WRITER_POSTGRES_DURABLE)
+        lag[WRITER_POSTGRES_DURABLE] = int(info.num_pending) + int(info.num_ack_pending)
         return lag
     finally:
         await nc.close()

@@ -20,13 +20,17 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 from nats.js import JetStreamContext
 
+from classifier.classify import ClassifierState, classify_message
 from classifier.consumers import ensure_drain_durable
+from classifier.state import source_doc_json, source_doc_key
 from tests.host import free_port
 from tributary_contracts import (
     CLASSIFIER_DURABLE,
+    CLASSIFIER_STATE_BUCKET,
     DP_CLASSIFIED,
     DP_EVENTS,
     DP_RAW,
@@ -238,3 +242,76 @@ async def test_drain_durables_start_after_the_former_classifiers_ack_floor(
         assert config.filter_subject == f"{ns.prefix}.dp.raw.*.*"
     # again: the existing durables are kept as they are
     assert await ensure_drain_durable(js, ns, 0) == "classifier-drain-0"
+
+
+async def test_an_upgraded_fleet_drains_the_former_subjects_once_and_reads_the_new_ones(
+    servers: Any, bus_prefix: str, jetstream: JetStreamContext
+) -> None:
+    ns, js = Namespace(bus_prefix), jetstream
+    owners = {s: partition_of("iot", s, PARTITIONS) for s in SOURCES}
+    await ensure_jetstream(js, ns)
+    kv = await js.key_value(ns.bucket(STREAM_CONFIGS_BUCKET))
+    await kv.put(stream_config_key("iot", "*", "temp"), CONFIG.model_dump_json().encode())
+    # The former fleet: per-source subjects, read by the former durable, which classified
+    # the first round (acked) and stopped; rounds 1-2 wait in the stream.
+    await js.add_consumer(
+        ns.stream(DP_RAW),
+        durable_name=CLASSIFIER_DURABLE,
+        filter_subject=ns.all_raw(),
+        ack_policy="explicit",
+    )
+    for m in range(3):
+        for source in SOURCES:
+            await js.publish(
+                ns.raw_subject("iot", source), batch(source, m).model_dump_json().encode()
+            )
+    sub = await js.pull_subscribe_bind(durable=CLASSIFIER_DURABLE, stream=ns.stream(DP_RAW))
+    for msg in await sub.fetch(len(SOURCES), timeout=5):
+        await msg.ack()
+    await sub.unsubscribe()
+    await asyncio.sleep(0.2)
+    # ... and left its checkpoints, one "f": 2 document per source (a run of 2 warnings)
+    former = ClassifierState()
+    state_kv = await js.key_value(ns.bucket(CLASSIFIER_STATE_BUCKET))
+    for source in SOURCES:
+        classify_message(batch(source, 0), lambda *_: CONFIG, former)
+        doc = (("iot", source, 0), ["temp"], former.streams)
+        body = {**orjson.loads(source_doc_json(*doc)), "f": 2}
+        del body["n"], body["seq"]
+        await state_kv.put(source_doc_key(doc[0]), orjson.dumps(body))
+    # The upgraded gateways already publish round 3 as bundles.
+    for p in range(PARTITIONS):
+        batches = [batch(s, 3) for s in SOURCES if owners[s] == p]
+        bundle = PointBundle(domain="iot", partition=p, batches=batches)
+        await js.publish(ns.raw_partition_subject("iot", p), bundle.model_dump_json().encode())
+
+    ports = [free_port(), free_port()]
+    processes = [start_replica(servers, bus_prefix, ports[i], i) for i in (0, 1)]
+    try:
+
+        async def all_done() -> bool:
+            for i, process in enumerate(processes):
+                if process.poll() is not None:
+                    pytest.fail(f"replica {i} exited with {process.returncode}")
+            durables = [classifier_partition_durable(p) for p in range(PARTITIONS)]
+            durables += [f"classifier-drain-{p}" for p in range(PARTITIONS)]
+            try:
+                infos = [await js.consumer_info(ns.stream(DP_RAW), d) for d in durables]
+            except Exception:  # not created yet
+                return False
+            return not any(i.num_pending or i.num_ack_pending for i in infos)
+
+        await until(all_done, "the drains and the partitions to be done", within=60)
+        await asyncio.sleep(0.5)  # anything classified twice would land by now
+    finally:
+        await stop(processes)
+
+    got = await classified_points(js, ns)
+    keys = Counter((source, p.ts) for source, p, _ in got)
+    # round 0 was the former classifier's; rounds 1-2 drained, round 3 from the bundles
+    expected = {(s, T0 + timedelta(seconds=i)) for s in SOURCES for i in range(3, 12)}
+    assert set(keys) == expected and set(keys.values()) == {1}
+    # the run of violations went on from the former checkpoints into the drained rounds
+    assert await alert_events(js, ns) == {
+        s: [("opened", 3, 35.0), ("closed", 4, 35.0)] for s in SOURCES
+    }

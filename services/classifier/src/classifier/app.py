@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import structlog
 from nats.aio.client import Client
@@ -153,28 +154,35 @@ def create_app(settings: ClassifierSettings) -> Starlette:
             await evict_idle(partition, settings, len(partitions))
         loader = StateLoader(kv)
         stopping = asyncio.Event()
+
+        def pull(partition: Partition, durable: str, timeout: float, **kw: bool) -> Any:
+            return consume(
+                js,
+                ns.stream(DP_RAW),
+                durable,
+                partition.handler,
+                partition.checkpoint,
+                stopping,
+                loader=loader,
+                batch_size=settings.fetch_batch_size,
+                fetch_timeout=timeout,
+                max_inflight=settings.max_inflight_fetches,
+                **kw,
+            )
+
+        async def run_partition(partition: Partition) -> None:
+            # The former subjects' backlog first: a stream's older points before its newer
+            # ones. Then both (former gateways may still publish during a rolling upgrade).
+            drain, timeout = drains[partition.number], settings.drain_fetch_timeout_seconds
+            await pull(partition, drain, timeout, until_idle=True)
+            await asyncio.gather(
+                pull(partition, durables[partition.number], settings.fetch_timeout_seconds),
+                pull(partition, drain, timeout),
+            )
+
         consumers = [
-            asyncio.create_task(
-                consume(
-                    js,
-                    ns.stream(DP_RAW),
-                    durable[partition.number],
-                    partition.handler,
-                    partition.checkpoint,
-                    stopping,
-                    loader=loader,
-                    batch_size=settings.fetch_batch_size,
-                    fetch_timeout=fetch_timeout,
-                    max_inflight=settings.max_inflight_fetches,
-                ),
-                name=f"classifier-{durable[partition.number]}",
-            )
-            for partition in partitions
-            for durable, fetch_timeout in (
-                (durables, settings.fetch_timeout_seconds),
-                # Former per-source subjects: only an upgrade's backlog, so idle fetches are rare.
-                (drains, settings.drain_fetch_timeout_seconds),
-            )
+            asyncio.create_task(run_partition(p), name=f"classifier-partition-{p.number}")
+            for p in partitions
         ]
         background = asyncio.Event()
         loops = []

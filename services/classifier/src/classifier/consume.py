@@ -54,8 +54,10 @@ async def consume(
     batch_size: int,
     fetch_timeout: float,
     max_inflight: int,
+    until_idle: bool = False,
 ) -> None:
-    """Fetch from ``durable`` on ``stream`` into ``handler`` until ``stopping`` is set."""
+    """Fetch from ``durable`` on ``stream`` into ``handler`` until ``stopping`` is set (with
+    ``until_idle``: or until the durable has nothing left to deliver)."""
     sub: Any = None
     inflight: set[asyncio.Task[Any]] = set()
     try:
@@ -66,6 +68,8 @@ async def consume(
                 try:
                     msgs = await sub.fetch(batch_size, timeout=fetch_timeout)
                 except (TimeoutError, nats.errors.TimeoutError):
+                    if until_idle and not (await sub.consumer_info()).num_pending:
+                        return
                     continue  # nothing to do right now
                 parsed = handler.parse(msgs)
                 if loader is not None:

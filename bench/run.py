@@ -134,6 +134,8 @@ class Bench:
                 "MAX_IN_FLIGHT": str(max(2000, args.mqtt_window)),
                 # A bench measures capacity, not the rate-limit policy.
                 "RATE_LIMIT_ENABLED": "false",
+                # Every WebSocket session of the devices profile uses the one admin key.
+                "MAX_SESSIONS_PER_KEY": str(max(200, args.device_sources)),
             },
         )
         self.t0 = 0.0

@@ -493,3 +493,19 @@ async def test_publish_groups_of_one_turn_go_out_together() -> None:
     assert await first == [[None], [None, None]]
     assert await second == [None]
     assert inner.groups == [["a.1", "a.2", "a.3"], ["b.1"]]
+
+
+async def test_a_snapshot_after_a_given_up_publish_writes_and_acks_nothing(
+    store: StreamConfigStore, make_batch: MakeBatch
+) -> None:
+    outbox = MemoryOutbox(fail=lambda m: not m.subject.startswith("$KV."))  # the bus refuses
+    handler, checkpoint = partition_with(store, outbox)
+    msg = bundle_msg(make_batch([35]), seq=3)
+    publishing = run_fetch(handler, checkpoint, [msg])
+    await asyncio.sleep(0.05)
+    handler.stopping.set()  # the process stops while the outputs are still refused
+    assert await publishing is False
+    assert await checkpoint.snapshot() == 0
+    assert msg.calls == []  # comes back to the restarted process, unacked
+    assert [m for m in outbox.published if m.subject.startswith("$KV.")] == []
+    assert handler.state.dirty  # its state was not written either

@@ -534,3 +534,20 @@ async def test_startup_fails_within_the_timeout_when_nats_is_unreachable(
             pass
 
     assert asyncio.get_running_loop().time() - began < 5
+
+
+async def test_concurrent_requests_of_many_sources_share_bundles_and_each_gets_202(
+    start_gateway: Any, read_stream: Any, read_batches: Any
+) -> None:
+    sources = [f"dev-{i}" for i in range(40)]
+    async with start_gateway(bundle_linger_ms=200, bus_partitions=2) as gw:
+        replies = await asyncio.gather(*(gw.post(body(series(1), source_id=s)) for s in sources))
+
+    assert [r.status_code for r in replies] == [202] * 40
+    bundles = await read_stream(DP_RAW)
+    assert len(bundles) <= 2  # one per partition: every request waited for the same linger
+    assert sorted(r.batch.source_id for r in await read_batches()) == sorted(sources)
+    assert {r.subject for r in await read_batches()} == {
+        gw.ns.raw_partition_subject("infrastructure", partition_of("infrastructure", s, 2))
+        for s in sources
+    }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Any
@@ -119,6 +120,27 @@ async def test_a_refused_row_of_a_bundle_is_dead_lettered_as_a_bundle_of_its_bat
     assert letters[0].headers[DLQ_SUBJECT] == ns.classified_partition_subject(
         poisoned.domain, poisoned.cls, 2
     )
+
+
+async def test_a_refused_point_classified_twice_in_two_bundles_is_dead_lettered_once(
+    run_writer: RunWriter, jetstream: Any, ns: Namespace, database_dsn: str, make_batch: Any,
+    expect: Any, read_rows: Any,
+) -> None:
+    # A producer's retry went out in another bundle (a gateway bundles what arrives): the
+    # classifier classified the points twice, in bundles of different make-up.
+    poisoned = make_batch(2, source_id="sensor-box")
+    poisoned.points[0].metadata = {"note": "a\u0000b"}
+    other = make_batch(1, source_id="server-x")
+    again = poisoned.model_copy(update={"classified_at": poisoned.classified_at + timedelta(1)})
+    async with run_writer():
+        await publish_bundle(jetstream, ns, [poisoned], partition=1)
+        await publish_bundle(jetstream, ns, [other, again], partition=1)
+        await wait_until(lambda: consumer_settled(jetstream, ns, WRITER_POSTGRES_DURABLE),
+                         "the consumer to ack all")
+        letters = await dead_letters(jetstream, ns, WRITER_POSTGRES_DURABLE, 1)
+    good = poisoned.model_copy(update={"points": [poisoned.points[1]]})
+    assert await read_rows(database_dsn) == expect(good, other)
+    assert len(letters) == 1
 
 
 async def test_a_domain_routed_to_sqlserver_is_not_written(

@@ -220,6 +220,7 @@ class Coalescer:
         future: asyncio.Future[PublishOutcome] = self._loop.create_future()
         if self._closed:
             future.set_exception(PublishError("closed", "the gateway is shutting down"))
+            future.exception()
             return future
         ticket = _Ticket(future, len(batches) + len(rejected), len(batches))
         if ticket.remaining == 0:
@@ -367,6 +368,7 @@ class Coalescer:
                 ticket.rejected_ok = ticket.rejected_ok and failure is None
             elif error is not None:
                 future.set_exception(error)
+                future.exception()  # retrieved: a submitter that gave up must not log it
                 continue
             elif duplicate:
                 ticket.duplicates += 1

@@ -46,6 +46,7 @@ from tributary_contracts import (
     ClassifiedBundle,
     Namespace,
     SinkRoutes,
+    batch_msg_id,
     dead_letter_headers,
     is_partition_subject,
 )
@@ -389,7 +390,14 @@ class ClassifiedWriterBase(Generic[RowT]):
             if p.bundle is not None:  # replayable on the subject it came on
                 message = p.bundle.model_copy(update={"batches": [refused]})
             body = message.model_dump_json().encode()
-            ok &= await self._publish_dead_letter(p.msg, body, "bad_rows", reason, p.delivered)
+            # Identified by its points, not its bytes: the same points classified twice (a
+            # producer's retry that went out in another bundle) are dead-lettered once.
+            points = batch_msg_id(
+                refused.domain, refused.source_id, [(q.stream_id, q.ts) for q in refused.points]
+            )
+            ok &= await self._publish_dead_letter(
+                p.msg, body, "bad_rows", reason, p.delivered, identity=points
+            )
         return ok
 
     async def _retry_later(self, pending: list[Pending[RowT]], exc: BaseException) -> None:
@@ -410,10 +418,13 @@ class ClassifiedWriterBase(Generic[RowT]):
             await self._nak(p.msg, p.delivered)
 
     async def _publish_dead_letter(
-        self, msg: Delivery, body: bytes, kind: str, reason: str, delivered: int
+        self, msg: Delivery, body: bytes, kind: str, reason: str, delivered: int,
+        identity: str | None = None,
     ) -> bool:
-        """Publish on the DLQ and await its ack; False (logged) when the bus refused it."""
-        headers = dead_letter_headers(self.CONSUMER, kind, reason, msg.subject, delivered, body)
+        """Publish on the DLQ and await its ack; False (logged) when the bus refused it.
+        ``identity`` (instead of the body) makes its ``Nats-Msg-Id``."""
+        headers = dead_letter_headers(self.CONSUMER, kind, reason, msg.subject, delivered,
+                                      body if identity is None else identity.encode())
         try:
             await self.dead_letter(body, headers)
         except Exception as exc:

@@ -77,7 +77,7 @@ async def check_staleness(partition: Partition, limit: int) -> None:
 async def evict_idle(partition: Partition, settings: ClassifierSettings, share: int) -> None:
     """Evict idle sources, and the least recent above this partition's share of
     ``MAX_STREAMS_IN_MEMORY``."""
-    partition.checkpoint.evict_idle(
+    await partition.checkpoint.evict_idle(
         settings.state_idle_seconds, settings.max_streams_in_memory // share
     )
 
@@ -155,7 +155,7 @@ def create_app(settings: ClassifierSettings) -> Starlette:
         loader = StateLoader(kv)
         stopping = asyncio.Event()
 
-        def pull(partition: Partition, durable: str, timeout: float, **kw: bool) -> Any:
+        def pull(partition: Partition, durable: str, timeout: float, size: int, **kw: bool) -> Any:
             return consume(
                 js,
                 ns.stream(DP_RAW),
@@ -164,7 +164,7 @@ def create_app(settings: ClassifierSettings) -> Starlette:
                 partition.checkpoint,
                 stopping,
                 loader=loader,
-                batch_size=settings.fetch_batch_size,
+                batch_size=size,
                 fetch_timeout=timeout,
                 max_inflight=settings.max_inflight_fetches,
                 **kw,
@@ -173,11 +173,20 @@ def create_app(settings: ClassifierSettings) -> Starlette:
         async def run_partition(partition: Partition) -> None:
             # The former subjects' backlog first: a stream's older points before its newer
             # ones. Then both (former gateways may still publish during a rolling upgrade).
-            drain, timeout = drains[partition.number], settings.drain_fetch_timeout_seconds
-            await pull(partition, drain, timeout, until_idle=True)
+            drain = (
+                drains[partition.number],
+                settings.drain_fetch_timeout_seconds,
+                settings.drain_fetch_batch_size,
+            )
+            await pull(partition, *drain, until_idle=True)
             await asyncio.gather(
-                pull(partition, durables[partition.number], settings.fetch_timeout_seconds),
-                pull(partition, drain, timeout),
+                pull(
+                    partition,
+                    durables[partition.number],
+                    settings.fetch_timeout_seconds,
+                    settings.fetch_batch_size,
+                ),
+                pull(partition, *drain),
             )
 
         consumers = [

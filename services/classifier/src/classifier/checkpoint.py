@@ -121,6 +121,9 @@ class PartitionCheckpoint:
         self.due = asyncio.Event()
         """Set when enough inputs wait: the snapshot loop does not wait for its interval."""
         self._lock = asyncio.Lock()
+        self.given_up = False
+        """A publish was given up (stopping) or failed: no snapshot may write or ack any more,
+        since some classified input lacks its outputs (it comes back after the restart)."""
 
     def track(self, inputs: Iterable[Msg], publishing: asyncio.Task[Any] | None) -> None:
         """Inputs just classified (acked by a later snapshot) and the task publishing their
@@ -128,9 +131,14 @@ class PartitionCheckpoint:
         self.inputs.extend(inputs)
         if publishing is not None:
             self.publishing.add(publishing)
-            publishing.add_done_callback(self.publishing.discard)
+            publishing.add_done_callback(self._published)
         if len(self.inputs) >= self.max_inputs:
             self.due.set()
+
+    def _published(self, task: asyncio.Task[Any]) -> None:
+        self.publishing.discard(task)
+        if task.cancelled() or task.exception() is not None or task.result() is not True:
+            self.given_up = True
 
     async def snapshot(self, give_up: asyncio.Event | None = None) -> int:
         """Cut, wait for the outputs, write the changed documents, ack: the inputs acked."""
@@ -141,8 +149,12 @@ class PartitionCheckpoint:
             publishing = list(self.publishing)
             docs, self.state.dirty = self.state.dirty, set()
             writes = document_writes(self.state, self.bucket, docs)
-            if publishing:
-                await asyncio.gather(*publishing, return_exceptions=True)
+            await asyncio.gather(*publishing, return_exceptions=True)
+            if self.given_up:
+                # Given up (stopping) or a defect: outputs of these inputs may be missing, so
+                # neither their state nor their acks may go out; they come back after a restart.
+                self.state.dirty |= docs
+                return 0
             written = await publish_until_acked(
                 self.outbox,
                 writes,
@@ -185,10 +197,12 @@ class PartitionCheckpoint:
                 ERRORS.labels(stage="checkpoint", error_type="defect").inc()
                 log.exception("snapshot failed", partition=self.partition)
 
-    def evict_idle(self, idle_seconds: float, max_streams: int) -> int:
+    async def evict_idle(self, idle_seconds: float, max_streams: int) -> int:
         """Evict sources idle for ``idle_seconds`` (then the least recent ones above
-        ``max_streams``) whose state is in the bucket; the streams evicted."""
-        evicted = self.state.evict_idle(time() - idle_seconds, max_streams)
+        ``max_streams``) whose state is in the bucket; the streams evicted. Never while a
+        snapshot writes (a document cut but not yet written is not in the bucket)."""
+        async with self._lock:
+            evicted = self.state.evict_idle(time() - idle_seconds, max_streams)
         if evicted:
             EVICTED_STREAMS.inc(evicted)
             STATE_STREAMS.labels(partition=str(self.partition)).set(len(self.state))

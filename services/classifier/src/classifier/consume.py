@@ -29,7 +29,7 @@ import nats.errors
 import structlog
 
 from classifier.checkpoint import PartitionCheckpoint, StateLoader
-from classifier.handler import RawBatchHandler
+from classifier.handler import Parsed, RawBatchHandler
 from classifier.metrics import ERRORS, RESTORED_SOURCES
 
 log = structlog.get_logger(__name__)
@@ -40,6 +40,30 @@ def _published(task: asyncio.Task[Any]) -> None:
     if not task.cancelled() and task.exception() is not None:
         ERRORS.labels(stage="publish", error_type=type(task.exception()).__name__).inc()
         log.error("publishing a fetch's outputs failed", error=repr(task.exception()))
+
+
+async def restore(
+    handler: RawBatchHandler,
+    loader: StateLoader,
+    parsed: list[Parsed],
+    stopping: asyncio.Event,
+) -> bool:
+    """Bring back the evicted sources of ``parsed`` from the bucket, retrying until it works:
+    these messages must be classified before any later one (a later bundle of a source moves
+    its covered position past them). False when stopping first."""
+    evicted = handler.evicted_sources(parsed)
+    while evicted:
+        try:
+            RESTORED_SOURCES.inc(await loader.load(handler.state, evicted))
+            return True
+        except Exception as exc:
+            ERRORS.labels(stage="state_load", error_type=type(exc).__name__).inc()
+            log.warning("restoring evicted sources failed, retrying", error=repr(exc))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), timeout=1.0)
+            if stopping.is_set():
+                return False
+    return True
 
 
 async def consume(
@@ -72,10 +96,8 @@ async def consume(
                         return
                     continue  # nothing to do right now
                 parsed = handler.parse(msgs)
-                if loader is not None:
-                    evicted = handler.evicted_sources(parsed)
-                    if evicted:
-                        RESTORED_SOURCES.inc(await loader.load(handler.state, evicted))
+                if loader is not None and not await restore(handler, loader, parsed, stopping):
+                    return  # stopping: these messages come back, unacked, after the restart
                 prepared = handler.prepare(parsed)
                 task = asyncio.create_task(handler.publish(prepared), name="classifier-publish")
                 checkpoint.track(prepared.inputs, task)

@@ -186,6 +186,8 @@ class RawBatchHandler:
                 parsed.append(Parsed(msg, delivered, parse_raw(msg.data, former=former)))
             except ValidationError as exc:
                 parsed.append(Parsed(msg, delivered, None, ("invalid_batch", _describe(exc))))
+            except Exception as exc:  # never drop a fetched message: it would be skipped later
+                parsed.append(Parsed(msg, delivered, None, ("invalid_batch", repr(exc)[:300])))
         return parsed
 
     def evicted_sources(self, parsed: Sequence[Parsed]) -> set[SourceKey]:

@@ -17,10 +17,16 @@ class ClassifierSettings(ServiceSettings):
         default=8010, ge=1, le=65535, description="HTTP port of /health, /ready, /metrics."
     )
     fetch_batch_size: int = Field(
-        default=64,
+        default=8,
         ge=1,
         le=1000,
-        description="Raw messages one fetch asks for; classified together, published as one group.",
+        description="Bundles one fetch asks for (each up to 2,000 points); classified together.",
+    )
+    drain_fetch_batch_size: int = Field(
+        default=256,
+        ge=1,
+        le=1000,
+        description="Former per-source messages one drain fetch asks for (upgrade drain).",
     )
     max_inflight_fetches: int = Field(
         default=4,
@@ -49,7 +55,7 @@ class ClassifierSettings(ServiceSettings):
         description="Delay before publishing failed outputs again (doubles per retry).",
     )
     publish_retry_max_seconds: float = Field(
-        default=30.0, gt=0, description="Upper bound of the publish retry delay."
+        default=5.0, gt=0, description="Upper bound of the publish retry delay."
     )
     config_load_timeout_seconds: float = Field(
         default=10.0,

@@ -325,7 +325,9 @@ class Pipeline:
             self._complete(gen, (message.mid,) if message.mid else ())
             if message.stamp_key is not None and gen == self._gen:
                 self._first_ts.pop(message.stamp_key, None)
-        elif gen == self._gen:
+        elif gen == self._gen and not (
+            isinstance(failure, PublishError) and failure.error_type == "closed"
+        ):  # (closed: shutting down; the broker redelivers to the next process)
             kind = failure.error_type if isinstance(failure, PublishError) else "other"
             ERRORS.labels(stage, kind).inc()
             self._warn("bus_unavailable", stage=stage, error_type=kind, detail=str(failure))

@@ -4,10 +4,12 @@
 produces rows in the legacy tables (and messages on ``dp.dlq.writer-sqlserver``). The rules are
 shared with writer-postgres in ``tributary_runtime.writer``:
 
-- a message that is not a valid ``ClassifiedBatch`` → DLQ (reason ``invalid_message``), ack;
+- a message is a ``ClassifiedBundle`` (or, on a former per-source subject, one
+  ``ClassifiedBatch``); one that is not valid → DLQ (reason ``invalid_message``), ack;
 - a domain ``SINK_ROUTES`` does not give to ``sqlserver`` → ack without writing;
 - points that cannot be legacy rows (no integer sensor id, class ``rejected``) → DLQ
-  (``bad_rows``, as a ClassifiedBatch of just those points, replayable), the rest is written;
+  (``bad_rows``, as a message of just those points on the subject's shape, replayable), the
+  rest is written;
 - every other point of the fetch is written in ONE transaction; messages are acked after commit;
 - transient error → nak every message with a delay growing with its delivery count, and count a
   failure on the circuit breaker; at ``MAX_DELIVER`` deliveries → DLQ (``max_deliver``);

@@ -30,10 +30,12 @@ from tributary_contracts import (
     DP_RAW,
     WRITER_POSTGRES_DURABLE,
     ClassifiedBatch,
+    ClassifiedBundle,
     Namespace,
     classifier_partition_durable,
+    is_partition_subject,
 )
-from tributary_contracts.dead_letters import DLQ_KIND, DLQ_REASON
+from tributary_contracts.dead_letters import DLQ_KIND, DLQ_REASON, DLQ_SUBJECT
 
 
 async def stored_rows(dsn: str, sources: list[str]) -> list[tuple[Key, float]]:
@@ -63,8 +65,8 @@ class DeadLetter:
 
 
 async def dead_letters(nats_url: str, prefix: str, sources: list[str]) -> list[DeadLetter]:
-    """Every point of ``sources`` in this namespace's DP_DLQ (bodies are batches), with the
-    dead letter's kind and reason; a body that is not a batch counts as an unknown point."""
+    """Every point of ``sources`` in this namespace's DP_DLQ (bodies are bundles or batches),
+    with the dead letter's kind and reason; an unreadable body counts as an unknown point."""
     nc = await nats.connect(nats_url, connect_timeout=5, max_reconnect_attempts=3)
     try:
         js = nc.jetstream()
@@ -80,16 +82,20 @@ async def dead_letters(nats_url: str, prefix: str, sources: list[str]) -> list[D
                 continue
             headers = msg.headers or {}
             kind, reason = headers.get(DLQ_KIND, ""), headers.get(DLQ_REASON, "")
-            try:
-                batch = ClassifiedBatch.model_validate_json(msg.data or b"")
+            try:  # a writer's refused rows: a bundle of one batch, or a former batch
+                if is_partition_subject(headers.get(DLQ_SUBJECT, "")):
+                    batches = ClassifiedBundle.model_validate_json(msg.data or b"").batches
+                else:
+                    batches = [ClassifiedBatch.model_validate_json(msg.data or b"")]
             except ValueError:
                 out.append(DeadLetter(("?", "?", 0), kind, reason))
                 continue
-            if batch.source_id not in sources:
-                continue
-            for p in batch.points:
-                out.append(DeadLetter((batch.source_id, p.stream_id, int(p.ts.timestamp())),
-                                      kind, reason))  # fmt: skip
+            for batch in batches:
+                if batch.source_id not in sources:
+                    continue
+                for p in batch.points:
+                    out.append(DeadLetter((batch.source_id, p.stream_id, int(p.ts.timestamp())),
+                                          kind, reason))  # fmt: skip
         return out
     finally:
         await nc.close()

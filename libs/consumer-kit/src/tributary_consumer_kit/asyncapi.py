@@ -113,8 +113,9 @@ _DLQ_HEADERS = {
     DLQ_REASON: "Human sentence, one line, at most 1000 characters.",
     DLQ_SUBJECT: "Subject the message was read from (where a replay republishes it).",
     DLQ_DELIVERIES: "Deliveries of the message before the consumer gave up.",
-    MSG_ID_HEADER: "SHA-256 of consumer, kind, reason, subject and body: a dead letter "
-    "published twice is stored once.",
+    MSG_ID_HEADER: "SHA-256 of consumer, kind, reason, subject and body (for a writer's "
+    "bad_rows: of the refused points' batch_msg_id): a dead letter published twice is stored "
+    "once.",
 }
 
 

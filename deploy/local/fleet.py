@@ -299,7 +299,8 @@ def main() -> None:
         action="append",
         default=[],
         metavar="SERVICE=N",
-        help="run N replicas of SERVICE sharing its durable consumer (replica i: port + i*1000)",
+        help="run N replicas of SERVICE (replica i: port + i*1000); writers share their durable, "
+        "classifier replicas split the bus partitions",
     )
     try:
         sys.exit(asyncio.run(main_async(parser.parse_args())))

@@ -29,15 +29,16 @@ import nats
 import orjson
 
 from classifier.app import create_app
+from classifier.consumers import ensure_durable
 from classifier.metrics import ALERT_EVENTS, CHECKPOINT_WRITES
 from classifier.settings import ClassifierSettings
 from tributary_contracts import (
-    CLASSIFIER_DURABLE,
     DP_RAW,
     STREAM_CONFIGS_BUCKET,
     Namespace,
     StreamConfig,
-    ensure_consumer,
+    classifier_partition_consumer,
+    classifier_partition_durable,
     ensure_jetstream,
     stream_config_key,
 )
@@ -46,6 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[3]))  # the repo root, f
 from tests.streams import drop_namespace
 
 PER_SOURCE = 100
+BUNDLE_SOURCES = 20  # 20 sources × 100 points: bundles of 2,000 points
 
 
 def config_of(k: int) -> StreamConfig:
@@ -67,11 +69,13 @@ def config_of(k: int) -> StreamConfig:
 
 def raw_messages(ns: Namespace, streams: int, rounds: int) -> list[tuple[str, bytes]]:
     """The workload: ``rounds`` PointBatches per source, one point per stream, ~2 % violating
-    (the same for every run: seeded)."""
+    (the same for every run: seeded), as the gateways publish them: PointBundles of up to 20
+    sources (2,000 points) on partition 0 (the benchmark runs with ``BUS_PARTITIONS`` 1)."""
     rng = random.Random(7)
     sources = (streams + PER_SOURCE - 1) // PER_SOURCE
     messages = []
     for r in range(rounds):
+        batches = []
         for s in range(sources):
             count = min(PER_SOURCE, streams - s * PER_SOURCE)
             points = []
@@ -85,7 +89,7 @@ def raw_messages(ns: Namespace, streams: int, rounds: int) -> list[tuple[str, by
                         "ts": datetime.fromtimestamp(1_700_000_000 + r, UTC).isoformat(),
                     }
                 )
-            payload = orjson.dumps(
+            batches.append(
                 {
                     "domain": "infrastructure",
                     "source_id": f"src-{s}",
@@ -94,7 +98,14 @@ def raw_messages(ns: Namespace, streams: int, rounds: int) -> list[tuple[str, by
                     "points": points,
                 }
             )
-            messages.append((ns.raw_subject("infrastructure", f"src-{s}"), payload))
+        for first in range(0, len(batches), BUNDLE_SOURCES):
+            bundle = {
+                "domain": "infrastructure",
+                "partition": 0,
+                "batches": batches[first : first + BUNDLE_SOURCES],
+            }
+            subject = ns.raw_partition_subject("infrastructure", 0)
+            messages.append((subject, orjson.dumps(bundle)))
     return messages
 
 
@@ -116,7 +127,7 @@ async def run(streams: int, rounds: int, py_spy_output: str | None = None) -> No
     await ensure_jetstream(js, ns)
     sources = (streams + PER_SOURCE - 1) // PER_SOURCE
     try:
-        await ensure_consumer(js, ns, CLASSIFIER_DURABLE)
+        await ensure_durable(js, ns, classifier_partition_consumer(0))
         bucket = ns.bucket(STREAM_CONFIGS_BUCKET)
         acks = []
         for k in range(streams):
@@ -133,7 +144,11 @@ async def run(streams: int, rounds: int, py_spy_output: str | None = None) -> No
         await asyncio.gather(*acks)
 
         settings = ClassifierSettings(
-            nats_url=url, bus_prefix=prefix, log_level="WARNING", config_load_timeout_seconds=60
+            nats_url=url,
+            bus_prefix=prefix,
+            log_level="WARNING",
+            config_load_timeout_seconds=60,
+            bus_partitions=1,
         )
         app = create_app(settings)
         async with app.router.lifespan_context(app):
@@ -141,7 +156,7 @@ async def run(streams: int, rounds: int, py_spy_output: str | None = None) -> No
             spy = start_py_spy(py_spy_output) if py_spy_output else None
             wall, cpu, sys_cpu = time.perf_counter(), time.process_time(), os.times().system
             while True:
-                info = await js.consumer_info(ns.stream(DP_RAW), CLASSIFIER_DURABLE)
+                info = await js.consumer_info(ns.stream(DP_RAW), classifier_partition_durable(0))
                 if info.num_pending == 0 and info.num_ack_pending == 0:
                     break
                 await asyncio.sleep(0.02)
@@ -150,7 +165,7 @@ async def run(streams: int, rounds: int, py_spy_output: str | None = None) -> No
             if spy is not None:
                 spy.send_signal(2)  # SIGINT: py-spy writes its output and exits
                 await asyncio.to_thread(spy.wait, 30)
-            held = len(getattr(app.state, "state", ()))
+            held = sum(len(p.state) for p in app.state.partitions)
         total = streams * rounds
         events = sum(
             s.value for m in ALERT_EVENTS.collect() for s in m.samples if s.name.endswith("_total")

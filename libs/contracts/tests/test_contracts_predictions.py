@@ -38,12 +38,8 @@ def _prediction(**overrides: object) -> dict[str, object]:
 
 def test_prediction_batch_round_trips_through_json() -> None:
     batch = PredictionBatch.model_validate(
-        {
-            "domain": "infrastructure",
-            "source_id": "web.01",
-            "computed_at": T0.isoformat(),
-            "predictions": [_prediction()],
-        }
+        {"domain": "infrastructure", "source_id": "web.01", "computed_at": T0.isoformat(),
+         "predictions": [_prediction()]}
     )
     assert PredictionBatch.model_validate_json(batch.model_dump_json()) == batch
     assert batch.predictions[0].threshold_events[0].in_seconds == 420.0
@@ -54,7 +50,8 @@ def test_prediction_refuses_an_unknown_threshold_level() -> None:
     bad["threshold_events"] = [{**bad["threshold_events"][0], "level": "severe"}]  # type: ignore[index]
     with pytest.raises(ValidationError, match="level"):
         PredictionBatch.model_validate(
-            {"domain": "iot", "source_id": "s", "computed_at": T0.isoformat(), "predictions": [bad]}
+            {"domain": "iot", "source_id": "s", "computed_at": T0.isoformat(),
+             "predictions": [bad]}
         )
 
 

@@ -46,6 +46,7 @@ ClassifiedMessage = Annotated[
 """What a ``dp.classified.>`` message decodes to: a ``ClassifiedBundle`` or a ``ClassifiedBatch``
 (usable as a FastStream handler annotation)."""
 
+
 def decode_classified(data: bytes | str) -> ClassifiedBundle | ClassifiedBatch:
     """Decode the JSON body of a ``dp.classified.>`` message; raises pydantic's
     ``ValidationError`` (naming the field) when it is neither a bundle nor a batch.

@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 PY := .venv/bin/python
 
-.PHONY: install servers run test check lint bench bootstrap clean
+.PHONY: install servers run test check lint bench bootstrap contract-docs clean
 
 install:  ## OS packages if missing, .venv, every lib and implemented service (editable)
 	@bash deploy/local/install.sh
@@ -29,6 +29,9 @@ bench: install servers  ## every transport end to end vs this machine's limits (
 
 bootstrap: install servers  ## create/update streams, buckets, consumers
 	@.venv/bin/tributary bootstrap
+
+contract-docs: install  ## regenerate docs/asyncapi.yaml and docs/schemas/*.json from libs/contracts
+	@$(PY) -m tributary_consumer_kit.asyncapi --docs docs
 
 clean:
 	rm -rf .venv .tributary .pytest_cache .ruff_cache .mypy_cache

@@ -1,5 +1,15 @@
 """Tributary's bus contract: the only code every service imports."""
 
+from tributary_contracts.classified import (
+    ClassifiedMessage,
+    ClassifiedReading,
+    ClassifiedSubject,
+    PointDeduplicator,
+    classified_batches,
+    decode_classified,
+    iter_readings,
+    parse_classified_subject,
+)
 from tributary_contracts.dead_letters import (
     DLQ_CONSUMER,
     DLQ_DELIVERIES,
@@ -108,6 +118,7 @@ from tributary_contracts.subjects import (
     unescape_key,
     unescape_token,
 )
+from tributary_contracts.version import CONTRACT_VERSION
 
 __all__ = [
     "API_KEYS_BUCKET",
@@ -115,6 +126,7 @@ __all__ = [
     "CLASSIFIER_DURABLE",
     "CLASSIFIER_STATE_BUCKET",
     "CONSUMERS",
+    "CONTRACT_VERSION",
     "CSV_JOBS_BUCKET",
     "DEFAULT_CONSECUTIVE_VIOLATIONS",
     "DEFAULT_COOLDOWN_SECONDS",
@@ -156,7 +168,10 @@ __all__ = [
     "CanarySelector",
     "ClassifiedBatch",
     "ClassifiedBundle",
+    "ClassifiedMessage",
     "ClassifiedPoint",
+    "ClassifiedReading",
+    "ClassifiedSubject",
     "DataPoint",
     "LegacyIds",
     "Namespace",
@@ -164,6 +179,7 @@ __all__ = [
     "PointBundle",
     "PointClass",
     "PointRef",
+    "PointDeduplicator",
     "Prediction",
     "PredictionBatch",
     "RateConstraints",
@@ -184,6 +200,7 @@ __all__ = [
     "batch_msg_id_of",
     "bundle_msg_id",
     "canary_bucket",
+    "classified_batches",
     "classifier_drain_consumer",
     "classifier_drain_durable",
     "classifier_partition_consumer",
@@ -191,12 +208,15 @@ __all__ = [
     "config_lookup_keys",
     "config_lookup_scopes",
     "dead_letter_headers",
+    "decode_classified",
     "ensure_consumer",
     "ensure_jetstream",
     "escape_key",
     "escape_token",
     "fnv1a_32",
     "is_partition_subject",
+    "iter_readings",
+    "parse_classified_subject",
     "parse_stream_config_key",
     "partition_of",
     "point_key",

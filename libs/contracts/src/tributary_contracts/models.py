@@ -1,7 +1,9 @@
 """Messages that cross a service boundary on the bus (JSON on the wire, pydantic v2).
 
-Every bus message is a batch of 1..N points from one (domain, source): one message per point
-would cap the fleet at a few thousand points/s (Python client cost per JetStream message).
+The unit of work is a batch of 1..N points from one (domain, source) (``PointBatch``,
+``ClassifiedBatch``); on the bus the batches of many sources of one domain and partition travel
+together as one bundle (``PointBundle``, ``ClassifiedBundle``): one message per point, request or
+source would cap the fleet at a few thousand points/s (Python client cost per JetStream message).
 """
 
 from __future__ import annotations
@@ -108,7 +110,8 @@ class DataPoint(BaseModel):
 
 
 class PointBatch(BaseModel):
-    """1..500 points from one (domain, source), as a gateway publishes them on ``dp.raw.>``."""
+    """1..500 points from one (domain, source): what a gateway makes of a request or message,
+    carried in a ``PointBundle`` (1.x published it alone on ``dp.raw.<domain>.<source>``)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -132,7 +135,8 @@ class ClassifiedPoint(DataPoint):
 
 
 class ClassifiedBatch(BaseModel):
-    """Points of one (domain, source) that share one class, as published on ``dp.classified.>``."""
+    """Points of one (domain, source) that share one class, carried in a ``ClassifiedBundle``
+    (contract 1.x published it alone on ``dp.classified.<domain>.<cls>.<source>``)."""
 
     model_config = ConfigDict(extra="forbid")
 

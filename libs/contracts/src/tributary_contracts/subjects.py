@@ -177,6 +177,12 @@ class Namespace:
     def all_classified(self) -> str:
         return self._subject("dp", "classified", ">")
 
+    def classified_filter(self, domain: str = "*", cls: PointClass | str = "*") -> str:
+        """``dp.classified.<domain>.<cls>.>``: the server-side filter of a downstream consumer
+        of one domain and/or class (``*`` = any). It matches both the bundles' subjects
+        (``….part.<n>``) and the former per-source ones, so it holds across the upgrade."""
+        return self._subject("dp", "classified", domain, str(cls), ">")
+
     def all_alerts(self) -> str:
         return self._subject("dp", "alert", ">")
 

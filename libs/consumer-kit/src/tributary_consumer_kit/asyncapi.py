@@ -45,8 +45,10 @@ from tributary_contracts import (
     PointBundle,
     PointClass,
     PredictionBatch,
+    RawRecord,
     RejectedInput,
     Severity,
+    ShadowBatch,
     StreamConfig,
     Transport,
 )
@@ -210,6 +212,25 @@ def channels(ns: Namespace = Namespace()) -> tuple[Channel, ...]:
             "Input a gateway could not accept, with reasons and excerpts (stream DP_REJECTED).",
         ),
         Channel(
+            "shadow",
+            "shadow_subject",
+            ns.shadow_subject(domain, source),
+            ShadowBatch,
+            "Canary rollouts: the live and the candidate verdict of each point of a source in "
+            "a rollout (stream DP_SHADOW), published by the classifier before it acks the input; "
+            "writer-postgres stores them in rollout_verdicts (durable writer-postgres-shadow).",
+        ),
+        Channel(
+            "ledger",
+            "ledger_subject",
+            ns.ledger_subject("{transport}"),
+            RawRecord,
+            "The opt-in raw ledger (setting RAW_LEDGER on the gateways): each selected input as "
+            "received and what came of it (stream DP_LEDGER); writer-postgres stores raw_record "
+            "and ingest_error (durable writer-postgres-ledger).",
+            {MSG_ID_HEADER: "record_id."},
+        ),
+        Channel(
             "deadLetter",
             "dlq_subject",
             ns.dlq_subject("{consumer}"),
@@ -300,6 +321,8 @@ SCHEMA_MODELS: tuple[type[BaseModel], ...] = (
     AlertEvent,
     PredictionBatch,
     RejectedInput,
+    ShadowBatch,
+    RawRecord,
     AuditEvent,
     StreamConfig,
 )

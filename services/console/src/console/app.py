@@ -49,6 +49,7 @@ from tributary_runtime.audit import AuditLog
 from tributary_runtime.bus import connect_nats
 from tributary_runtime.devices import DeviceRegistry
 from tributary_runtime.guard import HeaderLimits, client_ip
+from tributary_consumer_kit.page import asyncapi_routes
 from tributary_runtime.ops import Reply, ops_routes
 from tributary_runtime.stream_configs import (
     ConfigProblem,
@@ -450,6 +451,7 @@ def create_app(settings: ConsoleSettings, *, nats_client: Client | None = None) 
         Route("/console/configs", page("configs", configs_page), methods=["GET"]),
         Route("/console/configs/edit", page("editor", editor), methods=["GET", "POST"]),
         Mount("/console/static", StaticFiles(packages=[("console", "static")]), name="static"),
+        *asyncapi_routes(),  # the bus contract: /asyncapi (page), /asyncapi.json, /asyncapi.yaml
         *ops_routes(ready_check),
     ]
     app = Starlette(routes=routes, lifespan=lifespan)

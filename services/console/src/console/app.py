@@ -35,6 +35,7 @@ from console.metrics import ERRORS, REQUESTS
 from console.openapi import document
 from console.queries import BadQuery, ReadUnavailable
 from console.settings import ConsoleSettings
+from tributary_consumer_kit.page import asyncapi_routes
 from tributary_contracts import (
     API_KEYS_BUCKET,
     CSV_JOBS_BUCKET,
@@ -49,7 +50,6 @@ from tributary_runtime.audit import AuditLog
 from tributary_runtime.bus import connect_nats
 from tributary_runtime.devices import DeviceRegistry
 from tributary_runtime.guard import HeaderLimits, client_ip
-from tributary_consumer_kit.page import asyncapi_routes
 from tributary_runtime.ops import Reply, ops_routes
 from tributary_runtime.stream_configs import (
     ConfigProblem,

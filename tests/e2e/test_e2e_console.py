@@ -162,7 +162,7 @@ async def test_console_in_a_browser(fleet: FleetProcess) -> None:
                 "textarea[name=config]",
                 '{\n  "unit": "%",\n  "value_constraints": {"min_value": 0, "max_value": 100,'
                 ' "operational_max": 70, "alert_max": 90},\n'
-                '  "consecutive_violations_required": 1\n}',
+                '  "consecutive_violations_required": 1, "cooldown_seconds": 0\n}',
             )
             await page.click("button:text('Save')")
             assert "saved as version" in await page.inner_text("p.saved")

@@ -17,6 +17,12 @@ holding its points was acknowledged, or fails with ``PublishError`` as soon as o
 not (every submitter of that bundle gets the error). Rejection messages
 (``dp.rejected.<transport>``) go through the same sender and are best effort.
 
+Every send has one deadline, ``timeout`` after its bundle opened (a rejection message: after it
+was queued): a send not acknowledged by then fails its submitters with ``PublishError("timeout")``
+(a send still queued then is not published any more). So every future resolves within
+``timeout`` of its submission with one timer per bundle, not one per submitter, and ``publish``
+needs no timeout of its own.
+
 A bundle's ``Nats-Msg-Id`` is ``bundle_msg_id`` of its batches' ``batch_msg_id``s, so a bundle
 published again with the same batches is dropped by JetStream's duplicate window; the databases'
 unique key drops any point that comes back in a bundle of another composition.
@@ -78,7 +84,17 @@ class _Ticket:
 class _Send:
     """One publish: a closed bundle or a rejection message, and whose parts it carries."""
 
-    __slots__ = ("headers", "payload", "points", "rejection", "subject", "tickets")
+    __slots__ = (
+        "ack",
+        "answered",
+        "headers",
+        "payload",
+        "points",
+        "rejection",
+        "subject",
+        "tickets",
+        "timer",
+    )
 
     def __init__(
         self,
@@ -95,14 +111,18 @@ class _Send:
         self.tickets = tickets  # one entry per batch it holds (a ticket may repeat)
         self.points = points
         self.rejection = rejection
+        self.answered = False
+        self.ack: asyncio.Future[Any] | None = None  # the PubAck, once published
+        self.timer: asyncio.TimerHandle | None = None  # its deadline
 
 
 class _Bundle:
     """The open bundle of one (domain, partition)."""
 
-    __slots__ = ("ids", "payloads", "points", "size", "tickets", "timer")
+    __slots__ = ("deadline", "ids", "payloads", "points", "size", "tickets", "timer")
 
-    def __init__(self) -> None:
+    def __init__(self, deadline: float) -> None:
+        self.deadline = deadline  # loop time: its send fails unless acknowledged by then
         self.payloads: list[bytes] = []
         self.ids: list[str] = []
         self.tickets: list[_Ticket] = []
@@ -230,10 +250,13 @@ class Coalescer:
             key = (domain, self.partition(domain, source_id))
             for batch in batches:
                 self._add(key, batch, ticket)
-        for message in rejected:
-            self._enqueue(
-                _Send(message.subject, message.payload, message.headers, [ticket], 0, True)
-            )
+        if rejected:
+            deadline = self._loop.time() + self.timeout
+            for message in rejected:
+                self._enqueue(
+                    _Send(message.subject, message.payload, message.headers, [ticket], 0, True),
+                    deadline,
+                )
         return future
 
     async def publish(
@@ -244,12 +267,13 @@ class Coalescer:
         points: Sequence[DataPoint],
         rejections: Sequence[Rejection] = (),
     ) -> PublishOutcome:
-        """``submit``, then wait (≤ ``timeout``) for the outcome; ``PublishError`` unless every
-        point was acknowledged. The wait goes to ``observe_ack_latency``."""
+        """``submit``, then wait (≤ ``timeout``: the sends' deadlines) for the outcome;
+        ``PublishError`` unless every point was acknowledged. The wait goes to
+        ``observe_ack_latency``."""
         started = time.perf_counter()
         future = self.submit(domain, source_id, received_at, points, rejections)
         try:
-            return await settle(future, self._loop.time() + self.timeout)
+            return await future
         finally:
             if self._observe_ack_latency is not None:
                 self._observe_ack_latency(time.perf_counter() - started)
@@ -264,7 +288,7 @@ class Coalescer:
             self._close_bundle(key)
             bundle = None
         if bundle is None:
-            bundle = self._open[key] = _Bundle()
+            bundle = self._open[key] = _Bundle(self._loop.time() + self.timeout)
             if self.linger > 0:
                 bundle.timer = self._loop.call_later(self.linger, self._close_bundle, key)
             else:  # no linger: what is submitted in this loop turn shares bundles
@@ -299,7 +323,9 @@ class Coalescer:
         subject = self._ns.raw_partition_subject(domain, partition)
         if self._observe_bundle_points is not None:
             self._observe_bundle_points(bundle.points)
-        self._enqueue(_Send(subject, payload, headers, bundle.tickets, bundle.points, False))
+        self._enqueue(
+            _Send(subject, payload, headers, bundle.tickets, bundle.points, False), bundle.deadline
+        )
 
     def flush(self) -> None:
         """Close every open bundle now (shutdown, tests)."""
@@ -307,10 +333,20 @@ class Coalescer:
             self._close_bundle(key)
 
     # -- sending ----------------------------------------------------------------------------
-    def _enqueue(self, send: _Send) -> None:
+    def _enqueue(self, send: _Send, deadline: float) -> None:
+        send.timer = self._loop.call_at(deadline, self._expire, send)
         self._ready.append(send)
         self._idle.clear()
         self._wake.set()
+
+    def _expire(self, send: _Send) -> None:
+        """The send's deadline passed: its PubAck (if published) is given up, which answers it
+        through ``_acked``; a send still queued fails now and is not published."""
+        send.timer = None
+        if send.ack is not None:
+            send.ack.cancel()
+        elif not send.answered:
+            self._answer(send, None, TimeoutError("not published within the publish timeout"))
 
     async def _send_loop(self) -> None:
         ready, js, timeout = self._ready, self._js, self.timeout
@@ -322,6 +358,8 @@ class Coalescer:
                 await self._wake.wait()
                 continue
             send = ready.popleft()
+            if send.answered:  # expired while queued
+                continue
             try:
                 ack = await js.publish_async(
                     send.subject, send.payload, wait_stall=timeout, headers=send.headers
@@ -333,11 +371,10 @@ class Coalescer:
                 self._answer(send, None, exc)
                 continue
             self._unanswered += 1
-            timer = self._loop.call_later(timeout, ack.cancel)
-            ack.add_done_callback(functools.partial(self._acked, send, timer))
+            send.ack = ack
+            ack.add_done_callback(functools.partial(self._acked, send))
 
-    def _acked(self, send: _Send, timer: asyncio.TimerHandle, ack: asyncio.Future[Any]) -> None:
-        timer.cancel()
+    def _acked(self, send: _Send, ack: asyncio.Future[Any]) -> None:
         self._unanswered -= 1
         if ack.cancelled():
             self._answer(send, None, TimeoutError("no PubAck within the publish timeout"))
@@ -349,6 +386,12 @@ class Coalescer:
             self._idle.set()
 
     def _answer(self, send: _Send, ack: Any, failure: BaseException | None) -> None:
+        if send.answered:
+            return
+        send.answered = True
+        if send.timer is not None:
+            send.timer.cancel()
+            send.timer = None
         error: PublishError | None = None
         if failure is not None and not send.rejection:
             error = (

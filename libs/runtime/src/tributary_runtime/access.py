@@ -14,11 +14,12 @@ from starlette.requests import Request
 from tributary_contracts import AuditAction
 from tributary_runtime.apikeys import Action, ApiKeyStore, Denied, Granted, check_access
 from tributary_runtime.audit import AuditLog
-from tributary_runtime.guard import client_ip
+from tributary_runtime.guard import client_ip, raw_header
 from tributary_runtime.ops import Reply
 from tributary_runtime.ratelimit import IngestLimiter, Refusal
 
 API_KEY_HEADER = "X-API-Key"
+_API_KEY_NAME = API_KEY_HEADER.lower().encode()
 
 
 def refusal_reply(refusal: Refusal) -> Reply:
@@ -63,7 +64,7 @@ class RequestGuard:
 
     async def authenticate(self, request: Request) -> Granted:
         """The key of the ``X-API-Key`` header, or 401/403 (store errors propagate)."""
-        result = await self.keys.authenticate(request.headers.get(API_KEY_HEADER))
+        result = await self.keys.authenticate(raw_header(request.scope, _API_KEY_NAME))
         if isinstance(result, Denied):
             if result.reason == "missing API key":
                 result = Denied(401, f"missing {API_KEY_HEADER} header")

@@ -120,6 +120,8 @@ def encode_batches(
         orjson.dumps(received_at),
     )
     messages: list[EncodedBatch] = []
+    if not points:
+        return messages
     if len(points) <= MAX_BATCH_POINTS:  # the usual case: no slicing
         pending = [points if isinstance(points, list) else list(points)]
     else:

@@ -17,11 +17,9 @@ holding its points was acknowledged, or fails with ``PublishError`` as soon as o
 not (every submitter of that bundle gets the error). Rejection messages
 (``dp.rejected.<transport>``) go through the same sender and are best effort.
 
-Every send has one deadline, ``timeout`` after its bundle opened (a rejection message: after it
-was queued): a send not acknowledged by then fails its submitters with ``PublishError("timeout")``
-(a send still queued then is not published any more). So every future resolves within
-``timeout`` of its submission with one timer per bundle, not one per submitter, and ``publish``
-needs no timeout of its own.
+``publish`` bounds its wait by ``timeout`` without a timer of its own: each bundle holding a
+waiting ``publish`` has one deadline, ``timeout`` after it opened, at which those submitters fail
+with ``PublishError("timeout")`` (the bundle itself is still published and its PubAck awaited).
 
 A bundle's ``Nats-Msg-Id`` is ``bundle_msg_id`` of its batches' ``batch_msg_id``s, so a bundle
 published again with the same batches is dropped by JetStream's duplicate window; the databases'
@@ -71,10 +69,17 @@ log = structlog.get_logger("tributary_ingest.coalesce")
 class _Ticket:
     """One submitter's share: how many of its sends are not answered yet."""
 
-    __slots__ = ("batches", "duplicates", "future", "rejected_ok", "remaining")
+    __slots__ = ("batches", "bounded", "duplicates", "future", "rejected_ok", "remaining")
 
-    def __init__(self, future: asyncio.Future[PublishOutcome], remaining: int, batches: int):
+    def __init__(
+        self,
+        future: asyncio.Future[PublishOutcome],
+        remaining: int,
+        batches: int,
+        bounded: bool = False,
+    ):
         self.future = future
+        self.bounded = bounded  # fails at its bundles' deadline (``publish``)
         self.remaining = remaining
         self.batches = batches
         self.duplicates = 0
@@ -84,17 +89,7 @@ class _Ticket:
 class _Send:
     """One publish: a closed bundle or a rejection message, and whose parts it carries."""
 
-    __slots__ = (
-        "ack",
-        "answered",
-        "headers",
-        "payload",
-        "points",
-        "rejection",
-        "subject",
-        "tickets",
-        "timer",
-    )
+    __slots__ = ("deadline", "headers", "payload", "points", "rejection", "subject", "tickets")
 
     def __init__(
         self,
@@ -111,18 +106,17 @@ class _Send:
         self.tickets = tickets  # one entry per batch it holds (a ticket may repeat)
         self.points = points
         self.rejection = rejection
-        self.answered = False
-        self.ack: asyncio.Future[Any] | None = None  # the PubAck, once published
-        self.timer: asyncio.TimerHandle | None = None  # its deadline
+        self.deadline: asyncio.TimerHandle | None = None  # of its bounded tickets
 
 
 class _Bundle:
     """The open bundle of one (domain, partition)."""
 
-    __slots__ = ("deadline", "ids", "payloads", "points", "size", "tickets", "timer")
+    __slots__ = ("deadline", "ids", "opened", "payloads", "points", "size", "tickets", "timer")
 
-    def __init__(self, deadline: float) -> None:
-        self.deadline = deadline  # loop time: its send fails unless acknowledged by then
+    def __init__(self, opened: float) -> None:
+        self.opened = opened
+        self.deadline: asyncio.TimerHandle | None = None
         self.payloads: list[bytes] = []
         self.ids: list[str] = []
         self.tickets: list[_Ticket] = []
@@ -237,12 +231,22 @@ class Coalescer:
     ) -> asyncio.Future[PublishOutcome]:
         """``submit`` for batches of ``source_id`` encoded by the caller (each ≤
         ``max_batch_bytes``)."""
+        return self._submit_encoded(domain, source_id, batches, rejected, False)
+
+    def _submit_encoded(
+        self,
+        domain: str,
+        source_id: str,
+        batches: Sequence[EncodedBatch],
+        rejected: Sequence[OutgoingMessage],
+        bounded: bool,
+    ) -> asyncio.Future[PublishOutcome]:
         future: asyncio.Future[PublishOutcome] = self._loop.create_future()
         if self._closed:
             future.set_exception(PublishError("closed", "the gateway is shutting down"))
             future.exception()
             return future
-        ticket = _Ticket(future, len(batches) + len(rejected), len(batches))
+        ticket = _Ticket(future, len(batches) + len(rejected), len(batches), bounded)
         if ticket.remaining == 0:
             future.set_result(PublishOutcome(0, 0, True))
             return future
@@ -250,13 +254,10 @@ class Coalescer:
             key = (domain, self.partition(domain, source_id))
             for batch in batches:
                 self._add(key, batch, ticket)
-        if rejected:
-            deadline = self._loop.time() + self.timeout
-            for message in rejected:
-                self._enqueue(
-                    _Send(message.subject, message.payload, message.headers, [ticket], 0, True),
-                    deadline,
-                )
+        for message in rejected:
+            self._enqueue(
+                _Send(message.subject, message.payload, message.headers, [ticket], 0, True)
+            )
         return future
 
     async def publish(
@@ -267,13 +268,17 @@ class Coalescer:
         points: Sequence[DataPoint],
         rejections: Sequence[Rejection] = (),
     ) -> PublishOutcome:
-        """``submit``, then wait (≤ ``timeout``: the sends' deadlines) for the outcome;
-        ``PublishError`` unless every point was acknowledged. The wait goes to
-        ``observe_ack_latency``."""
+        """``submit``, then wait (≤ ``timeout``) for the outcome; ``PublishError`` unless every
+        point was acknowledged. The wait goes to ``observe_ack_latency``."""
         started = time.perf_counter()
-        future = self.submit(domain, source_id, received_at, points, rejections)
         try:
-            return await future
+            if rejections:  # rejection messages have no bundle deadline: a timer of its own
+                future = self.submit(domain, source_id, received_at, points, rejections)
+                return await settle(future, self._loop.time() + self.timeout)
+            batches = encode_batches(
+                domain, source_id, received_at, points, self._max_bytes, transport=self.transport
+            )
+            return await self._submit_encoded(domain, source_id, batches, (), True)
         finally:
             if self._observe_ack_latency is not None:
                 self._observe_ack_latency(time.perf_counter() - started)
@@ -288,11 +293,15 @@ class Coalescer:
             self._close_bundle(key)
             bundle = None
         if bundle is None:
-            bundle = self._open[key] = _Bundle(self._loop.time() + self.timeout)
+            bundle = self._open[key] = _Bundle(self._loop.time())
             if self.linger > 0:
                 bundle.timer = self._loop.call_later(self.linger, self._close_bundle, key)
             else:  # no linger: what is submitted in this loop turn shares bundles
                 self._loop.call_soon(self._close_bundle, key)
+        if ticket.bounded and bundle.deadline is None:
+            bundle.deadline = self._loop.call_at(
+                bundle.opened + self.timeout, self._expire, bundle.tickets
+            )
         bundle.payloads.append(batch.payload)
         bundle.ids.append(batch.msg_id)
         bundle.tickets.append(ticket)
@@ -323,9 +332,22 @@ class Coalescer:
         subject = self._ns.raw_partition_subject(domain, partition)
         if self._observe_bundle_points is not None:
             self._observe_bundle_points(bundle.points)
-        self._enqueue(
-            _Send(subject, payload, headers, bundle.tickets, bundle.points, False), bundle.deadline
-        )
+        send = _Send(subject, payload, headers, bundle.tickets, bundle.points, False)
+        send.deadline = bundle.deadline
+        self._enqueue(send)
+
+    @staticmethod
+    def _expire(tickets: list[_Ticket]) -> None:
+        """A bundle's deadline: its bounded submitters that still wait fail (the bundle is
+        still published; its PubAck answers the others)."""
+        for ticket in tickets:
+            if ticket.bounded and not ticket.future.done():
+                ticket.future.set_exception(
+                    PublishError(
+                        "timeout", "JetStream did not acknowledge within the publish timeout"
+                    )
+                )
+                ticket.future.exception()  # retrieved: nobody may be waiting any more
 
     def flush(self) -> None:
         """Close every open bundle now (shutdown, tests)."""
@@ -333,20 +355,10 @@ class Coalescer:
             self._close_bundle(key)
 
     # -- sending ----------------------------------------------------------------------------
-    def _enqueue(self, send: _Send, deadline: float) -> None:
-        send.timer = self._loop.call_at(deadline, self._expire, send)
+    def _enqueue(self, send: _Send) -> None:
         self._ready.append(send)
         self._idle.clear()
         self._wake.set()
-
-    def _expire(self, send: _Send) -> None:
-        """The send's deadline passed: its PubAck (if published) is given up, which answers it
-        through ``_acked``; a send still queued fails now and is not published."""
-        send.timer = None
-        if send.ack is not None:
-            send.ack.cancel()
-        elif not send.answered:
-            self._answer(send, None, TimeoutError("not published within the publish timeout"))
 
     async def _send_loop(self) -> None:
         ready, js, timeout = self._ready, self._js, self.timeout
@@ -358,8 +370,6 @@ class Coalescer:
                 await self._wake.wait()
                 continue
             send = ready.popleft()
-            if send.answered:  # expired while queued
-                continue
             try:
                 ack = await js.publish_async(
                     send.subject, send.payload, wait_stall=timeout, headers=send.headers
@@ -371,10 +381,11 @@ class Coalescer:
                 self._answer(send, None, exc)
                 continue
             self._unanswered += 1
-            send.ack = ack
-            ack.add_done_callback(functools.partial(self._acked, send))
+            timer = self._loop.call_later(timeout, ack.cancel)
+            ack.add_done_callback(functools.partial(self._acked, send, timer))
 
-    def _acked(self, send: _Send, ack: asyncio.Future[Any]) -> None:
+    def _acked(self, send: _Send, timer: asyncio.TimerHandle, ack: asyncio.Future[Any]) -> None:
+        timer.cancel()
         self._unanswered -= 1
         if ack.cancelled():
             self._answer(send, None, TimeoutError("no PubAck within the publish timeout"))
@@ -386,12 +397,8 @@ class Coalescer:
             self._idle.set()
 
     def _answer(self, send: _Send, ack: Any, failure: BaseException | None) -> None:
-        if send.answered:
-            return
-        send.answered = True
-        if send.timer is not None:
-            send.timer.cancel()
-            send.timer = None
+        if send.deadline is not None:
+            send.deadline.cancel()
         error: PublishError | None = None
         if failure is not None and not send.rejection:
             error = (

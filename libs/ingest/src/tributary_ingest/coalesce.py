@@ -448,13 +448,19 @@ class Coalescer:
 
 async def settle(future: asyncio.Future[PublishOutcome], deadline: float) -> PublishOutcome:
     """The outcome of a submission by ``deadline`` (loop time); ``PublishError`` if it failed
-    or is not in by then (the submission is abandoned)."""
+    or is not in by then (the submission is abandoned: its future is cancelled). One timer
+    handle, not an ``asyncio.timeout`` context (this runs once per WebSocket data message)."""
     if future.done():
         return future.result()
+    timer = asyncio.get_running_loop().call_at(deadline, future.cancel)
     try:
-        async with asyncio.timeout_at(deadline):  # cancels the submission when it fires
-            return await future
-    except TimeoutError:
+        return await future
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise  # the waiter itself was cancelled
         raise PublishError(
             "timeout", "JetStream did not acknowledge within the publish timeout"
         ) from None
+    finally:
+        timer.cancel()

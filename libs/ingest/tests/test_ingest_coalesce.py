@@ -228,3 +228,24 @@ async def test_submissions_after_close_fail_and_settle_times_out(
     with pytest.raises(PublishError) as closed:
         await c.submit("iot", "d", RECEIVED, [point(1)])
     assert (timed_out.value.error_type, closed.value.error_type) == ("timeout", "closed")
+
+
+async def test_publish_fails_at_its_bundle_deadline_and_the_bundle_is_still_published(
+    jetstream: Any, bus_prefix: str
+) -> None:
+    """``publish`` has no timer of its own: the bundle's deadline (``timeout`` after it opened)
+    fails its waiting submitters, while plain ``submit``s of the same bundle and the bundle
+    itself carry on (published, acknowledged, stored)."""
+    ns = Namespace(bus_prefix)
+    c = coalescer(jetstream, ns, linger_seconds=LONG, timeout=0.05, partitions=1)
+    waiting = c.submit("iot", "d-1", RECEIVED, [point(0)])
+    with pytest.raises(PublishError) as timed_out:
+        await c.publish("iot", "d-2", RECEIVED, [point(1)])  # the linger outlasts its deadline
+    c.flush()
+    outcome = await waiting
+    await c.close()
+
+    assert timed_out.value.error_type == "timeout"
+    assert outcome == PublishOutcome(1, 0, True)
+    stored = await bundles(jetstream, ns)
+    assert [[b.source_id for b in bundle.batches] for _, _, bundle in stored] == [["d-1", "d-2"]]

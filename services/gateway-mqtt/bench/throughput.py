@@ -31,7 +31,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(ROOT))  # for tests.*
-from tests.host import free_port  # noqa: E402
+from tests.host import cpu_seconds, free_port  # noqa: E402
 from tests.streams import drop_namespace_at  # noqa: E402
 
 HOST = "127.0.0.1"
@@ -135,7 +135,8 @@ def run_bare(port: int, count: int, publishers: int) -> float:
     return count / (float(last) - float(first))
 
 
-def run_gateway(port: int, count: int, publishers: int) -> float:
+def run_gateway(port: int, count: int, publishers: int) -> tuple[float, float]:
+    """(messages/s, µs of the gateway process's CPU per message) over one backlog."""
     prefix = f"bg{uuid.uuid4().hex[:8]}"
     http_port = free_port()
     url = f"http://127.0.0.1:{http_port}"
@@ -161,6 +162,7 @@ def run_gateway(port: int, count: int, publishers: int) -> float:
     try:
         # t0: the last poll that saw nothing received yet (so the duration is never too short).
         t0 = time.time()
+        cpu0 = cpu_seconds(gw.pid)
         deadline = time.monotonic() + 300
         done = 0.0
         while time.monotonic() < deadline:
@@ -171,13 +173,14 @@ def run_gateway(port: int, count: int, publishers: int) -> float:
             except OSError:  # not serving yet
                 received = 0.0
             if received == 0:
-                t0 = now
+                t0, cpu0 = now, cpu_seconds(gw.pid)
             if done >= count:
                 break
             time.sleep(0.05)
         t_end = time.time()
+        cpu = cpu_seconds(gw.pid) - cpu0
         assert done >= count, f"only {done} of {count} points published"
-        return count / (t_end - t0)
+        return count / (t_end - t0), cpu / count * 1e6
     finally:
         gw.terminate()
         gw.wait(timeout=30)
@@ -217,20 +220,25 @@ def main() -> None:
         broker = subprocess.Popen([mosquitto, "-c", str(conf)], stderr=subprocess.DEVNULL)
         time.sleep(0.5)
         try:
-            bare, gateway = [], []
+            bare, gateway, cpu = [], [], []
             for round_ in range(1, args.rounds + 1):
                 bare.append(run_bare(port, args.messages, args.publishers))
-                gateway.append(run_gateway(port, args.messages, args.publishers))
+                rate, us = run_gateway(port, args.messages, args.publishers)
+                gateway.append(rate)
+                cpu.append(us)
                 print(
                     f"round {round_}: bare {bare[-1]:8.0f} msg/s   gateway {gateway[-1]:8.0f} "
-                    f"msg/s   ratio {gateway[-1] / bare[-1]:.2f}",
+                    f"msg/s ({us:.0f} µs CPU/message)   ratio {gateway[-1] / bare[-1]:.2f}",
                     flush=True,
                 )
         finally:
             broker.terminate()
             broker.wait(timeout=10)
     b, g = statistics.median(bare), statistics.median(gateway)
-    print(f"median: bare {b:.0f} msg/s, gateway {g:.0f} msg/s, ratio {g / b:.2f}")
+    print(
+        f"median: bare {b:.0f} msg/s, gateway {g:.0f} msg/s "
+        f"({statistics.median(cpu):.0f} µs CPU/message), ratio {g / b:.2f}"
+    )
 
 
 if __name__ == "__main__":

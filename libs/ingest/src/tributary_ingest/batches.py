@@ -29,7 +29,7 @@ from tributary_contracts import (
     RejectedEntry,
     RejectedInput,
     Transport,
-    batch_msg_id,
+    batch_msg_id_of,
 )
 from tributary_ingest.points import Rejection
 
@@ -120,10 +120,15 @@ def encode_batches(
         orjson.dumps(received_at),
     )
     messages: list[EncodedBatch] = []
-    pending = [
-        list(points[start : start + MAX_BATCH_POINTS])
-        for start in range(0, len(points), MAX_BATCH_POINTS)
-    ]
+    if not points:
+        return messages
+    if len(points) <= MAX_BATCH_POINTS:  # the usual case: no slicing
+        pending = [points if isinstance(points, list) else list(points)]
+    else:
+        pending = [
+            list(points[start : start + MAX_BATCH_POINTS])
+            for start in range(0, len(points), MAX_BATCH_POINTS)
+        ]
     pending.reverse()  # used as a stack; keeps input order across the output
     while pending:
         chunk = pending.pop()
@@ -132,7 +137,9 @@ def encode_batches(
             half = len(chunk) // 2
             pending.extend((chunk[half:], chunk[:half]))
             continue
-        msg_id = batch_msg_id(domain, source_id, ((p.stream_id, p.ts) for p in chunk))
+        msg_id = batch_msg_id_of(
+            domain, source_id, [p.stream_id for p in chunk], [p.ts.timestamp() for p in chunk]
+        )
         messages.append(EncodedBatch(payload, msg_id, len(chunk)))
     return messages
 

@@ -17,6 +17,10 @@ holding its points was acknowledged, or fails with ``PublishError`` as soon as o
 not (every submitter of that bundle gets the error). Rejection messages
 (``dp.rejected.<transport>``) go through the same sender and are best effort.
 
+``publish`` bounds its wait by ``timeout`` without a timer of its own: each bundle holding a
+waiting ``publish`` has one deadline, ``timeout`` after it opened, at which those submitters fail
+with ``PublishError("timeout")`` (the bundle itself is still published and its PubAck awaited).
+
 A bundle's ``Nats-Msg-Id`` is ``bundle_msg_id`` of its batches' ``batch_msg_id``s, so a bundle
 published again with the same batches is dropped by JetStream's duplicate window; the databases'
 unique key drops any point that comes back in a bundle of another composition.
@@ -65,10 +69,17 @@ log = structlog.get_logger("tributary_ingest.coalesce")
 class _Ticket:
     """One submitter's share: how many of its sends are not answered yet."""
 
-    __slots__ = ("batches", "duplicates", "future", "rejected_ok", "remaining")
+    __slots__ = ("batches", "bounded", "duplicates", "future", "rejected_ok", "remaining")
 
-    def __init__(self, future: asyncio.Future[PublishOutcome], remaining: int, batches: int):
+    def __init__(
+        self,
+        future: asyncio.Future[PublishOutcome],
+        remaining: int,
+        batches: int,
+        bounded: bool = False,
+    ):
         self.future = future
+        self.bounded = bounded  # fails at its bundles' deadline (``publish``)
         self.remaining = remaining
         self.batches = batches
         self.duplicates = 0
@@ -78,7 +89,7 @@ class _Ticket:
 class _Send:
     """One publish: a closed bundle or a rejection message, and whose parts it carries."""
 
-    __slots__ = ("headers", "payload", "points", "rejection", "subject", "tickets")
+    __slots__ = ("deadline", "headers", "payload", "points", "rejection", "subject", "tickets")
 
     def __init__(
         self,
@@ -95,14 +106,17 @@ class _Send:
         self.tickets = tickets  # one entry per batch it holds (a ticket may repeat)
         self.points = points
         self.rejection = rejection
+        self.deadline: asyncio.TimerHandle | None = None  # of its bounded tickets
 
 
 class _Bundle:
     """The open bundle of one (domain, partition)."""
 
-    __slots__ = ("ids", "payloads", "points", "size", "tickets", "timer")
+    __slots__ = ("deadline", "ids", "opened", "payloads", "points", "size", "tickets", "timer")
 
-    def __init__(self) -> None:
+    def __init__(self, opened: float) -> None:
+        self.opened = opened
+        self.deadline: asyncio.TimerHandle | None = None
         self.payloads: list[bytes] = []
         self.ids: list[str] = []
         self.tickets: list[_Ticket] = []
@@ -217,12 +231,22 @@ class Coalescer:
     ) -> asyncio.Future[PublishOutcome]:
         """``submit`` for batches of ``source_id`` encoded by the caller (each ≤
         ``max_batch_bytes``)."""
+        return self._submit_encoded(domain, source_id, batches, rejected, False)
+
+    def _submit_encoded(
+        self,
+        domain: str,
+        source_id: str,
+        batches: Sequence[EncodedBatch],
+        rejected: Sequence[OutgoingMessage],
+        bounded: bool,
+    ) -> asyncio.Future[PublishOutcome]:
         future: asyncio.Future[PublishOutcome] = self._loop.create_future()
         if self._closed:
             future.set_exception(PublishError("closed", "the gateway is shutting down"))
             future.exception()
             return future
-        ticket = _Ticket(future, len(batches) + len(rejected), len(batches))
+        ticket = _Ticket(future, len(batches) + len(rejected), len(batches), bounded)
         if ticket.remaining == 0:
             future.set_result(PublishOutcome(0, 0, True))
             return future
@@ -247,9 +271,14 @@ class Coalescer:
         """``submit``, then wait (≤ ``timeout``) for the outcome; ``PublishError`` unless every
         point was acknowledged. The wait goes to ``observe_ack_latency``."""
         started = time.perf_counter()
-        future = self.submit(domain, source_id, received_at, points, rejections)
         try:
-            return await settle(future, self._loop.time() + self.timeout)
+            if rejections:  # rejection messages have no bundle deadline: a timer of its own
+                future = self.submit(domain, source_id, received_at, points, rejections)
+                return await settle(future, self._loop.time() + self.timeout)
+            batches = encode_batches(
+                domain, source_id, received_at, points, self._max_bytes, transport=self.transport
+            )
+            return await self._submit_encoded(domain, source_id, batches, (), True)
         finally:
             if self._observe_ack_latency is not None:
                 self._observe_ack_latency(time.perf_counter() - started)
@@ -264,11 +293,15 @@ class Coalescer:
             self._close_bundle(key)
             bundle = None
         if bundle is None:
-            bundle = self._open[key] = _Bundle()
+            bundle = self._open[key] = _Bundle(self._loop.time())
             if self.linger > 0:
                 bundle.timer = self._loop.call_later(self.linger, self._close_bundle, key)
             else:  # no linger: what is submitted in this loop turn shares bundles
                 self._loop.call_soon(self._close_bundle, key)
+        if ticket.bounded and bundle.deadline is None:
+            bundle.deadline = self._loop.call_at(
+                bundle.opened + self.timeout, self._expire, bundle.tickets
+            )
         bundle.payloads.append(batch.payload)
         bundle.ids.append(batch.msg_id)
         bundle.tickets.append(ticket)
@@ -299,7 +332,22 @@ class Coalescer:
         subject = self._ns.raw_partition_subject(domain, partition)
         if self._observe_bundle_points is not None:
             self._observe_bundle_points(bundle.points)
-        self._enqueue(_Send(subject, payload, headers, bundle.tickets, bundle.points, False))
+        send = _Send(subject, payload, headers, bundle.tickets, bundle.points, False)
+        send.deadline = bundle.deadline
+        self._enqueue(send)
+
+    @staticmethod
+    def _expire(tickets: list[_Ticket]) -> None:
+        """A bundle's deadline: its bounded submitters that still wait fail (the bundle is
+        still published; its PubAck answers the others)."""
+        for ticket in tickets:
+            if ticket.bounded and not ticket.future.done():
+                ticket.future.set_exception(
+                    PublishError(
+                        "timeout", "JetStream did not acknowledge within the publish timeout"
+                    )
+                )
+                ticket.future.exception()  # retrieved: nobody may be waiting any more
 
     def flush(self) -> None:
         """Close every open bundle now (shutdown, tests)."""
@@ -349,6 +397,8 @@ class Coalescer:
             self._idle.set()
 
     def _answer(self, send: _Send, ack: Any, failure: BaseException | None) -> None:
+        if send.deadline is not None:
+            send.deadline.cancel()
         error: PublishError | None = None
         if failure is not None and not send.rejection:
             error = (
@@ -398,13 +448,19 @@ class Coalescer:
 
 async def settle(future: asyncio.Future[PublishOutcome], deadline: float) -> PublishOutcome:
     """The outcome of a submission by ``deadline`` (loop time); ``PublishError`` if it failed
-    or is not in by then (the submission is abandoned)."""
+    or is not in by then (the submission is abandoned: its future is cancelled). One timer
+    handle, not an ``asyncio.timeout`` context (this runs once per WebSocket data message)."""
     if future.done():
         return future.result()
+    timer = asyncio.get_running_loop().call_at(deadline, future.cancel)
     try:
-        async with asyncio.timeout_at(deadline):  # cancels the submission when it fires
-            return await future
-    except TimeoutError:
+        return await future
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise  # the waiter itself was cancelled
         raise PublishError(
             "timeout", "JetStream did not acknowledge within the publish timeout"
         ) from None
+    finally:
+        timer.cancel()

@@ -14,11 +14,12 @@ from starlette.requests import Request
 from tributary_contracts import AuditAction
 from tributary_runtime.apikeys import Action, ApiKeyStore, Denied, Granted, check_access
 from tributary_runtime.audit import AuditLog
-from tributary_runtime.guard import client_ip
+from tributary_runtime.guard import client_ip, raw_header
 from tributary_runtime.ops import Reply
 from tributary_runtime.ratelimit import IngestLimiter, Refusal
 
 API_KEY_HEADER = "X-API-Key"
+_API_KEY_NAME = API_KEY_HEADER.lower().encode()
 
 
 def refusal_reply(refusal: Refusal) -> Reply:
@@ -66,7 +67,7 @@ class RequestGuard:
         ip = client_ip(request.scope)
         if (refusal := self.limiter.admit_auth(ip)) is not None:
             raise refusal_reply(refusal)
-        result = await self.keys.authenticate(request.headers.get(API_KEY_HEADER))
+        result = await self.keys.authenticate(raw_header(request.scope, _API_KEY_NAME))
         if isinstance(result, Denied):
             if result.status == 401:
                 self.limiter.auth_failed(ip)

@@ -238,6 +238,9 @@ class ApiKeyStore:
         self._cache_seconds = cache_seconds
         self._cache: dict[str, tuple[float, ApiKeyRecord | None]] = {}
         self._index_cache: dict[str, tuple[float, str | None]] = {}
+        # key text → (when its record was read, the grant): a request with a key granted within
+        # the cache time skips the id parse, the bucket cache and the hash (same answers).
+        self._granted: dict[str, tuple[float, Granted]] = {}
 
     # -- admin --------------------------------------------------------------------------
     async def issue(
@@ -333,6 +336,7 @@ class ApiKeyStore:
         record.revoked_at = datetime.now(UTC)
         await self._kv.update(key_id, record.model_dump_json().encode(), last=revision)
         self._cache.pop(key_id, None)
+        self._granted.clear()
         return record
 
     async def rotate(self, key_id: str, overlap_seconds: float) -> tuple[IssuedKey, ApiKeyRecord]:
@@ -357,6 +361,7 @@ class ApiKeyStore:
         record.expires_at = datetime.now(UTC) + timedelta(seconds=overlap_seconds)
         await self._kv.update(key_id, record.model_dump_json().encode(), last=revision)
         self._cache.pop(key_id, None)
+        self._granted.clear()
         return issued, record
 
     # -- gateways ------------------------------------------------------------------------
@@ -449,6 +454,11 @@ class ApiKeyStore:
         """Who presents ``key``: ``Granted`` or ``Denied(401/403)``; store errors propagate."""
         if not key:
             return Denied(401, "missing API key")
+        hit = self._granted.get(key)
+        if hit is not None and time.monotonic() - hit[0] < self._cache_seconds:
+            expires_at = hit[1].record.expires_at
+            if expires_at is None or datetime.now(UTC) < expires_at:
+                return hit[1]
         key_id = key_id_of(key)
         if key_id is None and len(key) <= MAX_KEY_CHARS:
             key_id = await self._legacy_id(hash_key(key))  # an imported legacy key?
@@ -472,7 +482,13 @@ class ApiKeyStore:
                 401, "API key has expired (it was rotated; use its successor)", key_id,
                 record.role.value,
             )
-        return Granted(record)
+        granted = Granted(record)
+        cached = self._cache.get(key_id)
+        if cached is not None and cached[1] is record:
+            if len(self._granted) > 10_000:
+                self._granted.clear()
+            self._granted[key] = (cached[0], granted)
+        return granted
 
     async def authorize(
         self,

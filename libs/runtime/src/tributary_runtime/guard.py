@@ -39,6 +39,15 @@ def client_ip(scope: Scope) -> str | None:
     return str(client[0]) if client else None
 
 
+def raw_header(scope: Scope, name: bytes) -> str | None:
+    """The first value of header ``name`` (lower case, as ASGI servers give names), read from
+    the scope's raw list: what ``request.headers.get`` answers without building ``Headers``."""
+    for key, value in scope.get("headers", ()):
+        if key == name:
+            return str(value.decode("latin-1"))
+    return None
+
+
 class HeaderLimits:
     """ASGI middleware: 431 when headers exceed ``max_bytes`` in total or ``max_count``."""
 
@@ -50,7 +59,9 @@ class HeaderLimits:
     def problem(self, headers: list[tuple[bytes, bytes]]) -> str | None:
         if len(headers) > self.max_count:
             return f"request has {len(headers)} headers; at most {self.max_count}"
-        size = sum(len(k) + len(v) + 4 for k, v in headers)
+        size = 4 * len(headers)
+        for k, v in headers:
+            size += len(k) + len(v)
         if size > self.max_bytes:
             return f"request headers are {size} bytes; at most {self.max_bytes} bytes"
         return None

@@ -120,6 +120,27 @@ class TokenBuckets:
         if len(self._buckets) > self._max_keys:
             self._prune(now)
 
+    def try_take(self, key: object, cost: float) -> float:
+        """``wait`` and, when it is 0, ``take`` (one clock read): the wait, 0 if taken."""
+        if cost <= 0:
+            return 0.0
+        limit = self.limit
+        if cost > limit.burst:
+            return math.inf
+        now = self._clock()
+        state = self._buckets.pop(key, None)  # re-inserted below: least recently used first
+        level = limit.burst if state is None else min(
+            limit.burst, state[0] + (now - state[1]) * limit.rate
+        )
+        if level < cost:
+            if state is not None:
+                self._buckets[key] = state
+            return (cost - level) / limit.rate
+        self._buckets[key] = (level - cost, now)
+        if len(self._buckets) > self._max_keys:
+            self._prune(now)
+        return 0.0
+
     def _prune(self, now: float) -> None:
         full = [k for k in self._buckets if self._level(k, now) >= self.limit.burst]
         for key in full:
@@ -233,7 +254,7 @@ class IngestLimiter:
         if not self.enabled:
             return None
         key = ip or "unknown"
-        wait = self.per_ip.wait(key, 1)
+        wait = self.per_ip.try_take(key, 1)
         if wait > 0:
             limit = self.per_ip.limit
             return Refusal(
@@ -242,13 +263,20 @@ class IngestLimiter:
                 f"client address {key}; retry after {_retry_after(wait)} s",
                 _retry_after(wait),
             )
-        self.per_ip.take(key, 1)
         return None
 
     def admit_points(
         self, domain: str, source_id: str, live: int, backfill: int
     ) -> Refusal | None:
         """Take ``live`` + ``backfill`` points of the source's budgets together, or refuse."""
+        if not self.enabled:
+            return None
+        key = (domain, source_id)
+        # The usual case, points of one kind within the budget: one bucket, one clock read.
+        if backfill <= 0 and self.live.try_take(key, live) == 0:
+            return None
+        if live <= 0 and self.backfill.try_take(key, backfill) == 0:
+            return None
         return self.admit_sources(domain, {source_id: (live, backfill)})
 
     def admit_sources(

@@ -6,6 +6,8 @@ set of values (status codes, field names of rejections, fixed stages and error t
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import Counter, Histogram
 
 POINTS_RECEIVED = Counter(
@@ -42,3 +44,13 @@ BUNDLE_POINTS = Histogram(
     "Points per PointBundle published on dp.raw.<domain>.part.<p>.",
     buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000),
 )
+
+_REPLIES: dict[int, Any] = {}
+
+
+def count_reply(status: int) -> None:
+    """``REQUESTS`` by status, with the labelled child bound once per status."""
+    child = _REPLIES.get(status)
+    if child is None:
+        child = _REPLIES[status] = REQUESTS.labels(str(status))
+    child.inc()

@@ -127,6 +127,13 @@ AdmitPoints = Callable[[str, str, NormalizedBatch, datetime], "ProtocolError | N
 accepted points, or the error (nothing is then published nor acked)."""
 
 
+_MESSAGES_RATE_LIMITED = MESSAGES.labels("rate_limited")
+_MESSAGES_DATA = MESSAGES.labels("data")
+_MESSAGES_PING = MESSAGES.labels("ping")
+_MESSAGES_CONNECT = MESSAGES.labels("connect")
+_MESSAGES_INVALID = MESSAGES.labels("invalid")
+
+
 def _admit_all(*_: Any) -> ProtocolError | None:
     return None
 
@@ -306,12 +313,12 @@ class Session:
     async def _handle(self, frame: str | bytes) -> None:
         refused = self._admit_frame()
         if refused is not None:
-            MESSAGES.labels("rate_limited").inc()
+            _MESSAGES_RATE_LIMITED.inc()
             self._reply_error(refused)
             return
         message = parse_message(frame, self.limits.max_frame_bytes)
         if isinstance(message, Data):
-            MESSAGES.labels("data").inc()
+            _MESSAGES_DATA.inc()
             if self.state is not State.CONNECTED:
                 self._reply_error(
                     ProtocolError(ErrorCode.NOT_CONNECTED, "send connect before data")
@@ -319,13 +326,13 @@ class Session:
                 return
             await self._handle_data(message)
         elif isinstance(message, Ping):
-            MESSAGES.labels("ping").inc()
+            _MESSAGES_PING.inc()
             self._replies.put_nowait(ReadySlot(pong_reply(message)))
         elif isinstance(message, Connect):
-            MESSAGES.labels("connect").inc()
+            _MESSAGES_CONNECT.inc()
             await self._handle_connect(message)
         else:
-            MESSAGES.labels("invalid").inc()
+            _MESSAGES_INVALID.inc()
             self._reply_error(message)
 
     def _reply_error(self, error: ProtocolError) -> None:

@@ -295,14 +295,16 @@ async def test_cluster_node_killed_mid_load_loses_and_doubles_no_acked_point(
     report += f" partition_messages={on_subject} delivered={delivered} fetched={fetched}"
     print(report)
     # Each partition's durable delivered its own partition's messages (redeliveries after the
-    # kill on top), and replica k fetched exactly what the durables of its partitions
-    # (p % 2 == k) delivered: each replica read its own half of the stream, nothing else.
+    # kill on top), and replica k fetched at least its partitions' (p % 2 == k) messages and at
+    # most what their durables delivered: each replica read its own half of the stream, nothing
+    # else. (A delivery whose pull reply was lost with the killed node counts as delivered but
+    # never reaches a replica, so fetched may fall short of delivered, never of the messages.)
     assert all(delivered[p] >= on_subject[p] for p in on_subject), report
     assert sum(on_subject.values()) > 0, report
-    assert fetched == [
-        sum(n for p, n in delivered.items() if p % CLASSIFIER_REPLICAS == k)
-        for k in range(CLASSIFIER_REPLICAS)
-    ], report
+    for k in range(CLASSIFIER_REPLICAS):
+        own = [p for p in on_subject if p % CLASSIFIER_REPLICAS == k]
+        assert sum(on_subject[p] for p in own) <= fetched[k], report
+        assert fetched[k] <= sum(delivered[p] for p in own), report
     assert sum(written) == len(stored), report  # the two replicas shared the work, no overlap
     streams = {s["name"]: s for s in status["streams"]}
     assert not _busy(status), status["consumers"]

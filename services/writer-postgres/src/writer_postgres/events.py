@@ -33,6 +33,21 @@ log = structlog.get_logger(__name__)
 E = TypeVar("E", bound=BaseModel)
 
 
+async def delete_expired(
+    pool: Any, sql: str, retention_seconds: float, timeout: float, chunk: int = 10_000
+) -> int:
+    """Run a retention ``DELETE`` (``sql``: $1 retention seconds, $2 most rows per statement)
+    until fewer than ``chunk`` rows go; how many went in all."""
+    deleted = 0
+    async with pool.acquire(timeout=timeout) as conn:
+        while True:
+            status = await conn.execute(sql, retention_seconds, chunk, timeout=timeout)
+            count = int(status.rsplit(" ", 1)[-1])  # "DELETE <n>"
+            deleted += count
+            if count < chunk:
+                return deleted
+
+
 @dataclass
 class Parsed(Generic[E]):
     msg: Delivery

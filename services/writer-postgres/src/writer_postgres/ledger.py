@@ -19,7 +19,7 @@ import asyncpg
 import orjson
 
 from tributary_contracts import WRITER_POSTGRES_LEDGER_DURABLE, RawRecord
-from writer_postgres.events import EventWriter
+from writer_postgres.events import EventWriter, delete_expired
 
 CONSUMER = WRITER_POSTGRES_LEDGER_DURABLE
 
@@ -95,16 +95,9 @@ class LedgerStore:
         return inserted
 
     async def delete_expired(self, retention_seconds: float, chunk: int = 10_000) -> int:
-        deleted = 0
-        async with self._pool.acquire(timeout=self._timeout) as conn:
-            while True:
-                status = await conn.execute(
-                    DELETE_EXPIRED, retention_seconds, chunk, timeout=self._timeout
-                )
-                count = int(status.rsplit(" ", 1)[-1])  # "DELETE <n>"
-                deleted += count
-                if count < chunk:
-                    return deleted
+        return await delete_expired(
+            self._pool, DELETE_EXPIRED, retention_seconds, self._timeout, chunk
+        )
 
 
 @dataclass

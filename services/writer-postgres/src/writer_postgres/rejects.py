@@ -22,7 +22,7 @@ import asyncpg
 from prometheus_client import Counter
 
 from tributary_contracts import WRITER_POSTGRES_REJECTS_DURABLE, RejectedInput
-from writer_postgres.events import EventWriter
+from writer_postgres.events import EventWriter, delete_expired
 
 CONSUMER = WRITER_POSTGRES_REJECTS_DURABLE
 
@@ -119,16 +119,9 @@ class RejectStore:
 
     async def delete_expired(self, retention_seconds: float, chunk: int = 10_000) -> int:
         """Delete rows older than ``retention_seconds``, ``chunk`` rows per statement."""
-        deleted = 0
-        async with self._pool.acquire(timeout=self._timeout) as conn:
-            while True:
-                status = await conn.execute(
-                    DELETE_EXPIRED, retention_seconds, chunk, timeout=self._timeout
-                )
-                count = int(status.rsplit(" ", 1)[-1])  # "DELETE <n>"
-                deleted += count
-                if count < chunk:
-                    break
+        deleted = await delete_expired(
+            self._pool, DELETE_EXPIRED, retention_seconds, self._timeout, chunk
+        )
         REJECTS_EXPIRED.inc(deleted)
         return deleted
 

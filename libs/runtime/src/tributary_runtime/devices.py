@@ -325,13 +325,9 @@ class SensorDirectory(KvFollower):
 
     async def start(self, load_timeout: float = 10.0) -> None:
         """Watch ``sensor.*``; return once the current entries are loaded."""
-        self._watcher = await self._kv.watch("sensor.*")
-        self._task = asyncio.create_task(self._follow(), name="sensor-directory-watch")
-        try:
-            await asyncio.wait_for(self.loaded.wait(), load_timeout)
-        except TimeoutError:
-            await self.stop()
-            raise
+        await self._start_watch(
+            await self._kv.watch("sensor.*"), "sensor-directory-watch", load_timeout
+        )
 
     def _apply_entry(self, entry: Any) -> None:
         self.apply(entry.key, entry.value, entry.operation)

@@ -35,6 +35,17 @@ class KvFollower:
         """Called inside ``except``: count and log the entry that could not be applied."""
         raise NotImplementedError
 
+    async def _start_watch(self, watcher: Any, name: str, load_timeout: float) -> None:
+        """Follow ``watcher`` in a task named ``name``; return once its initial content is
+        applied (after ``load_timeout`` seconds: stop and raise ``TimeoutError``)."""
+        self._watcher = watcher
+        self._task = asyncio.create_task(self._follow(), name=name)
+        try:
+            await asyncio.wait_for(self.loaded.wait(), load_timeout)
+        except TimeoutError:
+            await self.stop()
+            raise
+
     async def _follow(self) -> None:
         assert self._watcher is not None
         async for entry in self._watcher:

@@ -71,13 +71,7 @@ class LiveSwitches(KvFollower):
 
     async def start(self, load_timeout: float = 10.0) -> None:
         prefix = f"{self.service}."
-        self._watcher = await self._kv.watch(f"{prefix}>")
-        self._task = asyncio.create_task(self._follow(), name="switches-watch")
-        try:
-            await asyncio.wait_for(self.loaded.wait(), load_timeout)
-        except TimeoutError:
-            await self.stop()
-            raise
+        await self._start_watch(await self._kv.watch(f"{prefix}>"), "switches-watch", load_timeout)
 
     def _apply_entry(self, entry: Any) -> None:
         self.apply(entry.key, entry.value, entry.operation)

@@ -140,13 +140,7 @@ class StreamConfigStore(KvFollower):
         """Watch the bucket; return once its current content is loaded (or raise TimeoutError)."""
         if self._kv is None:
             raise RuntimeError("StreamConfigStore.start needs the stream-configs KeyValue")
-        self._watcher = await self._kv.watchall()
-        self._task = asyncio.create_task(self._follow(), name="stream-config-watch")
-        try:
-            await asyncio.wait_for(self.loaded.wait(), load_timeout)
-        except TimeoutError:
-            await self.stop()
-            raise
+        await self._start_watch(await self._kv.watchall(), "stream-config-watch", load_timeout)
         log.info("stream configs loaded", configs=len(self._configs))
 
     def _apply_entry(self, entry: Any) -> None:

@@ -237,13 +237,7 @@ class RolloutFollower(KvFollower):
     async def start(self, load_timeout: float = 10.0) -> None:
         if self._kv is None:
             raise RuntimeError("RolloutFollower.start needs the rollouts KeyValue")
-        self._watcher = await self._kv.watchall()
-        self._task = asyncio.create_task(self._follow(), name="rollout-watch")
-        try:
-            await asyncio.wait_for(self.loaded.wait(), load_timeout)
-        except TimeoutError:
-            await self.stop()
-            raise
+        await self._start_watch(await self._kv.watchall(), "rollout-watch", load_timeout)
 
     def _apply_entry(self, entry: Any) -> None:
         self.apply(entry.key, entry.value, entry.revision, entry.operation)

@@ -68,7 +68,7 @@ async def prepare(nats_url: str, prefix: str) -> str:
         ns = Namespace(prefix)
         await ensure_jetstream(js, ns)
         store = ApiKeyStore(await js.key_value(ns.bucket(API_KEYS_BUCKET)))
-        return await store.create(Role.INGEST, "big-file bench")
+        return await store.create(Role.SOURCE_WRITER, "big-file bench")
     finally:
         await nc.close()
 

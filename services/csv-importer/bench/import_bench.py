@@ -49,7 +49,8 @@ async def main(rows: int, nats_url: str) -> None:
     nc = await nats.connect(nats_url)
     js = nc.jetstream()
     await ensure_jetstream(js, ns)
-    key = await ApiKeyStore(await js.key_value(ns.bucket(API_KEYS_BUCKET))).create(Role.INGEST)
+    store = ApiKeyStore(await js.key_value(ns.bucket(API_KEYS_BUCKET)))
+    key = await store.create(Role.SOURCE_WRITER)
     port = free_port()
     with tempfile.TemporaryDirectory() as tmp:
         csv = Path(tmp) / "bench.csv"

@@ -81,7 +81,7 @@ async def importer_on(
 ) -> AsyncIterator[Importer]:
     app = create_app(settings, nats_client=nc)
     keys = ApiKeyStore(await js.key_value(settings.namespace.bucket(API_KEYS_BUCKET)))
-    key = await keys.create(Role.INGEST, "tests")
+    key = await keys.create(Role.SOURCE_WRITER, "tests")
     async with running(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(

@@ -61,7 +61,7 @@ async def _prepare(nats_url: str, prefix: str) -> str:
         ns = Namespace(prefix)
         await ensure_jetstream(js, ns)
         return await ApiKeyStore(await js.key_value(ns.bucket(API_KEYS_BUCKET))).create(
-            Role.INGEST, "cli tests"
+            Role.SOURCE_WRITER, "cli tests"
         )
     finally:
         await nc.close()

@@ -70,7 +70,7 @@ async def test_kill_9_mid_job_then_restart_completes_with_every_point_once(
         "LOG_FORMAT": "json",
     }
     key = await ApiKeyStore(await jetstream.key_value(ns.bucket(API_KEYS_BUCKET))).create(
-        Role.INGEST, "crash-test"
+        Role.SOURCE_WRITER, "crash-test"
     )
     csv = "timestamp,a,b,c\n" + "".join(
         f"{1_700_000_000 + i},{i},{i + 0.25},{-i}\n" for i in range(ROWS)

@@ -51,7 +51,8 @@ async def run(
     nc = await nats.connect(nats_url)
     js = nc.jetstream()
     await ensure_jetstream(js, ns)
-    key = await ApiKeyStore(await js.key_value(ns.bucket(API_KEYS_BUCKET))).create(Role.INGEST)
+    store = ApiKeyStore(await js.key_value(ns.bucket(API_KEYS_BUCKET)))
+    key = await store.create(Role.SOURCE_WRITER)
     server = start_gateway(prefix, port, nats_url)
     try:
         await wait_ready(port)

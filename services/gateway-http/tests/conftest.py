@@ -48,7 +48,7 @@ async def gateway_on(
 ) -> AsyncIterator[Gateway]:
     app = create_app(settings, nats_client=nc)
     keys = ApiKeyStore(await js.key_value(settings.namespace.bucket(API_KEYS_BUCKET)))
-    key = await keys.create(Role.INGEST, "tests")
+    key = await keys.create(Role.SOURCE_WRITER, "tests")
     async with running(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:

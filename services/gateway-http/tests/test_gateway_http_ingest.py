@@ -472,7 +472,7 @@ async def test_app_connects_itself_and_closes_its_own_connection_on_shutdown(
 
     app = create_app(settings, connect=connect)
     keys = ApiKeyStore(await jetstream.key_value(settings.namespace.bucket(API_KEYS_BUCKET)))
-    key = await keys.create(Role.INGEST)
+    key = await keys.create(Role.SOURCE_WRITER)
 
     async with run_lifespan(app):
         async with httpx.AsyncClient(

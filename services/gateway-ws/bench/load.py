@@ -161,7 +161,8 @@ async def run(args: argparse.Namespace) -> None:
     js = nc.jetstream()
     ns = Namespace(prefix)
     await ensure_jetstream(js, ns)
-    key = await ApiKeyStore(await js.key_value(ns.bucket(API_KEYS_BUCKET))).create(Role.INGEST)
+    store = ApiKeyStore(await js.key_value(ns.bucket(API_KEYS_BUCKET)))
+    key = await store.create(Role.SOURCE_WRITER)
     env = {
         **os.environ,
         "BUS_PREFIX": prefix,

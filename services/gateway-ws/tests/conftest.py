@@ -109,7 +109,7 @@ async def gateway_on(
         raise RuntimeError("gateway did not start")
     ns = settings.namespace
     keys = ApiKeyStore(await js.key_value(ns.bucket(API_KEYS_BUCKET)))
-    key = await keys.create(Role.INGEST, "tests")
+    key = await keys.create(Role.SOURCE_WRITER, "tests")
     gw = Gateway(
         f"ws://127.0.0.1:{settings.port}{STREAM_PATH}",
         f"http://127.0.0.1:{settings.port}",

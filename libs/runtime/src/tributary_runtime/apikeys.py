@@ -61,8 +61,6 @@ class Role(StrEnum):
     ADMIN = "admin"
     SOURCE_WRITER = "source_writer"
     READ_ONLY = "read_only"
-    INGEST = "source_writer"
-    """Alias of ``SOURCE_WRITER`` for code written before scoped roles (the old ``ingest``)."""
 
 
 class Action(StrEnum):
@@ -254,7 +252,7 @@ class ApiKeyStore:
     ) -> IssuedKey:
         """Store a new key; its text is in the result and nowhere else.
 
-        ``source_ids``/``domains`` scope a ``source_writer`` (None = any, the old ``ingest``);
+        ``source_ids``/``domains`` scope a ``source_writer`` (None = any);
         other roles ignore them."""
         if len(name) > 256:
             raise KeyProblem(422, "name must be at most 256 characters")

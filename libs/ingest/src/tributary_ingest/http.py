@@ -1,0 +1,185 @@
+"""The HTTP side of the gateway base (``gateway``): reading a request body within its limits,
+writing JSON replies, and the endpoint wrapper that turns a handler's ``Reply`` or unexpected
+error into its reply.
+
+A handler is a module function ``async def handler(ctx, request) -> Answer`` taking the
+service's typed context; ``endpoint(slot, handler, ...)`` makes it a Starlette endpoint once the
+lifespan has put the context into ``slot`` (before that: 503, stage ``startup``). Errors keep the
+contract's body shape ``{"error": reason, ...}`` (``detail_shape`` gives the legacy IoT
+endpoints' ``{"detail": reason, ...}``); 503s carry ``retry_after`` and ``Retry-After``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+import orjson
+import structlog
+from prometheus_client import Counter
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+from tributary_runtime.access import API_KEY_HEADER, API_KEY_NAME, target_of
+from tributary_runtime.guard import client_ip, raw_header
+from tributary_runtime.ops import Reply, json_response
+
+log = structlog.get_logger("tributary_ingest.http")
+
+C = TypeVar("C")
+
+
+@dataclass(slots=True)
+class Answer:
+    """A handler's reply: status, JSON body (None: no body, e.g. 204), extra headers."""
+
+    status: int
+    body: dict[str, Any] | None
+    headers: dict[str, str] | None = None
+
+    def response(self) -> Response:
+        if self.body is None:
+            return Response(status_code=self.status, headers=self.headers)
+        return json_response(self.status, self.body, self.headers)
+
+
+def answer_of(reply: Reply) -> Answer:
+    return Answer(reply.status, reply.body, reply.headers)
+
+
+INTERNAL_ERROR = Answer(500, {"error": "internal error; it was logged"})
+
+
+def detail_shape(answer: Answer) -> Answer:
+    """``{"error": reason, ...}`` → ``{"detail": reason, ...}`` (the legacy IoT replies)."""
+    body = answer.body
+    if body is None or "error" not in body:
+        return answer
+    shaped = {"detail": body["error"]}
+    shaped.update((k, v) for k, v in body.items() if k != "error")
+    return Answer(answer.status, shaped, answer.headers)
+
+
+# -- who asks -----------------------------------------------------------------------------------
+def api_key(scope: Scope) -> str | None:
+    """The request's ``X-API-Key`` header."""
+    return raw_header(scope, API_KEY_NAME)
+
+
+MISSING_API_KEY = f"missing {API_KEY_HEADER} header"
+"""The 401 reason of a request without a key."""
+
+
+def caller(request: Request) -> tuple[str | None, str]:
+    """``(client ip, "<METHOD> <path>")``: who asks and what, for the access checks."""
+    return client_ip(request.scope), target_of(request)
+
+
+# -- the body -----------------------------------------------------------------------------------
+async def read_body(scope: Scope, receive: Receive, limit: int, idle_timeout: float) -> bytes:
+    """The whole request body: 413 beyond ``limit`` bytes (by ``Content-Length`` before reading,
+    else while reading), 400 for a non-integer ``Content-Length`` or a client that went away,
+    408 when the body stalls ``idle_timeout`` s between two chunks."""
+    declared = raw_header(scope, b"content-length")
+    if declared is not None:
+        try:
+            if int(declared) > limit:
+                raise _too_large(limit)
+        except ValueError:
+            raise Reply(400, {"error": "Content-Length header is not an integer"}) from None
+    # The ASGI messages directly: request.stream()'s async generator cost more than the rest of
+    # reading a small body. One timer for the whole body, moved on at every chunk.
+    chunks: list[bytes] = []
+    size = 0
+    loop = asyncio.get_running_loop()
+    try:
+        async with asyncio.timeout(loop.time() + idle_timeout) as timer:
+            while True:
+                message = await receive()
+                if message["type"] != "http.request":  # http.disconnect
+                    raise Reply(400, {"error": "the client disconnected before sending the body"})
+                chunk = message.get("body", b"")
+                size += len(chunk)
+                if size > limit:
+                    raise _too_large(limit)
+                chunks.append(chunk)
+                if not message.get("more_body", False):
+                    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+                timer.reschedule(loop.time() + idle_timeout)
+    except TimeoutError:
+        raise Reply(
+            408, {"error": f"the request body sent nothing for {idle_timeout:g} s; abandoned"}
+        ) from None
+
+
+def _too_large(limit: int) -> Reply:
+    return Reply(413, {"error": f"request body is larger than {limit} bytes"})
+
+
+# -- replies ------------------------------------------------------------------------------------
+async def send_json(
+    send: Send, status: int, body: dict[str, Any], headers: dict[str, str] | None = None
+) -> None:
+    """A JSON reply written straight to the ASGI ``send`` (no ``Response`` object)."""
+    payload = orjson.dumps(body)
+    raw_headers = [
+        (b"content-length", str(len(payload)).encode()),
+        (b"content-type", b"application/json"),
+    ]
+    if headers:
+        raw_headers.extend(
+            (k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()
+        )
+    await send({"type": "http.response.start", "status": status, "headers": raw_headers})
+    await send({"type": "http.response.body", "body": payload})
+
+
+class Slot(Generic[C]):
+    """Where the lifespan puts the service's context (``value``) for the endpoints; None
+    before startup and after shutdown."""
+
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value: C | None = None
+
+
+Handler = Callable[[C, Request], Awaitable[Answer]]
+
+
+def endpoint(
+    slot: Slot[C],
+    handler: Handler[C],
+    not_started: Callable[[], Reply],
+    errors: Counter,
+    *,
+    shape: Callable[[Answer], Answer] | None = None,
+    count: Callable[[Request, Answer], None] | None = None,
+) -> Callable[[Request], Awaitable[Response]]:
+    """``handler`` as a Starlette endpoint: the context from ``slot`` (``not_started()`` — the
+    503 — while it is empty), a raised ``Reply`` as its answer, any other exception a logged 500
+    (``errors{stage="handler", error_type="unexpected"}``); ``shape`` reshapes error answers,
+    ``count`` sees every answer."""
+
+    async def run(request: Request) -> Response:
+        try:
+            ctx = slot.value
+            if ctx is None:
+                raise not_started()
+            answer = await handler(ctx, request)
+        except Reply as reply:
+            answer = answer_of(reply)
+            if shape is not None:
+                answer = shape(answer)
+        except Exception as exc:
+            errors.labels("handler", "unexpected").inc()
+            log.exception("request_failed", path=request.url.path, error=repr(exc))
+            answer = INTERNAL_ERROR if shape is None else shape(INTERNAL_ERROR)
+        if count is not None:
+            count(request, answer)
+        return answer.response()
+
+    return run

@@ -48,7 +48,7 @@ from tributary_ingest.batches import PublishError, PublishOutcome, error_type
 from tributary_ingest.bus import Connect, GatewayBus, GatewaySettings, open_gateway_bus
 from tributary_ingest.coalesce import Coalescer, settle
 from tributary_ingest.points import Rejection
-from tributary_runtime.access import Access
+from tributary_runtime.access import Access, Target
 from tributary_runtime.apikeys import Action, Granted
 from tributary_runtime.audit import AuditLog
 from tributary_runtime.logs import ThrottledWarning
@@ -163,7 +163,7 @@ class GatewayContext(Generic[S]):
         self.guard.admit(ip, what)
 
     async def authenticate(
-        self, key: str | None, ip: str | None, target: str, missing: str = "missing API key"
+        self, key: str | None, ip: str | None, target: Target, missing: str = "missing API key"
     ) -> Granted:
         """``Access.authenticate`` (429/401/403, audited); the key store not answering → 503
         (stage ``auth``)."""
@@ -179,7 +179,7 @@ class GatewayContext(Generic[S]):
         granted: Granted,
         action: Action,
         ip: str | None,
-        target: str,
+        target: Target,
         domain: str | None = None,
         source_id: str | None = None,
     ) -> None:

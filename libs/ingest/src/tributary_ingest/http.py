@@ -25,7 +25,7 @@ from starlette.types import Receive, Scope, Send
 
 from tributary_ingest.gateway import GatewayContext
 from tributary_runtime.access import API_KEY_HEADER, API_KEY_NAME, target_of
-from tributary_runtime.apikeys import Action, Granted
+from tributary_runtime.apikeys import Action, Granted, check_access
 from tributary_runtime.guard import client_ip, raw_header
 from tributary_runtime.ops import Reply, json_response
 
@@ -79,9 +79,9 @@ async def authenticate(
     store not answering → 503)."""
     scope = request.scope
     ip = client_ip(scope)
-    ctx.admit(ip, what)
+    ctx.guard.admit(ip, what)
     return await ctx.authenticate(
-        raw_header(scope, API_KEY_NAME), ip, target_of(scope), MISSING_API_KEY
+        raw_header(scope, API_KEY_NAME), ip, lambda: target_of(scope), MISSING_API_KEY
     )
 
 
@@ -94,8 +94,10 @@ def check(
     source_id: str | None = None,
 ) -> None:
     """403 (audited) unless ``granted`` may do ``action`` (on ``domain``/``source_id``)."""
-    scope = request.scope
-    ctx.check(granted, action, client_ip(scope), target_of(scope), domain, source_id)
+    problem = check_access(granted.record, action, domain, source_id)
+    if problem is not None:
+        scope = request.scope
+        ctx.guard.deny(granted, problem, client_ip(scope), target_of(scope))
 
 
 # -- the body -----------------------------------------------------------------------------------
@@ -116,12 +118,17 @@ class StallWatch:
         self._stalled: set[asyncio.Task[Any]] = set()
         self._sweeping = False
 
-    def watch(self, task: asyncio.Task[Any]) -> None:
-        """``task`` reads a body: cancelled unless it makes progress within ``idle_timeout``."""
-        self._deadlines[task] = self._loop.time() + self.idle_timeout
+    def watch(self) -> asyncio.Task[Any]:
+        """The current task reads a body: cancelled unless it makes progress within
+        ``idle_timeout``; returned for ``progress`` and ``done``."""
+        loop = self._loop
+        task = asyncio.current_task(loop)
+        assert task is not None
+        self._deadlines[task] = loop.time() + self.idle_timeout
         if not self._sweeping:
             self._sweeping = True
-            self._loop.call_later(self._interval, self._sweep)
+            loop.call_later(self._interval, self._sweep)
+        return task
 
     def progress(self, task: asyncio.Task[Any]) -> None:
         self._deadlines[task] = self._loop.time() + self.idle_timeout
@@ -163,9 +170,7 @@ async def read_body(scope: Scope, receive: Receive, limit: int, stall: StallWatc
     # reading a small body.
     chunks: list[bytes] = []
     size = 0
-    task = asyncio.current_task()
-    assert task is not None
-    stall.watch(task)
+    task = stall.watch()
     try:
         while True:
             message = await receive()

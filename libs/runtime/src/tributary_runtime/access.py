@@ -10,7 +10,7 @@ for a Starlette ``Request`` (ip, target and ``X-API-Key`` taken from it).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import NoReturn
@@ -23,6 +23,10 @@ from tributary_runtime.audit import AuditLog
 from tributary_runtime.guard import Scope, client_ip, raw_header
 from tributary_runtime.ops import Reply
 from tributary_runtime.ratelimit import IngestLimiter, Refusal, split_backfill
+
+Target = str | Callable[[], str]
+"""What was asked, for the audit trail: the text, or a function making it (called only when a
+refusal is audited, so an admitted request does not pay for it)."""
 
 API_KEY_HEADER = "X-API-Key"
 API_KEY_NAME = API_KEY_HEADER.lower().encode()
@@ -61,7 +65,7 @@ class Access:
             raise refusal_reply(refusal)
 
     async def authenticate(
-        self, key: str | None, ip: str | None, target: str, missing: str = "missing API key"
+        self, key: str | None, ip: str | None, target: Target, missing: str = "missing API key"
     ) -> Granted:
         """The grant of ``key``; 429 once ``ip`` used up its failed-authentication budget, 401
         (``missing`` as the reason when there is no key) or 403, audited."""
@@ -81,7 +85,7 @@ class Access:
         granted: Granted,
         action: Action,
         ip: str | None,
-        target: str,
+        target: Target,
         domain: str | None = None,
         source_id: str | None = None,
     ) -> None:
@@ -90,7 +94,7 @@ class Access:
         if problem is not None:
             self.deny(granted, problem, ip, target)
 
-    def deny(self, granted: Granted, reason: str, ip: str | None, target: str) -> NoReturn:
+    def deny(self, granted: Granted, reason: str, ip: str | None, target: Target) -> NoReturn:
         """Raise (and audit) 403 with ``reason``."""
         raise self._refuse(
             Denied(403, reason, granted.key_id, granted.record.role.value), ip, target
@@ -125,7 +129,7 @@ class Access:
         if refusal is not None:
             raise refusal_reply(refusal)
 
-    def _refuse(self, denied: Denied, ip: str | None, target: str) -> Reply:
+    def _refuse(self, denied: Denied, ip: str | None, target: Target) -> Reply:
         action = AuditAction.AUTH_FAILED if denied.status == 401 else AuditAction.ACCESS_DENIED
         self.audit.record_soon(
             self.audit.event(
@@ -134,7 +138,7 @@ class Access:
                 key_id=denied.key_id,
                 role=denied.role,
                 client_ip=ip,
-                target=target,
+                target=target if isinstance(target, str) else target(),
                 reason=denied.reason,
             )
         )
@@ -161,7 +165,7 @@ class RequestGuard:
         return await self.access.authenticate(
             raw_header(request.scope, API_KEY_NAME),
             client_ip(request.scope),
-            target_of(request.scope),
+            lambda: target_of(request.scope),
             f"missing {API_KEY_HEADER} header",
         )
 
@@ -174,7 +178,8 @@ class RequestGuard:
         source_id: str | None = None,
     ) -> None:
         self.access.check(
-            granted, action, client_ip(request.scope), target_of(request.scope), domain, source_id
+            granted, action, client_ip(request.scope), lambda: target_of(request.scope), domain,
+            source_id,
         )
 
     def deny(self, request: Request, granted: Granted, reason: str) -> NoReturn:

@@ -79,11 +79,13 @@ class HttpContext:
     started: float = field(default_factory=time.monotonic)
     keyless: dict[str, tuple[float | None, int]] = field(default_factory=dict)
     """Migration mode: device → (monotonic time of its last audit event, packets since)."""
-    _domains: tuple[str | None, frozenset[str]] = (None, frozenset())
+    settings: GatewayHttpSettings = field(init=False)
+    _domains: tuple[str | None, frozenset[str]] = field(init=False)
+    """The last ``DISABLED_DOMAINS`` value parsed and its set (None: the environment's)."""
 
-    @property
-    def settings(self) -> GatewayHttpSettings:
-        return self.gateway.settings
+    def __post_init__(self) -> None:
+        self.settings = self.gateway.settings
+        self._domains = (None, self.settings.disabled_domain_set)
 
     def universal_api_enabled(self) -> bool:
         """``UNIVERSAL_API_ENABLED``: the live switch, else the environment's."""
@@ -99,10 +101,10 @@ class HttpContext:
     def disabled_domains(self) -> frozenset[str]:
         """``DISABLED_DOMAINS``: the live switch, else the environment's (parsed once)."""
         value = self.switches.value("DISABLED_DOMAINS")
-        if value is None:
-            return self.settings.disabled_domain_set
         if self._domains[0] != value:
-            self._domains = (value, parse_list(value))
+            self._domains = (
+                value, self.settings.disabled_domain_set if value is None else parse_list(value)
+            )
         return self._domains[1]
 
     async def read_body(self, request: Request) -> bytes:

@@ -52,7 +52,7 @@ async def ingest_data(ctx: HttpContext, request: Request) -> Answer:
     received_at = datetime.now(UTC)
     gateway, settings = ctx.gateway, ctx.settings
     granted = await http.authenticate(gateway, request)
-    body = await ctx.read_body(request)
+    body = await http.read_body(request.scope, request.receive, settings.max_body_bytes, ctx.stall)
     if not body:
         raise Reply(400, {"error": "request body is empty; expected a JSON object"})
     try:
@@ -71,7 +71,7 @@ async def ingest_data(ctx: HttpContext, request: Request) -> Answer:
         raise Reply(403, {"error": f"domain {domain!r} is disabled on this gateway "
                           "(DISABLED_DOMAINS)", "field": "domain"})
     accepted, rejected = normalized.accepted, normalized.rejected
-    gateway.admit_points(domain, source_id, (p.ts for p in accepted), received_at)
+    gateway.guard.admit_points(domain, source_id, (p.ts for p in accepted), received_at)
     POINTS_RECEIVED.inc(len(accepted) + len(rejected))
     for rejection in rejected:
         POINTS_REJECTED.labels(rejection.code).inc()

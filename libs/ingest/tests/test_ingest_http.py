@@ -85,7 +85,7 @@ async def test_endpoint_answers_before_startup_replies_and_errors() -> None:
         return Answer(200, {"ctx": ctx})
 
     run = endpoint(
-        slot, handler, lambda: not_started(settings, GatewayMetrics(errors_counter)),  # type: ignore[arg-type],
+        slot, handler, lambda: not_started(settings, GatewayMetrics(errors_counter)),
         errors_counter, count=lambda _, answer: counted.append(answer.status),
     )
     app = Starlette(routes=[Route("/{path}", run)])

@@ -15,6 +15,7 @@ past Starlette's exception middleware, router and ``Response`` objects (about a 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -105,7 +106,7 @@ async def record_refused(
         await ctx.ledger.record(domain, source, received_at, body, status=status, error=error)
 
 
-def asgi_endpoint(slot: Slot[HttpContext], not_started: Any) -> ASGIApp:
+def asgi_endpoint(slot: Slot[HttpContext], not_started: Callable[[], Reply]) -> ASGIApp:
     """``ingest_data`` as a plain ASGI app: its answer (a ``Reply`` too, or a logged 500)
     written straight to ``send``, counted by status."""
 

@@ -21,8 +21,12 @@ elsewhere (MQTT: the broker) opens the context without access checks (``access=F
 
 Usage::
 
-    ctx = await open_gateway(settings, "gateway-x", Transport.HTTP, GatewayMetrics(ERRORS))
-    granted = await ctx.authenticate(key, ip, "POST /ingest/data")
+    ctx = await open_gateway(
+        settings, "gateway-x", Transport.HTTP, GatewayMetrics(ERRORS), linger_seconds=0.002
+    )
+    target = "POST /ingest/data"  # or a function making it: called only to audit a refusal
+    ctx.admit(ip)
+    granted = await ctx.authenticate(key, ip, target)
     ctx.check(granted, Action.WRITE_POINTS, ip, target, domain, source_id)
     ctx.admit_points(domain, source_id, (p.ts for p in points), received_at)
     outcome = await ctx.publish(domain, source_id, received_at, points, rejections)

@@ -108,18 +108,3 @@ def test_months_wrap_around_years() -> None:
         "data_points_p202611", "data_points_p202612", "data_points_p202701",
         "data_points_p202702",
     ]
-
-
-def test_a_ca_file_turns_on_verified_tls_unless_the_dsn_says_otherwise() -> None:
-    from pathlib import Path
-
-    from writer_postgres.settings import dsn_with_ca
-
-    base = "postgresql://u@db:5432/tributary"
-    assert dsn_with_ca(base, None) == base
-    assert dsn_with_ca(base, Path("/ca.pem")) == (
-        base + "?sslrootcert=%2Fca.pem&sslmode=verify-full"
-    )
-    assert dsn_with_ca(base + "?sslmode=require", Path("/ca.pem")) == (
-        base + "?sslmode=require&sslrootcert=%2Fca.pem"
-    )

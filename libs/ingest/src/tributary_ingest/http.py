@@ -23,7 +23,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from tributary_ingest.gateway import GatewayContext
 from tributary_runtime.access import API_KEY_HEADER, API_KEY_NAME, target_of
+from tributary_runtime.apikeys import Action, Granted
 from tributary_runtime.guard import client_ip, raw_header
 from tributary_runtime.ops import Reply, json_response
 
@@ -50,7 +52,9 @@ def answer_of(reply: Reply) -> Answer:
     return Answer(reply.status, reply.body, reply.headers)
 
 
-INTERNAL_ERROR = Answer(500, {"error": "internal error; it was logged"})
+def internal_error() -> Answer:
+    """The 500 of an unexpected error (logged by the caller)."""
+    return Answer(500, {"error": "internal error; it was logged"})
 
 
 def detail_shape(answer: Answer) -> Answer:
@@ -64,18 +68,34 @@ def detail_shape(answer: Answer) -> Answer:
 
 
 # -- who asks -----------------------------------------------------------------------------------
-def api_key(scope: Scope) -> str | None:
-    """The request's ``X-API-Key`` header."""
-    return raw_header(scope, API_KEY_NAME)
-
-
 MISSING_API_KEY = f"missing {API_KEY_HEADER} header"
 """The 401 reason of a request without a key."""
 
 
-def caller(request: Request) -> tuple[str | None, str]:
-    """``(client ip, "<METHOD> <path>")``: who asks and what, for the access checks."""
-    return client_ip(request.scope), target_of(request)
+async def authenticate(
+    ctx: GatewayContext[Any], request: Request, what: str = "requests"
+) -> Granted:
+    """The request's client IP budget (429), then its ``X-API-Key`` (401/403, audited; the key
+    store not answering → 503)."""
+    scope = request.scope
+    ip = client_ip(scope)
+    ctx.admit(ip, what)
+    return await ctx.authenticate(
+        raw_header(scope, API_KEY_NAME), ip, target_of(scope), MISSING_API_KEY
+    )
+
+
+def check(
+    ctx: GatewayContext[Any],
+    request: Request,
+    granted: Granted,
+    action: Action,
+    domain: str | None = None,
+    source_id: str | None = None,
+) -> None:
+    """403 (audited) unless ``granted`` may do ``action`` (on ``domain``/``source_id``)."""
+    scope = request.scope
+    ctx.check(granted, action, client_ip(scope), target_of(scope), domain, source_id)
 
 
 # -- the body -----------------------------------------------------------------------------------
@@ -148,6 +168,9 @@ class Slot(Generic[C]):
 
 
 Handler = Callable[[C, Request], Awaitable[Answer]]
+"""A handler: the service's context and the request → its answer (or a raised ``Reply``)."""
+Count = Callable[[Request, Answer], None] | None
+"""What sees (counts, may add headers to) every answer of an endpoint."""
 
 
 def endpoint(
@@ -157,7 +180,7 @@ def endpoint(
     errors: Counter,
     *,
     shape: Callable[[Answer], Answer] | None = None,
-    count: Callable[[Request, Answer], None] | None = None,
+    count: Count = None,
 ) -> Callable[[Request], Awaitable[Response]]:
     """``handler`` as a Starlette endpoint: the context from ``slot`` (``not_started()`` — the
     503 — while it is empty), a raised ``Reply`` as its answer, any other exception a logged 500
@@ -177,7 +200,7 @@ def endpoint(
         except Exception as exc:
             errors.labels("handler", "unexpected").inc()
             log.exception("request_failed", path=request.url.path, error=repr(exc))
-            answer = INTERNAL_ERROR if shape is None else shape(INTERNAL_ERROR)
+            answer = internal_error() if shape is None else shape(internal_error())
         if count is not None:
             count(request, answer)
         return answer.response()

@@ -20,7 +20,7 @@ from starlette.requests import Request
 from tributary_contracts import AuditAction
 from tributary_runtime.apikeys import Action, ApiKeyStore, Denied, Granted, check_access
 from tributary_runtime.audit import AuditLog
-from tributary_runtime.guard import client_ip, raw_header
+from tributary_runtime.guard import Scope, client_ip, raw_header
 from tributary_runtime.ops import Reply
 from tributary_runtime.ratelimit import IngestLimiter, Refusal, split_backfill
 
@@ -38,9 +38,10 @@ def refusal_reply(refusal: Refusal) -> Reply:
     return Reply(refusal.status, body, refusal.headers)
 
 
-def target_of(request: Request) -> str:
-    """What an HTTP request asks, as audit events name it: ``"<METHOD> <path>"``."""
-    return f"{request.method} {request.url.path}"[:1024]
+def target_of(scope: Scope) -> str:
+    """What an HTTP request (its ASGI scope) asks, as audit events name it: ``"<METHOD>
+    <path>"``."""
+    return f"{scope.get('method', 'GET')} {scope.get('root_path', '')}{scope['path']}"[:1024]
 
 
 @dataclass
@@ -160,7 +161,7 @@ class RequestGuard:
         return await self.access.authenticate(
             raw_header(request.scope, API_KEY_NAME),
             client_ip(request.scope),
-            target_of(request),
+            target_of(request.scope),
             f"missing {API_KEY_HEADER} header",
         )
 
@@ -173,8 +174,8 @@ class RequestGuard:
         source_id: str | None = None,
     ) -> None:
         self.access.check(
-            granted, action, client_ip(request.scope), target_of(request), domain, source_id
+            granted, action, client_ip(request.scope), target_of(request.scope), domain, source_id
         )
 
     def deny(self, request: Request, granted: Granted, reason: str) -> NoReturn:
-        self.access.deny(granted, reason, client_ip(request.scope), target_of(request))
+        self.access.deny(granted, reason, client_ip(request.scope), target_of(request.scope))

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from gateway_http.app import SERVICE_NAME, create_app
+from gateway_http.app import create_app
+from gateway_http.context import SERVICE_NAME
 from gateway_http.settings import GatewayHttpSettings
 from tributary_runtime.logs import configure_logging
 from tributary_runtime.serve import serve

@@ -12,11 +12,19 @@ from __future__ import annotations
 
 from typing import Any
 
+from starlette.requests import Request
+
+from gateway_http.context import HttpContext
+from tributary_ingest import http
+from tributary_ingest.http import Answer
 from tributary_ingest.points import MalformedJson, parse_json
-from tributary_runtime.apikeys import ApiKeyStore, IssuedKey, KeyProblem
+from tributary_runtime.apikeys import Action, ApiKeyStore, IssuedKey, KeyProblem
 from tributary_runtime.audit import AuditLog
+from tributary_runtime.guard import client_ip
 from tributary_runtime.key_admin import Actor, create_key, parse_create, revoke_key, rotate_key
 from tributary_runtime.ops import Reply
+
+NO_STORE = {"Cache-Control": "no-store"}
 
 
 def issued_body(issued: IssuedKey) -> dict[str, Any]:
@@ -74,3 +82,27 @@ async def handle(
         return 405, {"error": f"method {method} not allowed here"}
     except KeyProblem as exc:
         return exc.status, {"error": exc.message}
+
+
+async def keys(ctx: HttpContext, request: Request) -> Answer:
+    """GET|POST /keys, GET|DELETE /keys/{id}, POST /keys/{id}/rotate (admin keys only)."""
+    gateway = ctx.gateway
+    granted = await http.authenticate(gateway, request)
+    http.check(gateway, request, granted, Action.MANAGE_KEYS)
+    parts = request.url.path.strip("/").split("/")
+    if len(parts) > 3 or (len(parts) == 3 and parts[2] != "rotate"):
+        raise Reply(404, {"error": "not found; see /keys, /keys/{id}, /keys/{id}/rotate"})
+    key_id = parts[1] if len(parts) > 1 else None
+    body = await ctx.read_body(request) if request.method == "POST" else b""
+    actor = Actor(granted.key_id, granted.record.role.value, client_ip(request.scope))
+    try:
+        status, reply = await handle(
+            request.method, key_id, len(parts) == 3, body, gateway.bus.keys, gateway.audit,
+            actor, ctx.settings.key_rotation_overlap_seconds,
+        )
+    except Reply:
+        raise
+    except Exception as exc:
+        message = "the api-keys bucket did not answer; retry later"
+        raise gateway.fault("keys", exc, message) from None
+    return Answer(status, reply, NO_STORE)

@@ -29,31 +29,24 @@ with ``loc`` starting at ``"body"``.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 from uuid import UUID
 
-import asyncpg
 import nats.errors
-import structlog
 from prometheus_client import Counter
 from pydantic import BaseModel, BeforeValidator, Field, ValidationError
 from starlette.requests import Request
-from starlette.responses import Response
 from starlette.routing import Route
 
-from gateway_http.sensor_status import (
-    StoredIot,
-    StoreUnavailable,
-    reading_body,
-    status_body,
-)
-from tributary_contracts import DEVICES_BUCKET, AuditAction, DataPoint, LegacyIds
-from tributary_ingest.batches import PublishError, error_type
-from tributary_ingest.coalesce import settle
+from gateway_http.context import HttpContext
+from gateway_http.metrics import ERRORS
+from gateway_http.sensor_status import StoreUnavailable, reading_body, status_body
+from tributary_contracts import AuditAction, DataPoint, LegacyIds
+from tributary_ingest import http
+from tributary_ingest.http import Answer, Handler, Slot, detail_shape, endpoint
 from tributary_ingest.points import (
     IOT_DOMAIN,
     MalformedJson,
@@ -62,21 +55,17 @@ from tributary_ingest.points import (
     parse_json,
     parse_timestamp,
 )
-from tributary_runtime.access import refusal_reply
 from tributary_runtime.apikeys import Action
 from tributary_runtime.devices import (
     MAX_SENSOR_ID,
     Device,
-    DeviceRegistry,
-    SensorIndexRecord,
     canonical_uuid,
     hash_device_key,
     key_matches,
     unregistered_source_id,
 )
 from tributary_runtime.guard import client_ip
-from tributary_runtime.ops import Reply, json_response
-from tributary_runtime.ratelimit import split_backfill
+from tributary_runtime.ops import Reply
 
 DEVICE_KEY_HEADER = "X-Device-Key"
 MISSING_DEVICE_KEY = f"missing {DEVICE_KEY_HEADER} header"
@@ -86,7 +75,7 @@ _KEYLESS_LIMIT = 100_000
 DEFAULT_READINGS = 100
 MAX_READINGS = 1000
 
-log = structlog.get_logger("gateway_http.legacy")
+_T = TypeVar("_T")
 
 LEGACY_REQUESTS = Counter(
     "gateway_http_legacy_requests",
@@ -174,414 +163,306 @@ def validation_detail(exc: ValidationError) -> list[dict[str, Any]]:
 
 
 # -- the endpoints ----------------------------------------------------------------------------
-Authorize = Callable[..., Awaitable[None]]
+def routes(slot: Slot[HttpContext], not_started: Callable[[], Reply]) -> list[Route]:
+    """The legacy endpoints on the context of ``slot``: legacy reply shapes, counted."""
+
+    def route(path: str, name: str, handler: Handler[HttpContext], method: str) -> Route:
+        def count(_: Request, answer: Answer) -> None:
+            LEGACY_REQUESTS.labels(name, str(answer.status)).inc()
+
+        run = endpoint(slot, handler, not_started, ERRORS, shape=detail_shape, count=count)
+        return Route(path, run, methods=[method])
+
+    return [
+        route("/ingest/packets", "packets", packets, "POST"),
+        route("/ingest/readings", "readings", reading, "POST"),
+        route("/ingest/readings/bulk", "bulk", bulk, "POST"),
+        route("/devices/{device_uuid}/readings", "device_readings", device_post, "POST"),
+        route("/devices/{device_uuid}/readings", "device_history", device_get, "GET"),
+        route("/sensors/{sensor_id}/status", "status", status, "GET"),
+    ]
 
 
-class LegacyIot:
-    """The legacy endpoints of one gateway; ``app.create_app`` wires it.
+def _refuse(status: int, reason: str, detail: str) -> Reply:
+    LEGACY_REFUSED.labels(reason).inc()
+    return Reply(status, {"detail": detail})
 
-    ``bus()`` is the app's connected bus (``publisher``, …) or None before startup; ``authorize``,
-    ``read_body`` and ``unavailable`` are the app's own (same API keys, limits and 503s)."""
 
-    def __init__(
-        self,
-        settings: Any,
-        bus: Callable[[], Any],
-        authorize: Authorize,
-        read_body: Callable[[Request], Awaitable[bytes]],
-        unavailable: Callable[..., Reply],
-    ) -> None:
-        self._settings = settings
-        self._bus = bus
-        self._authorize = authorize
-        self._read_body = read_body
-        self._unavailable = unavailable
-        self.registry: DeviceRegistry | None = None
-        self._pool: asyncpg.Pool | None = None
-        self._pool_lock = asyncio.Lock()
-        self.stored = StoredIot(settings, self.postgres)
-        self._keyless: dict[str, tuple[float | None, int]] = {}
-        """Migration mode: device → (monotonic time of its last audit event, packets since)."""
+async def _authorize(ctx: HttpContext, request: Request, action: Action) -> None:
+    """The key, then its role and scope (writes: domain iot)."""
+    granted = await http.authenticate(ctx.gateway, request)
+    domain = IOT_DOMAIN if action is Action.WRITE_POINTS else None
+    http.check(ctx.gateway, request, granted, action, domain)
 
-    async def start(self, js: Any) -> None:
-        kv = await js.key_value(self._settings.namespace.bucket(DEVICES_BUCKET))
-        self.registry = DeviceRegistry(kv, cache_seconds=self._settings.device_cache_seconds)
 
-    async def stop(self) -> None:
-        self.stored.close()
-        if self._pool is not None:
-            await self._pool.close()
-            self._pool = None
+async def _parse(ctx: HttpContext, request: Request, model: type[BaseModel]) -> Any:
+    body = await ctx.read_body(request)
+    try:
+        return model.model_validate(parse_json(body) if body else None)
+    except MalformedJson as exc:
+        LEGACY_REFUSED.labels("invalid_body").inc()
+        raise Reply(
+            422, {"detail": [{"loc": ["body"], "msg": str(exc), "type": "json_invalid"}]}
+        ) from None
+    except ValidationError as exc:
+        LEGACY_REFUSED.labels("invalid_body").inc()
+        raise Reply(422, {"detail": validation_detail(exc)}) from None
 
-    def routes(self) -> list[Route]:
-        return [
-            Route("/ingest/packets", self._endpoint("packets", self.packets), methods=["POST"]),
-            Route("/ingest/readings", self._endpoint("readings", self.reading), methods=["POST"]),
-            Route("/ingest/readings/bulk", self._endpoint("bulk", self.bulk), methods=["POST"]),
-            Route(
-                "/devices/{device_uuid}/readings",
-                self._endpoint("device_readings", self.device_post),
-                methods=["POST"],
-            ),
-            Route(
-                "/devices/{device_uuid}/readings",
-                self._endpoint("device_history", self.device_get),
-                methods=["GET"],
-            ),
-            Route(
-                "/sensors/{sensor_id}/status",
-                self._endpoint("status", self.status),
-                methods=["GET"],
-            ),
-        ]
 
-    # -- plumbing -------------------------------------------------------------------------------
-    def _endpoint(
-        self, name: str, handler: Callable[[Request], Awaitable[tuple[int, Any]]]
-    ) -> Callable[[Request], Awaitable[Response]]:
-        async def endpoint(request: Request) -> Response:
-            headers = None
-            try:
-                status, body = await handler(request)
-            except Reply as reply:
-                status, headers = reply.status, reply.headers
-                body = {"detail": reply.body.get("error", reply.body.get("detail"))}
-                body.update((k, v) for k, v in reply.body.items() if k not in ("error", "detail"))
-            except Exception as exc:
-                log.exception("legacy_request_failed", endpoint=name, error=repr(exc))
-                status, body = 500, {"detail": "internal error; it was logged"}
-            LEGACY_REQUESTS.labels(name, str(status)).inc()
-            return json_response(status, body, headers)
+async def _registry_call(ctx: HttpContext, call: Awaitable[_T]) -> _T:
+    try:
+        return await call
+    except (nats.errors.Error, TimeoutError, OSError) as exc:
+        raise ctx.gateway.fault(
+            "registry", exc, "the device registry did not answer; nothing was accepted, retry later"
+        ) from None
 
-        return endpoint
 
-    def _ready(self) -> tuple[Any, DeviceRegistry]:
-        bus = self._bus()
-        if bus is None or self.registry is None:
-            raise self._unavailable("startup", "not_started", "lifespan has not connected the bus")
-        return bus, self.registry
+async def _publish(
+    ctx: HttpContext, endpoint: str, received_at: datetime, groups: dict[str, list[DataPoint]]
+) -> Answer:
+    """Every source's points within their budgets (429/413), published; 200 ``{"inserted": n}``
+    once JetStream acked them all."""
+    gateway = ctx.gateway
+    try:
+        gateway.admit_sources(IOT_DOMAIN, groups, received_at)
+    except Reply:
+        LEGACY_REFUSED.labels("rate_limited").inc()
+        raise
+    inserted = await gateway.publish_sources(IOT_DOMAIN, groups, received_at)
+    LEGACY_POINTS.labels(endpoint).inc(inserted)
+    return Answer(200, {"inserted": inserted})
 
-    @staticmethod
-    def _refuse(status: int, reason: str, detail: str) -> Reply:
-        LEGACY_REFUSED.labels(reason).inc()
-        return Reply(status, {"detail": detail})
 
-    async def _parse(self, request: Request, model: type[BaseModel]) -> Any:
-        body = await self._read_body(request)
-        try:
-            return model.model_validate(parse_json(body) if body else None)
-        except MalformedJson as exc:
-            LEGACY_REFUSED.labels("invalid_body").inc()
-            raise Reply(
-                422, {"detail": [{"loc": ["body"], "msg": str(exc), "type": "json_invalid"}]}
-            ) from None
-        except ValidationError as exc:
-            LEGACY_REFUSED.labels("invalid_body").inc()
-            raise Reply(422, {"detail": validation_detail(exc)}) from None
+async def packets(ctx: HttpContext, request: Request) -> Answer:
+    """POST /ingest/packets: a device's readings by sensor uuid → dp.raw.iot.part.<p>."""
+    return await _device_readings(ctx, request, "packets", None)
 
-    async def _registry_call(self, call: Awaitable[Any]) -> Any:
-        try:
-            return await call
-        except (nats.errors.Error, TimeoutError, OSError) as exc:
-            raise self._unavailable(
-                "registry",
-                error_type(exc),
-                repr(exc),
-                "the device registry did not answer; nothing was accepted, retry later",
-            ) from None
 
-    async def _publish(
-        self, bus: Any, endpoint: str, received_at: datetime, groups: dict[str, list[DataPoint]]
-    ) -> int:
-        """Publish every source's points; returns the count once JetStream acked them all."""
-        publisher = bus.publisher
-        deadline = asyncio.get_running_loop().time() + publisher.timeout
-        submitted = [
-            publisher.submit(IOT_DOMAIN, source_id, received_at, points)
-            for source_id, points in groups.items()
-        ]
-        try:
-            for one in submitted:
-                await settle(one, deadline)
-        except PublishError as exc:
-            raise self._unavailable("publish", exc.error_type, str(exc)) from None
-        count = sum(len(points) for points in groups.values())
-        LEGACY_POINTS.labels(endpoint).inc(count)
-        return count
+async def device_post(ctx: HttpContext, request: Request) -> Answer:
+    """POST /devices/{uuid}/readings: the packet of the device named in the path."""
+    raw = request.path_params["device_uuid"]
+    try:
+        device_uuid = canonical_uuid(raw)
+    except ValueError as exc:
+        detail = f"Input should be a valid UUID: {exc}"
+        raise _path_422("device_uuid", detail, "uuid_parsing") from None
+    return await _device_readings(ctx, request, "device_readings", device_uuid)
 
-    # -- handlers -----------------------------------------------------------------------------
-    async def packets(self, request: Request) -> tuple[int, Any]:
-        """POST /ingest/packets: a device's readings by sensor uuid → dp.raw.iot.part.<p>."""
-        return await self._device_readings(request, "packets", None)
 
-    async def device_post(self, request: Request) -> tuple[int, Any]:
-        """POST /devices/{uuid}/readings: the packet of the device named in the path."""
-        raw = request.path_params["device_uuid"]
-        try:
-            device_uuid = canonical_uuid(raw)
-        except ValueError as exc:
-            detail = f"Input should be a valid UUID: {exc}"
-            raise _path_422("device_uuid", detail, "uuid_parsing") from None
-        return await self._device_readings(request, "device_readings", device_uuid)
-
-    async def _device_readings(
-        self, request: Request, endpoint: str, path_device: str | None
-    ) -> tuple[int, Any]:
-        received_at = datetime.now(UTC)
-        bus, registry = self._ready()
-        bus.guard.admit(request)
-        key = request.headers.get(DEVICE_KEY_HEADER)
-        if not key and self._settings.device_auth_mode == "required":
-            raise self._refuse(401, "missing_device_key", MISSING_DEVICE_KEY)
-        if path_device is None:
-            packet: DevicePacketIn = await self._parse(request, DevicePacketIn)
-            device_uuid, readings = str(packet.device_uuid), packet.readings
-        else:
-            body: DeviceReadingsIn = await self._parse(request, DeviceReadingsIn)
-            device_uuid, readings = path_device, body.readings
-        device = await self._registry_call(registry.device(device_uuid))
-        await self._authenticate_device(request, bus, device_uuid, device, key)
-        assert device is not None  # _authenticate_device refused every other case
-        points = []
-        sensors = device.by_uuid
-        for index, reading in enumerate(readings):
-            sensor = sensors.get(reading.sensor_uuid)
-            if sensor is None:
-                sensor_uuid = self._sensor_uuid(reading.sensor_uuid, index)
-                sensor = sensors.get(sensor_uuid)
-            if sensor is None:
-                owner = await self._registry_call(registry.sensor_by_uuid(sensor_uuid))
-                if owner is None:
-                    raise self._refuse(
-                        404,
-                        "unknown_sensor",
-                        f"readings[{index}]: sensor {sensor_uuid} is not registered",
-                    )
-                raise self._refuse(
-                    403,
-                    "foreign_sensor",
-                    f"readings[{index}]: sensor {sensor_uuid} is not a sensor of device "
-                    f"{device_uuid}",
-                )
-            stream_id, stream_type, legacy = sensor
-            points.append(
-                build_point(
-                    {
-                        "stream_id": stream_id,
-                        "value": reading.value,
-                        "ts": reading.timestamp or received_at,
-                        "stream_type": stream_type,
-                        "sequence": None,
-                        "metadata": {},
-                        "legacy": legacy,
-                    }
-                )
+async def _device_readings(
+    ctx: HttpContext, request: Request, endpoint: str, path_device: str | None
+) -> Answer:
+    received_at = datetime.now(UTC)
+    registry = ctx.registry
+    ctx.gateway.admit(client_ip(request.scope))
+    key = request.headers.get(DEVICE_KEY_HEADER)
+    if not key and ctx.settings.device_auth_mode == "required":
+        raise _refuse(401, "missing_device_key", MISSING_DEVICE_KEY)
+    if path_device is None:
+        packet: DevicePacketIn = await _parse(ctx, request, DevicePacketIn)
+        device_uuid, readings = str(packet.device_uuid), packet.readings
+    else:
+        body: DeviceReadingsIn = await _parse(ctx, request, DeviceReadingsIn)
+        device_uuid, readings = path_device, body.readings
+    device = await _registry_call(ctx, registry.device(device_uuid))
+    _authenticate_device(ctx, request, device_uuid, device, key)
+    assert device is not None  # _authenticate_device refused every other case
+    points = []
+    sensors = device.by_uuid
+    for index, reading in enumerate(readings):
+        sensor = sensors.get(reading.sensor_uuid)
+        if sensor is None:
+            sensor_uuid = _sensor_uuid(reading.sensor_uuid, index)
+            sensor = sensors.get(sensor_uuid)
+        if sensor is None:
+            owner = await _registry_call(ctx, registry.sensor_by_uuid(sensor_uuid))
+            if owner is None:
+                problem = f"readings[{index}]: sensor {sensor_uuid} is not registered"
+                raise _refuse(404, "unknown_sensor", problem)
+            raise _refuse(
+                403,
+                "foreign_sensor",
+                f"readings[{index}]: sensor {sensor_uuid} is not a sensor of device {device_uuid}",
             )
-        groups = {device_uuid: points}
-        self._admit_points(bus, received_at, groups)
-        inserted = await self._publish(bus, endpoint, received_at, groups)
-        return 200, {"inserted": inserted}
-
-    async def _authenticate_device(
-        self, request: Request, bus: Any, device_uuid: str, device: Device | None, key: str | None
-    ) -> None:
-        """The device-key decision (module docstring): returns when the packet may go on.
-
-        An unknown device and a known one with a wrong key get the same 401 and the same work
-        (one SHA-256), so the reply never tells whether a device is registered."""
-        if key:
-            matches = key_matches(device.record, key) if device is not None else False
-            if device is None:
-                hash_device_key(key)  # same work as a known device's comparison
-            if not matches:
-                reason = "unknown_device" if device is None else "wrong_device_key"
-                raise self._refuse(401, reason, INVALID_DEVICE_KEY.format(device_uuid))
-            if device is not None and not device.record.enabled:
-                raise self._refuse(401, "disabled_device", f"device {device_uuid} is disabled")
-            return
-        # No key; only reached in migration mode.
-        if device is None or not device.record.enabled:
-            raise self._refuse(401, "missing_device_key", MISSING_DEVICE_KEY)
-        KEYLESS_PACKETS.inc()
-        self._audit_keyless(request, bus, device_uuid)
-
-    def _audit_keyless(self, request: Request, bus: Any, device_uuid: str) -> None:
-        """One ``device_unauthenticated`` event per device per DEVICE_AUTH_AUDIT_SECONDS."""
-        now = time.monotonic()
-        last, count = self._keyless.get(device_uuid, (None, 0))
-        count += 1
-        if last is not None and now - last < self._settings.device_auth_audit_seconds:
-            self._keyless[device_uuid] = (last, count)
-            return
-        if len(self._keyless) >= _KEYLESS_LIMIT:
-            self._keyless.clear()
-        self._keyless[device_uuid] = (now, 0)
-        bus.audit.record_soon(
-            bus.audit.event(
-                AuditAction.DEVICE_UNAUTHENTICATED,
-                client_ip=client_ip(request.scope),
-                target=f"device {device_uuid}",
-                reason=f"DEVICE_AUTH_MODE=migration accepted packets without {DEVICE_KEY_HEADER}",
-                details={"device_uuid": device_uuid, "packets": count},
-            )
-        )
-
-    def _admit_points(
-        self, bus: Any, received_at: datetime, groups: dict[str, list[DataPoint]]
-    ) -> None:
-        """The per-device (per source) point budgets of the whole request, or 429/413."""
-        age = bus.guard.limiter.backfill_age_seconds
-        counts = {
-            source: split_backfill((p.ts for p in points), received_at, age)
-            for source, points in groups.items()
-        }
-        refusal = bus.guard.limiter.admit_sources(IOT_DOMAIN, counts)
-        if refusal is not None:
-            LEGACY_REFUSED.labels("rate_limited").inc()
-            raise refusal_reply(refusal)
-
-    @staticmethod
-    def _sensor_uuid(raw: str, index: int) -> str:
-        """``raw`` in canonical form, or the 422 FastAPI gives a malformed UUID field."""
-        try:
-            return canonical_uuid(raw)
-        except ValueError as exc:
-            LEGACY_REFUSED.labels("invalid_body").inc()
-            detail = {
-                "loc": ["body", "readings", index, "sensor_uuid"],
-                "msg": f"Input should be a valid UUID: {exc}",
-                "type": "uuid_parsing",
-            }
-            raise Reply(422, {"detail": [detail]}) from None
-
-    async def reading(self, request: Request) -> tuple[int, Any]:
-        """POST /ingest/readings: one reading by sensor_id → dp.raw.iot.part.<p>."""
-        return await self._readings(request, "readings")
-
-    async def bulk(self, request: Request) -> tuple[int, Any]:
-        """POST /ingest/readings/bulk: readings by sensor_id → dp.raw.iot.part.<p> per device."""
-        return await self._readings(request, "bulk")
-
-    async def _readings(self, request: Request, endpoint: str) -> tuple[int, Any]:
-        received_at = datetime.now(UTC)
-        bus, registry = self._ready()
-        await self._authorize(request, bus)
-        if endpoint == "bulk":
-            readings = (await self._parse(request, BulkReadingsIn)).readings
-            limit = self._settings.max_points_per_request
-            if len(readings) > limit:
-                raise Reply(413, {"detail": f"readings has {len(readings)} items; at most {limit}"})
-        else:
-            readings = [await self._parse(request, SensorReadingIn)]
-        groups: dict[str, list[DataPoint]] = {}
-        for reading in readings:
-            sensor: SensorIndexRecord | None = await self._registry_call(
-                registry.sensor(reading.sensor_id)
-            )
-            if sensor is None:
-                source_id = unregistered_source_id(reading.sensor_id)
-                stream_type, legacy = None, LegacyIds(sensor_id=reading.sensor_id)
-            else:
-                source_id, stream_type = sensor.device_uuid, sensor.stream_type
-                legacy = LegacyIds(
-                    sensor_id=sensor.sensor_id,
-                    device_uuid=sensor.device_uuid,
-                    sensor_uuid=sensor.sensor_uuid,
-                )
-            groups.setdefault(source_id, []).append(
-                _point(
-                    reading.sensor_id,
-                    reading.value,
-                    reading.timestamp or received_at,
-                    stream_type,
-                    legacy,
-                )
-            )
-        self._admit_points(bus, received_at, groups)
-        inserted = await self._publish(bus, endpoint, received_at, groups)
-        return 200, {"inserted": inserted}
-
-    async def status(self, request: Request) -> tuple[int, Any]:
-        """GET /sensors/{sensor_id}/status: latest stored reading, its class, the open alert."""
-        bus, registry = self._ready()
-        await self._authorize(request, bus, Action.READ)
-        raw = request.path_params["sensor_id"]
-        if not (raw.isascii() and raw.isdigit()) or int(raw) > MAX_SENSOR_ID:
-            LEGACY_REFUSED.labels("invalid_body").inc()
-            raise Reply(
-                422,
+        stream_id, stream_type, legacy = sensor
+        points.append(
+            build_point(
                 {
-                    "detail": [
-                        {
-                            "loc": ["path", "sensor_id"],
-                            "msg": f"sensor_id {raw[:32]!r} is not a non-negative integer",
-                            "type": "int_parsing",
-                        }
-                    ]
-                },
+                    "stream_id": stream_id,
+                    "value": reading.value,
+                    "ts": reading.timestamp or received_at,
+                    "stream_type": stream_type,
+                    "sequence": None,
+                    "metadata": {},
+                    "legacy": legacy,
+                }
             )
-        sensor_id = int(raw)
-        sensor = await self._registry_call(registry.sensor(sensor_id))
-        sources = [unregistered_source_id(sensor_id)]
-        if sensor is not None:
-            sources.insert(0, sensor.device_uuid)
-        latest, alert = await self._stored(self.stored.status(sensor_id, sources))
-        if sensor is None and latest is None and alert is None:
-            raise self._refuse(
-                404, "unknown_sensor", f"sensor {sensor_id} is not registered and has no readings"
-            )
-        return 200, status_body(sensor_id, sensor, latest, alert)
-
-    async def device_get(self, request: Request) -> tuple[int, Any]:
-        """GET /devices/{uuid}/readings: the device's latest stored readings (X-API-Key)."""
-        bus, registry = self._ready()
-        await self._authorize(request, bus, Action.READ)
-        try:
-            device_uuid = canonical_uuid(request.path_params["device_uuid"])
-        except ValueError as exc:
-            detail = f"Input should be a valid UUID: {exc}"
-            raise _path_422("device_uuid", detail, "uuid_parsing") from None
-        raw_limit = request.query_params.get("limit", str(DEFAULT_READINGS))
-        if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_READINGS:
-            LEGACY_REFUSED.labels("invalid_body").inc()
-            msg = f"limit must be an integer from 1 to {MAX_READINGS}"
-            raise Reply(
-                422, {"detail": [{"loc": ["query", "limit"], "msg": msg, "type": "int_parsing"}]}
-            )
-        device = await self._registry_call(registry.device(device_uuid))
-        sensors = (
-            {} if device is None else {s.sensor_id: s.sensor_uuid for s in device.record.sensors}
         )
-        rows = await self._stored(self.stored.readings(device_uuid, list(sensors), int(raw_limit)))
-        if device is None and not rows:
-            raise self._refuse(
-                404, "unknown_device", f"device {device_uuid} is not registered and has no readings"
-            )
-        by_stream = {str(k): v for k, v in sensors.items()}
-        return 200, {
-            "device_uuid": device_uuid,
-            "readings": [reading_body(row, by_stream) for row in rows],
+    return await _publish(ctx, endpoint, received_at, {device_uuid: points})
+
+
+def _authenticate_device(
+    ctx: HttpContext, request: Request, device_uuid: str, device: Device | None, key: str | None
+) -> None:
+    """The device-key decision (module docstring): returns when the packet may go on.
+
+    An unknown device and a known one with a wrong key get the same 401 and the same work
+    (one SHA-256), so the reply never tells whether a device is registered."""
+    if key:
+        matches = key_matches(device.record, key) if device is not None else False
+        if device is None:
+            hash_device_key(key)  # same work as a known device's comparison
+        if not matches:
+            reason = "unknown_device" if device is None else "wrong_device_key"
+            raise _refuse(401, reason, INVALID_DEVICE_KEY.format(device_uuid))
+        if device is not None and not device.record.enabled:
+            raise _refuse(401, "disabled_device", f"device {device_uuid} is disabled")
+        return
+    # No key; only reached in migration mode.
+    if device is None or not device.record.enabled:
+        raise _refuse(401, "missing_device_key", MISSING_DEVICE_KEY)
+    KEYLESS_PACKETS.inc()
+    _audit_keyless(ctx, request, device_uuid)
+
+
+def _audit_keyless(ctx: HttpContext, request: Request, device_uuid: str) -> None:
+    """One ``device_unauthenticated`` event per device per DEVICE_AUTH_AUDIT_SECONDS."""
+    keyless = ctx.keyless
+    now = time.monotonic()
+    last, count = keyless.get(device_uuid, (None, 0))
+    count += 1
+    if last is not None and now - last < ctx.settings.device_auth_audit_seconds:
+        keyless[device_uuid] = (last, count)
+        return
+    if len(keyless) >= _KEYLESS_LIMIT:
+        keyless.clear()
+    keyless[device_uuid] = (now, 0)
+    audit = ctx.gateway.audit
+    audit.record_soon(
+        audit.event(
+            AuditAction.DEVICE_UNAUTHENTICATED,
+            client_ip=client_ip(request.scope),
+            target=f"device {device_uuid}",
+            reason=f"DEVICE_AUTH_MODE=migration accepted packets without {DEVICE_KEY_HEADER}",
+            details={"device_uuid": device_uuid, "packets": count},
+        )
+    )
+
+
+def _sensor_uuid(raw: str, index: int) -> str:
+    """``raw`` in canonical form, or the 422 FastAPI gives a malformed UUID field."""
+    try:
+        return canonical_uuid(raw)
+    except ValueError as exc:
+        LEGACY_REFUSED.labels("invalid_body").inc()
+        detail = {
+            "loc": ["body", "readings", index, "sensor_uuid"],
+            "msg": f"Input should be a valid UUID: {exc}",
+            "type": "uuid_parsing",
         }
+        raise Reply(422, {"detail": [detail]}) from None
 
-    async def _stored(self, read: Awaitable[Any]) -> Any:
-        try:
-            return await read
-        except StoreUnavailable as exc:
-            raise self._unavailable(
-                "status",
-                exc.error_type,
-                str(exc),
-                f"the database that owns domain iot ({exc.store}) did not answer; retry later",
-            ) from None
 
-    async def postgres(self) -> asyncpg.Pool:
-        """The PostgreSQL pool (POSTGRES_DSN), made on first use."""
-        async with self._pool_lock:
-            if self._pool is None:
-                self._pool = await asyncpg.create_pool(
-                    self._settings.postgres_dsn, min_size=0, max_size=2, timeout=5
-                )
-            return self._pool
+async def reading(ctx: HttpContext, request: Request) -> Answer:
+    """POST /ingest/readings: one reading by sensor_id → dp.raw.iot.part.<p>."""
+    return await _readings(ctx, request, "readings")
+
+
+async def bulk(ctx: HttpContext, request: Request) -> Answer:
+    """POST /ingest/readings/bulk: readings by sensor_id → dp.raw.iot.part.<p> per device."""
+    return await _readings(ctx, request, "bulk")
+
+
+async def _readings(ctx: HttpContext, request: Request, endpoint: str) -> Answer:
+    received_at = datetime.now(UTC)
+    await _authorize(ctx, request, Action.WRITE_POINTS)
+    if endpoint == "bulk":
+        readings = (await _parse(ctx, request, BulkReadingsIn)).readings
+        limit = ctx.settings.max_points_per_request
+        if len(readings) > limit:
+            raise Reply(413, {"detail": f"readings has {len(readings)} items; at most {limit}"})
+    else:
+        readings = [await _parse(ctx, request, SensorReadingIn)]
+    groups: dict[str, list[DataPoint]] = {}
+    for one in readings:
+        sensor = await _registry_call(ctx, ctx.registry.sensor(one.sensor_id))
+        if sensor is None:
+            source_id = unregistered_source_id(one.sensor_id)
+            stream_type, legacy = None, LegacyIds(sensor_id=one.sensor_id)
+        else:
+            source_id, stream_type = sensor.device_uuid, sensor.stream_type
+            legacy = LegacyIds(
+                sensor_id=sensor.sensor_id,
+                device_uuid=sensor.device_uuid,
+                sensor_uuid=sensor.sensor_uuid,
+            )
+        groups.setdefault(source_id, []).append(
+            _point(one.sensor_id, one.value, one.timestamp or received_at, stream_type, legacy)
+        )
+    return await _publish(ctx, endpoint, received_at, groups)
+
+
+async def status(ctx: HttpContext, request: Request) -> Answer:
+    """GET /sensors/{sensor_id}/status: latest stored reading, its class, the open alert."""
+    await _authorize(ctx, request, Action.READ)
+    raw = request.path_params["sensor_id"]
+    if not (raw.isascii() and raw.isdigit()) or int(raw) > MAX_SENSOR_ID:
+        raise _path_422(
+            "sensor_id", f"sensor_id {raw[:32]!r} is not a non-negative integer", "int_parsing"
+        )
+    sensor_id = int(raw)
+    sensor = await _registry_call(ctx, ctx.registry.sensor(sensor_id))
+    sources = [unregistered_source_id(sensor_id)]
+    if sensor is not None:
+        sources.insert(0, sensor.device_uuid)
+    latest, alert = await _stored(ctx, ctx.stored.status(sensor_id, sources))
+    if sensor is None and latest is None and alert is None:
+        raise _refuse(
+            404, "unknown_sensor", f"sensor {sensor_id} is not registered and has no readings"
+        )
+    return Answer(200, status_body(sensor_id, sensor, latest, alert))
+
+
+async def device_get(ctx: HttpContext, request: Request) -> Answer:
+    """GET /devices/{uuid}/readings: the device's latest stored readings (X-API-Key)."""
+    await _authorize(ctx, request, Action.READ)
+    try:
+        device_uuid = canonical_uuid(request.path_params["device_uuid"])
+    except ValueError as exc:
+        detail = f"Input should be a valid UUID: {exc}"
+        raise _path_422("device_uuid", detail, "uuid_parsing") from None
+    raw_limit = request.query_params.get("limit", str(DEFAULT_READINGS))
+    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_READINGS:
+        LEGACY_REFUSED.labels("invalid_body").inc()
+        msg = f"limit must be an integer from 1 to {MAX_READINGS}"
+        raise Reply(
+            422, {"detail": [{"loc": ["query", "limit"], "msg": msg, "type": "int_parsing"}]}
+        )
+    device = await _registry_call(ctx, ctx.registry.device(device_uuid))
+    sensors = {} if device is None else {s.sensor_id: s.sensor_uuid for s in device.record.sensors}
+    rows = await _stored(ctx, ctx.stored.readings(device_uuid, list(sensors), int(raw_limit)))
+    if device is None and not rows:
+        raise _refuse(
+            404, "unknown_device", f"device {device_uuid} is not registered and has no readings"
+        )
+    by_stream = {str(k): v for k, v in sensors.items()}
+    return Answer(
+        200,
+        {"device_uuid": device_uuid, "readings": [reading_body(row, by_stream) for row in rows]},
+    )
+
+
+async def _stored(ctx: HttpContext, read: Awaitable[_T]) -> _T:
+    try:
+        return await read
+    except StoreUnavailable as exc:
+        raise ctx.gateway.unavailable(
+            "status",
+            exc.error_type,
+            str(exc),
+            f"the database that owns domain iot ({exc.store}) did not answer; retry later",
+        ) from None
 
 
 def _path_422(name: str, msg: str, kind: str) -> Reply:

@@ -26,18 +26,23 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.requests import Request
-from starlette.responses import Response
 from starlette.routing import Route
 
+from gateway_http.context import HttpContext
+from gateway_http.metrics import ERRORS
 from tributary_contracts import DP_DLQ
+from tributary_ingest import http
+from tributary_ingest.gateway import unavailable_reply
+from tributary_ingest.http import Answer, Handler, Slot, detail_shape, endpoint
 from tributary_runtime.apikeys import Action
-from tributary_runtime.ops import Reply, json_response
+from tributary_runtime.guard import client_ip
+from tributary_runtime.ops import Reply
 
 MQTT_COUNTERS = {
     "messages_received": "gateway_mqtt_messages_received_total",
@@ -73,212 +78,177 @@ def breaker_state(sums: dict[str, float] | None) -> str:
     return "OPEN" if any(values) else "CLOSED"
 
 
-class LegacyOps:
-    """The routes above; ``app.create_app`` wires it with the app's bus, auth and PostgreSQL."""
+def routes(slot: Slot[HttpContext], not_started: Callable[[], Reply]) -> list[Route]:
+    """The routes above on the context of ``slot`` (legacy ``{"detail"}`` error shape)."""
 
-    def __init__(
-        self,
-        settings: Any,
-        bus: Callable[[], Any],
-        authorize: Callable[..., Awaitable[None]],
-        postgres: Callable[[], Awaitable[Any]],
-        registry_loaded: Callable[[], bool],
-    ) -> None:
-        self._settings = settings
-        self._bus = bus
-        self._authorize = authorize
-        self._postgres = postgres
-        self._registry_loaded = registry_loaded
-        self._started = time.monotonic()
-        self._timeout = settings.ops_probe_timeout_seconds
-
-    def routes(self) -> list[Route]:
-        return [
-            Route("/health/postgres", self._endpoint(self.postgres_health), methods=["GET"]),
-            Route("/ingest/health", self._endpoint(self.ingest_health), methods=["GET"]),
-            Route("/mqtt/health", self._endpoint(self.mqtt_health), methods=["GET"]),
-            Route("/mqtt/stats", self._endpoint(self.mqtt_stats), methods=["GET"]),
-            Route("/resilience/health", self._endpoint(self.resilience), methods=["GET"]),
-            # /diagnostics spends the IP budget through its API-key check
-            Route("/diagnostics", self._endpoint(self.diagnostics, False), methods=["GET"]),
-        ]
-
-    def _endpoint(
-        self,
-        handler: Callable[[Request], Awaitable[tuple[int, dict[str, Any]]]],
-        admit: bool = True,
-    ) -> Callable[[Request], Awaitable[Response]]:
-        async def endpoint(request: Request) -> Response:
-            try:
-                bus = self._bus()
-                if bus is not None and admit:
-                    bus.guard.admit(request)  # per-IP budget: probes are requests like any
-                status, body = await handler(request)
-            except Reply as reply:
-                detail = reply.body.get("error", reply.body.get("detail"))
-                body = {
-                    "detail": detail,
-                    **{k: v for k, v in reply.body.items() if k not in ("error", "detail")},
-                }
-                return json_response(reply.status, body, reply.headers)
-            return json_response(status, body, {"Cache-Control": "no-store"})
-
-        return endpoint
-
-    # -- probes ------------------------------------------------------------------------------
-    async def _postgres_probe(self) -> dict[str, Any]:
-        started = time.perf_counter()
-        try:
-            pool = await asyncio.wait_for(self._postgres(), self._timeout)
-            async with asyncio.timeout(self._timeout), pool.acquire() as conn:
-                await conn.fetchval("SELECT 1")
-        except Exception as exc:
-            return {"status": "error", "connected": False, "error": _error(exc)}
-        latency = round((time.perf_counter() - started) * 1000, 2)
-        return {"status": "ok", "connected": True, "latency_ms": latency}
-
-    async def _get(self, client: httpx.AsyncClient, url: str) -> httpx.Response | None:
-        try:
-            return await client.get(url)
-        except httpx.HTTPError:
-            return None
-
-    async def _mqtt_instances(self) -> list[dict[str, Any]]:
-        urls = [u.rstrip("/") for u in self._settings.mqtt_gateway_urls]
-        async with httpx.AsyncClient(timeout=self._timeout) as client:
-
-            async def one(url: str) -> dict[str, Any]:
-                ready, metrics = await asyncio.gather(
-                    self._get(client, url + "/ready"), self._get(client, url + "/metrics")
-                )
-                checks: dict[str, Any] = {}
-                if ready is not None and ready.headers.get("content-type", "").startswith(
-                    "application/json"
-                ):
-                    checks = ready.json().get("checks", {})
-                sums = (
-                    metric_sums(metrics.text)
-                    if metrics is not None and metrics.is_success
-                    else None
-                )
-                return {
-                    "url": url,
-                    "up": ready is not None,
-                    "connected": bool(ready is not None and ready.status_code == 200),
-                    "checks": checks,
-                    "metrics": sums,
-                }
-
-            return list(await asyncio.gather(*(one(u) for u in urls)))
-
-    async def _breakers(self) -> dict[str, str]:
-        writers = dict(self._settings.writer_urls)
-        async with httpx.AsyncClient(timeout=self._timeout) as client:
-            replies = await asyncio.gather(
-                *(self._get(client, url.rstrip("/") + "/metrics") for url in writers.values())
-            )
-        return {
-            name: breaker_state(metric_sums(r.text) if r is not None and r.is_success else None)
-            for name, r in zip(writers, replies, strict=True)
-        }
-
-    async def _dlq(self) -> dict[str, Any]:
-        bus = self._bus()
-        if bus is None:
-            raise Reply(
-                503,
-                {"error": "the gateway has not connected to NATS yet"},
-                {"Retry-After": str(self._settings.retry_after_seconds)},
-            )
-        stream = self._settings.namespace.stream(DP_DLQ)
-        try:
-            info = await asyncio.wait_for(
-                bus.js.stream_info(stream, subjects_filter=">"), self._timeout
-            )
-        except Exception as exc:
-            raise Reply(
-                503,
-                {"error": f"JetStream did not answer for {stream}: {_error(exc)}"},
-                {"Retry-After": str(self._settings.retry_after_seconds)},
-            ) from None
-        prefix = f"{self._settings.namespace.prefix}." if self._settings.namespace.prefix else ""
-        subjects = {
-            name.removeprefix(prefix): count
-            for name, count in sorted((info.state.subjects or {}).items())
-        }
-        return {"stream": stream, "depth": info.state.messages, "by_subject": subjects}
-
-    async def _ingest(self) -> dict[str, Any]:
-        bus = self._bus()
-        checks = await bus.gateway.ready() if bus is not None else {"nats": False, "stream": False}
-        checks["device_registry"] = self._registry_loaded()
-        return {
-            "status": "ok" if all(checks.values()) else "error",
-            "checks": checks,
-            "device_auth_mode": self._settings.device_auth_mode,
-        }
-
-    # -- handlers ------------------------------------------------------------------------------
-    async def postgres_health(self, _: Request) -> tuple[int, dict[str, Any]]:
-        """GET /health/postgres: SELECT 1 on POSTGRES_DSN."""
-        body = {"database": "postgresql", **await self._postgres_probe()}
-        return (200 if body["connected"] else 503), body
-
-    async def ingest_health(self, _: Request) -> tuple[int, dict[str, Any]]:
-        """GET /ingest/health: NATS, the raw stream and the device registry of this gateway."""
-        body = await self._ingest()
-        return (200 if body["status"] == "ok" else 503), body
-
-    async def mqtt_health(self, _: Request) -> tuple[int, dict[str, Any]]:
-        """GET /mqtt/health: the gateway-mqtt replicas' readiness."""
-        instances = await self._mqtt_instances()
-        connected = sum(1 for i in instances if i["connected"])
-        body = {
-            "status": "ok" if connected == len(instances) else "degraded" if connected else "down",
-            "enabled": bool(instances),
-            "connected": connected > 0,
-            "instances": [
-                {k: i[k] for k in ("url", "up", "connected", "checks")} for i in instances
-            ],
-        }
-        return (200 if connected else 503), body
-
-    async def mqtt_stats(self, _: Request) -> tuple[int, dict[str, Any]]:
-        """GET /mqtt/stats: gateway-mqtt counters summed over its replicas."""
-        instances = await self._mqtt_instances()
-        return 200, mqtt_stats_body(instances)
-
-    async def resilience(self, _: Request) -> tuple[int, dict[str, Any]]:
-        """GET /resilience/health: writers' circuit breakers and the DLQ depth."""
-        breakers, dlq = await asyncio.gather(self._breakers(), self._dlq())
-        healthy = all(state == "CLOSED" for state in breakers.values()) and dlq["depth"] == 0
-        return 200, {
-            "status": "ok" if healthy else "degraded",
-            "circuit_breakers": breakers,
-            "dlq": dlq,
-        }
-
-    async def diagnostics(self, request: Request) -> tuple[int, dict[str, Any]]:
-        """GET /diagnostics (X-API-Key, any role): every probe above and the settings."""
-        bus = self._bus()
-        if bus is None:
-            raise Reply(
-                503,
-                {"error": "the gateway has not connected to NATS yet"},
-                {"Retry-After": str(self._settings.retry_after_seconds)},
-            )
-        await self._authorize(request, bus, Action.READ)
-        postgres, ingest, instances, breakers, dlq = await asyncio.gather(
-            self._postgres_probe(),
-            self._ingest(),
-            self._mqtt_instances(),
-            self._breakers(),
-            self._dlq(),
+    def route(path: str, handler: Handler[HttpContext]) -> Route:
+        return Route(
+            path,
+            endpoint(slot, handler, not_started, ERRORS, shape=detail_shape, count=no_store),
+            methods=["GET"],
         )
-        s = self._settings
-        return 200, {
+
+    return [
+        route("/health/postgres", postgres_health),
+        route("/ingest/health", ingest_health),
+        route("/mqtt/health", mqtt_health),
+        route("/mqtt/stats", mqtt_stats),
+        route("/resilience/health", resilience),
+        route("/diagnostics", diagnostics),
+    ]
+
+
+def no_store(_: Request, answer: Answer) -> None:
+    answer.headers = {**(answer.headers or {}), "Cache-Control": "no-store"}
+
+
+# -- probes ------------------------------------------------------------------------------------
+async def _postgres_probe(ctx: HttpContext) -> dict[str, Any]:
+    timeout = ctx.settings.ops_probe_timeout_seconds
+    started = time.perf_counter()
+    try:
+        pool = await asyncio.wait_for(ctx.postgres.pool(), timeout)
+        async with asyncio.timeout(timeout), pool.acquire() as conn:
+            await conn.fetchval("SELECT 1")
+    except Exception as exc:
+        return {"status": "error", "connected": False, "error": _error(exc)}
+    latency = round((time.perf_counter() - started) * 1000, 2)
+    return {"status": "ok", "connected": True, "latency_ms": latency}
+
+
+async def _get(client: httpx.AsyncClient, url: str) -> httpx.Response | None:
+    try:
+        return await client.get(url)
+    except httpx.HTTPError:
+        return None
+
+
+async def _mqtt_instances(ctx: HttpContext) -> list[dict[str, Any]]:
+    urls = [u.rstrip("/") for u in ctx.settings.mqtt_gateway_urls]
+    async with httpx.AsyncClient(timeout=ctx.settings.ops_probe_timeout_seconds) as client:
+
+        async def one(url: str) -> dict[str, Any]:
+            ready, metrics = await asyncio.gather(
+                _get(client, url + "/ready"), _get(client, url + "/metrics")
+            )
+            checks: dict[str, Any] = {}
+            if ready is not None and ready.headers.get("content-type", "").startswith(
+                "application/json"
+            ):
+                checks = ready.json().get("checks", {})
+            sums = metric_sums(metrics.text) if metrics is not None and metrics.is_success else None
+            return {
+                "url": url,
+                "up": ready is not None,
+                "connected": bool(ready is not None and ready.status_code == 200),
+                "checks": checks,
+                "metrics": sums,
+            }
+
+        return list(await asyncio.gather(*(one(u) for u in urls)))
+
+
+async def _breakers(ctx: HttpContext) -> dict[str, str]:
+    writers = dict(ctx.settings.writer_urls)
+    async with httpx.AsyncClient(timeout=ctx.settings.ops_probe_timeout_seconds) as client:
+        replies = await asyncio.gather(
+            *(_get(client, url.rstrip("/") + "/metrics") for url in writers.values())
+        )
+    return {
+        name: breaker_state(metric_sums(r.text) if r is not None and r.is_success else None)
+        for name, r in zip(writers, replies, strict=True)
+    }
+
+
+async def _dlq(ctx: HttpContext) -> dict[str, Any]:
+    settings = ctx.settings
+    stream = settings.namespace.stream(DP_DLQ)
+    try:
+        info = await asyncio.wait_for(
+            ctx.gateway.js.stream_info(stream, subjects_filter=">"),
+            settings.ops_probe_timeout_seconds,
+        )
+    except Exception as exc:
+        raise unavailable_reply(
+            settings.retry_after_seconds, f"JetStream did not answer for {stream}: {_error(exc)}"
+        ) from None
+    prefix = f"{settings.namespace.prefix}." if settings.namespace.prefix else ""
+    subjects = {
+        name.removeprefix(prefix): count
+        for name, count in sorted((info.state.subjects or {}).items())
+    }
+    return {"stream": stream, "depth": info.state.messages, "by_subject": subjects}
+
+
+async def _ingest(ctx: HttpContext) -> dict[str, Any]:
+    checks = await ctx.gateway.ready()
+    checks["device_registry"] = True  # loaded with the context
+    return {
+        "status": "ok" if all(checks.values()) else "error",
+        "checks": checks,
+        "device_auth_mode": ctx.settings.device_auth_mode,
+    }
+
+
+# -- handlers ----------------------------------------------------------------------------------
+async def postgres_health(ctx: HttpContext, request: Request) -> Answer:
+    """GET /health/postgres: SELECT 1 on POSTGRES_DSN."""
+    ctx.gateway.admit(client_ip(request.scope))  # per-IP budget: probes are requests like any
+    body = {"database": "postgresql", **await _postgres_probe(ctx)}
+    return Answer(200 if body["connected"] else 503, body)
+
+
+async def ingest_health(ctx: HttpContext, request: Request) -> Answer:
+    """GET /ingest/health: NATS, the raw stream and the device registry of this gateway."""
+    ctx.gateway.admit(client_ip(request.scope))
+    body = await _ingest(ctx)
+    return Answer(200 if body["status"] == "ok" else 503, body)
+
+
+async def mqtt_health(ctx: HttpContext, request: Request) -> Answer:
+    """GET /mqtt/health: the gateway-mqtt replicas' readiness."""
+    ctx.gateway.admit(client_ip(request.scope))
+    instances = await _mqtt_instances(ctx)
+    connected = sum(1 for i in instances if i["connected"])
+    body = {
+        "status": "ok" if connected == len(instances) else "degraded" if connected else "down",
+        "enabled": bool(instances),
+        "connected": connected > 0,
+        "instances": [{k: i[k] for k in ("url", "up", "connected", "checks")} for i in instances],
+    }
+    return Answer(200 if connected else 503, body)
+
+
+async def mqtt_stats(ctx: HttpContext, request: Request) -> Answer:
+    """GET /mqtt/stats: gateway-mqtt counters summed over its replicas."""
+    ctx.gateway.admit(client_ip(request.scope))
+    return Answer(200, mqtt_stats_body(await _mqtt_instances(ctx)))
+
+
+async def resilience(ctx: HttpContext, request: Request) -> Answer:
+    """GET /resilience/health: writers' circuit breakers and the DLQ depth."""
+    ctx.gateway.admit(client_ip(request.scope))
+    breakers, dlq = await asyncio.gather(_breakers(ctx), _dlq(ctx))
+    healthy = all(state == "CLOSED" for state in breakers.values()) and dlq["depth"] == 0
+    return Answer(
+        200,
+        {"status": "ok" if healthy else "degraded", "circuit_breakers": breakers, "dlq": dlq},
+    )
+
+
+async def diagnostics(ctx: HttpContext, request: Request) -> Answer:
+    """GET /diagnostics (X-API-Key, any role): every probe above and the settings."""
+    granted = await http.authenticate(ctx.gateway, request)  # spends the IP budget too
+    http.check(ctx.gateway, request, granted, Action.READ)
+    postgres, ingest, instances, breakers, dlq = await asyncio.gather(
+        _postgres_probe(ctx), _ingest(ctx), _mqtt_instances(ctx), _breakers(ctx), _dlq(ctx)
+    )
+    s = ctx.settings
+    return Answer(
+        200,
+        {
             "service": "gateway-http",
-            "uptime_seconds": round(time.monotonic() - self._started, 1),
+            "uptime_seconds": round(time.monotonic() - ctx.started, 1),
             "ingest": ingest,
             "postgres": postgres,
             "mqtt": {
@@ -298,7 +268,8 @@ class LegacyOps:
                 "rate_limit_source_points_per_second": s.rate_limit_source_points_per_second,
                 "max_points_per_request": s.max_points_per_request,
             },
-        }
+        },
+    )
 
 
 def mqtt_stats_body(instances: list[dict[str, Any]]) -> dict[str, Any]:

@@ -45,19 +45,16 @@ import secrets
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
-import structlog
 from nats.js.errors import KeyWrongLastSequenceError
 from prometheus_client import Counter
 from starlette.requests import Request
-from starlette.responses import Response
-from starlette.routing import Route
 
-from tributary_contracts import DEVICES_BUCKET, PROVISION_NONCES_BUCKET, AuditAction
-from tributary_ingest.batches import error_type
+from gateway_http.context import HttpContext
+from tributary_contracts import AuditAction
+from tributary_ingest.http import Answer
 from tributary_ingest.points import MalformedJson, parse_json
 from tributary_runtime.devices import (
     MAX_SERIAL,
@@ -69,9 +66,7 @@ from tributary_runtime.devices import (
     make_device_key,
 )
 from tributary_runtime.guard import client_ip
-from tributary_runtime.ops import Reply, json_response
-
-log = structlog.get_logger("gateway_http.provision")
+from tributary_runtime.ops import Reply
 
 PATH = "/devices/provision"
 NONCE_PATTERN = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
@@ -157,163 +152,130 @@ def parse_body(body: bytes) -> tuple[str, int, str, str]:
     return serial, timestamp, nonce, signature.lower()
 
 
-class Provisioning:
-    """The endpoint of one gateway; ``app.create_app`` wires it (``routes()``, ``start(js)``).
+def count(_: Request, answer: Answer) -> None:
+    """Counts the reply by its outcome (which leaves the body) and status; no caching."""
+    body = answer.body or {}
+    PROVISION_REQUESTS.labels(body.pop("outcome", "refused"), str(answer.status)).inc()
+    answer.headers = {**(answer.headers or {}), "Cache-Control": "no-store"}
 
-    ``bus()`` is the app's connected bus (``guard``, ``audit``) or None before startup;
-    ``registry()`` the legacy endpoints' device registry."""
 
-    def __init__(
-        self,
-        settings: Any,
-        bus: Callable[[], Any],
-        registry: Callable[[], DeviceRegistry | None],
-        read_body: Callable[[Request], Awaitable[bytes]],
-        unavailable: Callable[..., Reply],
-    ) -> None:
-        self._settings = settings
-        self._bus = bus
-        self._registry = registry
-        self._read_body = read_body
-        self._unavailable = unavailable
-        self._nonces: Any = None
-        self._devices: Any = None
-
-    async def start(self, js: Any) -> None:
-        ns = self._settings.namespace
-        self._nonces = await js.key_value(ns.bucket(PROVISION_NONCES_BUCKET))
-        self._devices = await js.key_value(ns.bucket(DEVICES_BUCKET))
-
-    def routes(self) -> list[Route]:
-        return [Route(PATH, self.endpoint, methods=["POST"])]
-
-    async def endpoint(self, request: Request) -> Response:
-        outcome, headers = "unexpected", None
-        try:
-            status, outcome, body = await self.provision(request)
-        except Reply as reply:
-            status, body, headers = reply.status, reply.body, reply.headers
-            outcome = body.pop("outcome", "refused")
-        except Exception as exc:
-            log.exception("provision_failed", error=repr(exc))
-            status, body = 500, {"error": "internal error; it was logged"}
-        PROVISION_REQUESTS.labels(outcome, str(status)).inc()
-        headers = {**(headers or {}), "Cache-Control": "no-store"}
-        return json_response(status, body, headers)
-
-    def _refuse(
-        self, bus: Any, request: Request, status: int, outcome: str, reason: str, serial: str | None
-    ) -> Reply:
-        bus.audit.record_soon(
-            bus.audit.event(
-                AuditAction.PROVISION_FAILED,
-                outcome="failure",
-                client_ip=client_ip(request.scope),
-                target=f"device serial {serial}" if serial else PATH,
-                reason=reason,
-                details={"refusal": outcome},
-            )
+def _refuse(
+    ctx: HttpContext, request: Request, status: int, outcome: str, reason: str, serial: str | None
+) -> Reply:
+    audit = ctx.gateway.audit
+    audit.record_soon(
+        audit.event(
+            AuditAction.PROVISION_FAILED,
+            outcome="failure",
+            client_ip=client_ip(request.scope),
+            target=f"device serial {serial}" if serial else PATH,
+            reason=reason,
+            details={"refusal": outcome},
         )
-        return Reply(status, {"error": reason, "outcome": outcome})
+    )
+    return Reply(status, {"error": reason, "outcome": outcome})
 
-    async def provision(self, request: Request) -> tuple[int, str, dict[str, Any]]:
-        bus, registry = self._bus(), self._registry()
-        if bus is None or registry is None or self._nonces is None:
-            raise self._unavailable("startup", "not_started", "lifespan has not connected the bus")
-        bus.guard.admit(request)
-        secret = self._settings.provisioning_secret
-        if secret is None or not secret.get_secret_value():
-            raise self._refuse(bus, request, 503, "not_configured", NOT_CONFIGURED, None)
-        try:
-            serial, timestamp, nonce, signature = parse_body(await self._read_body(request))
-        except Problem as exc:
-            raise Reply(
-                422, {"error": exc.message, "field": exc.field, "outcome": "invalid_body"}
-            ) from None
-        expected = sign(secret.get_secret_value(), serial, timestamp, nonce)
-        if not hmac.compare_digest(expected, signature):
-            raise self._refuse(
-                bus,
-                request,
-                401,
-                "bad_signature",
-                "signature is not the HMAC-SHA256 of serial, timestamp and nonce under the "
-                "provisioning secret",
-                serial,
-            )
-        window = self._settings.provisioning_window_seconds
-        skew = timestamp - int(time.time())
-        if abs(skew) > window:
-            when = "in the future" if skew > 0 else "old"
-            raise self._refuse(
-                bus,
-                request,
-                401,
-                "stale_timestamp",
-                f"timestamp is {abs(skew)} s {when}; at most {window} s from the gateway clock "
-                "is accepted",
-                serial,
-            )
-        try:
-            await self._nonces.create(f"nonce.{nonce}", serial.encode())
-        except KeyWrongLastSequenceError:
-            raise self._refuse(
-                bus,
-                request,
-                409,
-                "replayed_nonce",
-                "nonce was already used; sign a new request with a fresh nonce",
-                serial,
-            ) from None
-        except Exception as exc:
-            raise self._bus_down(exc, "the nonce bucket did not answer") from None
-        try:
-            status, body = await self._register(registry, serial)
-        except Reply:
-            raise
-        except Exception as exc:
-            raise self._bus_down(exc, "the device registry did not answer") from None
-        created = status == 201
-        await bus.audit.record(
-            bus.audit.event(
-                AuditAction.DEVICE_PROVISIONED,
-                client_ip=client_ip(request.scope),
-                target=f"device {body['device_uuid']}",
-                reason=f"serial {serial} " + ("registered, key issued" if created else "confirmed"),
-                details={"serial": serial, "created": created},
-            )
+
+async def provision(ctx: HttpContext, request: Request) -> Answer:
+    """POST /devices/provision (module docstring); the body carries its ``outcome`` for
+    ``count``."""
+    ctx.gateway.admit(client_ip(request.scope))
+    settings = ctx.settings
+    secret = settings.provisioning_secret
+    if secret is None or not secret.get_secret_value():
+        raise _refuse(ctx, request, 503, "not_configured", NOT_CONFIGURED, None)
+    try:
+        serial, timestamp, nonce, signature = parse_body(await ctx.read_body(request))
+    except Problem as exc:
+        raise Reply(
+            422, {"error": exc.message, "field": exc.field, "outcome": "invalid_body"}
+        ) from None
+    expected = sign(secret.get_secret_value(), serial, timestamp, nonce)
+    if not hmac.compare_digest(expected, signature):
+        raise _refuse(
+            ctx,
+            request,
+            401,
+            "bad_signature",
+            "signature is not the HMAC-SHA256 of serial, timestamp and nonce under the "
+            "provisioning secret",
+            serial,
         )
-        return status, "created" if created else "confirmed", body
-
-    def _bus_down(self, exc: Exception, what: str) -> Reply:
-        reply = self._unavailable(
-            "provision", error_type(exc), repr(exc), f"{what}; nothing was changed, retry later"
+    window = settings.provisioning_window_seconds
+    skew = timestamp - int(time.time())
+    if abs(skew) > window:
+        when = "in the future" if skew > 0 else "old"
+        raise _refuse(
+            ctx,
+            request,
+            401,
+            "stale_timestamp",
+            f"timestamp is {abs(skew)} s {when}; at most {window} s from the gateway clock "
+            "is accepted",
+            serial,
         )
-        reply.body["outcome"] = "unavailable"
-        return reply
-
-    async def _register(self, registry: DeviceRegistry, serial: str) -> tuple[int, dict[str, Any]]:
-        existing = await self._device_of(registry, serial)
-        if existing is not None:
-            return 200, _reply(existing, None)
-        key = make_device_key()
-        record = DeviceRecord(
-            device_uuid=str(uuid.uuid4()), serial=serial, key_sha256=hash_device_key(key)
+    try:
+        await ctx.nonces.create(f"nonce.{nonce}", serial.encode())
+    except KeyWrongLastSequenceError:
+        raise _refuse(
+            ctx,
+            request,
+            409,
+            "replayed_nonce",
+            "nonce was already used; sign a new request with a fresh nonce",
+            serial,
+        ) from None
+    except Exception as exc:
+        raise _bus_down(ctx, exc, "the nonce bucket did not answer") from None
+    try:
+        status, body = await _register(ctx, serial)
+    except Reply:
+        raise
+    except Exception as exc:
+        raise _bus_down(ctx, exc, "the device registry did not answer") from None
+    created = status == 201
+    audit = ctx.gateway.audit
+    await audit.record(
+        audit.event(
+            AuditAction.DEVICE_PROVISIONED,
+            client_ip=client_ip(request.scope),
+            target=f"device {body['device_uuid']}",
+            reason=f"serial {serial} " + ("registered, key issued" if created else "confirmed"),
+            details={"serial": serial, "created": created},
         )
-        await registry.put_device(record)  # also claims serial.<serial>, create-only
-        owner = await registry.device_uuid_by_serial(serial)
-        if owner != record.device_uuid:  # another replica registered this serial just now
-            await self._devices.delete(device_key(record.device_uuid))
-            existing = await self._device_of(registry, serial)
-            if existing is None:
-                raise RuntimeError(f"serial {serial} is indexed to a missing device {owner}")
-            return 200, _reply(existing, None)
-        return 201, _reply(record, key)
+    )
+    return Answer(status, body | {"outcome": "created" if created else "confirmed"})
 
-    @staticmethod
-    async def _device_of(registry: DeviceRegistry, serial: str) -> DeviceRecord | None:
-        device_uuid = await registry.device_uuid_by_serial(serial)
-        return None if device_uuid is None else await registry.read_device(device_uuid)
+
+def _bus_down(ctx: HttpContext, exc: Exception, what: str) -> Reply:
+    reply = ctx.gateway.fault("provision", exc, f"{what}; nothing was changed, retry later")
+    reply.body["outcome"] = "unavailable"
+    return reply
+
+
+async def _register(ctx: HttpContext, serial: str) -> tuple[int, dict[str, Any]]:
+    registry = ctx.registry
+    existing = await _device_of(registry, serial)
+    if existing is not None:
+        return 200, _reply(existing, None)
+    key = make_device_key()
+    record = DeviceRecord(
+        device_uuid=str(uuid.uuid4()), serial=serial, key_sha256=hash_device_key(key)
+    )
+    await registry.put_device(record)  # also claims serial.<serial>, create-only
+    owner = await registry.device_uuid_by_serial(serial)
+    if owner != record.device_uuid:  # another replica registered this serial just now
+        await ctx.devices.delete(device_key(record.device_uuid))
+        existing = await _device_of(registry, serial)
+        if existing is None:
+            raise RuntimeError(f"serial {serial} is indexed to a missing device {owner}")
+        return 200, _reply(existing, None)
+    return 201, _reply(record, key)
+
+
+async def _device_of(registry: DeviceRegistry, serial: str) -> DeviceRecord | None:
+    device_uuid = await registry.device_uuid_by_serial(serial)
+    return None if device_uuid is None else await registry.read_device(device_uuid)
 
 
 def _reply(record: DeviceRecord, key: str | None) -> dict[str, Any]:

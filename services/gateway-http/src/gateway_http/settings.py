@@ -11,6 +11,7 @@ from tributary_contracts import SinkRoutes
 from tributary_ingest.bus import BundleLingerSettings, GatewayBusSettings
 from tributary_ingest.ledger import RawLedgerSettings
 from tributary_runtime.guard import GuardSettings
+from tributary_runtime.postgres import DEFAULT_DSN, PostgresSettings
 from tributary_runtime.settings import ServiceSettings
 from tributary_runtime.switches import parse_list
 
@@ -21,6 +22,7 @@ class GatewayHttpSettings(
     RawLedgerSettings,
     DeprecationSettings,
     GuardSettings,
+    PostgresSettings,
     ServiceSettings,
 ):
     """What the HTTP gateway reads from the environment."""
@@ -42,6 +44,11 @@ class GatewayHttpSettings(
     )
     max_body_bytes: int = Field(
         default=5 * 1024 * 1024, ge=1024, description="Largest request body accepted; larger → 413."
+    )
+    body_idle_timeout_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description="A request whose body sends nothing for this long is abandoned (408).",
     )
     max_points_per_request: int = Field(
         default=10_000, ge=1, description="Most data_points in one request; more → 413."
@@ -65,11 +72,11 @@ class GatewayHttpSettings(
         description="How long a device/sensor looked up in the IoT registry (or its absence) is "
         "cached; a disabled device is refused at most this much later.",
     )
-    postgres_dsn: str = Field(
-        default="postgresql://postgres@127.0.0.1:5432/tributary",
-        description="PostgreSQL filled by writer-postgres; read by GET /sensors/{id}/status, "
-        "/devices/{uuid}/readings and probed by /health/postgres (connected on first use; "
-        "ingest never depends on it).",
+    postgres_dsn: SecretStr = Field(
+        default=SecretStr(DEFAULT_DSN),
+        description="PostgreSQL filled by writer-postgres (a secret, or POSTGRES_DSN_FILE); read "
+        "by GET /sensors/{id}/status, /devices/{uuid}/readings and probed by /health/postgres "
+        "(connected on first use; ingest never depends on it).",
     )
     device_auth_mode: Literal["required", "migration"] = Field(
         default="required",

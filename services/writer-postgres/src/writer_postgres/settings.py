@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
-
 from pydantic import Field, SecretStr
 
+from tributary_runtime.postgres import DEFAULT_DSN, PostgresSettings
 from tributary_runtime.writer import WriterSettings
 
-DEFAULT_DSN = "postgresql://postgres@127.0.0.1:5432/tributary"
 
-
-class WriterPostgresSettings(WriterSettings):
+class WriterPostgresSettings(PostgresSettings, WriterSettings):
     """Everything writer-postgres reads from the environment."""
 
     port: int = Field(
@@ -21,11 +17,6 @@ class WriterPostgresSettings(WriterSettings):
     postgres_dsn: SecretStr = Field(
         default=SecretStr(DEFAULT_DSN),
         description=f"PostgreSQL DSN (default {DEFAULT_DSN}); the database is created if missing.",
-    )
-    postgres_ssl_ca_file: Path | None = Field(
-        default=None,
-        description="CA bundle to verify PostgreSQL's certificate: adds sslrootcert and "
-        "sslmode=verify-full to the DSN unless it sets them (TLS can also be set in the DSN).",
     )
     consumers: int = Field(
         default=2, ge=1, le=32,
@@ -69,18 +60,3 @@ class WriterPostgresSettings(WriterSettings):
         default=60.0, ge=0,
         description="How long start waits for an unreachable PostgreSQL before giving up.",
     )
-
-    @property
-    def dsn(self) -> str:
-        return dsn_with_ca(self.postgres_dsn.get_secret_value(), self.postgres_ssl_ca_file)
-
-
-def dsn_with_ca(dsn: str, ca_file: Path | None) -> str:
-    """``dsn`` with ``sslrootcert=<ca_file>`` and ``sslmode=verify-full`` added where absent."""
-    if ca_file is None:
-        return dsn
-    parts = urlsplit(dsn)
-    query = dict(parse_qsl(parts.query))
-    query.setdefault("sslrootcert", str(ca_file))
-    query.setdefault("sslmode", "verify-full")
-    return urlunsplit(parts._replace(query=urlencode(query)))

@@ -395,6 +395,31 @@ async def test_post_data_larger_than_max_body_is_413_while_streaming(
     assert await read_stream(DP_RAW) == []
 
 
+async def test_post_data_whose_body_stalls_is_408_and_publishes_nothing(
+    start_gateway: Any, read_stream: Any
+) -> None:
+    chunk = orjson.dumps(body(series(20)))
+
+    async def stalling() -> Any:  # half the body, then nothing
+        yield chunk[: len(chunk) // 2]
+        await asyncio.sleep(30)
+        yield chunk[len(chunk) // 2 :]
+
+    async with start_gateway(body_idle_timeout_seconds=0.2) as gateway:
+        started = asyncio.get_running_loop().time()
+        reply = await gateway.client.post(
+            "/ingest/data", content=stalling(), headers={"X-API-Key": gateway.key}
+        )
+        waited = asyncio.get_running_loop().time() - started
+        after = await gateway.post(body(series(1)))  # the gateway goes on serving
+
+    assert reply.status_code == 408
+    assert reply.json() == {"error": "the request body sent nothing for 0.2 s; abandoned"}
+    assert 0.2 <= waited < 2
+    assert after.status_code == 202
+    assert len(await read_stream(DP_RAW)) == 1
+
+
 # --- the bus is not there -----------------------------------------------------------------
 
 

@@ -46,14 +46,14 @@ class Postgres:
     ingest never depends on it."""
 
     def __init__(self, settings: GatewayHttpSettings) -> None:
-        self._dsn = settings.dsn
+        self.dsn = settings.dsn
         self._pool: asyncpg.Pool | None = None
         self._lock = asyncio.Lock()
 
     async def pool(self) -> asyncpg.Pool:
         async with self._lock:
             if self._pool is None:
-                self._pool = await asyncpg.create_pool(self._dsn, min_size=0, max_size=2, timeout=5)
+                self._pool = await asyncpg.create_pool(self.dsn, min_size=0, max_size=2, timeout=5)
             return self._pool
 
     async def close(self) -> None:
@@ -75,6 +75,7 @@ class HttpContext:
     nonces: KeyValue
     postgres: Postgres
     stored: StoredIot
+    stall: http.StallWatch
     started: float = field(default_factory=time.monotonic)
     keyless: dict[str, tuple[float | None, int]] = field(default_factory=dict)
     """Migration mode: device → (monotonic time of its last audit event, packets since)."""
@@ -107,9 +108,8 @@ class HttpContext:
     async def read_body(self, request: Request) -> bytes:
         """The request's body within ``MAX_BODY_BYTES`` (413) and ``BODY_IDLE_TIMEOUT_SECONDS``
         (408)."""
-        s = self.settings
         return await http.read_body(
-            request.scope, request.receive, s.max_body_bytes, s.body_idle_timeout_seconds
+            request.scope, request.receive, self.settings.max_body_bytes, self.stall
         )
 
     async def close(self) -> None:
@@ -160,5 +160,6 @@ async def open_context(
         await js.key_value(ns.bucket(PROVISION_NONCES_BUCKET)),
         postgres,
         StoredIot(settings, postgres.pool),
+        http.StallWatch(settings.body_idle_timeout_seconds),
     )
 

@@ -30,8 +30,8 @@ CONFIG_REQUESTS = Counter(
 )
 ERRORS = Counter(
     "gateway_http_errors",
-    "Failures on our side, by stage (auth, publish, publish_rejected, config, handler) "
-    "and error type.",
+    "Failures on our side, by stage (auth, publish, publish_rejected, config, keys, registry, "
+    "status, provision, ledger, switches, handler, startup) and error type.",
     ["stage", "error_type"],
 )
 ACK_LATENCY = Histogram(

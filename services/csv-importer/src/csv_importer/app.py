@@ -25,15 +25,14 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from csv_importer import handlers
-from csv_importer.handlers import Importer
+from csv_importer.handlers import CsvContext
 from csv_importer.jobs import JobStore
 from csv_importer.metrics import ERRORS
 from csv_importer.runner import JobRunner
 from csv_importer.settings import CsvImporterSettings
 from csv_importer.upload import prepare_spool_dir
 from tributary_contracts import CSV_JOBS_BUCKET, Transport
-from tributary_ingest import gateway
-from tributary_ingest.gateway import GatewayMetrics, open_gateway
+from tributary_ingest.gateway import GatewayMetrics, not_started, open_gateway
 from tributary_ingest.http import Count, Handler, Slot, endpoint
 from tributary_runtime.guard import HeaderLimits
 from tributary_runtime.ops import json_response, ops_routes
@@ -48,13 +47,13 @@ def create_app(settings: CsvImporterSettings, *, nats_client: Client | None = No
     """Build the importer. ``nats_client`` (used, never closed) replaces the default
     ``connect_nats(settings)`` connection."""
     spool_dir = Path(settings.spool_dir)
-    not_started = functools.partial(gateway.not_started, settings, METRICS)
-    slot: Slot[Importer] = Slot()
+    unstarted = functools.partial(not_started, settings, METRICS)
+    slot: Slot[CsvContext] = Slot()
 
     @asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
         prepare_spool_dir(spool_dir)
-        ctx = await open_gateway(
+        gateway = await open_gateway(
             settings,
             SERVICE_NAME,
             Transport.CSV,
@@ -62,17 +61,17 @@ def create_app(settings: CsvImporterSettings, *, nats_client: Client | None = No
             linger_seconds=0,
             nats_client=nats_client,
         )
-        jobs = JobStore(await ctx.js.key_value(settings.namespace.bucket(CSV_JOBS_BUCKET)))
+        jobs = JobStore(await gateway.js.key_value(settings.namespace.bucket(CSV_JOBS_BUCKET)))
         runner = JobRunner(
             jobs,
-            ctx.publisher,
+            gateway.publisher,
             max_concurrent_jobs=settings.max_concurrent_jobs,
             max_errors_kept=settings.max_errors_kept,
             publish_timeout=settings.publish_timeout_seconds,
             publish_retries=settings.publish_retries,
-            limiter=ctx.guard.limiter,
+            limiter=gateway.guard.limiter,
         )
-        slot.value = Importer(ctx, jobs, runner, spool_dir)
+        slot.value = CsvContext(gateway, jobs, runner, spool_dir)
         await runner.resume(timedelta(hours=settings.job_retention_hours))
         log.info("started", port=settings.port, nats_url=settings.nats_url, spool=str(spool_dir))
         try:
@@ -80,14 +79,14 @@ def create_app(settings: CsvImporterSettings, *, nats_client: Client | None = No
         finally:
             await runner.stop()
             slot.value = None
-            await ctx.close()
+            await gateway.close()
 
     async def ready_check() -> dict[str, bool]:
-        imp = slot.value
-        return await imp.ctx.ready() if imp else {"nats": False, "stream": False}
+        ctx = slot.value
+        return await ctx.gateway.ready() if ctx else {"nats": False, "stream": False}
 
-    def route(path: str, method: str, handler: Handler[Importer], count: Count = None) -> Route:
-        run = endpoint(slot, handler, not_started, ERRORS, count=count)
+    def route(path: str, method: str, handler: Handler[CsvContext], count: Count = None) -> Route:
+        run = endpoint(slot, handler, unstarted, ERRORS, count=count)
         return Route(path, run, methods=[method])
 
     async def http_error(_: Request, exc: Exception) -> Response:

@@ -1,6 +1,6 @@
-"""The job API's handlers: ``async def handler(importer, request) -> Answer`` module functions
-over the importer's context (``Importer``: the gateway base's context, the job store, the
-runner, the spool directory); ``app`` wraps them with ``tributary_ingest.http.endpoint``.
+"""The job API's handlers: ``async def handler(ctx, request) -> Answer`` module functions over
+the importer's context (``CsvContext``: the gateway base's context, the job store, the runner,
+the spool directory); ``app`` wraps them with ``tributary_ingest.http.endpoint``.
 
 Access as on gateway-http (the base's checks): each request spends a token of the client IP's
 budget (429), shows its key (401), and its role/scope is checked (403): uploads and cancels need
@@ -40,17 +40,17 @@ log = structlog.get_logger("csv_importer")
 
 
 @dataclass(frozen=True)
-class Importer:
+class CsvContext:
     """What the handlers use; the lifespan opens it."""
 
-    ctx: GatewayContext[CsvImporterSettings]
+    gateway: GatewayContext[CsvImporterSettings]
     jobs: JobStore
     runner: JobRunner
     spool_dir: Path
 
     @property
     def settings(self) -> CsvImporterSettings:
-        return self.ctx.settings
+        return self.gateway.settings
 
 
 def check_fields(fields: dict[str, str]) -> tuple[str, str | None]:
@@ -66,14 +66,14 @@ def check_fields(fields: dict[str, str]) -> tuple[str, str | None]:
     return domain, source_id
 
 
-async def upload(imp: Importer, request: Request) -> Answer:
+async def upload(ctx: CsvContext, request: Request) -> Answer:
     """POST /ingest/csv: the file to the spool, the job to the bucket; 202 with its id."""
-    ctx, settings = imp.ctx, imp.settings
-    granted = await authenticate(ctx, request, "uploads")
+    gateway, settings = ctx.gateway, ctx.settings
+    granted = await authenticate(gateway, request, "uploads")
     if granted.record.role is Role.READ_ONLY:  # refused before the file is received
-        check(ctx, request, granted, Action.WRITE_POINTS)
+        check(gateway, request, granted, Action.WRITE_POINTS)
     job_id = uuid.uuid4().hex
-    path = imp.spool_dir / f"{job_id}.csv"
+    path = ctx.spool_dir / f"{job_id}.csv"
     try:
         received = await receive_upload(
             request.headers.get("content-type"),
@@ -87,12 +87,12 @@ async def upload(imp: Importer, request: Request) -> Answer:
         raise Reply(exc.status, body) from None
     try:
         domain, source_id = check_fields(received.fields)
-        check(ctx, request, granted, Action.WRITE_POINTS, domain, source_id)
+        check(gateway, request, granted, Action.WRITE_POINTS, domain, source_id)
         options = detect_options(received.fields, received.head, received.utf8_valid)
         if options.has_source_column and check_access(
             granted.record, Action.WRITE_POINTS, domain, None
         ):  # its rows name their own sources, so the key must be allowed any source
-            ctx.guard.deny(
+            gateway.guard.deny(
                 granted,
                 "the file has a source_id column, so its rows may name any source: it needs "
                 f"a key allowed every source (this key's scope: {granted.record.scope_text()})",
@@ -122,11 +122,11 @@ async def upload(imp: Importer, request: Request) -> Answer:
         rows_total=max(lines - (1 if options.header else 0), 0),
     )
     try:
-        await imp.jobs.put(job)
+        await ctx.jobs.put(job)
     except Exception as exc:
         remove_spool_file(path)
-        raise ctx.fault("jobs", exc, JOBS_UNAVAILABLE) from None
-    imp.runner.start(job)
+        raise gateway.fault("jobs", exc, JOBS_UNAVAILABLE) from None
+    ctx.runner.start(job)
     log.info("job_created", job_id=job_id, domain=domain, source_id=source_id, bytes=received.size)
     return Answer(
         202,
@@ -146,39 +146,39 @@ def count_upload(_: Request, answer: Answer) -> None:
     UPLOADS.labels(str(answer.status)).inc()
 
 
-async def get_job(imp: Importer, job_id: str) -> Job:
+async def get_job(ctx: CsvContext, job_id: str) -> Job:
     """The job, or 404; the bucket not answering → 503."""
     if len(job_id) != 32 or not JOB_ID_CHARS.issuperset(job_id):
         raise Reply(404, {"error": f"no job {job_id[:64]!r}"})
     try:
-        job = await imp.jobs.get(job_id)
+        job = await ctx.jobs.get(job_id)
     except Exception as exc:
-        raise imp.ctx.fault("jobs", exc, JOBS_UNAVAILABLE) from None
+        raise ctx.gateway.fault("jobs", exc, JOBS_UNAVAILABLE) from None
     if job is None:
         raise Reply(404, {"error": f"no job {job_id!r}"})
     return job
 
 
-async def show_job(imp: Importer, request: Request) -> Answer:
+async def show_job(ctx: CsvContext, request: Request) -> Answer:
     """GET /ingest/csv/jobs/{job_id}: the job with its errors."""
-    await authenticate(imp.ctx, request)
-    job = await get_job(imp, request.path_params["job_id"])
+    await authenticate(ctx.gateway, request)
+    job = await get_job(ctx, request.path_params["job_id"])
     return Answer(200, job.public())
 
 
-async def list_jobs(imp: Importer, request: Request) -> Answer:
+async def list_jobs(ctx: CsvContext, request: Request) -> Answer:
     """GET /ingest/csv/jobs[?limit=&status=]: newest first, without their error lists."""
-    await authenticate(imp.ctx, request)
+    await authenticate(ctx.gateway, request)
     try:
-        limit = int(request.query_params.get("limit", imp.settings.jobs_listed))
+        limit = int(request.query_params.get("limit", ctx.settings.jobs_listed))
     except ValueError:
         raise Reply(422, {"error": "limit must be an integer", "field": "limit"}) from None
     limit = max(1, min(limit, 1000))
     status = request.query_params.get("status")
     try:
-        jobs = await imp.jobs.all()
+        jobs = await ctx.jobs.all()
     except Exception as exc:
-        raise imp.ctx.fault("jobs", exc, JOBS_UNAVAILABLE) from None
+        raise ctx.gateway.fault("jobs", exc, JOBS_UNAVAILABLE) from None
     if status:
         jobs = [j for j in jobs if j.status.value == status]
     jobs.sort(key=lambda j: j.created_at, reverse=True)
@@ -187,20 +187,20 @@ async def list_jobs(imp: Importer, request: Request) -> Answer:
     return Answer(200, {"jobs": listed, "total": len(jobs)})
 
 
-async def cancel_job(imp: Importer, request: Request) -> Answer:
+async def cancel_job(ctx: CsvContext, request: Request) -> Answer:
     """DELETE /ingest/csv/jobs/{job_id}: cancel a job that has not finished (409 if it has)."""
-    granted = await authenticate(imp.ctx, request)
-    job = await get_job(imp, request.path_params["job_id"])
-    check(imp.ctx, request, granted, Action.WRITE_POINTS, job.domain, job.source_id)
+    granted = await authenticate(ctx.gateway, request)
+    job = await get_job(ctx, request.path_params["job_id"])
+    check(ctx.gateway, request, granted, Action.WRITE_POINTS, job.domain, job.source_id)
     if job.status.finished:
         return Answer(409, {"error": f"job is already {job.status.value}"} | {"job": job.public()})
-    if not await imp.runner.cancel(job.job_id):
+    if not await ctx.runner.cancel(job.job_id):
         # Not running in this process (e.g. another replica's, or waiting): mark it here.
         job.status, job.reason, job.finished_at = JobStatus.CANCELLED, "cancelled by DELETE", now()
         try:
-            await imp.jobs.put(job)
+            await ctx.jobs.put(job)
         except Exception as exc:
-            raise imp.ctx.fault("jobs", exc, JOBS_UNAVAILABLE) from None
+            raise ctx.gateway.fault("jobs", exc, JOBS_UNAVAILABLE) from None
         remove_spool_file(job.spool_file)
-    job = await get_job(imp, job.job_id)
+    job = await get_job(ctx, job.job_id)
     return Answer(200, job.public())

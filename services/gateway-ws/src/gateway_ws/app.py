@@ -24,7 +24,7 @@ from gateway_ws.metrics import BUNDLE_POINTS, ERRORS
 from gateway_ws.registry import SessionRegistry
 from gateway_ws.resume import ResumeStore
 from gateway_ws.settings import GatewayWsSettings
-from gateway_ws.stream import STREAM_PATH, WsGateway, endpoint, session_limits
+from gateway_ws.stream import STREAM_PATH, WsContext, endpoint, session_limits
 from tributary_contracts import Transport
 from tributary_ingest.bus import Connect
 from tributary_ingest.gateway import GatewayMetrics, open_gateway
@@ -50,12 +50,12 @@ def create_app(
 
     ``app.state.sessions`` is the ``SessionRegistry``; ``serve_options`` drains it on shutdown.
     """
-    slot: Slot[WsGateway] = Slot()
+    slot: Slot[WsContext] = Slot()
     registry = SessionRegistry(settings.max_sessions_per_key)
 
     @asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
-        ctx = await open_gateway(
+        gateway = await open_gateway(
             settings,
             SERVICE_NAME,
             Transport.WS,
@@ -64,8 +64,8 @@ def create_app(
             nats_client=nats_client,
             connect=connect,
         )
-        resume = await ResumeStore.open(ctx.js, settings.namespace)
-        slot.value = WsGateway(ctx, resume, registry, session_limits(settings))
+        resume = await ResumeStore.open(gateway.js, settings.namespace)
+        slot.value = WsContext(gateway, resume, registry, session_limits(settings))
         log.info("started", port=settings.port, nats_url=settings.nats_url)
         try:
             yield
@@ -74,11 +74,11 @@ def create_app(
             # the app without it): drain them now, before the bus goes away.
             await registry.drain(settings.shutdown_timeout_seconds)
             slot.value = None
-            await ctx.close()
+            await gateway.close()
 
     async def ready_check() -> dict[str, bool]:
-        gw = slot.value
-        return await gw.ctx.ready() if gw else {"nats": False, "stream": False}
+        ctx = slot.value
+        return await ctx.gateway.ready() if ctx else {"nats": False, "stream": False}
 
     routes = [WebSocketRoute(STREAM_PATH, endpoint(slot)), *ops_routes(ready_check)]
     app = Starlette(routes=routes, lifespan=lifespan)

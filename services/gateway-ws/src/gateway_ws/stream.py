@@ -1,6 +1,6 @@
 """``WS /ingest/stream``: one socket → one ``Session`` over the gateway's context.
 
-``ingest_stream(gw, websocket)`` serves one socket: the connection spends a token of the client
+``ingest_stream(ctx, websocket)`` serves one socket: the connection spends a token of the client
 IP's budget, then the ``Session`` runs the protocol with the base's access checks
 (``tributary_ingest.gateway``): ``connect`` authenticates the key and checks its role and scope
 for the connect's domain/source, every frame spends a token of the IP's budget, every ``data``
@@ -47,11 +47,11 @@ ERROR_CODES = {
 
 
 @dataclass(frozen=True)
-class WsGateway:
-    """What the endpoint uses: the base's context, the resume store and this process's
-    sessions with their limits."""
+class WsContext:
+    """What the endpoint uses: the base's context (``gateway``), the resume store and this
+    process's sessions with their limits."""
 
-    ctx: GatewayContext[GatewayWsSettings]
+    gateway: GatewayContext[GatewayWsSettings]
     resume: ResumeStore
     registry: SessionRegistry
     limits: SessionLimits
@@ -95,27 +95,26 @@ def protocol_error(reply: Reply, fatal: bool = False) -> ProtocolError:
 
 
 async def authorize(
-    ctx: GatewayContext[GatewayWsSettings], connect: Connect, ip: str | None
+    gateway: GatewayContext[GatewayWsSettings], connect: Connect, ip: str | None
 ) -> str | ProtocolError:
     """The key's id (for the session limit), or the error to reply (refusals audited)."""
     target = f"WS {STREAM_PATH} connect {connect.domain}/{connect.source_id}"
     try:
-        granted = await ctx.authenticate(connect.api_key, ip, target)
-        ctx.check(granted, Action.WRITE_POINTS, ip, target, connect.domain, connect.source_id)
+        granted = await gateway.authenticate(connect.api_key, ip, target)
+        gateway.check(granted, Action.WRITE_POINTS, ip, target, connect.domain, connect.source_id)
     except Reply as reply:
         return protocol_error(reply, fatal=True)
     return granted.key_id
 
 
-async def ingest_stream(gw: WsGateway, websocket: WebSocket) -> None:
+async def ingest_stream(ctx: WsContext, websocket: WebSocket) -> None:
     """WS /ingest/stream: connect/data/ping → connected/ack/error/pong; points → dp.raw."""
     await websocket.accept()
     channel = StarletteChannel(websocket)
-    if gw.registry.draining:
+    if ctx.registry.draining:
         await channel.close(CloseCode.GOING_AWAY, "going away")
         return
-    ctx = gw.ctx
-    access = ctx.guard
+    access = ctx.gateway.guard
     ip = client_ip(websocket.scope)
     try:
         access.admit(ip, "connections and frames")
@@ -125,7 +124,7 @@ async def ingest_stream(gw: WsGateway, websocket: WebSocket) -> None:
         return
 
     async def authorize_connect(connect: Connect) -> str | ProtocolError:
-        return await authorize(ctx, connect, ip)
+        return await authorize(ctx.gateway, connect, ip)
 
     def admit_frame() -> ProtocolError | None:
         try:
@@ -145,32 +144,32 @@ async def ingest_stream(gw: WsGateway, websocket: WebSocket) -> None:
 
     session = Session(
         channel,
-        gw.limits,
+        ctx.limits,
         authorize=authorize_connect,
-        publisher=ctx.publisher,
-        registry=gw.registry,
-        resume=gw.resume,
+        publisher=ctx.gateway.publisher,
+        registry=ctx.registry,
+        resume=ctx.resume,
         admit_frame=admit_frame,
         admit_points=admit_points,
     )
-    gw.registry.add(session)
+    ctx.registry.add(session)
     try:
         await session.run()
     finally:
-        gw.registry.discard(session)
+        ctx.registry.discard(session)
 
 
-def endpoint(slot: Slot[WsGateway]) -> Callable[[WebSocket], Awaitable[None]]:
+def endpoint(slot: Slot[WsContext]) -> Callable[[WebSocket], Awaitable[None]]:
     """``ingest_stream`` as a Starlette endpoint: before startup (empty ``slot``) a socket is
     accepted and closed with 1001 "going away"."""
 
     async def run(websocket: WebSocket) -> None:
-        gw = slot.value
-        if gw is None:
+        ctx = slot.value
+        if ctx is None:
             await websocket.accept()
             await StarletteChannel(websocket).close(CloseCode.GOING_AWAY, "going away")
             return
-        await ingest_stream(gw, websocket)
+        await ingest_stream(ctx, websocket)
 
     return run
 

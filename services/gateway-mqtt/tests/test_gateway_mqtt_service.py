@@ -238,17 +238,10 @@ async def test_a_crash_after_the_pubAck_but_before_the_puback_stores_the_point_o
 
 
 def _supervisor_of(gateway: Any) -> Any:
-    """The running app's MQTT supervisor (read from the ready check's closure state)."""
-    import gc
-
-    from gateway_mqtt.app import MqttSupervisor
-
-    # type(), not isinstance(): isinstance on a dead weakref.proxy (other tests leave some
-    # behind) raises ReferenceError.
-    found = [o for o in gc.get_objects() if type(o) is MqttSupervisor and o.connected]
-    found = [s for s in found if s._settings is gateway.settings]
-    assert len(found) == 1
-    return found[0]
+    """The running app's MQTT supervisor."""
+    supervisor = gateway.app.state.supervisor
+    assert supervisor is not None and supervisor.connected
+    return supervisor
 
 
 async def test_shared_subscription_splits_messages_between_two_replicas(

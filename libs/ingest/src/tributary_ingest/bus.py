@@ -114,13 +114,18 @@ class GatewayBus:
 
     async def ready(self) -> dict[str, bool]:
         """``/ready`` checks: connected, and the raw stream answers."""
-        if not self.nc.is_connected:
-            return {"nats": False, "stream": False}
-        try:
-            await asyncio.wait_for(self.js.stream_info(self.raw_stream), READY_TIMEOUT_SECONDS)
-            return {"nats": True, "stream": True}
-        except Exception:
-            return {"nats": True, "stream": False}
+        return await bus_ready(self.nc, self.js, self.raw_stream)
+
+
+async def bus_ready(nc: Client, js: JetStreamContext, raw_stream: str) -> dict[str, bool]:
+    """``/ready`` checks of a gateway's bus: ``nc`` connected, and ``raw_stream`` answers."""
+    if not nc.is_connected:
+        return {"nats": False, "stream": False}
+    try:
+        await asyncio.wait_for(js.stream_info(raw_stream), READY_TIMEOUT_SECONDS)
+        return {"nats": True, "stream": True}
+    except Exception:
+        return {"nats": True, "stream": False}
 
 
 async def open_bus(

@@ -13,10 +13,11 @@ Roles (seed 002, ISO 27001 A.9.2.3):
   list means any), read;
 - ``read_only``: read only, never write.
 
-``authorize(key, action, domain, source_id)`` is the one decision every transport (HTTP,
-WebSocket connect, CSV upload) makes, so they answer identically: ``Denied(401)`` for a missing,
-malformed, unknown, revoked or expired key, ``Denied(403)`` for a known key outside its role or
-scope, with a reason that names the role/scope and never the key.
+``authenticate(key)`` then ``check_access(record, action, domain, source_id)`` is the one
+decision every transport (HTTP, WebSocket connect, CSV upload) makes through
+``tributary_runtime.access.Access``, so they answer identically: 401 for a missing, malformed,
+unknown, revoked or expired key, 403 for a known key outside its role or scope, with a reason
+that names the role/scope and never the key.
 
 Revocation and rotation reach a gateway within its cache time (``API_KEY_CACHE_SECONDS``).
 Keys of the format before ids (``trb_<secret>`` stored under its hash) are no longer accepted:
@@ -487,19 +488,3 @@ class ApiKeyStore:
                 self._granted.clear()
             self._granted[key] = (cached[0], granted)
         return granted
-
-    async def authorize(
-        self,
-        key: str | None,
-        action: Action,
-        domain: str | None = None,
-        source_id: str | None = None,
-    ) -> Granted | Denied:
-        """``authenticate`` then ``check_access``: the decision every transport makes."""
-        result = await self.authenticate(key)
-        if isinstance(result, Denied):
-            return result
-        problem = check_access(result.record, action, domain, source_id)
-        if problem is not None:
-            return Denied(403, problem, result.key_id, result.record.role.value)
-        return result

@@ -30,6 +30,7 @@ from csv_importer.metrics import (
     BUDGET_WAIT,
     ERRORS,
     JOBS_FINISHED,
+    JOBS_RESUMED,
     JOBS_RUNNING,
     POINTS_PUBLISHED,
     POINTS_REJECTED,
@@ -98,6 +99,20 @@ class JobRunner:
         task = asyncio.create_task(self._run(job), name=f"csv-job-{job.job_id}")
         self._tasks[job.job_id] = task
         task.add_done_callback(lambda _: self._forget(job.job_id))
+
+    async def resume(self, retention: timedelta) -> None:
+        """At start: pick up every unfinished job of the bucket; forget finished ones older than
+        ``retention``."""
+        oldest = now() - retention
+        for job in sorted(await self._store.all(), key=lambda j: j.created_at):
+            if job.status.finished:
+                if (job.finished_at or job.updated_at) < oldest:
+                    await self._store.delete(job.job_id)
+                continue
+            job.resumed += 1
+            JOBS_RESUMED.inc()
+            log.info("job_resumed", job_id=job.job_id, chunks_done=job.checkpoint.chunks_done)
+            self.start(job)
 
     def _forget(self, job_id: str) -> None:
         self._tasks.pop(job_id, None)

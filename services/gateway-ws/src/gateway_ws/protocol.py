@@ -105,7 +105,7 @@ class ProtocolError:
 
     code: ErrorCode
     reason: str
-    retry_after: int | None = None  # rate_limited: seconds before resending
+    retry_after: int | None = None  # rate_limited, bus_unavailable: seconds before retrying
     fatal_override: bool = False  # fatal although its code is not (rate_limited on connect)
 
     @property

@@ -62,6 +62,10 @@ class ResumeStore:
         }
         await self._kv.put(resume_key(domain, source_id), orjson.dumps(value))
 
+    def tracker(self, domain: str, source_id: str, session_id: str) -> ResumeTracker:
+        """The writer of ``session_id``'s resume record."""
+        return ResumeTracker(self, domain, source_id, session_id)
+
 
 class ResumeTracker:
     """One session's writer of the resume record: coalesces, never blocks the ack path."""

@@ -146,6 +146,7 @@ class SessionLimits:
     connect_timeout: float = 10.0
     idle_timeout: float = 60.0
     publish_timeout: float = 5.0
+    retry_after: int = 2  # of a bus_unavailable error
 
 
 class State(Enum):
@@ -386,6 +387,7 @@ class Session:
                     ProtocolError(
                         ErrorCode.BUS_UNAVAILABLE,
                         "the resume sequence could not be read; reconnect later",
+                        self.limits.retry_after,
                     )
                 )
                 return
@@ -464,7 +466,7 @@ class Session:
                 rejected_ok = (await settle(slot.submitted, slot.deadline)).rejected_published
             except PublishError as exc:
                 ERRORS.labels("publish", exc.error_type).inc()
-                error = _bus_unavailable(exc)
+                error = _bus_unavailable(exc, self.limits.retry_after)
                 PROTOCOL_ERRORS.labels(error.code.value).inc()
                 self._failed = True
                 await self._send(error_reply(error))
@@ -492,11 +494,12 @@ class Session:
             self.stop(1006, "peer gone")
 
 
-def _bus_unavailable(exc: PublishError) -> ProtocolError:
+def _bus_unavailable(exc: PublishError, retry_after: int) -> ProtocolError:
     return ProtocolError(
         ErrorCode.BUS_UNAVAILABLE,
         f"the message bus did not acknowledge ({exc.error_type}); this message and any later "
         "ones were not acknowledged: reconnect with resume and resend them",
+        retry_after,
     )
 
 

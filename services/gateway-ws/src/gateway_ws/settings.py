@@ -64,3 +64,8 @@ class GatewayWsSettings(GatewayBusSettings, BundleLingerSettings, GuardSettings,
         ge=16,
         description="Longest payload excerpt of a rejected point sent to dp.rejected.ws.",
     )
+    retry_after_seconds: int = Field(
+        default=2,
+        ge=1,
+        description="retry_after (seconds) of a bus_unavailable error: when to reconnect.",
+    )

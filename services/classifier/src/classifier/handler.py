@@ -5,8 +5,8 @@ One handler per bus partition it owns (``app.py``). For the raw messages of one 
 
 1. a message delivered ``MAX_DELIVER`` times or more, or one that is not a valid
    ``PointBundle`` of this partition (on a former per-source subject: a valid ``PointBatch``),
-   or whose classification raised, becomes a dead letter: its payload, unchanged, for
-   ``dp.dlq.classifier`` with the contract's ``Tributary-Dlq-*`` headers;
+   or whose classification raised, becomes a dead letter (``tributary_runtime.delivery``,
+   which states the fleet's delivery rules) published with the outputs;
 2. every other message is classified batch by batch, in order, and split by class: one
    ``ClassifiedBundle`` per class on ``dp.classified.<domain>.<cls>.part.<p>``, holding one
    ``ClassifiedBatch`` per input batch with points of that class (``Nats-Msg-Id``: the
@@ -16,10 +16,9 @@ One handler per bus partition it owns (``app.py``). For the raw messages of one 
 3. a former per-source message of a source of another partition is left to that partition's
    drain (no output).
 
-``publish`` then sends the outputs (``publish_async``, acks awaited together) and retries the
-ones that failed, unchanged, until JetStream acks them: an output is never dropped while the
-process lives. The inputs are acked by the partition's next snapshot, once their outputs and
-the state they produced are durable (``classifier.checkpoint``).
+``publish`` then sends the outputs (``tributary_runtime.publish.publish_until_acked``): an
+output is never dropped while the process lives. The inputs are acked by the partition's next
+snapshot, once their outputs and the state they produced are durable (``classifier.checkpoint``).
 """
 
 from __future__ import annotations
@@ -42,7 +41,7 @@ from classifier.encode import RawInput, classified_bundle_json, parse_raw
 from classifier.metrics import (
     ALERT_EVENTS,
     BATCH_SECONDS,
-    DLQ_MESSAGES,
+    DLQ,
     ERRORS,
     OTHER_PARTITION_MESSAGES,
     OVER_CAP_POINTS,
@@ -52,13 +51,12 @@ from classifier.metrics import (
     SHADOW_BATCHES,
     SKIPPED_BATCHES,
 )
-from classifier.outbox import Outbox, Outgoing, publish_until_acked
+from classifier.outbox import Outbox
 from classifier.state import SourceKey
 from classifier.verdict import Classified
 from tributary_contracts import (
     CLASSIFIER_DURABLE,
     DP_CLASSIFIED,
-    DP_DLQ,
     DP_EVENTS,
     DP_SHADOW,
     MAX_DELIVER,
@@ -69,10 +67,10 @@ from tributary_contracts import (
     PointClass,
     batch_msg_id,
     bundle_msg_id,
-    dead_letter_headers,
     partition_of,
 )
-from tributary_runtime.redelivery import deliveries
+from tributary_runtime.delivery import dead_letter, deliveries
+from tributary_runtime.publish import Outgoing, publish_until_acked
 
 if TYPE_CHECKING:
     from classifier.rollout import RolloutFollower
@@ -165,9 +163,7 @@ class RawBatchHandler:
         """Canary rollouts: shadow verdicts of their sources go out with the outputs."""
         self.live_resolve = live_resolve or resolve_config
         self.shadow_stream = ns.stream(DP_SHADOW)
-        self.dlq_subject = ns.dlq_subject(CLASSIFIER_DURABLE)
         self.classified_stream = ns.stream(DP_CLASSIFIED)
-        self.dlq_stream = ns.stream(DP_DLQ)
         self.events_stream = ns.stream(DP_EVENTS)
         self.stopping = asyncio.Event()
         """Set at stop: publishes that keep failing are given up (inputs stay unacked)."""
@@ -350,13 +346,7 @@ class RawBatchHandler:
     def _dead_letter(
         self, prepared: Prepared, msg: Msg, delivered: int, reason: str, detail: str
     ) -> None:
-        # The contract's format: the refused payload as the body, unchanged, so it can be
-        # republished as is; why and where in headers, with a deterministic Nats-Msg-Id so a
-        # retried dead-letter publish is deduplicated.
-        headers = dead_letter_headers(
-            CLASSIFIER_DURABLE, reason, detail, msg.subject, delivered, msg.data
-        )
-        message = Outgoing(self.dlq_subject, msg.data, headers, self.dlq_stream)
+        message = dead_letter(self.ns, CLASSIFIER_DURABLE, msg, reason, detail, delivered)
         prepared.outputs.append(Output(message, OutputKind.DEAD_LETTER, reason))
         prepared.dead_lettered.append((msg, reason))
         log.warning(
@@ -378,7 +368,7 @@ class RawBatchHandler:
         if not outputs:
             return True
         done = await publish_until_acked(
-            self.outbox,
+            self.outbox.publish_all,
             [o.message for o in outputs],
             retry_delay=self.retry_delay,
             max_delay=self.max_retry_delay,
@@ -422,7 +412,7 @@ def _count(output: Output) -> None:
     elif output.kind is OutputKind.EVENT:
         ALERT_EVENTS.labels(event=output.label).inc()
     else:
-        DLQ_MESSAGES.labels(reason=output.label).inc()
+        DLQ.labels(reason=output.label).inc()
 
 
 def _describe(exc: ValidationError) -> str:

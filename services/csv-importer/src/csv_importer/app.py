@@ -46,7 +46,6 @@ from tributary_contracts import (
     Transport,
 )
 from tributary_contracts.models import DOMAIN_PATTERN
-from tributary_ingest.batches import error_type
 from tributary_ingest.bus import GatewayBus, open_gateway_bus
 from tributary_ingest.points import DOMAIN_RE, check_identifier
 from tributary_runtime.access import RequestGuard
@@ -54,6 +53,7 @@ from tributary_runtime.apikeys import Action, Granted, Role, check_access
 from tributary_runtime.audit import AuditLog
 from tributary_runtime.guard import HeaderLimits
 from tributary_runtime.ops import Reply, json_response, ops_routes
+from tributary_runtime.publish import error_type
 from tributary_runtime.ratelimit import IngestLimiter
 
 SERVICE_NAME = "csv-importer"

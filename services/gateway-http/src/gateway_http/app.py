@@ -66,7 +66,6 @@ from tributary_contracts import (
     AuditAction,
     Transport,
 )
-from tributary_ingest.batches import PublishError, error_type
 from tributary_ingest.bus import Connect, GatewayBus, open_gateway_bus
 from tributary_ingest.coalesce import Coalescer
 from tributary_ingest.ledger import RawLedger
@@ -79,6 +78,7 @@ from tributary_runtime.guard import HeaderLimits, client_ip, raw_header
 from tributary_runtime.key_admin import Actor
 from tributary_runtime.logs import ThrottledWarning
 from tributary_runtime.ops import Reply, ops_routes
+from tributary_runtime.publish import PublishError, error_type
 from tributary_runtime.ratelimit import IngestLimiter, split_backfill
 from tributary_runtime.stream_configs import ConfigProblem, StreamConfigBucket
 from tributary_runtime.switches import LiveSwitches, parse_bool, parse_list

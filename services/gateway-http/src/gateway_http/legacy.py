@@ -52,7 +52,6 @@ from gateway_http.sensor_status import (
     status_body,
 )
 from tributary_contracts import DEVICES_BUCKET, AuditAction, DataPoint, LegacyIds
-from tributary_ingest.batches import PublishError, error_type
 from tributary_ingest.coalesce import settle
 from tributary_ingest.points import (
     IOT_DOMAIN,
@@ -76,6 +75,7 @@ from tributary_runtime.devices import (
 )
 from tributary_runtime.guard import client_ip
 from tributary_runtime.ops import Reply, json_response
+from tributary_runtime.publish import PublishError, error_type
 from tributary_runtime.ratelimit import split_backfill
 
 DEVICE_KEY_HEADER = "X-Device-Key"

@@ -57,7 +57,6 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from tributary_contracts import DEVICES_BUCKET, PROVISION_NONCES_BUCKET, AuditAction
-from tributary_ingest.batches import error_type
 from tributary_ingest.points import MalformedJson, parse_json
 from tributary_runtime.devices import (
     MAX_SERIAL,
@@ -70,6 +69,7 @@ from tributary_runtime.devices import (
 )
 from tributary_runtime.guard import client_ip
 from tributary_runtime.ops import Reply, json_response
+from tributary_runtime.publish import error_type
 
 log = structlog.get_logger("gateway_http.provision")
 

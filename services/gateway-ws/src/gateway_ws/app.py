@@ -43,7 +43,6 @@ from gateway_ws.resume import ResumeStore, ResumeTracker
 from gateway_ws.session import ChannelClosed, Session, SessionLimits
 from gateway_ws.settings import GatewayWsSettings
 from tributary_contracts import DP_RAW, AuditAction, Transport
-from tributary_ingest.batches import error_type
 from tributary_ingest.bus import Connect as ConnectNats
 from tributary_ingest.bus import GatewayBus, open_gateway_bus
 from tributary_ingest.coalesce import Coalescer
@@ -51,6 +50,7 @@ from tributary_runtime.apikeys import Action, ApiKeyStore, Denied
 from tributary_runtime.audit import AuditLog
 from tributary_runtime.guard import HeaderLimits, client_ip
 from tributary_runtime.ops import ops_routes
+from tributary_runtime.publish import error_type
 from tributary_runtime.ratelimit import IngestLimiter, Refusal, split_backfill
 
 SERVICE_NAME = "gateway-ws"

@@ -99,7 +99,6 @@ class AlertWriter(EventWriter[AlertEvent]):
 
     model = AlertEvent
     CONSUMER = CONSUMER
-    stage = "alerts"
     noun = "alert event"
 
     store: AlertStore

@@ -14,14 +14,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import asyncpg
 import structlog
 from nats.aio.client import Client
-from nats.aio.msg import Msg
-from nats.js import JetStreamContext
 from starlette.applications import Starlette
 
 from tributary_contracts import (
@@ -40,18 +38,14 @@ from tributary_contracts import (
     ensure_consumer,
     ensure_jetstream,
 )
+from tributary_runtime.breaker import CircuitBreaker
 from tributary_runtime.bus import connect_nats
+from tributary_runtime.delivery import DeadLetterPublish, dead_letter_publisher
 from tributary_runtime.ops import ops_routes
-from tributary_runtime.writer import (
-    DeadLetterPublish,
-    check_consumer,
-    dead_letter_publisher,
-    pull_loop,
-)
+from tributary_runtime.writer import check_consumer, consume
 from writer_postgres import metrics
 from writer_postgres.alerts import AlertStore, AlertWriter
 from writer_postgres.audit import AuditStore, AuditWriter
-from writer_postgres.breaker import CircuitBreaker, GuardedStore
 from writer_postgres.consume import CONSUMER, ClassifiedWriter
 from writer_postgres.errors import Failure, classify_error, describe_error
 from writer_postgres.events import EventWriter
@@ -64,40 +58,6 @@ from writer_postgres.shadow import ShadowStore, ShadowWriter
 from writer_postgres.store import PointStore, prepare_connection
 
 log = structlog.get_logger(__name__)
-
-FetchHandler = Callable[[Sequence[Msg]], Awaitable[None]]
-
-
-async def consume(
-    js: JetStreamContext, settings: WriterPostgresSettings, handle: FetchHandler,
-    stopping: asyncio.Event, durable: str = WRITER_POSTGRES_DURABLE,
-    stream_base: str = DP_CLASSIFIED, breaker: CircuitBreaker | None = None,
-) -> None:
-    """Fetch from the durable consumer ``durable`` (on ``stream_base``) into ``handle`` until
-    ``stopping``.
-
-    Never ends on an error: a failed fetch (bus restarting, consumer briefly missing) is counted,
-    logged and retried after a second; nats-py reconnects underneath. While ``breaker`` is
-    open (PostgreSQL down) nothing is fetched.
-    """
-
-    async def ready() -> bool:
-        if breaker is not None and breaker.is_open:
-            await breaker.wait_closed(stopping)
-            return False
-        return True
-
-    await pull_loop(
-        js, settings.namespace.stream(stream_base), durable, handle, stopping,
-        fetch_size=lambda: settings.fetch_batch_size,
-        fetch_timeout=settings.fetch_timeout_seconds, ready=ready, on_error=_fetch_failed,
-    )
-
-
-def _fetch_failed(exc: Exception) -> None:
-    metrics.ERRORS.labels("fetch", type(exc).__name__).inc()
-    log.warning("fetch failed, retrying", error=describe_error(exc))
-
 
 async def _retry_transient(what: str, action: Callable[[], Awaitable[Any]], within: float) -> Any:
     """Run ``action``, retrying transient failures (server still starting) for ``within`` s."""
@@ -149,20 +109,30 @@ class WriterService:
             await ensure_consumer(js, s.namespace, durable)
             await check_consumer(js, s.namespace, durable)
         pool = self.pool
-        self.breaker = CircuitBreaker(lambda: pool.fetchval("SELECT 1", timeout=2))
+        self.breaker = breaker = CircuitBreaker(
+            lambda: pool.fetchval("SELECT 1", timeout=2), metrics, log, store="PostgreSQL",
+            threshold=s.breaker_failure_threshold, probe_max_seconds=s.breaker_probe_max_seconds,
+        )
         self.writer = ClassifiedWriter(
-            store=GuardedStore(PointStore(self.pool, s.write_timeout_seconds), self.breaker),
+            store=PointStore(self.pool, s.write_timeout_seconds),
             routes=s.routes,
             dead_letter=dead_letter_publisher(js, s.namespace, CONSUMER),
             backoff_seconds=s.nak_backoff_seconds,
             backoff_max_seconds=s.nak_backoff_max_seconds,
+            breaker=breaker,
         )
         self._stopping.clear()
-        self._tasks = [
-            asyncio.create_task(
-                consume(js, s, self.writer.handle, self._stopping, breaker=self.breaker),
-                name="consume",
+
+        def loop(handle: Any, durable: str, stream_base: str) -> asyncio.Task[None]:
+            """A consume loop (``tributary_runtime.writer.consume``), paused by the breaker."""
+            return asyncio.create_task(
+                consume(js, s, durable, stream_base, handle, self._stopping, breaker=breaker,
+                        metrics=metrics, log=log, describe=describe_error),
+                name=f"consume-{durable}",
             )
+
+        self._tasks = [
+            loop(self.writer.handle, WRITER_POSTGRES_DURABLE, DP_CLASSIFIED)
             for _ in range(s.consumers)
         ]
         # Alert events are few (one per alert transition): one loop is plenty.
@@ -172,24 +142,14 @@ class WriterService:
             backoff_seconds=s.nak_backoff_seconds,
             backoff_max_seconds=s.nak_backoff_max_seconds,
         )
-        self._tasks.append(asyncio.create_task(
-            consume(js, s, self.alerts.handle, self._stopping,
-                    durable=WRITER_POSTGRES_ALERTS_DURABLE, stream_base=DP_EVENTS,
-                    breaker=self.breaker),
-            name="consume-alerts",
-        ))
+        self._tasks.append(loop(self.alerts.handle, WRITER_POSTGRES_ALERTS_DURABLE, DP_EVENTS))
         # Audit events (ISO 27001 A.12.4) → ingestion_audit_log; few, one loop.
         audit = AuditWriter(
             AuditStore(self.pool, s.write_timeout_seconds),
             dead_letter_publisher(js, s.namespace, WRITER_POSTGRES_AUDIT_DURABLE),
             s.nak_backoff_seconds, s.nak_backoff_max_seconds,
         )
-        self._tasks.append(asyncio.create_task(
-            consume(js, s, audit.handle, self._stopping,
-                    durable=WRITER_POSTGRES_AUDIT_DURABLE, stream_base=AUDIT,
-                    breaker=self.breaker),
-            name="consume-audit",
-        ))
+        self._tasks.append(loop(audit.handle, WRITER_POSTGRES_AUDIT_DURABLE, AUDIT))
         # Rejects, raw ledger, shadow verdicts: few messages each, one loop each.
         self.rejects = RejectStore(self.pool, s.write_timeout_seconds, s.reject_excerpt_bytes)
         self.ledger = LedgerStore(self.pool, s.write_timeout_seconds)
@@ -220,11 +180,7 @@ class WriterService:
             ),
         ]
         for events, durable, stream_base in event_loops:
-            self._tasks.append(asyncio.create_task(
-                consume(js, s, events.handle, self._stopping, durable=durable,
-                        stream_base=stream_base, breaker=self.breaker),
-                name=f"consume-{durable}",
-            ))
+            self._tasks.append(loop(events.handle, durable, stream_base))
         self._tasks.append(asyncio.create_task(self._keep_partitions(), name="partitions"))
         log.info("writer-postgres started", subject=s.namespace.all_classified(),
                  durable=WRITER_POSTGRES_DURABLE, alerts_subject=s.namespace.all_alerts(),

@@ -72,7 +72,6 @@ class AuditWriter(EventWriter[AuditEvent]):
 
     model = AuditEvent
     CONSUMER = CONSUMER
-    stage = "audit"
     noun = "audit event"
 
     store: AuditStore

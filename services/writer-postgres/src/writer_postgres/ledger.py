@@ -106,7 +106,6 @@ class LedgerWriter(EventWriter[RawRecord]):
 
     model = RawRecord
     CONSUMER = CONSUMER
-    stage = "ledger"
     noun = "raw record"
 
     store: LedgerStore

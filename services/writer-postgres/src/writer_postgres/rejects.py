@@ -132,7 +132,6 @@ class RejectWriter(EventWriter[RejectedInput]):
 
     model = RejectedInput
     CONSUMER = CONSUMER
-    stage = "rejects"
     noun = "reject"
 
     store: RejectStore

@@ -76,7 +76,6 @@ class ShadowWriter(EventWriter[ShadowBatch]):
 
     model = ShadowBatch
     CONSUMER = CONSUMER
-    stage = "shadow"
     noun = "shadow batch"
 
     store: ShadowStore

@@ -101,6 +101,21 @@ class Output:
     points: int = 0
 
 
+class Refusal(NamedTuple):
+    """Why an input is dead-lettered instead of classified."""
+
+    kind: str
+    """The dead letter's kind (``Tributary-Dlq-Kind``): max_deliver, invalid_batch…"""
+    detail: str
+
+
+class DeadLettered(NamedTuple):
+    """An input of a fetch that went to the DLQ, and its kind."""
+
+    msg: Msg
+    kind: str
+
+
 @dataclass(slots=True)
 class Prepared:
     """The messages of one fetch, classified (``RawBatchHandler.prepare``)."""
@@ -109,18 +124,18 @@ class Prepared:
     inputs: list[Msg] = field(default_factory=list)
     """Every message of the fetch: acked by the snapshot after their outputs are durable."""
     outputs: list[Output] = field(default_factory=list)
-    dead_lettered: list[tuple[Msg, str]] = field(default_factory=list)
+    dead_lettered: list[DeadLettered] = field(default_factory=list)
     skipped: list[Msg] = field(default_factory=list)
     """Former per-source messages of another partition's source: no output."""
 
 
 class Parsed(NamedTuple):
-    """One fetched message, parsed: its batches, or why it is refused (kind, detail)."""
+    """One fetched message, parsed: its batches, or why it is refused."""
 
     msg: Msg
     delivered: int
     raw: RawInput | None
-    refused: tuple[str, str] | None = None
+    refused: Refusal | None = None
 
 
 def stream_sequence(msg: Msg) -> int:
@@ -186,17 +201,18 @@ class RawBatchHandler:
         for msg in msgs:
             delivered = deliveries(msg)
             if delivered >= self.max_deliver:
-                parsed.append(
-                    Parsed(msg, delivered, None, ("max_deliver", f"delivered {delivered} times"))
-                )
+                refusal = Refusal("max_deliver", f"delivered {delivered} times")
+                parsed.append(Parsed(msg, delivered, None, refusal))
                 continue
             former = msg.subject[len(self._raw_prefix) :].count(".") == 1
             try:
                 parsed.append(Parsed(msg, delivered, parse_raw(msg.data, former=former)))
             except ValidationError as exc:
-                parsed.append(Parsed(msg, delivered, None, ("invalid_batch", _describe(exc))))
+                refusal = Refusal("invalid_batch", _describe(exc))
+                parsed.append(Parsed(msg, delivered, None, refusal))
             except Exception as exc:  # never drop a fetched message: it would be skipped later
-                parsed.append(Parsed(msg, delivered, None, ("invalid_batch", repr(exc)[:300])))
+                refusal = Refusal("invalid_batch", repr(exc)[:300])
+                parsed.append(Parsed(msg, delivered, None, refusal))
         return parsed
 
     def evicted_sources(self, parsed: Sequence[Parsed]) -> set[SourceKey]:
@@ -348,7 +364,7 @@ class RawBatchHandler:
     ) -> None:
         message = dead_letter(self.ns, CLASSIFIER_DURABLE, msg, reason, detail, delivered)
         prepared.outputs.append(Output(message, OutputKind.DEAD_LETTER, reason))
-        prepared.dead_lettered.append((msg, reason))
+        prepared.dead_lettered.append(DeadLettered(msg, reason))
         log.warning(
             "message sent to the dead-letter subject",
             subject=msg.subject,

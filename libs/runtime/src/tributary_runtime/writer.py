@@ -1,7 +1,9 @@
 """The writers of ``dp.classified.>`` (writer-postgres, writer-sqlserver): fetch → one
 transaction → settle, by the fleet's delivery rules (``tributary_runtime.delivery``).
 
-``ClassifiedWriterBase.handle(messages)`` handles one fetch; a writer subclasses it and supplies
+``consume`` is the pull loop of every writer (paused while its breaker is open),
+``stop_consuming``, ``retry_transient`` and ``writer_app`` the rest of a writer's process
+plumbing. ``ClassifiedWriterBase.handle(messages)`` handles one fetch; a writer subclasses it and supplies
 only what differs: how a batch becomes rows (``_rows``), how rows are written (``_write``), how
 the rows of a permanent error are isolated (``_isolate``, normally the shared in-order bisection
 ``_bisect`` plus a log line), how a database error is classified and described, its metrics
@@ -28,7 +30,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable, Sequence
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
@@ -36,6 +39,7 @@ import nats.errors
 from nats.js import JetStreamContext
 from prometheus_client import Counter
 from pydantic import Field, ValidationError, field_validator
+from starlette.applications import Starlette
 
 from tributary_contracts import (
     CONSUMERS,
@@ -54,8 +58,10 @@ from tributary_runtime.delivery import (
     Settler,
     deliveries,
 )
+from tributary_runtime.ops import ReadyCheck, ops_routes
 from tributary_runtime.settings import ServiceSettings
 
+T = TypeVar("T")
 RowT = TypeVar("RowT")
 ResultT = TypeVar("ResultT")
 """What a writer's ``_write`` returns for one transaction (a row count, per-table counts…)."""
@@ -169,6 +175,70 @@ async def consume(
         if sub is not None:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
+
+
+async def stop_consuming(
+    stopping: asyncio.Event, tasks: Sequence[asyncio.Task[None]], timeout: float,
+    breaker: CircuitBreaker | None, nc: Any,
+) -> None:
+    """Set ``stopping``, let the fetches in progress finish (their acks sent) for up to
+    ``timeout`` s and cancel what is left (its messages are redelivered after the ack wait), stop
+    the breaker's probe, then send the last acks and naks and close NATS."""
+    stopping.set()
+    if tasks:
+        _, late = await asyncio.wait(tasks, timeout=timeout)
+        for task in late:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    if breaker is not None:
+        await breaker.close()
+    if nc is not None:
+        # Not drain(): it would wait for the pull inbox, which nobody reads any more.
+        with contextlib.suppress(Exception):
+            await nc.flush(timeout=5)
+        await nc.close()
+
+
+async def retry_transient(
+    what: str, action: Callable[[], Awaitable[T]], within: float, *,
+    is_transient: Callable[[BaseException], bool], describe: Callable[[BaseException], str],
+    log: Any,
+) -> T:
+    """Run ``action``, retrying transient failures (a database still starting) every second
+    for ``within`` s; a permanent failure, or one after the deadline, is raised."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            return await action()
+        except Exception as exc:
+            if not is_transient(exc) or time.monotonic() > deadline:
+                raise
+            log.warning(f"{what} not reachable yet, retrying", error=describe(exc))
+            await asyncio.sleep(1.0)
+
+
+class WriterService(Protocol):
+    async def start(self) -> None: ...
+    async def stop(self) -> None: ...
+    async def ready(self) -> dict[str, bool]: ...
+
+
+def writer_app(service: WriterService) -> Starlette:
+    """The ASGI app of a writer: ``/health``, ``/ready``, ``/metrics``; its lifespan starts and
+    stops ``service`` (``app.state.service``)."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await service.start()
+        try:
+            yield
+        finally:
+            await service.stop()
+
+    ready: ReadyCheck = service.ready
+    app = Starlette(routes=ops_routes(ready), lifespan=lifespan)
+    app.state.service = service
+    return app
 
 
 @dataclass

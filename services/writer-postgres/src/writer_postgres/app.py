@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import asyncpg
@@ -41,8 +39,13 @@ from tributary_contracts import (
 from tributary_runtime.breaker import CircuitBreaker
 from tributary_runtime.bus import connect_nats
 from tributary_runtime.delivery import DeadLetterPublish, dead_letter_publisher
-from tributary_runtime.ops import ops_routes
-from tributary_runtime.writer import check_consumer, consume
+from tributary_runtime.writer import (
+    check_consumer,
+    consume,
+    retry_transient,
+    stop_consuming,
+    writer_app,
+)
 from writer_postgres import metrics
 from writer_postgres.alerts import AlertStore, AlertWriter
 from writer_postgres.audit import AuditStore, AuditWriter
@@ -58,19 +61,6 @@ from writer_postgres.shadow import ShadowStore, ShadowWriter
 from writer_postgres.store import PointStore, prepare_connection
 
 log = structlog.get_logger(__name__)
-
-async def _retry_transient(what: str, action: Callable[[], Awaitable[Any]], within: float) -> Any:
-    """Run ``action``, retrying transient failures (server still starting) for ``within`` s."""
-    deadline = time.monotonic() + within
-    while True:
-        try:
-            return await action()
-        except Exception as exc:
-            if classify_error(exc) is Failure.PERMANENT or time.monotonic() > deadline:
-                raise
-            log.warning(f"{what} not reachable yet, retrying", error=describe_error(exc))
-            await asyncio.sleep(1.0)
-
 
 class WriterService:
     """The running writer: pool, NATS, consume loop, maintenance; run by the app's lifespan."""
@@ -89,10 +79,12 @@ class WriterService:
 
     async def start(self) -> None:
         s = self.settings
-        await _retry_transient(
+        await retry_transient(
             "PostgreSQL",
             lambda: migrate(s.dsn, s.partition_months_back, s.partition_months_ahead),
             s.startup_timeout_seconds,
+            is_transient=lambda exc: classify_error(exc) is Failure.TRANSIENT,
+            describe=describe_error, log=log,
         )
         self.pool = await asyncpg.create_pool(
             s.dsn, min_size=1, max_size=s.pool_size, init=prepare_connection,
@@ -209,20 +201,9 @@ class WriterService:
                 log.warning("partition maintenance failed", error=describe_error(exc))
 
     async def stop(self) -> None:
-        """Let the current fetch finish (its acks sent), then close NATS and the pool."""
-        self._stopping.set()
-        if self._tasks:
-            _, late = await asyncio.wait(self._tasks, timeout=self.settings.write_timeout_seconds)
-            for task in late:  # unacked messages are redelivered after the ack wait
-                task.cancel()
-            await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self.breaker is not None:
-            await self.breaker.close()
-        if self.nc is not None:
-            # Not drain(): it would wait for the pull inbox, which nobody reads any more.
-            with contextlib.suppress(Exception):
-                await self.nc.flush(timeout=5)  # the last acks and naks
-            await self.nc.close()
+        """Let the current fetches finish (their acks sent), then close NATS and the pool."""
+        await stop_consuming(self._stopping, self._tasks, self.settings.write_timeout_seconds,
+                             self.breaker, self.nc)
         if self.pool is not None:
             await asyncio.wait_for(self.pool.close(), timeout=10)
 
@@ -240,16 +221,4 @@ class WriterService:
 
 def create_app(settings: WriterPostgresSettings) -> Starlette:
     """The ASGI app: ``/health``, ``/ready``, ``/metrics``; its lifespan runs the writer."""
-    service = WriterService(settings)
-
-    @contextlib.asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        await service.start()
-        try:
-            yield
-        finally:
-            await service.stop()
-
-    app = Starlette(routes=ops_routes(service.ready), lifespan=lifespan)
-    app.state.service = service
-    return app
+    return writer_app(WriterService(settings))

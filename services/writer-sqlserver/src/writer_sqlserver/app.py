@@ -8,10 +8,6 @@ writes in order.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import time
-from collections.abc import AsyncIterator, Callable
-from typing import Any
 
 import structlog
 from nats.aio.client import Client
@@ -28,8 +24,13 @@ from tributary_contracts import (
 from tributary_runtime.breaker import CircuitBreaker
 from tributary_runtime.bus import connect_nats
 from tributary_runtime.delivery import dead_letter_publisher
-from tributary_runtime.ops import ops_routes
-from tributary_runtime.writer import check_consumer, consume
+from tributary_runtime.writer import (
+    check_consumer,
+    consume,
+    retry_transient,
+    stop_consuming,
+    writer_app,
+)
 from writer_sqlserver import metrics
 from writer_sqlserver.consume import CONSUMER, ClassifiedWriter
 from writer_sqlserver.database import SchemaMissing, build_engine, check_schema
@@ -38,21 +39,6 @@ from writer_sqlserver.settings import WriterSqlServerSettings
 from writer_sqlserver.store import LegacyStore
 
 log = structlog.get_logger(__name__)
-
-async def _retry_transient(what: str, action: Callable[[], Any], within: float) -> Any:
-    """Run blocking ``action`` in a thread, retrying transient failures for ``within`` s."""
-    deadline = time.monotonic() + within
-    while True:
-        try:
-            return await asyncio.to_thread(action)
-        except SchemaMissing:
-            raise
-        except Exception as exc:
-            if classify_error(exc) is Failure.PERMANENT or time.monotonic() > deadline:
-                raise
-            log.warning(f"{what} not reachable yet, retrying", error=describe_error(exc))
-            await asyncio.sleep(1.0)
-
 
 class WriterService:
     """The running writer: engine, NATS, consume loop; run by the app's lifespan."""
@@ -68,16 +54,21 @@ class WriterService:
             probe_max_seconds=settings.breaker_probe_max_seconds,
         )
         self._stopping = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
         s = self.settings
         self.engine = build_engine(s)
         engine = self.engine
-        await _retry_transient(
+        await retry_transient(
             "database",
-            lambda: check_schema(engine, s.mssql_write_mode, s.mssql_create_schema),
+            lambda: asyncio.to_thread(
+                check_schema, engine, s.mssql_write_mode, s.mssql_create_schema
+            ),
             s.startup_timeout_seconds,
+            is_transient=lambda exc: not isinstance(exc, SchemaMissing)
+            and classify_error(exc) is Failure.TRANSIENT,
+            describe=describe_error, log=log,
         )
         self.nc = await connect_nats(s, CONSUMER)
         js = self.nc.jetstream()
@@ -93,12 +84,12 @@ class WriterService:
             breaker=self.breaker,
         )
         self._stopping.clear()
-        self._task = asyncio.create_task(
+        self._tasks = [asyncio.create_task(
             consume(js, s, WRITER_SQLSERVER_DURABLE, DP_CLASSIFIED, self.writer.handle,
                     self._stopping, breaker=self.breaker, metrics=metrics, log=log,
                     describe=describe_error),
             name="consume",
-        )
+        )]
         log.info("writer-sqlserver started", subject=s.namespace.all_classified(),
                  durable=WRITER_SQLSERVER_DURABLE, routes=s.sink_routes,
                  database=engine.dialect.name, mode=s.mssql_write_mode)
@@ -116,19 +107,8 @@ class WriterService:
 
     async def stop(self) -> None:
         """Let the current fetch finish (its acks sent), then close NATS and the engine."""
-        self._stopping.set()
-        if self._task is not None:
-            try:
-                await asyncio.wait_for(asyncio.shield(self._task),
-                                       timeout=self.settings.write_timeout_seconds)
-            except TimeoutError:  # unacked messages are redelivered after the ack wait
-                self._task.cancel()
-                await asyncio.gather(self._task, return_exceptions=True)
-        await self.breaker.close()
-        if self.nc is not None:
-            with contextlib.suppress(Exception):
-                await self.nc.flush(timeout=5)  # the last acks and naks
-            await self.nc.close()
+        await stop_consuming(self._stopping, self._tasks, self.settings.write_timeout_seconds,
+                             self.breaker, self.nc)
         if self.engine is not None:
             await asyncio.to_thread(self.engine.dispose)
 
@@ -147,16 +127,4 @@ class WriterService:
 
 def create_app(settings: WriterSqlServerSettings) -> Starlette:
     """The ASGI app: ``/health``, ``/ready``, ``/metrics``; its lifespan runs the writer."""
-    service = WriterService(settings)
-
-    @contextlib.asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        await service.start()
-        try:
-            yield
-        finally:
-            await service.stop()
-
-    app = Starlette(routes=ops_routes(service.ready), lifespan=lifespan)
-    app.state.service = service
-    return app
+    return writer_app(WriterService(settings))

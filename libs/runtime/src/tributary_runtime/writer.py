@@ -1,14 +1,15 @@
 """The writers of ``dp.classified.>`` (writer-postgres, writer-sqlserver): fetch → one
 transaction → settle, by the fleet's delivery rules (``tributary_runtime.delivery``).
 
-``consume`` is the pull loop of every writer (paused while its breaker is open),
-``stop_consuming``, ``retry_transient`` and ``writer_app`` the rest of a writer's process
-plumbing. ``ClassifiedWriterBase.handle(messages)`` handles one fetch; a writer subclasses it and supplies
-only what differs: how a batch becomes rows (``_rows``), how rows are written (``_write``), how
-the rows of a permanent error are isolated (``_isolate``, normally the shared in-order bisection
-``_bisect`` plus a log line), how a database error is classified and described, its metrics
-module, logger and DLQ consumer name. A ``CircuitBreaker`` (``tributary_runtime.breaker``), when
-given, is told every write's outcome and pauses ``consume`` while it is open.
+``consume`` is the pull loop of every writer (paused while its breaker is open);
+``stop_consuming``, ``retry_transient`` and ``writer_app`` are the rest of a writer's process
+plumbing. ``ClassifiedWriterBase.handle(messages)`` handles one fetch; a writer subclasses it
+and supplies only what differs: how a batch becomes rows (``_rows``), how rows are written
+(``_write``), how the rows of a permanent error are isolated (``_isolate``, normally the shared
+in-order bisection ``_bisect`` plus a log line), how a database error is classified and
+described, its metrics module, logger and DLQ consumer name. A ``CircuitBreaker``
+(``tributary_runtime.breaker``), when given, is told every write's outcome and pauses
+``consume`` while it is open.
 
 - a message is a ``ClassifiedBundle`` (``dp.classified.<domain>.<cls>.part.<p>``: the batches
   of many sources) or, on a former per-source subject, one ``ClassifiedBatch``; one that is not

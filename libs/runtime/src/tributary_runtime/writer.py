@@ -69,7 +69,8 @@ ResultT = TypeVar("ResultT")
 
 
 class WriterSettings(ServiceSettings):
-    """The settings every writer of ``dp.classified.>`` reads (routing, fetch, redelivery)."""
+    """The settings every writer of ``dp.classified.>`` reads (routing, fetch, redelivery,
+    circuit breaker)."""
 
     sink_routes: str = Field(
         default="*=postgres",

@@ -149,6 +149,10 @@ async def consume(
     """Fetch from the durable ``durable`` (on the stream ``stream_base``) into ``handle`` until
     ``stopping``; while ``breaker`` is open, fetch nothing.
 
+    nats-py's ``pull_subscribe_bind`` + ``fetch``, not FastStream's ``PullSub(batch=True)``: in
+    faststream 0.7.8 that subscriber loses a fetch's messages until the ack wait when nats-py
+    ends a fetch with a plain ``asyncio.TimeoutError`` (writer-postgres README).
+
     Never ends on an error: a failed fetch (bus restarting, consumer briefly missing) is counted
     (stage ``fetch``), logged and retried after a second; nats-py reconnects underneath.
     """

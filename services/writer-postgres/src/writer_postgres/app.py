@@ -1,12 +1,5 @@
-"""Wiring: settings → migrations, asyncpg pool, NATS pull consumer, partition upkeep, ops routes.
-
-The consume loop uses nats-py's ``pull_subscribe_bind`` + ``fetch`` directly instead of
-FastStream's ``PullSub(batch=True)`` subscriber: in faststream 0.7.8 that subscriber keeps
-fetching to fill a batch, and when nats-py ends the continuation with a plain
-``asyncio.TimeoutError`` (it only catches ``nats.errors.TimeoutError``) the task crashes and
-the messages it had already fetched are neither handled nor nakked — they come back only after
-the consumer's 30 s ack wait (measured: a test waiting 20 s failed one run in two). Our loop
-hands each fetch to ``ClassifiedWriter``, which settles every message itself.
+"""Wiring: settings → migrations, asyncpg pool, circuit breaker, NATS pull consumers (the points
+and the event loops, each ``tributary_runtime.writer.consume``), partition upkeep, ops routes.
 """
 
 from __future__ import annotations

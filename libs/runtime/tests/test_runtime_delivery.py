@@ -86,9 +86,12 @@ async def test_a_dead_letter_identified_by_its_points_has_the_same_id_whatever_i
 async def test_a_defect_inside_a_fetch_naks_only_what_is_not_settled_yet() -> None:
     s, metrics = settler([])
     done, pending = RecordingMsg(b"a"), RecordingMsg(b"b", num_delivered=2)
-    async with s.fetch([done, pending]):  # the defect is counted and logged, not raised
+
+    async def work() -> None:
         await s.ack(done)
         raise RuntimeError("a defect")
+
+    await s.handle([done, pending], work())  # the defect is counted and logged, not raised
     assert (done.settled, pending.settled) == ([("ack", None)], [("nak", 1.0)])
     assert metrics.ERRORS.labels("handle", "RuntimeError")._value.get() == 1
 

@@ -27,8 +27,7 @@ the exception's type name.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -78,16 +77,19 @@ class DeliveryMetrics(AckMetrics, Protocol):
     """Label reason (the dead letter's kind)."""
 
 
-async def ack(msg: Message, metrics: AckMetrics) -> BaseException | None:
-    """Ack ``msg``, counted; a failure is counted (stage ``ack``) and returned, not raised:
+async def ack_all(messages: Sequence[Message], metrics: AckMetrics) -> int:
+    """Ack ``messages``; how many were acked. A failure is counted (stage ``ack``), not raised:
     JetStream redelivers the message after ``ack_wait`` and handling it again changes nothing."""
-    try:
-        await msg.ack()
-    except Exception as exc:
-        metrics.ERRORS.labels("ack", type(exc).__name__).inc()
-        return exc
-    metrics.MESSAGES_ACKED.inc()
-    return None
+    acked = 0
+    for msg in messages:
+        try:
+            await msg.ack()
+        except Exception as exc:
+            metrics.ERRORS.labels("ack", type(exc).__name__).inc()
+            continue
+        acked += 1
+    metrics.MESSAGES_ACKED.inc(acked)
+    return acked
 
 
 def _headers(
@@ -129,7 +131,7 @@ def dead_letter_publisher(
 class Settler:
     """Acks, naks and dead-letters the messages of one consumer by the rules above; never raises.
 
-    Several consume loops may share one: each wraps its fetch in ``fetch(messages)``.
+    Several consume loops may share one: each runs the handling of its fetch in ``handle``.
     """
 
     consumer: str
@@ -145,12 +147,11 @@ class Settler:
     _settled: set[int] = field(default_factory=set, init=False, repr=False)
     """ids of the messages of the fetches in progress already acked or nakked."""
 
-    @contextlib.asynccontextmanager
-    async def fetch(self, messages: Sequence[Message]) -> AsyncIterator[None]:
-        """Handle one fetch inside: an unexpected failure (a defect) is counted and logged, and
-        every message not settled yet is nakked (it comes back)."""
+    async def handle(self, messages: Sequence[Message], work: Awaitable[None]) -> None:
+        """Run ``work`` (the handling of the fetch ``messages``); an unexpected failure (a defect)
+        is counted and logged, and every message not settled yet is nakked (it comes back)."""
         try:
-            yield
+            await work
         except Exception as exc:
             self.metrics.ERRORS.labels("handle", type(exc).__name__).inc()
             self.log.exception("unexpected failure handling a fetch; redelivery scheduled",
@@ -164,10 +165,14 @@ class Settler:
 
     async def ack(self, msg: Message) -> None:
         self._settled.add(id(msg))
-        error = await ack(msg, self.metrics)
-        if error is not None:
+        try:
+            await msg.ack()
+        except Exception as exc:  # redelivered later; handling it again changes nothing
+            self.metrics.ERRORS.labels("ack", type(exc).__name__).inc()
             self.log.warning("ack failed; message will be redelivered", consumer=self.consumer,
-                             error=self.describe(error))
+                             error=self.describe(exc))
+            return
+        self.metrics.MESSAGES_ACKED.inc()
 
     async def nak(self, msg: Message, delivered: int) -> None:
         self._settled.add(id(msg))
@@ -204,11 +209,7 @@ class Settler:
 
     async def reject(self, msg: Message, kind: str, reason: str, delivered: int) -> None:
         """Dead-letter ``msg`` (its payload) and ack it; nak it when the DLQ publish fails."""
-        await self.finish(msg, delivered, await self.dead_letter(msg, kind, reason, delivered))
-
-    async def finish(self, msg: Message, delivered: int, ok: bool) -> None:
-        """Ack ``msg`` when everything it needed is durable (``ok``), else nak it."""
-        if ok:
+        if await self.dead_letter(msg, kind, reason, delivered):
             await self.ack(msg)
         else:
             await self.nak(msg, delivered)

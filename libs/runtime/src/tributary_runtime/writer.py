@@ -371,11 +371,13 @@ class ClassifiedWriterBase(Generic[RowT, ResultT]):
     async def handle(self, messages: Sequence[Message]) -> None:
         """Write, dead-letter, skip, ack or nak every message of one fetch; never raises."""
         self.metrics.MESSAGES_RECEIVED.inc(len(messages))
-        async with self.settle.fetch(messages):
-            pending: list[Pending[RowT]] = []
-            for msg in messages:
-                pending.extend(await self._admit(msg))
-            await self._store(pending)
+        await self.settle.handle(messages, self._handle(messages))
+
+    async def _handle(self, messages: Sequence[Message]) -> None:
+        pending: list[Pending[RowT]] = []
+        for msg in messages:
+            pending.extend(await self._admit(msg))
+        await self._store(pending)
 
     async def _admit(self, msg: Message) -> list[Pending[RowT]]:
         """Parse and route one message; settle it at once unless it has rows to write."""
@@ -418,12 +420,16 @@ class ClassifiedWriterBase(Generic[RowT, ResultT]):
                 return
         if rows and self.breaker is not None:  # nothing written proves nothing
             self.breaker.success()
+        settle = self.settle
         for group in _by_message(pending):
             ok = True
             for p in group:
                 if p.refused:
                     ok &= await self._dead_letter_points(p)
-            await self.settle.finish(group[0].msg, group[0].delivered, ok)
+            if ok:  # every row stored or dead-lettered
+                await settle.ack(group[0].msg)
+            else:
+                await settle.nak(group[0].msg, group[0].delivered)
 
     async def _dead_letter_points(self, p: Pending[RowT]) -> bool:
         """Publish the refused points of ``p``, one DLQ message per distinct reason."""

@@ -60,7 +60,7 @@ from classifier.state import (
     source_doc_key,
 )
 from tributary_contracts import escape_key
-from tributary_runtime.delivery import ack
+from tributary_runtime.delivery import ack_all
 from tributary_runtime.kvwatch import KvFollower
 from tributary_runtime.publish import Outgoing, publish_until_acked
 
@@ -172,9 +172,7 @@ class PartitionCheckpoint:
             if writes:
                 CHECKPOINT_WRITES.inc(len(writes))
                 self.state.on_disk.update((d[0], d[1]) for d in docs)
-            acked = 0
-            for msg in inputs:  # one whose ack is lost comes back: skipped by its covered seq
-                acked += await ack(msg, metrics) is None
+            acked = await ack_all(inputs, metrics)  # a lost ack: skipped by its covered seq
             SNAPSHOT_SECONDS.observe(monotonic() - started)
             STATE_STREAMS.labels(partition=str(self.partition)).set(len(self.state))
             return acked

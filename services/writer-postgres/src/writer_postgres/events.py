@@ -82,13 +82,15 @@ class EventWriter(Generic[E]):
 
     async def handle(self, messages: Sequence[Message]) -> None:
         self._received(len(messages))
-        async with self.settle.fetch(messages):
-            parsed = []
-            for msg in messages:
-                event = await self._parse(msg)
-                if event is not None:
-                    parsed.append(event)
-            await self._write_all(parsed)
+        await self.settle.handle(messages, self._handle(messages))
+
+    async def _handle(self, messages: Sequence[Message]) -> None:
+        parsed = []
+        for msg in messages:
+            event = await self._parse(msg)
+            if event is not None:
+                parsed.append(event)
+        await self._write_all(parsed)
 
     async def _parse(self, msg: Message) -> Parsed[E] | None:
         delivered = deliveries(msg)

@@ -16,7 +16,7 @@ The rules (the contract's "Delivery: acks and idempotency" and "Dead letters"):
   write is idempotent, so a second delivery changes nothing).
 
 ``Settler`` applies them for a consumer that settles each message itself (the writers and their
-event loops); the classifier, which acks by snapshot, builds its dead letters with
+event loops); the classifier, which acks by snapshot (``ack_all``), builds its dead letters with
 ``dead_letter`` and publishes them with its outputs.
 
 Metrics: the consumer's metrics module defines the counters of ``DeliveryMetrics``; failures are
@@ -62,7 +62,7 @@ class Message(Protocol):
 
 
 class AckMetrics(Protocol):
-    """The counters ``ack`` uses (a consumer's metrics module satisfies this)."""
+    """The counters ``ack_all`` uses (a consumer's metrics module satisfies this)."""
 
     MESSAGES_ACKED: Counter
     ERRORS: Counter

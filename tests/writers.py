@@ -1,6 +1,7 @@
-"""What the tests of the ``dp.classified.>`` writers (writer-postgres, writer-sqlserver) share:
-a stand-in for a JetStream message, publishing a batch, and bounded waits on the writer's
-durable consumer and its DLQ."""
+"""What the tests of the ``dp.classified.>`` writers (writer-postgres, writer-sqlserver) and of
+``tributary_runtime``'s delivery, writer and breaker share: a stand-in for a JetStream message,
+a consumer's metrics in a registry of their own, publishing a batch, and bounded waits on the
+writer's durable consumer and its DLQ."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from tributary_contracts import DP_CLASSIFIED, DP_DLQ, ClassifiedBatch, ClassifiedBundle, Namespace
 
@@ -35,6 +37,22 @@ class RecordingMsg:
 
     async def nak(self, delay: float | None = None) -> None:
         self.settled.append(("nak", delay))
+
+
+def consumer_metrics() -> Any:
+    """The counters and gauges a consumer's metrics module defines (``DeliveryMetrics``,
+    ``WriterMetrics``, ``BreakerMetrics``), in a registry of their own."""
+    registry = CollectorRegistry()
+    return SimpleNamespace(
+        MESSAGES_RECEIVED=Counter("received", "", registry=registry),
+        MESSAGES_SKIPPED=Counter("skipped", "", registry=registry),
+        MESSAGES_ACKED=Counter("acked", "", registry=registry),
+        MESSAGES_NAKKED=Counter("nakked", "", registry=registry),
+        DLQ=Counter("dlq", "", ["reason"], registry=registry),
+        ERRORS=Counter("errors", "", ["stage", "error_type"], registry=registry),
+        CIRCUIT_OPEN=Gauge("circuit_open", "", registry=registry),
+        CIRCUIT_OPENED=Counter("circuit_opened", "", registry=registry),
+    )
 
 
 async def wait_until(check: Callable[[], Awaitable[bool]], what: str) -> None:

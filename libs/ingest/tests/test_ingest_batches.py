@@ -10,8 +10,9 @@ import orjson
 import pytest
 
 from tributary_contracts import MSG_ID_HEADER, DataPoint, PointBatch, Transport, batch_msg_id
-from tributary_ingest.batches import encode_batches, encode_rejections, error_type, excerpt
+from tributary_ingest.batches import encode_batches, encode_rejections, excerpt
 from tributary_ingest.points import Rejection, normalize_point
+from tributary_runtime.publish import error_type
 
 RECEIVED = datetime(2026, 3, 1, tzinfo=UTC)
 WS = Transport.WS

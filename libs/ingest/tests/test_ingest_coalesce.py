@@ -23,9 +23,10 @@ from tributary_contracts import (
     bundle_msg_id,
     partition_of,
 )
-from tributary_ingest.batches import PublishError, PublishOutcome
+from tributary_ingest.batches import PublishOutcome
 from tributary_ingest.coalesce import Coalescer, settle
 from tributary_ingest.points import Rejection
+from tributary_runtime.publish import PublishError
 
 pytestmark = pytest.mark.integration
 

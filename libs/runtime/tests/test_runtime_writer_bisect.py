@@ -6,7 +6,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import pytest
+import structlog
 
+from tests.writers import consumer_metrics
 from tributary_contracts import SinkRoutes
 from tributary_runtime.writer import ClassifiedWriterBase, Pending
 
@@ -18,6 +20,11 @@ class Refused(Exception):
 @dataclass(kw_only=True)
 class ListWriter(ClassifiedWriterBase[int, int]):
     """Writes ints to a list in one all-or-nothing step; refuses the ones in ``bad``."""
+
+    SINK = "postgres"
+    CONSUMER = "writer-test"
+    metrics = consumer_metrics()
+    log = structlog.get_logger()
 
     bad: set[int]
     transient_on: int | None = None
@@ -34,6 +41,9 @@ class ListWriter(ClassifiedWriterBase[int, int]):
 
     def _is_transient(self, exc: BaseException) -> bool:
         return not isinstance(exc, Refused)
+
+    def _describe(self, exc: BaseException) -> str:
+        return str(exc)
 
 
 async def _no_dead_letters(body: bytes, headers: dict[str, str]) -> None:

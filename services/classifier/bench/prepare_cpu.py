@@ -27,10 +27,10 @@ from nats.aio.msg import Msg
 from classifier.checkpoint import document_writes
 from classifier.config_store import StreamConfigStore
 from classifier.handler import RawBatchHandler
-from classifier.outbox import Outgoing
 from classifier.state import ClassifierState
 from tributary_contracts import Namespace, stream_config_key
 from tributary_runtime.logs import configure_logging
+from tributary_runtime.publish import Outgoing, Published
 
 NS = Namespace("cpubench")
 
@@ -38,7 +38,7 @@ NS = Namespace("cpubench")
 class NoOutbox:
     """Never called by ``prepare``: the handler needs an outbox to be built."""
 
-    async def publish_all(self, messages: Sequence[Outgoing]) -> list[BaseException | None]:
+    async def publish_all(self, messages: Sequence[Outgoing]) -> Published:
         raise NotImplementedError
 
     async def publish(self, message: Outgoing) -> None:

@@ -21,7 +21,7 @@ from classifier.config_store import StreamConfigStore
 from classifier.consume import consume
 from classifier.consumers import ensure_durable
 from classifier.handler import RawBatchHandler
-from classifier.outbox import CoalescingOutbox, JetStreamOutbox, Outgoing
+from classifier.outbox import CoalescingOutbox, JetStreamOutbox
 from tributary_contracts import (
     CLASSIFIER_STATE_BUCKET,
     DP_CLASSIFIED,
@@ -36,6 +36,7 @@ from tributary_contracts import (
     ensure_jetstream,
     stream_config_key,
 )
+from tributary_runtime.publish import Outgoing, Published
 
 pytestmark = pytest.mark.integration
 
@@ -52,7 +53,7 @@ class SlowOutbox:
         self.waiting = 0
         self.most_waiting = 0
 
-    async def publish_all(self, messages: Sequence[Outgoing]) -> list[BaseException | None]:
+    async def publish_all(self, messages: Sequence[Outgoing]) -> Published:
         self.waiting += 1
         self.most_waiting = max(self.most_waiting, self.waiting)
         try:

@@ -23,8 +23,8 @@ from classifier.checkpoint import PartitionCheckpoint
 from classifier.classify import ClassifierState
 from classifier.config_store import StreamConfigStore
 from classifier.handler import RawBatchHandler
-from classifier.metrics import DLQ_MESSAGES, ERRORS, PUBLISHED_POINTS, RECEIVED_POINTS
-from classifier.outbox import CoalescingOutbox, Outgoing
+from classifier.metrics import DLQ, ERRORS, PUBLISHED_POINTS, RECEIVED_POINTS
+from classifier.outbox import CoalescingOutbox
 from classifier.state import source_doc_from_json
 from tributary_contracts import (
     DLQ_CONSUMER,
@@ -46,6 +46,7 @@ from tributary_contracts import (
     partition_of,
     stream_config_key,
 )
+from tributary_runtime.publish import Outgoing, Published
 
 T0 = datetime(2026, 2, 25, 21, 0, tzinfo=UTC)  # as in conftest.make_batch
 PREFIX = "hdl"
@@ -79,19 +80,19 @@ class MemoryOutbox:
         self.published: list[Outgoing] = []
         self.attempts: list[Outgoing] = []
 
-    async def publish_all(self, messages: Sequence[Outgoing]) -> list[BaseException | None]:
-        results: list[BaseException | None] = []
+    async def publish_all(self, messages: Sequence[Outgoing]) -> Published:
+        errors: list[BaseException | None] = []
         for m in messages:
             self.attempts.append(m)
             if self.fail(m):
-                results.append(TimeoutError("no ack"))
+                errors.append(TimeoutError("no ack"))
             else:
                 self.published.append(m)
-                results.append(None)
-        return results
+                errors.append(None)
+        return Published([None] * len(errors), errors)
 
     async def publish(self, message: Outgoing) -> None:
-        [error] = await self.publish_all([message])
+        [error] = (await self.publish_all([message])).errors
         if error is not None:
             raise error
 
@@ -237,7 +238,7 @@ async def test_invalid_messages_go_to_the_dlq_and_their_neighbours_are_classifie
     bad_value = json.loads(raw(make_batch([1])))
     bad_value["points"][0]["value"] = "warm"
     not_a_batch = RecordingMsg(json.dumps(bad_value).encode(), seq=3)
-    before = counter(DLQ_MESSAGES, reason="invalid_batch")
+    before = counter(DLQ, reason="invalid_batch")
 
     prepared = await handler_with(store, outbox).handle([good1, not_json, not_a_batch, good2])
 
@@ -271,7 +272,7 @@ async def test_invalid_messages_go_to_the_dlq_and_their_neighbours_are_classifie
     assert letters[0].headers[MSG_ID_HEADER] != letters[1].headers[MSG_ID_HEADER]
     assert prepared.inputs == [good1, not_json, not_a_batch, good2]
     assert prepared.dead_lettered == [(not_json, "invalid_batch"), (not_a_batch, "invalid_batch")]
-    assert counter(DLQ_MESSAGES, reason="invalid_batch") - before == 2
+    assert counter(DLQ, reason="invalid_batch") - before == 2
 
 
 async def test_failed_publishes_are_retried_unchanged_until_acked(
@@ -383,7 +384,7 @@ class GatedOutbox(MemoryOutbox):
         self.release = asyncio.Event()
         self.release.set()
 
-    async def publish_all(self, messages: Sequence[Outgoing]) -> list[BaseException | None]:
+    async def publish_all(self, messages: Sequence[Outgoing]) -> Published:
         self.groups.append([m.subject for m in messages])
         await self.release.wait()
         return await super().publish_all(messages)
@@ -490,8 +491,8 @@ async def test_publish_groups_of_one_turn_go_out_together() -> None:
     )
     await asyncio.sleep(0.01)
     second = asyncio.ensure_future(outbox.publish_all([Outgoing("b.1", b"4", {})]))
-    assert await first == [[None], [None, None]]
-    assert await second == [None]
+    assert [p.errors for p in await first] == [[None], [None, None]]
+    assert (await second).errors == [None]
     assert inner.groups == [["a.1", "a.2", "a.3"], ["b.1"]]
 
 

@@ -16,7 +16,6 @@ from nats.aio.msg import Msg
 from classifier.classify import ClassifierState
 from classifier.config_store import StreamConfigStore
 from classifier.handler import RawBatchHandler
-from classifier.outbox import Outgoing
 from classifier.rollout import RolloutFollower
 from tributary_contracts import (
     CanarySelector,
@@ -33,6 +32,7 @@ from tributary_contracts import (
     canary_bucket,
     stream_config_key,
 )
+from tributary_runtime.publish import Outgoing, Published
 
 NS = Namespace("rol")
 T0 = datetime(2026, 3, 1, tzinfo=UTC)
@@ -61,9 +61,9 @@ class MemoryOutbox:
     def __init__(self) -> None:
         self.published: list[Outgoing] = []
 
-    async def publish_all(self, messages: Sequence[Outgoing]) -> list[BaseException | None]:
+    async def publish_all(self, messages: Sequence[Outgoing]) -> Published:
         self.published.extend(messages)
-        return [None] * len(messages)
+        return Published([None] * len(messages), [None] * len(messages))
 
     async def publish(self, message: Outgoing) -> None:
         self.published.append(message)

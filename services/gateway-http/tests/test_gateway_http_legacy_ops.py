@@ -119,7 +119,7 @@ def test_breaker_state_reads_the_writers_gauges() -> None:
     assert breaker_state(None) == "UNKNOWN"
     assert breaker_state({"writer_postgres_points_written_total": 5}) == "UNKNOWN"
     assert breaker_state({"writer_postgres_circuit_open": 0.0}) == "CLOSED"
-    assert breaker_state({"writer_sqlserver_breaker_open": 1.0}) == "OPEN"
+    assert breaker_state({"writer_sqlserver_circuit_open": 1.0}) == "OPEN"
 
 
 def test_mqtt_stats_sum_the_replicas_counters() -> None:

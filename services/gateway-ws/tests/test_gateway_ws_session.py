@@ -12,7 +12,8 @@ import pytest
 
 from gateway_ws.protocol import Connect, ErrorCode, ProtocolError
 from gateway_ws.session import ChannelClosed, Session, SessionLimits
-from tributary_ingest.batches import PublishError, PublishOutcome
+from tributary_ingest.batches import PublishOutcome
+from tributary_runtime.publish import PublishError
 
 
 class MemoryChannel:

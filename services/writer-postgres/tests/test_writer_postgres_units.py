@@ -13,7 +13,7 @@ from pydantic import ValidationError
 
 from tributary_contracts import LegacyIds, SinkRoutes
 from tributary_contracts.dead_letters import one_line
-from tributary_runtime.redelivery import backoff_delay
+from tributary_runtime.delivery import backoff_delay
 from writer_postgres.consume import SINK
 from writer_postgres.partitions import month_start, partition_name, wanted_months
 from writer_postgres.settings import WriterPostgresSettings

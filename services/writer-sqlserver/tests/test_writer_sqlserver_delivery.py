@@ -8,13 +8,14 @@ with SQLSTATE 08S01 before any server is involved). The messages are stand-ins f
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 
 import pytest
+import structlog
 
-from tests.writers import RecordingMsg
+from tests.writers import RecordingMsg, consumer_metrics
 from tributary_contracts import DLQ_KIND, DLQ_REASON, MAX_DELIVER, PointClass, SinkRoutes
-from writer_sqlserver.breaker import BreakerState, CircuitBreaker
+from tributary_runtime.breaker import CircuitBreaker
 from writer_sqlserver.consume import ClassifiedWriter
 from writer_sqlserver.database import build_engine
 from writer_sqlserver.store import LegacyStore
@@ -50,16 +51,35 @@ def unreachable_store(driver: str) -> Iterator[LegacyStore]:
 Letters = list[tuple[bytes, dict[str, str]]]
 
 
-def writer(store: LegacyStore, letters: Letters | None, threshold: int = 5) -> ClassifiedWriter:
-    async def dead_letter(body: bytes, headers: dict[str, str]) -> None:
-        if letters is None:
-            raise ConnectionError("bus unavailable")
-        letters.append((body, headers))
+MakeWriter = Callable[..., ClassifiedWriter]
 
-    return ClassifiedWriter(
-        store=store, routes=SinkRoutes.parse("iot=sqlserver"), dead_letter=dead_letter,
-        breaker=CircuitBreaker(threshold, 60), backoff_seconds=0.5, backoff_max_seconds=30.0,
-    )
+
+@pytest.fixture
+async def writer() -> AsyncIterator[MakeWriter]:
+    """Builds writers whose breaker never probes during a test (closed at the end)."""
+    made: list[ClassifiedWriter] = []
+
+    async def probe() -> None:
+        raise ConnectionError("down")
+
+    def make(store: LegacyStore, letters: Letters | None, threshold: int = 5) -> ClassifiedWriter:
+        async def dead_letter(body: bytes, headers: dict[str, str]) -> None:
+            if letters is None:
+                raise ConnectionError("bus unavailable")
+            letters.append((body, headers))
+
+        breaker = CircuitBreaker(probe, consumer_metrics(), structlog.get_logger(),
+                                 store="SQL Server", threshold=threshold, probe_min_seconds=60)
+        made.append(ClassifiedWriter(
+            store=store, routes=SinkRoutes.parse("iot=sqlserver"), dead_letter=dead_letter,
+            breaker=breaker, backoff_seconds=0.5, backoff_max_seconds=30.0,
+        ))
+        return made[-1]
+
+    yield make
+    for w in made:
+        assert w.breaker is not None
+        await w.breaker.close()
 
 
 def message(delivered: int = 1) -> RecordingMsg:
@@ -68,19 +88,20 @@ def message(delivered: int = 1) -> RecordingMsg:
 
 
 async def test_unreachable_database_naks_with_growing_delay_and_opens_the_breaker(
-    unreachable_store: LegacyStore,
+    unreachable_store: LegacyStore, writer: MakeWriter
 ) -> None:
     w = writer(unreachable_store, [], threshold=2)
+    assert w.breaker is not None
     first, third = message(1), message(3)
     await w.handle([first])
-    assert w.breaker.state is BreakerState.CLOSED
+    assert not w.breaker.is_open
     await w.handle([third])
     assert (first.settled, third.settled) == ([("nak", 0.5)], [("nak", 2.0)])
-    assert w.breaker.state is BreakerState.OPEN
+    assert w.breaker.is_open
 
 
 async def test_last_delivery_goes_to_the_dlq_instead_of_another_nak(
-    unreachable_store: LegacyStore, driver: str
+    unreachable_store: LegacyStore, driver: str, writer: MakeWriter
 ) -> None:
     letters: Letters = []
     msg = message(MAX_DELIVER)
@@ -94,7 +115,7 @@ async def test_last_delivery_goes_to_the_dlq_instead_of_another_nak(
 
 
 async def test_message_is_not_acked_when_the_dlq_refuses_it(
-    unreachable_store: LegacyStore,
+    unreachable_store: LegacyStore, writer: MakeWriter
 ) -> None:
     msg = RecordingMsg(b"not json")
     await writer(unreachable_store, None).handle([msg])
@@ -102,10 +123,10 @@ async def test_message_is_not_acked_when_the_dlq_refuses_it(
 
 
 async def test_messages_of_other_sinks_never_touch_the_database(
-    unreachable_store: LegacyStore,
+    unreachable_store: LegacyStore, writer: MakeWriter
 ) -> None:
     other = RecordingMsg(build_batch([(1, 0, 1.0)], domain="finance").model_dump_json().encode())
     w = writer(unreachable_store, [], threshold=1)
     await w.handle([other])
     assert other.settled == [("ack", None)]
-    assert w.breaker.state is BreakerState.CLOSED
+    assert w.breaker is not None and not w.breaker.is_open

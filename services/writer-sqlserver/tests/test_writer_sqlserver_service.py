@@ -27,7 +27,6 @@ from tributary_contracts import (
     PointClass,
 )
 from writer_sqlserver.app import create_app
-from writer_sqlserver.breaker import BreakerState
 from writer_sqlserver.schema import alerts, ml_events, sensor_readings, sensor_readings_latest
 from writer_sqlserver.settings import WriterSqlServerSettings
 
@@ -131,13 +130,13 @@ async def test_a_failing_database_opens_the_breaker_and_nothing_is_lost_after_re
     run_writer: RunWriter, jetstream: Any, ns: Namespace, standin_engine: Engine
 ) -> None:
     batch = build_batch([(17, 0, 21.5), (17, 1, 22.0)])
-    async with run_writer(breaker_failure_threshold=2, breaker_open_seconds=2.0) as app:
+    async with run_writer(breaker_failure_threshold=2, breaker_probe_max_seconds=1.0) as app:
         service = app.state.service
         with standin_engine.begin() as conn:  # the table vanishes: 42P01, not the data's fault
             conn.execute(text("ALTER TABLE dbo.sensor_readings RENAME TO sensor_readings_away"))
         await publish(jetstream, ns, batch)
         await wait_until(
-            lambda: asyncio.sleep(0, service.breaker.state is BreakerState.OPEN),
+            lambda: asyncio.sleep(0, service.breaker.is_open),
             "the breaker to open")
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://writer") as client:
@@ -147,7 +146,7 @@ async def test_a_failing_database_opens_the_breaker_and_nothing_is_lost_after_re
             conn.execute(text("ALTER TABLE dbo.sensor_readings_away RENAME TO sensor_readings"))
         await wait_until(lambda: consumer_settled(jetstream, ns, WRITER_SQLSERVER_DURABLE),
                          "the batch after recovery")
-        assert service.breaker.state is BreakerState.CLOSED
+        assert not service.breaker.is_open
     assert rows(standin_engine, sensor_readings, "sensor_id", "device_timestamp") == [
         (17, at(0)), (17, at(1)),
     ]
@@ -171,7 +170,7 @@ async def test_ops_endpoints_report_readiness_and_metrics(
         200, {"ready": True, "checks": {"nats": True, "database": True, "breaker_closed": True}}
     )
     for name in ('writer_sqlserver_rows_sent_total{table="sensor_readings"}',
-                 "writer_sqlserver_commit_seconds_bucket", "writer_sqlserver_breaker_open",
+                 "writer_sqlserver_commit_seconds_bucket", "writer_sqlserver_circuit_open",
                  "writer_sqlserver_messages_acked_total"):
         assert name in metrics.text
 

@@ -1,5 +1,5 @@
 """Table-driven tests of the pure parts: point → reading, close-before-open and latest plans,
-the transient/permanent table, the circuit breaker, settings and the engine URL."""
+the transient/permanent table, settings and the engine URL."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ from sqlalchemy import exc as sa_exc
 
 from tributary_contracts import ClassifiedPoint, LegacyIds, PointClass
 from tributary_runtime.settings import load_settings
-from writer_sqlserver.breaker import BreakerState, CircuitBreaker
 from writer_sqlserver.database import engine_url
 from writer_sqlserver.errors import Failure, classify_error, describe_error
 from writer_sqlserver.settings import WriterSqlServerSettings
@@ -165,26 +164,6 @@ def test_standin_and_client_side_errors_are_classified_too() -> None:
     assert classify_error(sa_exc.TimeoutError("pool exhausted")) is Failure.TRANSIENT
     assert classify_error(ConnectionResetError()) is Failure.TRANSIENT
     assert classify_error(RuntimeError("unknown")) is Failure.TRANSIENT
-
-
-def test_breaker_opens_after_threshold_pauses_then_allows_one_trial() -> None:
-    now = [100.0]
-    breaker = CircuitBreaker(threshold=3, open_seconds=30, clock=lambda: now[0])
-    for _ in range(2):
-        breaker.record_failure()
-    assert breaker.state is BreakerState.CLOSED
-    breaker.record_failure()
-    assert (breaker.state, breaker.allow(), breaker.seconds_until_trial()) == (
-        BreakerState.OPEN, False, 30.0)
-    now[0] += 30
-    assert (breaker.state, breaker.allow()) == (BreakerState.HALF_OPEN, True)
-    breaker.record_failure()  # the trial failed: open again at once
-    assert breaker.state is BreakerState.OPEN
-    now[0] += 30
-    breaker.record_success()
-    assert (breaker.state, breaker.seconds_until_trial()) == (BreakerState.CLOSED, 0.0)
-    breaker.record_failure()  # the count starts over after a success
-    assert breaker.state is BreakerState.CLOSED
 
 
 @pytest.mark.parametrize(("dsn", "driver", "expected"), [

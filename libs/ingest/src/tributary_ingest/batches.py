@@ -1,5 +1,6 @@
 """Accepted points → encoded ``PointBatch``es (``coalesce`` bundles and publishes them); rejected
-input → ``RejectedInput`` messages on ``dp.rejected.<transport>``; publish errors and their labels.
+input → ``RejectedInput`` messages on ``dp.rejected.<transport>``. (Publish errors and their
+labels: ``tributary_runtime.publish``.)
 
 Batches hold at most ``MAX_BATCH_POINTS`` points and, so a batch of large metadata never exceeds
 the server's ``max_payload``, are halved until their JSON fits. Each carries a deterministic
@@ -10,15 +11,12 @@ message's id hashes its content without ``received_at`` for the same reason.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-import nats.errors
-import nats.js.errors
 import orjson
 from pydantic import TypeAdapter
 
@@ -65,38 +63,6 @@ class PublishOutcome:
     batches: int
     duplicates: int  # batches whose bundle JetStream already had (same Nats-Msg-Id)
     rejected_published: bool  # False when the best-effort dp.rejected publish failed
-
-
-class PublishError(Exception):
-    """JetStream did not acknowledge every point batch (or a publish could not start)."""
-
-    def __init__(self, error_type: str, detail: str) -> None:
-        super().__init__(detail)
-        self.error_type = error_type
-
-
-def error_type(exc: BaseException) -> str:
-    """Bounded label for a publish failure (a stalled ``publish_async``, which gave up waiting
-    for room under ``wait_stall``, is a timeout too)."""
-    if isinstance(exc, nats.js.errors.NoStreamResponseError | nats.errors.NoRespondersError):
-        return "no_stream"
-    if isinstance(
-        exc,
-        asyncio.TimeoutError | nats.errors.TimeoutError | nats.js.errors.TooManyStalledMsgsError,
-    ):
-        return "timeout"
-    if isinstance(
-        exc,
-        nats.errors.ConnectionClosedError
-        | nats.errors.ConnectionReconnectingError
-        | nats.errors.StaleConnectionError
-        | nats.errors.OutboundBufferLimitError
-        | nats.errors.ConnectionDrainingError,
-    ):
-        return "disconnected"
-    if isinstance(exc, nats.js.errors.APIError):
-        return "api_error"
-    return "other"
 
 
 def encode_batches(

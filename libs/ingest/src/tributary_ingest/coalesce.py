@@ -52,13 +52,12 @@ from tributary_ingest.batches import (
     HEADER_ROOM_BYTES,
     EncodedBatch,
     OutgoingMessage,
-    PublishError,
     PublishOutcome,
     encode_batches,
     encode_rejections,
-    error_type,
 )
 from tributary_ingest.points import Rejection
+from tributary_runtime.publish import PublishError, ack_error, error_type
 
 BUNDLE_ROOM_BYTES = 128
 """Room in a bundle's payload for its envelope (domain, partition, brackets)."""
@@ -387,12 +386,8 @@ class Coalescer:
     def _acked(self, send: _Send, timer: asyncio.TimerHandle, ack: asyncio.Future[Any]) -> None:
         timer.cancel()
         self._unanswered -= 1
-        if ack.cancelled():
-            self._answer(send, None, TimeoutError("no PubAck within the publish timeout"))
-        elif ack.exception() is not None:
-            self._answer(send, None, ack.exception())
-        else:
-            self._answer(send, ack.result(), None)
+        failure = ack_error(ack, self.timeout)
+        self._answer(send, None if failure is not None else ack.result(), failure)
         if self._unanswered == 0 and not self._ready:
             self._idle.set()
 

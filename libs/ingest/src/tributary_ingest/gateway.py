@@ -48,7 +48,7 @@ from nats.js import JetStreamContext
 from prometheus_client import Counter, Histogram
 
 from tributary_contracts import DataPoint, Transport
-from tributary_ingest.batches import PublishError, PublishOutcome, error_type
+from tributary_ingest.batches import PublishOutcome
 from tributary_ingest.bus import Connect, GatewayBus, GatewaySettings, open_gateway_bus
 from tributary_ingest.coalesce import Coalescer, settle
 from tributary_ingest.points import Rejection
@@ -57,6 +57,7 @@ from tributary_runtime.apikeys import Action, Granted
 from tributary_runtime.audit import AuditLog
 from tributary_runtime.logs import ThrottledWarning
 from tributary_runtime.ops import Reply
+from tributary_runtime.publish import PublishError, error_type
 from tributary_runtime.ratelimit import IngestLimiter, RateLimitSettings
 
 BUS_UNAVAILABLE = (

@@ -31,6 +31,7 @@ from tributary_contracts import (
 )
 from tributary_ingest.batches import OutgoingMessage, excerpt
 from tributary_ingest.points import Rejection
+from tributary_runtime.publish import Outgoing, publish_one
 
 DEFAULT_LEDGER_PAYLOAD_BYTES = 64 * 1024
 
@@ -200,8 +201,9 @@ class RawLedger:
             **outcome,
         )
         try:
-            await self._js.publish(
-                message.subject, message.payload, timeout=self._timeout, headers=message.headers
+            await publish_one(
+                self._js, Outgoing(message.subject, message.payload, message.headers),
+                self._timeout,
             )
         except Exception as exc:  # the ledger never fails the producer's input
             if self._on_failure is not None:

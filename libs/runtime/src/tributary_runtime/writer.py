@@ -1,36 +1,38 @@
-"""The delivery rules every writer of ``dp.classified.>`` shares (fetch → one transaction → acks).
+"""The writers of ``dp.classified.>`` (writer-postgres, writer-sqlserver): fetch → one
+transaction → settle, by the fleet's delivery rules (``tributary_runtime.delivery``).
 
-``ClassifiedWriterBase.handle(messages)`` applies them to one fetch; a writer (writer-postgres,
-writer-sqlserver) subclasses it and supplies only what differs: how a batch becomes rows
-(``_rows``), how rows are written (``_write``), how the rows of a permanent error are isolated
-(``_isolate``, normally the shared in-order bisection ``_bisect`` plus a log line), how a
-database error is classified and described, its metrics module, logger and DLQ consumer name,
-and optional hooks (``_write_failed``, ``_stored``, ``_retry_context``) for a circuit breaker or
-extra logging.
+``consume`` is the pull loop of every writer (paused while its breaker is open);
+``stop_consuming``, ``retry_transient`` and ``writer_app`` are the rest of a writer's process
+plumbing. ``ClassifiedWriterBase.handle(messages)`` handles one fetch; a writer subclasses it
+and supplies only what differs: how a batch becomes rows (``_rows``), how rows are written
+(``_write``), how the rows of a permanent error are isolated (``_isolate``, normally the shared
+in-order bisection ``_bisect`` plus a log line), how a database error is classified and
+described, its metrics module, logger and DLQ consumer name. A ``CircuitBreaker``
+(``tributary_runtime.breaker``), when given, is told every write's outcome and pauses
+``consume`` while it is open.
 
 - a message is a ``ClassifiedBundle`` (``dp.classified.<domain>.<cls>.part.<p>``: the batches
-  of many sources) or, on a former per-source subject, one ``ClassifiedBatch`` (still read while
-  an upgraded fleet drains them); one that is not valid → DLQ (reason ``invalid_message``), ack;
+  of many sources) or, on a former per-source subject, one ``ClassifiedBatch``; one that is not
+  valid is dead-lettered (``invalid_message``);
 - a domain ``SINK_ROUTES`` gives another writer → ack without writing;
 - every other message of the fetch is written in ONE transaction and acked after the commit
   (a bundle once every batch of it is stored or dead-lettered);
-- transient error → nak every message with a delay growing with its delivery count; a message
-  already delivered ``MAX_DELIVER`` times goes to the DLQ (``max_deliver``) instead;
-- permanent error → ``_isolate`` marks each refused row; refused rows go to the DLQ with the
+- transient error → every message is retried (``Settler.retry``: nak with backoff, or
+  ``max_deliver`` dead letter);
+- permanent error → ``_isolate`` marks each refused row; refused rows are dead-lettered with the
   database's reason (``bad_rows``, grouped per batch and reason, as a valid message of the
   subject it came on, a ClassifiedBundle of that one batch or a ClassifiedBatch, so it can be
   replayed), the others are stored, then every message is acked.
 
-Nothing here raises: every failure is counted, logged once, and ends in ack, nak or DLQ. The
-metrics module must define ``MESSAGES_RECEIVED``, ``MESSAGES_ACKED``, ``MESSAGES_NAKKED``,
-``MESSAGES_SKIPPED``, ``ERRORS`` (labels stage, error_type) and ``DLQ`` (label reason).
+The metrics module must define the counters of ``WriterMetrics``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable, Sequence
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
@@ -38,30 +40,37 @@ import nats.errors
 from nats.js import JetStreamContext
 from prometheus_client import Counter
 from pydantic import Field, ValidationError, field_validator
+from starlette.applications import Starlette
 
 from tributary_contracts import (
     CONSUMERS,
-    DP_DLQ,
-    MAX_DELIVER,
     ClassifiedBatch,
     ClassifiedBundle,
     Namespace,
     SinkRoutes,
     batch_msg_id,
-    dead_letter_headers,
     is_partition_subject,
 )
-from tributary_contracts.dead_letters import one_line
-from tributary_runtime.redelivery import backoff_delay, deliveries
+from tributary_runtime.breaker import CircuitBreaker
+from tributary_runtime.delivery import (
+    DeadLetterPublish,
+    DeliveryMetrics,
+    Message,
+    Settler,
+    deliveries,
+)
+from tributary_runtime.ops import ReadyCheck, ops_routes
 from tributary_runtime.settings import ServiceSettings
 
+T = TypeVar("T")
 RowT = TypeVar("RowT")
 ResultT = TypeVar("ResultT")
 """What a writer's ``_write`` returns for one transaction (a row count, per-table counts…)."""
 
 
 class WriterSettings(ServiceSettings):
-    """The settings every writer of ``dp.classified.>`` reads (routing, fetch, redelivery)."""
+    """The settings every writer of ``dp.classified.>`` reads (routing, fetch, redelivery,
+    circuit breaker)."""
 
     sink_routes: str = Field(
         default="*=postgres",
@@ -82,6 +91,15 @@ class WriterSettings(ServiceSettings):
     nak_backoff_max_seconds: float = Field(
         default=60.0, ge=0, description="Upper bound of the redelivery delay."
     )
+    breaker_failure_threshold: int = Field(
+        default=3, ge=1, le=1000,
+        description="Consecutive transient write failures that open the circuit breaker.",
+    )
+    breaker_probe_max_seconds: float = Field(
+        default=5.0, gt=0, le=3600,
+        description="Longest interval between two probes of the database while the breaker "
+        "is open.",
+    )
 
     @field_validator("sink_routes")
     @classmethod
@@ -94,43 +112,11 @@ class WriterSettings(ServiceSettings):
         return SinkRoutes.parse(self.sink_routes)
 
 
-class WriterMetrics(Protocol):
+class WriterMetrics(DeliveryMetrics, Protocol):
     """The counters a writer's metrics module defines (the module itself satisfies this)."""
 
     MESSAGES_RECEIVED: Counter
-    MESSAGES_ACKED: Counter
-    MESSAGES_NAKKED: Counter
     MESSAGES_SKIPPED: Counter
-    ERRORS: Counter
-    """Labels stage, error_type."""
-    DLQ: Counter
-    """Label reason."""
-
-
-class Delivery(Protocol):
-    """The part of a JetStream message (nats-py ``Msg``) a writer uses."""
-
-    subject: str
-    data: bytes
-
-    async def ack(self) -> None: ...
-    async def nak(self, delay: float | None = None) -> None: ...
-
-
-DeadLetterPublish = Callable[[bytes, dict[str, str]], Awaitable[None]]
-"""Publish ``body`` with ``headers`` on the DLQ subject and await the JetStream ack."""
-
-
-def dead_letter_publisher(
-    js: JetStreamContext, namespace: Namespace, consumer: str
-) -> DeadLetterPublish:
-    """Publish on ``dp.dlq.<consumer>``, awaiting the JetStream ack."""
-    subject, stream = namespace.dlq_subject(consumer), namespace.stream(DP_DLQ)
-
-    async def publish(body: bytes, headers: dict[str, str]) -> None:
-        await js.publish(subject, body, headers=headers, stream=stream, timeout=5.0)
-
-    return publish
 
 
 async def check_consumer(js: JetStreamContext, namespace: Namespace, durable: str) -> None:
@@ -154,35 +140,42 @@ async def pause(stopping: asyncio.Event, seconds: float) -> None:
         await asyncio.wait_for(stopping.wait(), timeout=seconds)
 
 
-async def pull_loop(
-    js: JetStreamContext, stream: str, durable: str,
+async def consume(
+    js: JetStreamContext, settings: WriterSettings, durable: str, stream_base: str,
     handle: Callable[[Sequence[Any]], Awaitable[None]], stopping: asyncio.Event, *,
-    fetch_size: Callable[[], int], fetch_timeout: float,
-    ready: Callable[[], Awaitable[bool]] | None = None,
-    on_error: Callable[[Exception], None],
+    breaker: CircuitBreaker | None, metrics: DeliveryMetrics, log: Any,
+    describe: Callable[[BaseException], str],
 ) -> None:
-    """Fetch from the durable ``durable`` on ``stream`` into ``handle`` until ``stopping``.
+    """Fetch from the durable ``durable`` (on the stream ``stream_base``) into ``handle`` until
+    ``stopping``; while ``breaker`` is open, fetch nothing.
 
-    Before each fetch ``ready()`` may wait (a circuit breaker is open) and return False to skip
-    it. Never ends on an error: a failed fetch (bus restarting, consumer briefly missing) is
-    passed to ``on_error`` (count and log it) and retried after a second; nats-py reconnects
-    underneath.
+    nats-py's ``pull_subscribe_bind`` + ``fetch``, not FastStream's ``PullSub(batch=True)``: in
+    faststream 0.7.8 that subscriber loses a fetch's messages until the ack wait when nats-py
+    ends a fetch with a plain ``asyncio.TimeoutError`` (writer-postgres README).
+
+    Never ends on an error: a failed fetch (bus restarting, consumer briefly missing) is counted
+    (stage ``fetch``), logged and retried after a second; nats-py reconnects underneath.
     """
+    stream = settings.namespace.stream(stream_base)
     sub: JetStreamContext.PullSubscription | None = None
     try:
         while not stopping.is_set():
-            if ready is not None and not await ready():
+            if breaker is not None and breaker.is_open:
+                await breaker.wait_closed(stopping)
                 continue
             try:
                 if sub is None:
                     sub = await js.pull_subscribe_bind(durable=durable, stream=stream)
                 try:
-                    messages = await sub.fetch(fetch_size(), timeout=fetch_timeout)
+                    messages = await sub.fetch(
+                        settings.fetch_batch_size, timeout=settings.fetch_timeout_seconds
+                    )
                 except (TimeoutError, nats.errors.TimeoutError):
                     continue  # nothing to do right now
                 await handle(messages)
             except Exception as exc:
-                on_error(exc)
+                metrics.ERRORS.labels("fetch", type(exc).__name__).inc()
+                log.warning("fetch failed, retrying", durable=durable, error=describe(exc))
                 await pause(stopping, 1.0)
     finally:
         if sub is not None:
@@ -190,12 +183,76 @@ async def pull_loop(
                 await sub.unsubscribe()
 
 
+async def stop_consuming(
+    stopping: asyncio.Event, tasks: Sequence[asyncio.Task[None]], timeout: float,
+    breaker: CircuitBreaker | None, nc: Any,
+) -> None:
+    """Set ``stopping``, let the fetches in progress finish (their acks sent) for up to
+    ``timeout`` s and cancel what is left (its messages are redelivered after the ack wait), stop
+    the breaker's probe, then send the last acks and naks and close NATS."""
+    stopping.set()
+    if tasks:
+        _, late = await asyncio.wait(tasks, timeout=timeout)
+        for task in late:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    if breaker is not None:
+        await breaker.close()
+    if nc is not None:
+        # Not drain(): it would wait for the pull inbox, which nobody reads any more.
+        with contextlib.suppress(Exception):
+            await nc.flush(timeout=5)
+        await nc.close()
+
+
+async def retry_transient(
+    what: str, action: Callable[[], Awaitable[T]], within: float, *,
+    is_transient: Callable[[BaseException], bool], describe: Callable[[BaseException], str],
+    log: Any,
+) -> T:
+    """Run ``action``, retrying transient failures (a database still starting) every second
+    for ``within`` s; a permanent failure, or one after the deadline, is raised."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            return await action()
+        except Exception as exc:
+            if not is_transient(exc) or time.monotonic() > deadline:
+                raise
+            log.warning(f"{what} not reachable yet, retrying", error=describe(exc))
+            await asyncio.sleep(1.0)
+
+
+class WriterService(Protocol):
+    async def start(self) -> None: ...
+    async def stop(self) -> None: ...
+    async def ready(self) -> dict[str, bool]: ...
+
+
+def writer_app(service: WriterService) -> Starlette:
+    """The ASGI app of a writer: ``/health``, ``/ready``, ``/metrics``; its lifespan starts and
+    stops ``service`` (``app.state.service``)."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await service.start()
+        try:
+            yield
+        finally:
+            await service.stop()
+
+    ready: ReadyCheck = service.ready
+    app = Starlette(routes=ops_routes(ready), lifespan=lifespan)
+    app.state.service = service
+    return app
+
+
 @dataclass
 class Pending(Generic[RowT]):
     """One batch of a parsed message owned by this writer, waiting for its rows to be committed
     (a bundle gives one per batch, all with the same ``msg``)."""
 
-    msg: Delivery
+    msg: Message
     batch: ClassifiedBatch
     delivered: int
     rows: list[RowT]
@@ -223,7 +280,7 @@ def _by_message(pending: list[Pending[RowT]]) -> list[list[Pending[RowT]]]:
 
 @dataclass
 class ClassifiedWriterBase(Generic[RowT, ResultT]):
-    """Applies the writer's delivery rules to fetched messages (see the module docstring).
+    """Writes fetched messages and settles them (see the module docstring).
 
     Subclasses are declared ``@dataclass(kw_only=True)`` to add their own fields (the store…).
     """
@@ -239,9 +296,14 @@ class ClassifiedWriterBase(Generic[RowT, ResultT]):
     dead_letter: DeadLetterPublish
     backoff_seconds: float = 1.0
     backoff_max_seconds: float = 60.0
-    # ids of the messages of the fetches in progress already acked or nakked (several consume
-    # loops may share this writer; each removes its own ids when its fetch is done)
-    _settled: set[int] = field(default_factory=set, init=False, repr=False)
+    breaker: CircuitBreaker | None = None
+    settle: Settler = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.settle = Settler(
+            self.CONSUMER, self.dead_letter, self.metrics, self.log, self._describe,
+            self.backoff_seconds, self.backoff_max_seconds,
+        )
 
     # --- what each writer supplies -------------------------------------------------------
 
@@ -267,18 +329,6 @@ class ClassifiedWriterBase(Generic[RowT, ResultT]):
 
     def _describe(self, exc: BaseException) -> str:
         raise NotImplementedError
-
-    def _write_failed(self) -> None:
-        """A write failed transiently (hook for a circuit breaker)."""
-
-    def _stored(
-        self, pending: list[Pending[RowT]], rows: list[RowT], result: ResultT | None
-    ) -> None:
-        """The fetch's writable rows are stored (hook for a circuit breaker or a log line)."""
-
-    def _retry_context(self) -> dict[str, Any]:
-        """Extra fields of the "redelivery scheduled" log line."""
-        return {}
 
     # --- the shared rules ------------------------------------------------------------------
 
@@ -318,25 +368,18 @@ class ClassifiedWriterBase(Generic[RowT, ResultT]):
         await split(0, len(rows), first)
         return stored, refused
 
-    async def handle(self, messages: Sequence[Delivery]) -> None:
+    async def handle(self, messages: Sequence[Message]) -> None:
         """Write, dead-letter, skip, ack or nak every message of one fetch; never raises."""
         self.metrics.MESSAGES_RECEIVED.inc(len(messages))
-        pending: list[Pending[RowT]] = []
-        try:
-            for msg in messages:
-                pending.extend(await self._admit(msg))
-            await self._store(pending)
-        except Exception as exc:  # a bug or an unexpected failure: retry the unsettled ones
-            self.metrics.ERRORS.labels("handle", type(exc).__name__).inc()
-            self.log.exception("unexpected failure handling a fetch; redelivery scheduled")
-            for msg in messages:
-                if id(msg) not in self._settled:
-                    await self._nak(msg, deliveries(msg))
-        finally:
-            for msg in messages:
-                self._settled.discard(id(msg))
+        await self.settle.handle(messages, self._handle(messages))
 
-    async def _admit(self, msg: Delivery) -> list[Pending[RowT]]:
+    async def _handle(self, messages: Sequence[Message]) -> None:
+        pending: list[Pending[RowT]] = []
+        for msg in messages:
+            pending.extend(await self._admit(msg))
+        await self._store(pending)
+
+    async def _admit(self, msg: Message) -> list[Pending[RowT]]:
         """Parse and route one message; settle it at once unless it has rows to write."""
         delivered = deliveries(msg)
         try:
@@ -344,17 +387,11 @@ class ClassifiedWriterBase(Generic[RowT, ResultT]):
         except (ValidationError, ValueError) as exc:
             self.metrics.ERRORS.labels("parse", type(exc).__name__).inc()
             kind = "ClassifiedBundle" if is_partition_subject(msg.subject) else "ClassifiedBatch"
-            reason = f"invalid {kind}: {exc}"
-            self.log.warning("invalid message dead-lettered", subject=msg.subject,
-                             reason=one_line(reason))
-            if await self._publish_dead_letter(msg, msg.data, "invalid_message", reason, delivered):
-                await self._ack(msg)
-            else:
-                await self._nak(msg, delivered)
+            await self.settle.reject(msg, "invalid_message", f"invalid {kind}: {exc}", delivered)
             return []
         if not self.routes.owns(self.SINK, parsed.domain):
             self.metrics.MESSAGES_SKIPPED.inc()
-            await self._ack(msg)
+            await self.settle.ack(msg)
             return []
         if isinstance(parsed, ClassifiedBatch):
             batches, bundle = [parsed], None
@@ -368,32 +405,31 @@ class ClassifiedWriterBase(Generic[RowT, ResultT]):
 
     async def _store(self, pending: list[Pending[RowT]]) -> None:
         rows = [row for p in pending for row in p.rows]
-        result: ResultT | None
         try:
-            result = await self._write(rows)
+            await self._write(rows)
         except Exception as exc:
             self.metrics.ERRORS.labels("write", type(exc).__name__).inc()
             if self._is_transient(exc):
-                self._write_failed()
                 await self._retry_later(pending, exc)
                 return
             try:
-                result = await self._isolate(pending, rows, exc)
+                await self._isolate(pending, rows, exc)
             except Exception as retry_exc:  # transient during isolation: stored rows dedupe
                 self.metrics.ERRORS.labels("isolate", type(retry_exc).__name__).inc()
-                self._write_failed()
                 await self._retry_later(pending, retry_exc)
                 return
-        self._stored(pending, rows, result)
+        if rows and self.breaker is not None:  # nothing written proves nothing
+            self.breaker.success()
+        settle = self.settle
         for group in _by_message(pending):
             ok = True
             for p in group:
                 if p.refused:
                     ok &= await self._dead_letter_points(p)
-            if ok:
-                await self._ack(group[0].msg)
+            if ok:  # every row stored or dead-lettered
+                await settle.ack(group[0].msg)
             else:
-                await self._nak(group[0].msg, group[0].delivered)
+                await settle.nak(group[0].msg, group[0].delivered)
 
     async def _dead_letter_points(self, p: Pending[RowT]) -> bool:
         """Publish the refused points of ``p``, one DLQ message per distinct reason."""
@@ -408,69 +444,24 @@ class ClassifiedWriterBase(Generic[RowT, ResultT]):
             message: ClassifiedBatch | ClassifiedBundle = refused
             if p.bundle is not None:  # replayable on the subject it came on
                 message = p.bundle.model_copy(update={"batches": [refused]})
-            body = message.model_dump_json().encode()
             # Identified by its points, not its bytes: the same points classified twice (a
             # producer's retry that went out in another bundle) are dead-lettered once.
             points = batch_msg_id(
                 refused.domain, refused.source_id, [(q.stream_id, q.ts) for q in refused.points]
             )
-            ok &= await self._publish_dead_letter(
-                p.msg, body, "bad_rows", reason, p.delivered, identity=points
+            ok &= await self.settle.dead_letter(
+                p.msg, "bad_rows", reason, p.delivered,
+                body=message.model_dump_json().encode(), identity=points,
             )
         return ok
 
     async def _retry_later(self, pending: list[Pending[RowT]], exc: BaseException) -> None:
-        """Nak each message with its backoff, or dead-letter it after MAX_DELIVER deliveries."""
-        if pending:
-            self.log.warning("write failed, redelivery scheduled", messages=len(pending),
-                             error=self._describe(exc), **self._retry_context())
-        for p in (group[0] for group in _by_message(pending)):
-            if p.delivered >= MAX_DELIVER:
-                reason = f"gave up after {p.delivered} deliveries: {self._describe(exc)}"
-                self.log.error("message dead-lettered after max deliveries",
-                               subject=p.msg.subject, reason=one_line(reason))
-                if await self._publish_dead_letter(
-                    p.msg, p.msg.data, "max_deliver", reason, p.delivered
-                ):
-                    await self._ack(p.msg)
-                    continue
-            await self._nak(p.msg, p.delivered)
-
-    async def _publish_dead_letter(
-        self, msg: Delivery, body: bytes, kind: str, reason: str, delivered: int,
-        identity: str | None = None,
-    ) -> bool:
-        """Publish on the DLQ and await its ack; False (logged) when the bus refused it.
-        ``identity`` (instead of the body) makes its ``Nats-Msg-Id``."""
-        headers = dead_letter_headers(self.CONSUMER, kind, reason, msg.subject, delivered,
-                                      body if identity is None else identity.encode())
-        try:
-            await self.dead_letter(body, headers)
-        except Exception as exc:
-            self.metrics.ERRORS.labels("dlq", type(exc).__name__).inc()
-            self.log.warning("dead-letter publish failed; message will be redelivered",
-                             subject=msg.subject, error=self._describe(exc))
-            return False
-        self.metrics.DLQ.labels(kind).inc()
-        return True
-
-    async def _ack(self, msg: Delivery) -> None:
-        self._settled.add(id(msg))
-        try:
-            await msg.ack()
-        except Exception as exc:  # redelivered later; idempotent writes make that harmless
-            self.metrics.ERRORS.labels("ack", type(exc).__name__).inc()
-            self.log.warning("ack failed; message will be redelivered",
+        """A transient failure: tell the breaker, retry every message (``Settler.retry``)."""
+        if self.breaker is not None:
+            self.breaker.failure(self._describe(exc))
+        groups = _by_message(pending)
+        if groups:
+            self.log.warning("write failed, redelivery scheduled", messages=len(groups),
                              error=self._describe(exc))
-            return
-        self.metrics.MESSAGES_ACKED.inc()
-
-    async def _nak(self, msg: Delivery, delivered: int) -> None:
-        self._settled.add(id(msg))
-        delay = backoff_delay(delivered, self.backoff_seconds, self.backoff_max_seconds)
-        try:
-            await msg.nak(delay=delay)
-        except Exception as exc:  # the ack wait expires and JetStream redelivers anyway
-            self.metrics.ERRORS.labels("nak", type(exc).__name__).inc()
-            return
-        self.metrics.MESSAGES_NAKKED.inc()
+        for group in groups:
+            await self.settle.retry(group[0].msg, group[0].delivered, exc)

@@ -19,7 +19,7 @@ from classifier.config_store import StreamConfigStore
 from classifier.consume import consume
 from classifier.consumers import ensure_drain_durable, ensure_durable
 from classifier.handler import RawBatchHandler
-from classifier.outbox import CoalescingOutbox, JetStreamOutbox, Outgoing, publish_until_acked
+from classifier.outbox import CoalescingOutbox, JetStreamOutbox
 from classifier.rollout import RolloutFollower
 from classifier.settings import ClassifierSettings
 from classifier.state import ClassifierState
@@ -36,6 +36,7 @@ from tributary_contracts import (
 )
 from tributary_runtime.bus import connect_nats
 from tributary_runtime.ops import ops_routes
+from tributary_runtime.publish import Outgoing, publish_until_acked
 
 log = structlog.get_logger(__name__)
 
@@ -153,7 +154,7 @@ def create_app(settings: ClassifierSettings) -> Starlette:
         if follower.legacy_events:  # held by former checkpoints as not yet acked
             events_stream = ns.stream(DP_EVENTS)
             await publish_until_acked(
-                outbox,
+                outbox.publish_all,
                 [
                     Outgoing(e.subject, e.payload, {MSG_ID_HEADER: e.msg_id}, events_stream)
                     for e in follower.legacy_events.values()

@@ -40,6 +40,7 @@ from typing import Any
 import structlog
 from nats.aio.msg import Msg
 
+from classifier import metrics
 from classifier.metrics import (
     CHECKPOINT_WRITES,
     ERRORS,
@@ -47,7 +48,7 @@ from classifier.metrics import (
     SNAPSHOT_SECONDS,
     STATE_STREAMS,
 )
-from classifier.outbox import Outbox, Outgoing, publish_until_acked
+from classifier.outbox import Outbox
 from classifier.state import (
     ClassifierState,
     DocKey,
@@ -59,7 +60,9 @@ from classifier.state import (
     source_doc_key,
 )
 from tributary_contracts import escape_key
+from tributary_runtime.delivery import ack_all
 from tributary_runtime.kvwatch import KvFollower
+from tributary_runtime.publish import Outgoing, publish_until_acked
 
 log = structlog.get_logger(__name__)
 
@@ -156,7 +159,7 @@ class PartitionCheckpoint:
                 self.state.dirty |= docs
                 return 0
             written = await publish_until_acked(
-                self.outbox,
+                self.outbox.publish_all,
                 writes,
                 retry_delay=self.retry_delay,
                 max_delay=self.max_retry_delay,
@@ -169,13 +172,7 @@ class PartitionCheckpoint:
             if writes:
                 CHECKPOINT_WRITES.inc(len(writes))
                 self.state.on_disk.update((d[0], d[1]) for d in docs)
-            acked = 0
-            for msg in inputs:
-                try:
-                    await msg.ack()
-                    acked += 1
-                except Exception as exc:  # redelivered later: skipped by its covered seq
-                    ERRORS.labels(stage="ack", error_type=type(exc).__name__).inc()
+            acked = await ack_all(inputs, metrics)  # a lost ack: skipped by its covered seq
             SNAPSHOT_SECONDS.observe(monotonic() - started)
             STATE_STREAMS.labels(partition=str(self.partition)).set(len(self.state))
             return acked

@@ -5,8 +5,8 @@ One handler per bus partition it owns (``app.py``). For the raw messages of one 
 
 1. a message delivered ``MAX_DELIVER`` times or more, or one that is not a valid
    ``PointBundle`` of this partition (on a former per-source subject: a valid ``PointBatch``),
-   or whose classification raised, becomes a dead letter: its payload, unchanged, for
-   ``dp.dlq.classifier`` with the contract's ``Tributary-Dlq-*`` headers;
+   or whose classification raised, becomes a dead letter (``tributary_runtime.delivery``,
+   which states the fleet's delivery rules) published with the outputs;
 2. every other message is classified batch by batch, in order, and split by class: one
    ``ClassifiedBundle`` per class on ``dp.classified.<domain>.<cls>.part.<p>``, holding one
    ``ClassifiedBatch`` per input batch with points of that class (``Nats-Msg-Id``: the
@@ -16,10 +16,9 @@ One handler per bus partition it owns (``app.py``). For the raw messages of one 
 3. a former per-source message of a source of another partition is left to that partition's
    drain (no output).
 
-``publish`` then sends the outputs (``publish_async``, acks awaited together) and retries the
-ones that failed, unchanged, until JetStream acks them: an output is never dropped while the
-process lives. The inputs are acked by the partition's next snapshot, once their outputs and
-the state they produced are durable (``classifier.checkpoint``).
+``publish`` then sends the outputs (``tributary_runtime.publish.publish_until_acked``): an
+output is never dropped while the process lives. The inputs are acked by the partition's next
+snapshot, once their outputs and the state they produced are durable (``classifier.checkpoint``).
 """
 
 from __future__ import annotations
@@ -42,7 +41,7 @@ from classifier.encode import RawInput, classified_bundle_json, parse_raw
 from classifier.metrics import (
     ALERT_EVENTS,
     BATCH_SECONDS,
-    DLQ_MESSAGES,
+    DLQ,
     ERRORS,
     OTHER_PARTITION_MESSAGES,
     OVER_CAP_POINTS,
@@ -52,13 +51,12 @@ from classifier.metrics import (
     SHADOW_BATCHES,
     SKIPPED_BATCHES,
 )
-from classifier.outbox import Outbox, Outgoing, publish_until_acked
+from classifier.outbox import Outbox
 from classifier.state import SourceKey
 from classifier.verdict import Classified
 from tributary_contracts import (
     CLASSIFIER_DURABLE,
     DP_CLASSIFIED,
-    DP_DLQ,
     DP_EVENTS,
     DP_SHADOW,
     MAX_DELIVER,
@@ -69,10 +67,10 @@ from tributary_contracts import (
     PointClass,
     batch_msg_id,
     bundle_msg_id,
-    dead_letter_headers,
     partition_of,
 )
-from tributary_runtime.redelivery import deliveries
+from tributary_runtime.delivery import dead_letter, deliveries
+from tributary_runtime.publish import Outgoing, publish_until_acked
 
 if TYPE_CHECKING:
     from classifier.rollout import RolloutFollower
@@ -103,6 +101,21 @@ class Output:
     points: int = 0
 
 
+class Refusal(NamedTuple):
+    """Why an input is dead-lettered instead of classified."""
+
+    kind: str
+    """The dead letter's kind (``Tributary-Dlq-Kind``): max_deliver, invalid_batch…"""
+    detail: str
+
+
+class DeadLettered(NamedTuple):
+    """An input of a fetch that went to the DLQ, and its kind."""
+
+    msg: Msg
+    kind: str
+
+
 @dataclass(slots=True)
 class Prepared:
     """The messages of one fetch, classified (``RawBatchHandler.prepare``)."""
@@ -111,18 +124,18 @@ class Prepared:
     inputs: list[Msg] = field(default_factory=list)
     """Every message of the fetch: acked by the snapshot after their outputs are durable."""
     outputs: list[Output] = field(default_factory=list)
-    dead_lettered: list[tuple[Msg, str]] = field(default_factory=list)
+    dead_lettered: list[DeadLettered] = field(default_factory=list)
     skipped: list[Msg] = field(default_factory=list)
     """Former per-source messages of another partition's source: no output."""
 
 
 class Parsed(NamedTuple):
-    """One fetched message, parsed: its batches, or why it is refused (kind, detail)."""
+    """One fetched message, parsed: its batches, or why it is refused."""
 
     msg: Msg
     delivered: int
     raw: RawInput | None
-    refused: tuple[str, str] | None = None
+    refused: Refusal | None = None
 
 
 def stream_sequence(msg: Msg) -> int:
@@ -165,9 +178,7 @@ class RawBatchHandler:
         """Canary rollouts: shadow verdicts of their sources go out with the outputs."""
         self.live_resolve = live_resolve or resolve_config
         self.shadow_stream = ns.stream(DP_SHADOW)
-        self.dlq_subject = ns.dlq_subject(CLASSIFIER_DURABLE)
         self.classified_stream = ns.stream(DP_CLASSIFIED)
-        self.dlq_stream = ns.stream(DP_DLQ)
         self.events_stream = ns.stream(DP_EVENTS)
         self.stopping = asyncio.Event()
         """Set at stop: publishes that keep failing are given up (inputs stay unacked)."""
@@ -190,17 +201,18 @@ class RawBatchHandler:
         for msg in msgs:
             delivered = deliveries(msg)
             if delivered >= self.max_deliver:
-                parsed.append(
-                    Parsed(msg, delivered, None, ("max_deliver", f"delivered {delivered} times"))
-                )
+                refusal = Refusal("max_deliver", f"delivered {delivered} times")
+                parsed.append(Parsed(msg, delivered, None, refusal))
                 continue
             former = msg.subject[len(self._raw_prefix) :].count(".") == 1
             try:
                 parsed.append(Parsed(msg, delivered, parse_raw(msg.data, former=former)))
             except ValidationError as exc:
-                parsed.append(Parsed(msg, delivered, None, ("invalid_batch", _describe(exc))))
+                refusal = Refusal("invalid_batch", _describe(exc))
+                parsed.append(Parsed(msg, delivered, None, refusal))
             except Exception as exc:  # never drop a fetched message: it would be skipped later
-                parsed.append(Parsed(msg, delivered, None, ("invalid_batch", repr(exc)[:300])))
+                refusal = Refusal("invalid_batch", repr(exc)[:300])
+                parsed.append(Parsed(msg, delivered, None, refusal))
         return parsed
 
     def evicted_sources(self, parsed: Sequence[Parsed]) -> set[SourceKey]:
@@ -350,15 +362,9 @@ class RawBatchHandler:
     def _dead_letter(
         self, prepared: Prepared, msg: Msg, delivered: int, reason: str, detail: str
     ) -> None:
-        # The contract's format: the refused payload as the body, unchanged, so it can be
-        # republished as is; why and where in headers, with a deterministic Nats-Msg-Id so a
-        # retried dead-letter publish is deduplicated.
-        headers = dead_letter_headers(
-            CLASSIFIER_DURABLE, reason, detail, msg.subject, delivered, msg.data
-        )
-        message = Outgoing(self.dlq_subject, msg.data, headers, self.dlq_stream)
+        message = dead_letter(self.ns, CLASSIFIER_DURABLE, msg, reason, detail, delivered)
         prepared.outputs.append(Output(message, OutputKind.DEAD_LETTER, reason))
-        prepared.dead_lettered.append((msg, reason))
+        prepared.dead_lettered.append(DeadLettered(msg, reason))
         log.warning(
             "message sent to the dead-letter subject",
             subject=msg.subject,
@@ -378,7 +384,7 @@ class RawBatchHandler:
         if not outputs:
             return True
         done = await publish_until_acked(
-            self.outbox,
+            self.outbox.publish_all,
             [o.message for o in outputs],
             retry_delay=self.retry_delay,
             max_delay=self.max_retry_delay,
@@ -422,7 +428,7 @@ def _count(output: Output) -> None:
     elif output.kind is OutputKind.EVENT:
         ALERT_EVENTS.labels(event=output.label).inc()
     else:
-        DLQ_MESSAGES.labels(reason=output.label).inc()
+        DLQ.labels(reason=output.label).inc()
 
 
 def _describe(exc: ValidationError) -> str:

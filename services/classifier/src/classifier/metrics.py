@@ -14,8 +14,11 @@ RECEIVED_MESSAGES = Counter(
 PUBLISHED_POINTS = Counter(
     "classifier_published_points", "Points published (acked by JetStream) by class.", ["cls"]
 )
-DLQ_MESSAGES = Counter(
-    "classifier_dlq_messages", "Raw messages sent to the dead-letter subject.", ["reason"]
+DLQ = Counter(
+    "classifier_dlq", "Dead letters published (acked by JetStream), by kind.", ["reason"]
+)
+MESSAGES_ACKED = Counter(
+    "classifier_messages_acked", "Raw messages acknowledged (by a snapshot that covers them)."
 )
 ERRORS = Counter(
     "classifier_errors", "Failures by stage and exception type.", ["stage", "error_type"]

@@ -1,4 +1,5 @@
-"""Publishing to JetStream: ``Outgoing`` messages, sent in groups with their acks awaited together.
+"""Where the classifier publishes: ``tributary_runtime.publish`` on its connection, with the
+``publish_all`` calls of one event-loop turn gathered into one group.
 
 Transport only: what to publish is decided by the handler, the checkpointer and the alert code.
 """
@@ -6,27 +7,17 @@ Transport only: what to publish is decided by the handler, the checkpointer and 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Any, Protocol
 
-
-@dataclass(frozen=True, slots=True)
-class Outgoing:
-    """One message to publish on JetStream."""
-
-    subject: str
-    payload: bytes
-    headers: dict[str, str]
-    stream: str | None = None
-    """Expected stream (``Nats-Expected-Stream``): a publish landing elsewhere fails."""
+from tributary_runtime.publish import Outgoing, Published, publish_all, publish_one
 
 
 class Outbox(Protocol):
     """Where the handler publishes; raises or reports failures, never drops them."""
 
-    async def publish_all(self, messages: Sequence[Outgoing]) -> list[BaseException | None]:
-        """Publish all, wait for all acks together; per message None or the failure."""
+    async def publish_all(self, messages: Sequence[Outgoing]) -> Published:
+        """Publish all, wait for all acks together."""
         ...
 
     async def publish(self, message: Outgoing) -> None:
@@ -35,51 +26,17 @@ class Outbox(Protocol):
 
 
 class JetStreamOutbox:
-    """``Outbox`` on nats-py's JetStream: ``publish_async`` with the acks awaited together."""
+    """``Outbox`` on nats-py's JetStream (``publish_all``, ``publish_one``)."""
 
     def __init__(self, js: Any, timeout: float) -> None:
         self._js = js
         self._timeout = timeout
 
-    async def publish_all(self, messages: Sequence[Outgoing]) -> list[BaseException | None]:
-        results: list[BaseException | None] = [None] * len(messages)
-        futures: list[asyncio.Future[Any] | None] = []
-        for i, m in enumerate(messages):
-            future: asyncio.Future[Any] | None
-            try:
-                future = await self._js.publish_async(
-                    m.subject,
-                    m.payload,
-                    wait_stall=self._timeout,
-                    stream=m.stream,
-                    headers=dict(m.headers),
-                )
-            except Exception as error:  # stalled, or the connection is closed
-                results[i] = error
-                future = None
-            futures.append(future)
-        pending = [f for f in futures if f is not None]
-        if pending:
-            _, not_done = await asyncio.wait(pending, timeout=self._timeout)
-            for late in not_done:
-                late.cancel()
-        for i, f in enumerate(futures):
-            if f is None:
-                continue
-            if f.cancelled():
-                results[i] = TimeoutError(f"no publish ack within {self._timeout} s")
-            else:
-                results[i] = f.exception()
-        return results
+    async def publish_all(self, messages: Sequence[Outgoing]) -> Published:
+        return await publish_all(self._js, messages, self._timeout)
 
     async def publish(self, message: Outgoing) -> None:
-        await self._js.publish(
-            message.subject,
-            message.payload,
-            timeout=self._timeout,
-            stream=message.stream,
-            headers=dict(message.headers),
-        )
+        await publish_one(self._js, message, self._timeout)
 
 
 class CoalescingOutbox:
@@ -92,16 +49,14 @@ class CoalescingOutbox:
 
     def __init__(self, inner: Outbox) -> None:
         self.inner = inner
-        self._queued: list[tuple[Sequence[Outgoing], asyncio.Future[list[BaseException | None]]]]
-        self._queued = []
+        self._queued: list[tuple[Sequence[Outgoing], asyncio.Future[Published]]] = []
         self._flushing: set[asyncio.Task[None]] = set()
         self._scheduled = False
 
-    async def publish_all(self, messages: Sequence[Outgoing]) -> list[BaseException | None]:
+    async def publish_all(self, messages: Sequence[Outgoing]) -> Published:
         if not messages:
-            return []
-        future: asyncio.Future[list[BaseException | None]]
-        future = asyncio.get_running_loop().create_future()
+            return Published([], [])
+        future: asyncio.Future[Published] = asyncio.get_running_loop().create_future()
         self._queued.append((messages, future))
         if not self._scheduled:
             self._scheduled = True
@@ -116,52 +71,14 @@ class CoalescingOutbox:
         self._scheduled = False
         flat = [m for messages, _ in group for m in messages]
         try:
-            results = await self.inner.publish_all(flat)
+            published = await self.inner.publish_all(flat)
         except Exception as exc:  # never leave a caller waiting
-            results = [exc] * len(flat)
+            published = Published.failure(exc, len(flat))
         position = 0
         for messages, future in group:
             if not future.done():
-                future.set_result(results[position : position + len(messages)])
+                future.set_result(published.part(position, position + len(messages)))
             position += len(messages)
 
     async def publish(self, message: Outgoing) -> None:
         await self.inner.publish(message)
-
-
-async def publish_until_acked(
-    outbox: Outbox,
-    messages: Sequence[Outgoing],
-    *,
-    retry_delay: float,
-    max_delay: float,
-    give_up: asyncio.Event | None = None,
-    on_error: Callable[[BaseException], None] | None = None,
-) -> bool:
-    """Publish ``messages`` and retry the ones that failed (same bytes, same ``Nats-Msg-Id``:
-    a retry of a publish that did land is deduplicated) with a delay doubling from
-    ``retry_delay`` up to ``max_delay``, until every one is acked: True. False only when
-    ``give_up`` is set first (the process is stopping). ``on_error`` sees each failure."""
-    pending = list(messages)
-    delay = retry_delay
-    while pending:
-        results = await outbox.publish_all(pending)
-        failed = [m for m, error in zip(pending, results, strict=True) if error is not None]
-        if on_error is not None:
-            for error in results:
-                if error is not None:
-                    on_error(error)
-        pending = failed
-        if not pending:
-            return True
-        if give_up is not None and give_up.is_set():
-            return False
-        try:
-            if give_up is None:
-                await asyncio.sleep(delay)
-            else:
-                await asyncio.wait_for(give_up.wait(), delay)
-        except TimeoutError:
-            pass
-        delay = min(delay * 2, max_delay)
-    return True

@@ -26,7 +26,6 @@ from pydantic import ValidationError
 
 from classifier.classify import ConfigResolver, MessageResult, Verdict, classify, late_verdict
 from classifier.metrics import ERRORS
-from classifier.outbox import Outgoing
 from tributary_contracts import (
     MSG_ID_HEADER,
     DataPoint,
@@ -40,6 +39,7 @@ from tributary_contracts import (
     batch_msg_id,
 )
 from tributary_runtime.kvwatch import KvFollower
+from tributary_runtime.publish import Outgoing
 
 log = structlog.get_logger(__name__)
 

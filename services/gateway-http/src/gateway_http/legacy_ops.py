@@ -13,7 +13,7 @@ the service that owns the state, probed when asked (each probe bounded by
 - ``GET /mqtt/stats`` — the replicas' counters from their ``/metrics`` summed (messages
   received/rejected/acked, points published, redeliveries, in flight, errors, connects).
 - ``GET /resilience/health`` — the writers' circuit breakers (``WRITER_URLS``' ``/metrics``:
-  ``*_circuit_open``/``*_breaker_open`` gauges, ``CLOSED``/``OPEN``/``UNKNOWN``) and the DLQ
+  ``*_circuit_open`` gauges, ``CLOSED``/``OPEN``/``UNKNOWN``) and the DLQ
   depth (the ``DP_DLQ`` stream, by subject); 200 ``ok`` or ``degraded`` (a breaker open or
   unknown, or dead letters waiting), 503 when JetStream does not answer.
 - ``GET /diagnostics`` — ``X-API-Key`` (any role): everything above plus this gateway's
@@ -56,7 +56,7 @@ MQTT_COUNTERS = {
     "in_flight": "gateway_mqtt_in_flight",
 }
 """Field of ``/mqtt/stats`` → gateway-mqtt sample summed over labels and replicas."""
-BREAKER_SUFFIXES = ("_circuit_open", "_breaker_open")
+BREAKER_SUFFIXES = ("_circuit_open",)
 
 
 def metric_sums(text: str) -> dict[str, float]:

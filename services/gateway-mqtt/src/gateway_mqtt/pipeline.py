@@ -52,10 +52,11 @@ from gateway_mqtt.normalize import (
 )
 from gateway_mqtt.settings import GatewayMqttSettings
 from tributary_contracts import DataPoint, RejectedEntry, RejectedInput, Transport
-from tributary_ingest.batches import OutgoingMessage, PublishError, PublishOutcome, rejected_message
+from tributary_ingest.batches import OutgoingMessage, PublishOutcome, rejected_message
 from tributary_ingest.coalesce import Coalescer
 from tributary_ingest.ledger import RawLedger
 from tributary_runtime.logs import ThrottledWarning
+from tributary_runtime.publish import PublishError
 
 log = structlog.get_logger("gateway_mqtt")
 

@@ -24,7 +24,7 @@ from nats.js.kv import KeyValue
 
 from gateway_ws.metrics import ERRORS
 from tributary_contracts import WS_RESUME_BUCKET, Namespace, escape_key
-from tributary_ingest.batches import error_type
+from tributary_runtime.publish import error_type
 
 log = structlog.get_logger("gateway_ws.resume")
 

@@ -56,8 +56,9 @@ from gateway_ws.protocol import (
     parse_message,
     pong_reply,
 )
-from tributary_ingest.batches import PublishError, PublishOutcome
+from tributary_ingest.batches import PublishOutcome
 from tributary_ingest.coalesce import settle
+from tributary_runtime.publish import PublishError
 
 log = structlog.get_logger("gateway_ws.session")
 

@@ -10,7 +10,6 @@ for batches JetStream acknowledged.
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections import defaultdict
 from datetime import datetime
@@ -28,6 +27,7 @@ from tributary_contracts import (
     PredictionBatch,
     prediction_msg_id,
 )
+from tributary_runtime.publish import Outgoing, publish_all
 
 MAX_PREDICTIONS_PER_MESSAGE = 500
 REQUIRED_VERSION = 5
@@ -142,7 +142,8 @@ async def publish_pending(
     for r in await conn.fetch(UNPUBLISHED, limit):
         groups[(r["domain"], r["source_id"], r["computed_at"])].append(r)
     stream = ns.stream(DP_EVENTS)
-    sent: list[tuple[list[asyncpg.Record], asyncio.Future[Any]]] = []
+    chunks: list[list[asyncpg.Record]] = []
+    messages: list[Outgoing] = []
     for (domain, source, computed_at), records in groups.items():
         for start in range(0, len(records), MAX_PREDICTIONS_PER_MESSAGE):
             chunk = records[start : start + MAX_PREDICTIONS_PER_MESSAGE]
@@ -153,20 +154,16 @@ async def publish_pending(
             msg_id = prediction_msg_id(
                 domain, source, [(p.stream_id, p.model, p.as_of) for p in batch.predictions]
             )
-            future = await js.publish_async(
+            messages.append(Outgoing(
                 ns.prediction_subject(domain, source), batch.model_dump_json().encode(),
-                wait_stall=10.0, stream=stream, headers={MSG_ID_HEADER: msg_id},
-            )
-            sent.append((chunk, future))
-    acked: list[asyncpg.Record] = []
-    first_error: BaseException | None = None
-    for chunk, future in sent:
-        try:
-            await asyncio.wait_for(future, timeout=30.0)
-        except Exception as exc:
-            first_error = first_error or exc
-            continue
-        acked.extend(chunk)
+                {MSG_ID_HEADER: msg_id}, stream,
+            ))
+            chunks.append(chunk)
+    published = await publish_all(js, messages, timeout=30.0)
+    acked = [
+        r for chunk, error in zip(chunks, published.errors, strict=True) if error is None
+        for r in chunk
+    ]
     if acked:
         await conn.execute(
             """
@@ -180,8 +177,8 @@ async def publish_pending(
             [r["stream_id"] for r in acked], [r["model"] for r in acked],
             [r["as_of"] for r in acked],
         )
-    if first_error is not None:
-        raise PublishIncomplete(len(sent), len(acked), first_error)
+    if published.first_error is not None:
+        raise PublishIncomplete(len(messages), len(acked), published.first_error)
     return len(acked)
 
 

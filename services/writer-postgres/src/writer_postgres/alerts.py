@@ -2,13 +2,8 @@
 
 ``AlertWriter.handle(messages)`` consumes a fetch of ``dp.alert.>`` messages (``AlertEvent``
 JSON, durable ``writer-postgres-alerts`` on ``DP_EVENTS``) and produces upserts of
-``stream_alerts`` (and messages on ``dp.dlq.writer-postgres-alerts``), by the delivery rules it
-shares with the audit loop (``writer_postgres.events``):
-
-- not a valid ``AlertEvent`` → DLQ (``invalid_message``), ack;
-- every valid event of the fetch is applied in ONE transaction, acked after the commit;
-- transient error → nak with backoff; at ``MAX_DELIVER`` deliveries → DLQ (``max_deliver``);
-- permanent error → each event in its own transaction; the refused ones → DLQ (``bad_rows``).
+``stream_alerts`` (and messages on ``dp.dlq.writer-postgres-alerts``), every valid event of the
+fetch in one transaction, settled as every event loop settles (``writer_postgres.events``).
 
 Applying is a merge, not an overwrite: an event replaces the row's data only when it is *further
 along* than what the row holds — ordered by (closed?, violation_count, last_at, emitted_at).
@@ -95,11 +90,10 @@ class AlertStore:
 
 @dataclass
 class AlertWriter(EventWriter[AlertEvent]):
-    """The delivery rules of the alerts loop (see the module docstring). Never raises."""
+    """The alerts loop's ``EventWriter`` (see the module docstring)."""
 
     model = AlertEvent
     CONSUMER = CONSUMER
-    stage = "alerts"
     noun = "alert event"
 
     store: AlertStore

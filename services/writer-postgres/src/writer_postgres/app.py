@@ -1,27 +1,16 @@
-"""Wiring: settings → migrations, asyncpg pool, NATS pull consumer, partition upkeep, ops routes.
-
-The consume loop uses nats-py's ``pull_subscribe_bind`` + ``fetch`` directly instead of
-FastStream's ``PullSub(batch=True)`` subscriber: in faststream 0.7.8 that subscriber keeps
-fetching to fill a batch, and when nats-py ends the continuation with a plain
-``asyncio.TimeoutError`` (it only catches ``nats.errors.TimeoutError``) the task crashes and
-the messages it had already fetched are neither handled nor nakked — they come back only after
-the consumer's 30 s ack wait (measured: a test waiting 20 s failed one run in two). Our loop
-hands each fetch to ``ClassifiedWriter``, which settles every message itself.
+"""Wiring: settings → migrations, asyncpg pool, circuit breaker, NATS pull consumers (the points
+and the event loops, each ``tributary_runtime.writer.consume``), partition upkeep, ops routes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 import asyncpg
 import structlog
 from nats.aio.client import Client
-from nats.aio.msg import Msg
-from nats.js import JetStreamContext
 from starlette.applications import Starlette
 
 from tributary_contracts import (
@@ -40,18 +29,19 @@ from tributary_contracts import (
     ensure_consumer,
     ensure_jetstream,
 )
+from tributary_runtime.breaker import CircuitBreaker
 from tributary_runtime.bus import connect_nats
-from tributary_runtime.ops import ops_routes
+from tributary_runtime.delivery import DeadLetterPublish, dead_letter_publisher
 from tributary_runtime.writer import (
-    DeadLetterPublish,
     check_consumer,
-    dead_letter_publisher,
-    pull_loop,
+    consume,
+    retry_transient,
+    stop_consuming,
+    writer_app,
 )
 from writer_postgres import metrics
 from writer_postgres.alerts import AlertStore, AlertWriter
 from writer_postgres.audit import AuditStore, AuditWriter
-from writer_postgres.breaker import CircuitBreaker, GuardedStore
 from writer_postgres.consume import CONSUMER, ClassifiedWriter
 from writer_postgres.errors import Failure, classify_error, describe_error
 from writer_postgres.events import EventWriter
@@ -64,53 +54,6 @@ from writer_postgres.shadow import ShadowStore, ShadowWriter
 from writer_postgres.store import PointStore, prepare_connection
 
 log = structlog.get_logger(__name__)
-
-FetchHandler = Callable[[Sequence[Msg]], Awaitable[None]]
-
-
-async def consume(
-    js: JetStreamContext, settings: WriterPostgresSettings, handle: FetchHandler,
-    stopping: asyncio.Event, durable: str = WRITER_POSTGRES_DURABLE,
-    stream_base: str = DP_CLASSIFIED, breaker: CircuitBreaker | None = None,
-) -> None:
-    """Fetch from the durable consumer ``durable`` (on ``stream_base``) into ``handle`` until
-    ``stopping``.
-
-    Never ends on an error: a failed fetch (bus restarting, consumer briefly missing) is counted,
-    logged and retried after a second; nats-py reconnects underneath. While ``breaker`` is
-    open (PostgreSQL down) nothing is fetched.
-    """
-
-    async def ready() -> bool:
-        if breaker is not None and breaker.is_open:
-            await breaker.wait_closed(stopping)
-            return False
-        return True
-
-    await pull_loop(
-        js, settings.namespace.stream(stream_base), durable, handle, stopping,
-        fetch_size=lambda: settings.fetch_batch_size,
-        fetch_timeout=settings.fetch_timeout_seconds, ready=ready, on_error=_fetch_failed,
-    )
-
-
-def _fetch_failed(exc: Exception) -> None:
-    metrics.ERRORS.labels("fetch", type(exc).__name__).inc()
-    log.warning("fetch failed, retrying", error=describe_error(exc))
-
-
-async def _retry_transient(what: str, action: Callable[[], Awaitable[Any]], within: float) -> Any:
-    """Run ``action``, retrying transient failures (server still starting) for ``within`` s."""
-    deadline = time.monotonic() + within
-    while True:
-        try:
-            return await action()
-        except Exception as exc:
-            if classify_error(exc) is Failure.PERMANENT or time.monotonic() > deadline:
-                raise
-            log.warning(f"{what} not reachable yet, retrying", error=describe_error(exc))
-            await asyncio.sleep(1.0)
-
 
 class WriterService:
     """The running writer: pool, NATS, consume loop, maintenance; run by the app's lifespan."""
@@ -129,10 +72,12 @@ class WriterService:
 
     async def start(self) -> None:
         s = self.settings
-        await _retry_transient(
+        await retry_transient(
             "PostgreSQL",
             lambda: migrate(s.dsn, s.partition_months_back, s.partition_months_ahead),
             s.startup_timeout_seconds,
+            is_transient=lambda exc: classify_error(exc) is Failure.TRANSIENT,
+            describe=describe_error, log=log,
         )
         self.pool = await asyncpg.create_pool(
             s.dsn, min_size=1, max_size=s.pool_size, init=prepare_connection,
@@ -149,20 +94,30 @@ class WriterService:
             await ensure_consumer(js, s.namespace, durable)
             await check_consumer(js, s.namespace, durable)
         pool = self.pool
-        self.breaker = CircuitBreaker(lambda: pool.fetchval("SELECT 1", timeout=2))
+        self.breaker = breaker = CircuitBreaker(
+            lambda: pool.fetchval("SELECT 1", timeout=2), metrics, log, store="PostgreSQL",
+            threshold=s.breaker_failure_threshold, probe_max_seconds=s.breaker_probe_max_seconds,
+        )
         self.writer = ClassifiedWriter(
-            store=GuardedStore(PointStore(self.pool, s.write_timeout_seconds), self.breaker),
+            store=PointStore(self.pool, s.write_timeout_seconds),
             routes=s.routes,
             dead_letter=dead_letter_publisher(js, s.namespace, CONSUMER),
             backoff_seconds=s.nak_backoff_seconds,
             backoff_max_seconds=s.nak_backoff_max_seconds,
+            breaker=breaker,
         )
         self._stopping.clear()
-        self._tasks = [
-            asyncio.create_task(
-                consume(js, s, self.writer.handle, self._stopping, breaker=self.breaker),
-                name="consume",
+
+        def loop(handle: Any, durable: str, stream_base: str) -> asyncio.Task[None]:
+            """A consume loop (``tributary_runtime.writer.consume``), paused by the breaker."""
+            return asyncio.create_task(
+                consume(js, s, durable, stream_base, handle, self._stopping, breaker=breaker,
+                        metrics=metrics, log=log, describe=describe_error),
+                name=f"consume-{durable}",
             )
+
+        self._tasks = [
+            loop(self.writer.handle, WRITER_POSTGRES_DURABLE, DP_CLASSIFIED)
             for _ in range(s.consumers)
         ]
         # Alert events are few (one per alert transition): one loop is plenty.
@@ -172,24 +127,14 @@ class WriterService:
             backoff_seconds=s.nak_backoff_seconds,
             backoff_max_seconds=s.nak_backoff_max_seconds,
         )
-        self._tasks.append(asyncio.create_task(
-            consume(js, s, self.alerts.handle, self._stopping,
-                    durable=WRITER_POSTGRES_ALERTS_DURABLE, stream_base=DP_EVENTS,
-                    breaker=self.breaker),
-            name="consume-alerts",
-        ))
+        self._tasks.append(loop(self.alerts.handle, WRITER_POSTGRES_ALERTS_DURABLE, DP_EVENTS))
         # Audit events (ISO 27001 A.12.4) → ingestion_audit_log; few, one loop.
         audit = AuditWriter(
             AuditStore(self.pool, s.write_timeout_seconds),
             dead_letter_publisher(js, s.namespace, WRITER_POSTGRES_AUDIT_DURABLE),
             s.nak_backoff_seconds, s.nak_backoff_max_seconds,
         )
-        self._tasks.append(asyncio.create_task(
-            consume(js, s, audit.handle, self._stopping,
-                    durable=WRITER_POSTGRES_AUDIT_DURABLE, stream_base=AUDIT,
-                    breaker=self.breaker),
-            name="consume-audit",
-        ))
+        self._tasks.append(loop(audit.handle, WRITER_POSTGRES_AUDIT_DURABLE, AUDIT))
         # Rejects, raw ledger, shadow verdicts: few messages each, one loop each.
         self.rejects = RejectStore(self.pool, s.write_timeout_seconds, s.reject_excerpt_bytes)
         self.ledger = LedgerStore(self.pool, s.write_timeout_seconds)
@@ -220,11 +165,7 @@ class WriterService:
             ),
         ]
         for events, durable, stream_base in event_loops:
-            self._tasks.append(asyncio.create_task(
-                consume(js, s, events.handle, self._stopping, durable=durable,
-                        stream_base=stream_base, breaker=self.breaker),
-                name=f"consume-{durable}",
-            ))
+            self._tasks.append(loop(events.handle, durable, stream_base))
         self._tasks.append(asyncio.create_task(self._keep_partitions(), name="partitions"))
         log.info("writer-postgres started", subject=s.namespace.all_classified(),
                  durable=WRITER_POSTGRES_DURABLE, alerts_subject=s.namespace.all_alerts(),
@@ -253,20 +194,9 @@ class WriterService:
                 log.warning("partition maintenance failed", error=describe_error(exc))
 
     async def stop(self) -> None:
-        """Let the current fetch finish (its acks sent), then close NATS and the pool."""
-        self._stopping.set()
-        if self._tasks:
-            _, late = await asyncio.wait(self._tasks, timeout=self.settings.write_timeout_seconds)
-            for task in late:  # unacked messages are redelivered after the ack wait
-                task.cancel()
-            await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self.breaker is not None:
-            await self.breaker.close()
-        if self.nc is not None:
-            # Not drain(): it would wait for the pull inbox, which nobody reads any more.
-            with contextlib.suppress(Exception):
-                await self.nc.flush(timeout=5)  # the last acks and naks
-            await self.nc.close()
+        """Let the current fetches finish (their acks sent), then close NATS and the pool."""
+        await stop_consuming(self._stopping, self._tasks, self.settings.write_timeout_seconds,
+                             self.breaker, self.nc)
         if self.pool is not None:
             await asyncio.wait_for(self.pool.close(), timeout=10)
 
@@ -284,16 +214,4 @@ class WriterService:
 
 def create_app(settings: WriterPostgresSettings) -> Starlette:
     """The ASGI app: ``/health``, ``/ready``, ``/metrics``; its lifespan runs the writer."""
-    service = WriterService(settings)
-
-    @contextlib.asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        await service.start()
-        try:
-            yield
-        finally:
-            await service.stop()
-
-    app = Starlette(routes=ops_routes(service.ready), lifespan=lifespan)
-    app.state.service = service
-    return app
+    return writer_app(WriterService(settings))

@@ -2,14 +2,9 @@
 
 ``AuditWriter.handle(messages)`` consumes a fetch of ``audit.>`` messages (``AuditEvent`` JSON,
 durable ``writer-postgres-audit`` on ``AUDIT``) and produces rows (and messages on
-``dp.dlq.writer-postgres-audit``), by the delivery rules it shares with the alerts loop
-(``writer_postgres.events``):
-
-- not a valid ``AuditEvent`` → DLQ (``invalid_message``), ack;
-- every valid event of the fetch is inserted in ONE transaction, acked after the commit
-  (``ON CONFLICT (event_id) DO NOTHING``: a redelivered event stores nothing twice);
-- transient error → nak with backoff; at ``MAX_DELIVER`` deliveries → DLQ (``max_deliver``);
-- permanent error → each event in its own transaction; the refused ones → DLQ (``bad_rows``).
+``dp.dlq.writer-postgres-audit``), settled as every event loop settles
+(``writer_postgres.events``). ``ON CONFLICT (event_id) DO NOTHING``: a redelivered event stores
+nothing twice.
 """
 
 from __future__ import annotations
@@ -68,11 +63,10 @@ class AuditStore:
 
 @dataclass
 class AuditWriter(EventWriter[AuditEvent]):
-    """The delivery rules of the audit loop (see the module docstring). Never raises."""
+    """The audit loop's ``EventWriter`` (see the module docstring)."""
 
     model = AuditEvent
     CONSUMER = CONSUMER
-    stage = "audit"
     noun = "audit event"
 
     store: AuditStore

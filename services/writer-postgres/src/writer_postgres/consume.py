@@ -1,13 +1,8 @@
-"""One fetch of classified batches → one transaction → acks; the delivery rules of the writer.
+"""One fetch of classified batches → one transaction → rows in ``data_points``.
 
-``ClassifiedWriter.handle(messages)`` consumes a fetch of ``dp.classified.>`` messages and
-produces rows in ``data_points`` (and messages on ``dp.dlq.writer-postgres``). The rules
-(invalid message → DLQ ``invalid_message``; another sink's domain → ack without writing; one
-transaction per fetch, ack after commit; transient error → nak with backoff, ``max_deliver`` DLQ;
-permanent error → refused rows dead-lettered as ``bad_rows``) are shared with writer-sqlserver in
-``tributary_runtime.writer``; so is the bisection; this module supplies the rows and the store.
-
-Nothing here raises: every failure is counted, logged once, and ends in ack, nak or DLQ.
+``ClassifiedWriter`` is the ``tributary_runtime.writer.ClassifiedWriterBase`` of PostgreSQL (the
+fetch, the bisection and how each message is settled are there, the delivery rules in
+``tributary_runtime.delivery``); this module supplies the rows, the store and the error table.
 """
 
 from __future__ import annotations
@@ -33,7 +28,7 @@ CONSUMER = "writer-postgres"
 
 @dataclass(kw_only=True)
 class ClassifiedWriter(ClassifiedWriterBase[Row, int]):
-    """Applies the writer's delivery rules to fetched messages (see the module docstring)."""
+    """Writes fetched messages to PostgreSQL and settles them (see the module docstring)."""
 
     SINK = SINK
     CONSUMER = CONSUMER
@@ -52,9 +47,6 @@ class ClassifiedWriter(ClassifiedWriterBase[Row, int]):
 
     def _describe(self, exc: BaseException) -> str:
         return describe_error(exc)
-
-    def _stored(self, pending: list[Pending[Row]], rows: list[Row], result: int | None) -> None:
-        log.debug("fetch stored", messages=len(pending), rows=len(rows), inserted=result)
 
     async def _write(self, rows: Sequence[Row]) -> int:
         """One transaction, with the commit metrics."""

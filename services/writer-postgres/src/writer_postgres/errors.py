@@ -1,7 +1,7 @@
 """Which database failures are worth a retry: the declared transient/permanent split.
 
 *Transient* — the same write may succeed later (connection lost, server restarting, deadlock,
-timeout): the fetch is nakked with a growing delay and redelivered, up to ``MAX_DELIVER``.
+timeout): the fetch is retried (``tributary_runtime.delivery``: nak with backoff).
 *Permanent* — the data itself is refused (bad value, constraint, type): retrying cannot help, so
 the writer isolates the offending rows, sends them to the DLQ with their reason and stores the rest.
 

@@ -3,8 +3,8 @@
 ``LedgerWriter.handle(messages)`` consumes a fetch of ``dp.ledger.>`` messages (``RawRecord``
 JSON, durable ``writer-postgres-ledger`` on ``DP_LEDGER``) and produces a ``raw_record`` row
 (the input's bytes, the point keys published, the reply status) plus one ``ingest_error`` row
-per refused point or for the whole input's error, by the delivery rules it shares with the
-alerts, audit and rejects loops (``writer_postgres.events``). ``record_id`` is unique: a
+per refused point or for the whole input's error, settled as every event loop settles
+(``writer_postgres.events``). ``record_id`` is unique: a
 redelivery stores nothing twice. Rows older than ``RAW_LEDGER_RETENTION_DAYS`` are deleted by
 the maintenance task.
 """
@@ -102,11 +102,10 @@ class LedgerStore:
 
 @dataclass
 class LedgerWriter(EventWriter[RawRecord]):
-    """The delivery rules of the ledger loop (see the module docstring). Never raises."""
+    """The ledger loop's ``EventWriter`` (see the module docstring)."""
 
     model = RawRecord
     CONSUMER = CONSUMER
-    stage = "ledger"
     noun = "raw record"
 
     store: LedgerStore

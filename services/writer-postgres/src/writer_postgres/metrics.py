@@ -8,10 +8,12 @@ MESSAGES_RECEIVED = Counter(
     "writer_postgres_messages_received", "Classified batches (messages) fetched."
 )
 MESSAGES_ACKED = Counter(
-    "writer_postgres_messages_acked", "Messages acknowledged (stored, skipped or dead-lettered)."
+    "writer_postgres_messages_acked",
+    "Messages of every consume loop acknowledged (stored, skipped or dead-lettered).",
 )
 MESSAGES_NAKKED = Counter(
-    "writer_postgres_messages_nakked", "Messages nakked for redelivery after a transient error."
+    "writer_postgres_messages_nakked",
+    "Messages of every consume loop nakked for redelivery after a transient error.",
 )
 MESSAGES_SKIPPED = Counter(
     "writer_postgres_messages_skipped", "Messages of a domain SINK_ROUTES gives another writer."
@@ -21,7 +23,7 @@ POINTS_DUPLICATE = Counter(
     "writer_postgres_points_duplicate", "Points skipped because they were already stored."
 )
 DLQ = Counter(
-    "writer_postgres_dlq", "Messages published to the dead-letter subject, by reason.", ["reason"]
+    "writer_postgres_dlq", "Dead letters published (every consume loop), by kind.", ["reason"]
 )
 ERRORS = Counter(
     "writer_postgres_errors", "Errors handled, by stage and error type.", ["stage", "error_type"]

@@ -3,7 +3,7 @@
 ``RejectWriter.handle(messages)`` consumes a fetch of ``dp.rejected.>`` messages
 (``RejectedInput`` JSON, durable ``writer-postgres-rejects`` on ``DP_REJECTED``) and produces one
 ``ingest_rejects`` row per ``RejectedEntry`` (and messages on ``dp.dlq.writer-postgres-rejects``),
-by the delivery rules it shares with the alerts and audit loops (``writer_postgres.events``).
+settled as every event loop settles (``writer_postgres.events``).
 
 ``reject_id`` hashes the entry with its envelope (transport, domain, source, received_at), so a
 redelivered message stores nothing twice. The excerpt (the item as the gateway received it) is
@@ -128,11 +128,10 @@ class RejectStore:
 
 @dataclass
 class RejectWriter(EventWriter[RejectedInput]):
-    """The delivery rules of the rejects loop (see the module docstring). Never raises."""
+    """The rejects loop's ``EventWriter`` (see the module docstring)."""
 
     model = RejectedInput
     CONSUMER = CONSUMER
-    stage = "rejects"
     noun = "reject"
 
     store: RejectStore

@@ -1,8 +1,8 @@
 """Shadow verdicts of canary rollouts → ``rollout_verdicts`` (one row per point), idempotent.
 
 ``ShadowWriter.handle(messages)`` consumes a fetch of ``dp.shadow.>`` messages (``ShadowBatch``
-JSON, durable ``writer-postgres-shadow`` on ``DP_SHADOW``) by the delivery rules it shares with
-the alerts, audit, rejects and ledger loops (``writer_postgres.events``). The view
+JSON, durable ``writer-postgres-shadow`` on ``DP_SHADOW``), settled as every event loop settles
+(``writer_postgres.events``). The view
 ``rollout_comparison`` and ``tributary rollout report`` read the table.
 """
 
@@ -72,11 +72,10 @@ class ShadowStore:
 
 @dataclass
 class ShadowWriter(EventWriter[ShadowBatch]):
-    """The delivery rules of the shadow loop (see the module docstring). Never raises."""
+    """The shadow loop's ``EventWriter`` (see the module docstring)."""
 
     model = ShadowBatch
     CONSUMER = CONSUMER
-    stage = "shadow"
     noun = "shadow batch"
 
     store: ShadowStore

@@ -1,23 +1,11 @@
-"""One fetch of classified batches → one transaction → acks; the delivery rules of the writer.
+"""One fetch of classified batches → one transaction → rows in the legacy tables.
 
-``ClassifiedWriter.handle(messages)`` consumes a fetch of ``dp.classified.>`` messages and
-produces rows in the legacy tables (and messages on ``dp.dlq.writer-sqlserver``). The rules are
-shared with writer-postgres in ``tributary_runtime.writer``:
-
-- a message is a ``ClassifiedBundle`` (or, on a former per-source subject, one
-  ``ClassifiedBatch``); one that is not valid → DLQ (reason ``invalid_message``), ack;
-- a domain ``SINK_ROUTES`` does not give to ``sqlserver`` → ack without writing;
-- points that cannot be legacy rows (no integer sensor id, class ``rejected``) → DLQ
-  (``bad_rows``, as a message of just those points on the subject's shape, replayable), the
-  rest is written;
-- every other point of the fetch is written in ONE transaction; messages are acked after commit;
-- transient error → nak every message with a delay growing with its delivery count, and count a
-  failure on the circuit breaker; at ``MAX_DELIVER`` deliveries → DLQ (``max_deliver``);
-- permanent error → the readings are bisected (in order, so alert close-before-open still sees
-  time order) until each refused one is found; refused → DLQ with the database's reason
-  (``bad_rows``), the others are stored, then every message is acked.
-
-Nothing here raises: every failure is counted, logged once, and ends in ack, nak or DLQ.
+``ClassifiedWriter`` is the ``tributary_runtime.writer.ClassifiedWriterBase`` of SQL Server (the
+fetch, the bisection and how each message is settled are there, the delivery rules in
+``tributary_runtime.delivery``); this module supplies the readings, the store and the error
+table. Points that cannot be legacy rows (no integer sensor id, class ``rejected``) are refused
+before writing and dead-lettered (``bad_rows``) with the database's refusals; readings are
+bisected in time order, so alert close-before-open still sees it.
 """
 
 from __future__ import annotations
@@ -26,14 +14,13 @@ import asyncio
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import structlog
 
 from tributary_contracts import WRITER_SQLSERVER_DURABLE, ClassifiedBatch
 from tributary_runtime.writer import ClassifiedWriterBase, Pending, WriterMetrics
 from writer_sqlserver import metrics
-from writer_sqlserver.breaker import CircuitBreaker
 from writer_sqlserver.errors import Failure, classify_error, describe_error
 from writer_sqlserver.store import LegacyStore, Reading, WriteCounts, batch_readings
 
@@ -45,7 +32,7 @@ CONSUMER = WRITER_SQLSERVER_DURABLE
 
 @dataclass(kw_only=True)
 class ClassifiedWriter(ClassifiedWriterBase[Reading, WriteCounts]):
-    """Applies the writer's delivery rules to fetched messages (see the module docstring)."""
+    """Writes fetched messages to SQL Server and settles them (see the module docstring)."""
 
     SINK = SINK
     CONSUMER = CONSUMER
@@ -54,7 +41,6 @@ class ClassifiedWriter(ClassifiedWriterBase[Reading, WriteCounts]):
     sort_dead_letters = True
 
     store: LegacyStore
-    breaker: CircuitBreaker
 
     def _rows(
         self, batch: ClassifiedBatch
@@ -66,18 +52,6 @@ class ClassifiedWriter(ClassifiedWriterBase[Reading, WriteCounts]):
 
     def _describe(self, exc: BaseException) -> str:
         return describe_error(exc)
-
-    def _write_failed(self) -> None:
-        self.breaker.record_failure()
-
-    def _stored(
-        self, pending: list[Pending[Reading]], rows: list[Reading], result: WriteCounts | None
-    ) -> None:
-        if rows:  # a fetch with nothing to write proves nothing about the database
-            self.breaker.record_success()
-
-    def _retry_context(self) -> dict[str, Any]:
-        return {"breaker": self.breaker.state.value}
 
     async def _write(self, readings: Sequence[Reading]) -> WriteCounts:
         """One transaction (in a worker thread: pyodbc blocks), with the commit metrics."""

@@ -1,8 +1,8 @@
 """Which database failures are worth a retry: the declared transient/permanent split, by SQLSTATE.
 
 *Transient* — the same write may succeed later (connection lost, deadlock victim, timeout, login
-refused, missing table or permission): the fetch is nakked with a growing delay, the circuit
-breaker counts it, and after ``MAX_DELIVER`` deliveries the message goes to the DLQ anyway.
+refused, missing table or permission): the fetch is retried (``tributary_runtime.delivery``:
+nak with backoff) and the circuit breaker counts it.
 *Permanent* — the data itself is refused (bad value, constraint): the writer isolates the
 refused rows, sends them to the DLQ with the database's reason and stores the rest.
 

@@ -27,8 +27,12 @@ DLQ = Counter(
 ERRORS = Counter(
     "writer_sqlserver_errors", "Errors handled, by stage and error type.", ["stage", "error_type"]
 )
-BREAKER_OPEN = Gauge(
-    "writer_sqlserver_breaker_open", "1 while the circuit breaker stops fetching, else 0."
+CIRCUIT_OPEN = Gauge(
+    "writer_sqlserver_circuit_open",
+    "1 while SQL Server is unreachable and fetching is paused (circuit breaker open), else 0.",
+)
+CIRCUIT_OPENED = Counter(
+    "writer_sqlserver_circuit_opened", "Times the circuit breaker opened (SQL Server went away)."
 )
 COMMIT_SECONDS = Histogram(
     "writer_sqlserver_commit_seconds", "Duration of one write transaction (statements + commit).",

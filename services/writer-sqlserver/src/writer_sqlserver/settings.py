@@ -62,15 +62,6 @@ class WriterSqlServerSettings(WriterSettings):
         default=60.0, ge=0,
         description="How long start waits for an unreachable database before giving up.",
     )
-    breaker_failure_threshold: int = Field(
-        default=5, ge=1, le=1000,
-        description="Consecutive failed writes (transient) that open the circuit breaker.",
-    )
-    breaker_open_seconds: float = Field(
-        default=30.0, gt=0, le=3600,
-        description="How long an open breaker pauses fetching before one trial write.",
-    )
-
     @field_validator("mssql_dsn")
     @classmethod
     def _dsn_parses(cls, value: SecretStr) -> SecretStr:

@@ -191,20 +191,25 @@ def test_timestamps_parse_as_unix_or_iso(
 @pytest.mark.parametrize(
     ("cell", "fmt", "unit", "reason"),
     [
-        ("", "auto", None, "timestamp is empty"),
-        ("yesterday", "auto", None, "timestamp 'yesterday' is not a unix time or ISO 8601"),
+        ("", "auto", None, "timestamp is required"),
+        (
+            "yesterday",
+            "auto",
+            None,
+            "timestamp 'yesterday' is not ISO 8601 (e.g. 2026-02-25T21:00:00Z) or epoch seconds",
+        ),
         (
             "yesterday",
             "iso8601",
             None,
             "timestamp 'yesterday' is not ISO 8601 (e.g. 2026-02-25T21:00:00Z)",
         ),
-        ("2024-02-25", "unix", None, "timestamp '2024-02-25' is not a number of unix seconds"),
+        ("2024-02-25", "unix", None, "timestamp '2024-02-25' is not a number of epoch seconds"),
         (
             "1708900000123",
             "unix",
             "s",
-            "timestamp 1708900000123 is outside the accepted range 1900–2100 as unix seconds "
+            "timestamp 1708900000123 is outside the accepted range for epoch seconds (1900–2100) "
             "(set timestamp_unit to ms or us?)",
         ),
         (
@@ -268,11 +273,15 @@ def test_bad_rows_are_reported_with_their_line_and_reason_and_good_cells_kept(
         ("b", 8.0),
     ]
     assert errors == [
-        RowError(3, "timestamp", "timestamp 'soon' is not a unix time or ISO 8601"),
-        RowError(4, "a", "a 'abc' is not a number"),
-        RowError(5, "a", "a is empty"),
+        RowError(
+            3,
+            "timestamp",
+            "timestamp 'soon' is not ISO 8601 (e.g. 2026-02-25T21:00:00Z) or epoch seconds",
+        ),
+        RowError(4, "a", "a must be a number, got the text 'abc'"),
+        RowError(5, "a", "a is required"),
         RowError(6, None, "expected 3 fields, saw 4"),
-        RowError(7, "timestamp", "timestamp is empty"),
+        RowError(7, "timestamp", "timestamp is required"),
         RowError(8, "a", "a must be a finite number, got 'nan'"),
         RowError(8, "b", "b must be a finite number, got 'inf'"),
     ]
@@ -308,7 +317,7 @@ def test_long_format_takes_stream_and_source_from_each_row(tmp_path: Path) -> No
         ("host-b", "mem", 2.5, T0),
         ("fallback", "cpu", 4.0, datetime.fromtimestamp(1708900001, UTC)),
     ]
-    assert errors == [RowError(4, "stream_id", "stream_id is empty")] and rejected == 1
+    assert errors == [RowError(4, "stream_id", "stream_id is required")] and rejected == 1
 
 
 def test_without_header_columns_are_numbered_or_named(tmp_path: Path) -> None:

@@ -45,10 +45,9 @@ from tributary_contracts import (
     CSV_JOBS_BUCKET,
     Transport,
 )
-from tributary_contracts.models import DOMAIN_PATTERN
 from tributary_ingest.batches import error_type
 from tributary_ingest.bus import GatewayBus, open_gateway_bus
-from tributary_ingest.points import DOMAIN_RE, check_identifier
+from tributary_ingest.points import check_domain, check_identifier, missing
 from tributary_runtime.access import RequestGuard
 from tributary_runtime.apikeys import Action, Granted, Role, check_access
 from tributary_runtime.audit import AuditLog
@@ -161,9 +160,9 @@ def create_app(settings: CsvImporterSettings, *, nats_client: Client | None = No
     def check_fields(fields: dict[str, str]) -> tuple[str, str | None]:
         domain = fields.get("domain", "").strip()
         if not domain:
-            raise Reply(422, {"error": "domain is required", "field": "domain"})
-        if not DOMAIN_RE.match(domain):
-            raise Reply(422, {"error": f"domain must match {DOMAIN_PATTERN}", "field": "domain"})
+            raise Reply(422, {"error": missing("domain"), "field": "domain"})
+        if problem := check_domain(domain):
+            raise Reply(422, {"error": problem, "field": "domain"})
         source_id = fields.get("source_id", "").strip() or None
         if source_id is not None and (problem := check_identifier(source_id, "source_id")):
             raise Reply(422, {"error": problem, "field": "source_id"})

@@ -326,3 +326,18 @@ def test_without_header_columns_are_numbered_or_named(tmp_path: Path) -> None:
     )
 
     assert errors == [] and points == [("src", "temp", 1.5, T0)]
+
+
+def test_an_integer_beyond_2_53_is_refused_and_the_rest_of_its_column_kept(tmp_path: Path) -> None:
+    text = "timestamp,stream_id,value\n1708900000,a,9007199254740993\n1708900000,b,2.5\n"
+    points, errors, _, rejected = convert_all(tmp_path, text)
+
+    assert points == [("src", "b", 2.5, T0)] and rejected == 1
+    assert errors == [
+        RowError(
+            2,
+            "value",
+            "value 9007199254740993 is not exactly representable as a double-precision number "
+            "(integers beyond 2^53 would be rounded); send it as a float",
+        )
+    ]

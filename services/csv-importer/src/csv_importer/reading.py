@@ -461,7 +461,9 @@ def parse_numbers(cells: pd.Series, decimal: str) -> tuple[np.ndarray, np.ndarra
     text = cells.astype(str).str.strip()
     if decimal == ",":
         text = text.str.replace(",", ".", regex=False)
-    values = pd.to_numeric(text, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+    values = pd.to_numeric(text, errors="coerce").to_numpy(
+        dtype=np.float64, na_value=np.nan, copy=True  # written below: never a read-only view
+    )
     # The point policy: an integer a double cannot hold exactly is refused, not rounded.
     for i in np.flatnonzero(text.str.fullmatch(LONG_INTEGER).to_numpy(dtype=bool)):
         if isinstance(check_value(int(text.iat[i])), str):

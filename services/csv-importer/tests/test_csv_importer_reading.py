@@ -22,6 +22,7 @@ from csv_importer.reading import (
 )
 
 from tributary_contracts import DataPoint
+from tributary_ingest.points import Rejection, normalize_point
 
 SEED_CSV = (
     "timestamp,temperature,humidity,pressure\n"
@@ -341,3 +342,36 @@ def test_an_integer_beyond_2_53_is_refused_and_the_rest_of_its_column_kept(tmp_p
             "(integers beyond 2^53 would be rounded); send it as a float",
         )
     ]
+
+
+@pytest.mark.parametrize(
+    ("field", "json_value", "cell"),
+    [
+        ("stream_id", "=cmd", "=cmd"),
+        ("stream_id", "s" * 257, "s" * 257),
+        ("value", "high", "high"),
+        ("value", "NaN", "NaN"),
+        ("value", "-Infinity", "-Infinity"),
+        ("value", 2**53 + 1, str(2**53 + 1)),
+        ("timestamp", "yesterday", "yesterday"),
+        ("timestamp", "2026-03-01", "2026-03-01"),
+        ("timestamp", "2026-W09-1T10:00", "2026-W09-1T10:00"),
+        ("timestamp", "2200-01-01T00:00:00Z", "2200-01-01T00:00:00Z"),
+        ("timestamp", 4_200_000_000, "4200000000"),
+        ("timestamp", -2_300_000_000, "-2300000000"),
+    ],
+)
+def test_a_bad_cell_gets_the_reason_the_json_gateways_give(
+    tmp_path: Path, field: str, json_value: object, cell: str
+) -> None:
+    raw = {"stream_id": "cpu", "value": 1.5, "timestamp": "2026-03-01T00:00:00Z"}
+    rejection = normalize_point({**raw, field: json_value}, 0, T0)
+    cells = {**raw, "value": "1.5", field: cell}
+    text = "timestamp,stream_id,value\n" + ",".join(
+        cells[k] for k in ("timestamp", "stream_id", "value")
+    )
+
+    _, errors, _, _ = convert_all(tmp_path, text + "\n")
+
+    assert isinstance(rejection, Rejection)
+    assert [e.reason for e in errors] == [rejection.reason]

@@ -352,6 +352,7 @@ def test_an_integer_beyond_2_53_is_refused_and_the_rest_of_its_column_kept(tmp_p
         ("value", "high", "high"),
         ("value", "NaN", "NaN"),
         ("value", "-Infinity", "-Infinity"),
+        ("value", "1e400", "1e400"),
         ("value", 2**53 + 1, str(2**53 + 1)),
         ("timestamp", "yesterday", "yesterday"),
         ("timestamp", "2026-03-01", "2026-03-01"),

@@ -315,7 +315,11 @@ def check_value(value: Any, name: str = "value") -> float | str:
 def value_text_problem(text: str, name: str = "value") -> str:
     """The reason a value given as text (a JSON string, a CSV cell that is not a usable number)
     is refused."""
-    if text.strip().lower().lstrip("+-") in ("nan", "inf", "infinity"):
+    try:
+        finite = math.isfinite(float(text))
+    except ValueError:
+        finite = True  # not a number at all
+    if not finite:  # nan, inf, 1e400, …
         return f"{name} must be a finite number, got {text[:32]!r}"
     return f"{name} must be a number, got the text {text[:32]!r}"
 

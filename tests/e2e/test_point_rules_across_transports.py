@@ -101,6 +101,32 @@ CASES = [
     ),
 ]
 
+# JSON only: CSV cells are text and carry no metadata, sequence or stream type.
+CASES += [
+    Case("boolean_value", {"value": True}, "value must be a number, got a boolean", csv=False),
+    Case(
+        "metadata_array",
+        {"metadata": [1]},
+        "metadata must be an object, got an array",
+        csv=False,
+    ),
+    Case(
+        "metadata_nan",
+        {"metadata": {"x": float("nan")}},
+        "metadata values must be finite numbers (NaN/Infinity would be stored as null)",
+        csv=False,
+    ),
+    Case(
+        "sequence_text", {"sequence": "7"}, "sequence must be an integer, got a string", csv=False
+    ),
+    Case(
+        "stream_type_formula",
+        {"stream_type": "@sum"},
+        "stream_type must not start with '=', '+' or '@' (a spreadsheet formula)",
+        csv=False,
+    ),
+]
+
 ENVELOPE_CASES = [
     # (field, bad value, reason): a request/session/topic/upload-wide field
     (

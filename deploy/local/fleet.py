@@ -1,11 +1,13 @@
-"""Run the whole fleet locally, without Docker: one process per implemented service.
+"""Run the whole fleet locally, without Docker: one process per service.
 
     .venv/bin/python deploy/local/fleet.py [--bus-prefix P] [--port-offset N] [--replicas S=N]
 
 Ensures the JetStream objects, creates an admin API key on first run (kept in .tributary/),
-starts every implemented service with its output prefixed by its name, waits until each answers
-``/health``, prints the URLs and the key, restarts a service that dies, and stops everything
-cleanly on Ctrl-C or SIGTERM. Settings reach the services through the environment (NATS_URL,
+starts every service with its output prefixed by its name, waits until each answers ``/health``,
+prints the URLs and the key, restarts a service that dies after it was healthy, and stops
+everything cleanly on Ctrl-C or SIGTERM. A service that cannot start (its package is missing or
+does not import, it refuses its settings, or it exits before answering ``/health``) stops the
+fleet with an error naming it. Settings reach the services through the environment (NATS_URL,
 POSTGRES_DSN, SINK_ROUTES, …), exactly as in production.
 """
 
@@ -138,8 +140,7 @@ def parse_replicas(values: list[str]) -> dict[str, int]:
     return out
 
 
-# Every service of the fleet, in start order (ports: status_cli.SERVICE_PORTS, the one table);
-# those not implemented yet are skipped.
+# Every service of the fleet, in start order (ports: status_cli.SERVICE_PORTS, the one table).
 SERVICES = (
     Service("writer-postgres", "writer_postgres", SERVICE_PORTS["writer-postgres"]),
     Service(
@@ -168,11 +169,26 @@ def reader_dsn(dsn: str) -> str:
     return urlunsplit(parts._replace(netloc=f"tributary_reader@{host}"))
 
 
-def implemented(service: Service) -> bool:
+def import_problem(service: Service) -> str | None:
+    """Why ``service`` cannot be started from this environment, or None. Finding
+    ``<module>.__main__`` imports the service's package, so a broken install shows here."""
     try:
-        return importlib.util.find_spec(f"{service.module}.__main__") is not None
-    except ModuleNotFoundError:
-        return False
+        spec = importlib.util.find_spec(f"{service.module}.__main__")
+    except Exception as exc:  # the package itself failed to import
+        return f"{service.name}: package {service.module} does not import: {exc!r}"
+    if spec is None:
+        return f"{service.name}: {service.module}.__main__ not found (is the service installed?)"
+    return None
+
+
+def exit_problem(label: str, code: int, was_healthy: bool) -> str | None:
+    """Why a service that exited with ``code`` stops the fleet, or None to restart it: a service
+    that never answered ``/health`` failed to start, and restarting would hide that."""
+    if code == 2:
+        return f"{label} refused its settings (exit 2)"
+    if not was_healthy:
+        return f"{label} exited with {code} before answering /health (see its output above)"
+    return None
 
 
 async def prepare_bus(settings: OperatorSettings) -> str:
@@ -207,6 +223,9 @@ class Fleet:
         self.port_offset = port_offset
         self.procs: dict[str, asyncio.subprocess.Process] = {}
         self.stopping = False
+        self.healthy: set[str] = set()  # labels that answered /health at least once
+        self.failed = asyncio.Event()
+        self.failure = ""
 
     def port(self, service: Service) -> int:
         return service.port + self.port_offset
@@ -238,8 +257,10 @@ class Fleet:
             code = await proc.wait()
             if self.stopping:
                 return
-            if code == 2:  # invalid settings: restarting cannot help
-                print(f"fleet: {service.label} refused its settings (exit 2); not restarting")
+            problem = exit_problem(service.label, code, service.label in self.healthy)
+            if problem is not None:
+                self.failure = problem
+                self.failed.set()
                 return
             backoff = 1.0 if time.monotonic() - started > 30 else min(backoff * 2, 30)
             print(f"fleet: {service.label} exited with {code}; restarting in {backoff:.0f}s")
@@ -249,12 +270,13 @@ class Fleet:
         """Names of services that did not answer /health within ``timeout``."""
         deadline = time.monotonic() + timeout
         pending = list(self.services)
-        while pending and time.monotonic() < deadline:
+        while pending and time.monotonic() < deadline and not self.failed.is_set():
             still = []
             for service in pending:
                 try:
                     url = f"http://127.0.0.1:{self.port(service)}/health"
                     await asyncio.to_thread(urllib.request.urlopen, url, timeout=1)
+                    self.healthy.add(service.label)
                 except OSError:
                     still.append(service)
             pending = still
@@ -300,7 +322,11 @@ async def main_async(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"fleet: {exc}", file=sys.stderr)
         return 2
-    services = [s for s in SERVICES if implemented(s) and s.name not in args.skip]
+    services = [s for s in SERVICES if s.name not in args.skip]
+    problems = [p for s in services if (p := import_problem(s)) is not None]
+    if problems:
+        print("fleet: cannot start " + "; ".join(problems), file=sys.stderr)
+        return 1
     for s in [s for s in services if s.needs_env and not env.get(s.needs_env)]:
         print(f"fleet: {s.name} not started: {s.needs_env} is not set")
         services.remove(s)
@@ -329,6 +355,12 @@ async def main_async(args: argparse.Namespace) -> int:
         for i, s in enumerate(services)
     ]
     late = await fleet.wait_healthy()
+    if fleet.failed.is_set():
+        print(f"fleet: cannot start {fleet.failure}; stopping", file=sys.stderr, flush=True)
+        await fleet.stop()
+        for task in runners:
+            task.cancel()
+        return 1
     gateway = next((s for s in services if s.label == "gateway-http"), None)
     lines = ["", "Tributary fleet " + ("ready" if not late else f"started; not healthy: {late}")]
     lines += [f"  {s.label:<16} http://127.0.0.1:{fleet.port(s)}/health" for s in services]
@@ -348,13 +380,18 @@ async def main_async(args: argparse.Namespace) -> int:
         )
     lines.append("Ctrl-C stops everything.")
     print("\n".join(lines), flush=True)
-    await stop.wait()
+    await asyncio.wait(
+        [asyncio.create_task(stop.wait()), asyncio.create_task(fleet.failed.wait())],
+        return_when=asyncio.FIRST_COMPLETED,
+    )
+    if fleet.failed.is_set():
+        print(f"fleet: {fleet.failure}; stopping", file=sys.stderr, flush=True)
     print("fleet: stopping", flush=True)
     await fleet.stop()
     for task in runners:
         task.cancel()
     print("fleet: stopped", flush=True)
-    return 0
+    return 1 if fleet.failed.is_set() else 0
 
 
 def main() -> None:

@@ -117,13 +117,14 @@ async def test_a_file_with_bad_rows_completes_with_exact_errors_and_every_good_r
 
     assert job["status"] == "completed", job
     assert job["errors"] == [
-        {"row": 3, "column": "cpu", "reason": "cpu is empty"},
+        {"row": 3, "column": "cpu", "reason": "cpu is required"},
         {
             "row": 4,
             "column": "timestamp",
-            "reason": "timestamp '03/01/2026' is not a unix time or ISO 8601",
+            "reason": "timestamp '03/01/2026' is not ISO 8601 (e.g. 2026-02-25T21:00:00Z) "
+            "or epoch seconds",
         },
-        {"row": 5, "column": "cpu", "reason": "cpu 'abc' is not a number"},
+        {"row": 5, "column": "cpu", "reason": "cpu must be a number, got the text 'abc'"},
         {"row": 6, "column": None, "reason": "expected 3 fields, saw 4"},
     ]
     assert (job["rows_processed"], job["points_published"], job["points_rejected"]) == (6, 6, 6)

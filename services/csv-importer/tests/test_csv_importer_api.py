@@ -136,10 +136,11 @@ async def test_bad_rows_are_recorded_with_row_numbers_and_the_rest_is_published(
         {
             "row": 3,
             "column": "timestamp",
-            "reason": "timestamp 'not-a-time' is not a unix time or ISO 8601",
+            "reason": "timestamp 'not-a-time' is not ISO 8601 (e.g. 2026-02-25T21:00:00Z) "
+            "or epoch seconds",
         },
-        {"row": 4, "column": "a", "reason": "a 'x' is not a number"},
-        {"row": 5, "column": "b", "reason": "b is empty"},
+        {"row": 4, "column": "a", "reason": "a must be a number, got the text 'x'"},
+        {"row": 5, "column": "b", "reason": "b is required"},
     ]
     assert (job["rows_processed"], job["points_published"], job["points_rejected"]) == (5, 6, 4)
     assert job["error_count"] == 3

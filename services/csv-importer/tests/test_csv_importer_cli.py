@@ -217,8 +217,9 @@ def test_bad_rows_are_summarised_with_row_numbers_and_exit_3(
     summary = lines.index(f"job {job_id} completed: 5 rows, 6 points published, 4 rejected")
     assert lines[summary + 1 :] == [
         "3 row errors; first 2:",
-        "  row 3 [cpu]: cpu is empty",
-        "  row 4 [timestamp]: timestamp '03/01/2026' is not a unix time or ISO 8601",
+        "  row 3 [cpu]: cpu is required",
+        "  row 4 [timestamp]: timestamp '03/01/2026' is not ISO 8601 "
+        "(e.g. 2026-02-25T21:00:00Z) or epoch seconds",
         "  … and 1 more",
     ]
     assert raw_points(importer, "cli-bad") == [

@@ -22,6 +22,7 @@ from csv_importer.reading import (
 )
 
 from tributary_contracts import DataPoint
+from tributary_ingest.points import Rejection, normalize_point
 
 SEED_CSV = (
     "timestamp,temperature,humidity,pressure\n"
@@ -191,20 +192,25 @@ def test_timestamps_parse_as_unix_or_iso(
 @pytest.mark.parametrize(
     ("cell", "fmt", "unit", "reason"),
     [
-        ("", "auto", None, "timestamp is empty"),
-        ("yesterday", "auto", None, "timestamp 'yesterday' is not a unix time or ISO 8601"),
+        ("", "auto", None, "timestamp is required"),
+        (
+            "yesterday",
+            "auto",
+            None,
+            "timestamp 'yesterday' is not ISO 8601 (e.g. 2026-02-25T21:00:00Z) or epoch seconds",
+        ),
         (
             "yesterday",
             "iso8601",
             None,
             "timestamp 'yesterday' is not ISO 8601 (e.g. 2026-02-25T21:00:00Z)",
         ),
-        ("2024-02-25", "unix", None, "timestamp '2024-02-25' is not a number of unix seconds"),
+        ("2024-02-25", "unix", None, "timestamp '2024-02-25' is not a number of epoch seconds"),
         (
             "1708900000123",
             "unix",
             "s",
-            "timestamp 1708900000123 is outside the accepted range 1900–2100 as unix seconds "
+            "timestamp 1708900000123 is outside the accepted range for epoch seconds (1900–2100) "
             "(set timestamp_unit to ms or us?)",
         ),
         (
@@ -268,11 +274,15 @@ def test_bad_rows_are_reported_with_their_line_and_reason_and_good_cells_kept(
         ("b", 8.0),
     ]
     assert errors == [
-        RowError(3, "timestamp", "timestamp 'soon' is not a unix time or ISO 8601"),
-        RowError(4, "a", "a 'abc' is not a number"),
-        RowError(5, "a", "a is empty"),
+        RowError(
+            3,
+            "timestamp",
+            "timestamp 'soon' is not ISO 8601 (e.g. 2026-02-25T21:00:00Z) or epoch seconds",
+        ),
+        RowError(4, "a", "a must be a number, got the text 'abc'"),
+        RowError(5, "a", "a is required"),
         RowError(6, None, "expected 3 fields, saw 4"),
-        RowError(7, "timestamp", "timestamp is empty"),
+        RowError(7, "timestamp", "timestamp is required"),
         RowError(8, "a", "a must be a finite number, got 'nan'"),
         RowError(8, "b", "b must be a finite number, got 'inf'"),
     ]
@@ -308,7 +318,7 @@ def test_long_format_takes_stream_and_source_from_each_row(tmp_path: Path) -> No
         ("host-b", "mem", 2.5, T0),
         ("fallback", "cpu", 4.0, datetime.fromtimestamp(1708900001, UTC)),
     ]
-    assert errors == [RowError(4, "stream_id", "stream_id is empty")] and rejected == 1
+    assert errors == [RowError(4, "stream_id", "stream_id is required")] and rejected == 1
 
 
 def test_without_header_columns_are_numbered_or_named(tmp_path: Path) -> None:
@@ -317,3 +327,52 @@ def test_without_header_columns_are_numbered_or_named(tmp_path: Path) -> None:
     )
 
     assert errors == [] and points == [("src", "temp", 1.5, T0)]
+
+
+def test_an_integer_beyond_2_53_is_refused_and_the_rest_of_its_column_kept(tmp_path: Path) -> None:
+    text = "timestamp,stream_id,value\n1708900000,a,9007199254740993\n1708900000,b,2.5\n"
+    points, errors, _, rejected = convert_all(tmp_path, text)
+
+    assert points == [("src", "b", 2.5, T0)] and rejected == 1
+    assert errors == [
+        RowError(
+            2,
+            "value",
+            "value 9007199254740993 is not exactly representable as a double-precision number "
+            "(integers beyond 2^53 would be rounded); send it as a float",
+        )
+    ]
+
+
+@pytest.mark.parametrize(
+    ("field", "json_value", "cell"),
+    [
+        ("stream_id", "=cmd", "=cmd"),
+        ("stream_id", "s" * 257, "s" * 257),
+        ("value", "high", "high"),
+        ("value", "NaN", "NaN"),
+        ("value", "-Infinity", "-Infinity"),
+        ("value", "1e400", "1e400"),
+        ("value", 2**53 + 1, str(2**53 + 1)),
+        ("timestamp", "yesterday", "yesterday"),
+        ("timestamp", "2026-03-01", "2026-03-01"),
+        ("timestamp", "2026-W09-1T10:00", "2026-W09-1T10:00"),
+        ("timestamp", "2200-01-01T00:00:00Z", "2200-01-01T00:00:00Z"),
+        ("timestamp", 4_200_000_000, "4200000000"),
+        ("timestamp", -2_300_000_000, "-2300000000"),
+    ],
+)
+def test_a_bad_cell_gets_the_reason_the_json_gateways_give(
+    tmp_path: Path, field: str, json_value: object, cell: str
+) -> None:
+    raw = {"stream_id": "cpu", "value": 1.5, "timestamp": "2026-03-01T00:00:00Z"}
+    rejection = normalize_point({**raw, field: json_value}, 0, T0)
+    cells = {**raw, "value": "1.5", field: cell}
+    text = "timestamp,stream_id,value\n" + ",".join(
+        cells[k] for k in ("timestamp", "stream_id", "value")
+    )
+
+    _, errors, _, _ = convert_all(tmp_path, text + "\n")
+
+    assert isinstance(rejection, Rejection)
+    assert [e.reason for e in errors] == [rejection.reason]

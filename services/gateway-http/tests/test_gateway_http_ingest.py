@@ -193,7 +193,7 @@ async def test_post_data_accepts_good_points_and_reports_bad_ones(
                 "index": 2,
                 "stream_id": "late",
                 "reason": "timestamp 'next tuesday' is not ISO 8601 "
-                "(e.g. 2026-02-25T21:00:00Z; send epoch seconds as a JSON number)",
+                "(e.g. 2026-02-25T21:00:00Z) or epoch seconds",
             },
             {
                 "index": 3,
@@ -232,7 +232,7 @@ async def test_post_data_with_every_point_rejected_replies_422_with_the_list(
         "error": "no data point was accepted",
         "accepted": 0,
         "rejected": [
-            {"index": 0, "stream_id": "a", "reason": "value must be a number, got a string"},
+            {"index": 0, "stream_id": "a", "reason": "value must be a number, got the text 'high'"},
             {"index": 1, "stream_id": None, "reason": "stream_id is required"},
         ],
     }

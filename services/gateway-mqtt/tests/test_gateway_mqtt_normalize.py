@@ -154,7 +154,7 @@ REJECTED: list[tuple[Route, bytes, str, str]] = [
     (INFRA, b"45.2", "payload", "JSON object"),
     (INFRA, b"[1, 2]", "payload", "JSON object"),
     (INFRA, b"{}", "value", "value is required"),
-    (INFRA, b'{"value": "high"}', "value", "must be a number, got a string"),
+    (INFRA, b'{"value": "high"}', "value", "must be a number, got the text 'high'"),
     (INFRA, b'{"value": null}', "value", "got null"),
     (INFRA, b'{"value": true}', "value", "got a boolean"),
     (INFRA, b'{"value": NaN}', "value", "got NaN"),

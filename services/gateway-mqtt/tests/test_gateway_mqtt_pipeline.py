@@ -262,7 +262,7 @@ async def test_a_bad_message_is_published_as_rejected_and_then_acked() -> None:
         "infrastructure/server-01/cpu_usage/data",
         "iot/a/b/data",
     ]
-    assert rejected[0].rejected[0].reason == "value must be a number, got a string"
+    assert rejected[0].rejected[0].reason == "value must be a number, got the text 'high'"
     assert rejected[0].rejected[0].excerpt == '{"value": "high"}'
     assert (rejected[1].domain, rejected[1].source_id) == ("iot", "a")
     assert broker.acks == [1, 2]

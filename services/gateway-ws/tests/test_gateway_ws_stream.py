@@ -127,7 +127,11 @@ async def test_rejected_points_are_named_in_the_ack_and_published_on_dp_rejected
         "sequence_up_to": 7,
         "accepted": 1,
         "rejected": [
-            {"index": 1, "stream_id": "bad", "reason": "value must be a number, got a string"},
+            {
+                "index": 1,
+                "stream_id": "bad",
+                "reason": "value must be a number, got the text 'high'",
+            },
             {"index": 2, "stream_id": None, "reason": "stream_id is required"},
         ],
     }
@@ -141,7 +145,7 @@ async def test_rejected_points_are_named_in_the_ack_and_published_on_dp_rejected
     ]
     assert rejected.transport == "ws" and rejected.source_id == "server-01"
     assert [(e.index, e.reason) for e in rejected.rejected] == [
-        (1, "value must be a number, got a string"),
+        (1, "value must be a number, got the text 'high'"),
         (2, "stream_id is required"),
     ]
     assert orjson.loads(rejected.rejected[0].excerpt) == batch[1]

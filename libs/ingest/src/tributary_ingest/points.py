@@ -11,14 +11,20 @@ per-point rejection with its reason — nothing is accepted that could later fai
 - **numbers survive as doubles**: ``value`` finite and, if an integer, exactly representable
   (|n| ≤ 2^53 or a double's own integer); no NaN/Infinity inside metadata either;
 - **no duplicate keys** in a JSON object (the last would silently win);
-- **timestamps** are a date *and* time (ISO 8601 calendar dates) or epoch seconds: a bare date or
-  an ISO week/ordinal date is refused rather than taken as midnight.
+- **domains** match ``DOMAIN_PATTERN``;
+- **timestamps** are a date *and* time (ISO 8601 calendar dates) or epoch seconds (CSV files may
+  name another unit), between 1900 and 2100: a bare date or an ISO week/ordinal date is refused
+  rather than taken as midnight.
 
-The rules every gateway applies, so a point is accepted over HTTP, WebSocket and MQTT alike:
-the same fields, limits and reason texts. A rejection's ``reason`` names every problem of the
-point, and its ``code`` (the field of the first problem) is a bounded label for metrics. Checks
-are at least as strict as the ``DataPoint`` model, so accepted points are built without a second
-validation (``build_point``); the unit tests verify that each accepted point validates.
+The rules every normaliser applies: gateway-http, gateway-ws and gateway-mqtt call them per
+point; csv-importer's vectorised reader converts cells in bulk and asks the functions here
+(``missing``, ``check_value``, ``value_text_problem``, ``parse_timestamp``,
+``epoch_out_of_range``, ``check_identifier``, ``check_domain``) about every cell it refuses. So
+a point is accepted on every transport alike, with the same reason texts. A rejection's
+``reason`` names every problem of the point, and its ``code`` (the field of the first problem)
+is a bounded label for metrics. Checks are at least as strict as the ``DataPoint`` model, so
+accepted points are built without a second validation (``build_point``); the unit tests verify
+that each accepted point validates.
 """
 
 from __future__ import annotations
@@ -208,77 +214,126 @@ def clip(text: str, limit: int = 64) -> str:
     return text if len(text) <= limit else text[:limit] + "…"
 
 
-def parse_timestamp(value: Any, *, mark_cut: bool = False) -> datetime | str:
-    """UTC datetime of an ISO 8601 string or epoch seconds, or the problem as text.
+TIMESTAMP_EXAMPLE = "2026-02-25T21:00:00Z"
+_NUMBER_TEXT = re.compile(r"\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*")
+MILLISECONDS_MAGNITUDE = 1e11
+"""Epoch times from this magnitude on are milliseconds (today: 1.7e12) rather than seconds."""
 
-    A reason quotes at most 64 characters of a bad string; ``mark_cut`` ends a cut quote with
-    "…" (gateway-mqtt's wording).
-    """
+
+def parse_timestamp(value: Any) -> datetime | str:
+    """UTC datetime of an ISO 8601 string or epoch seconds, or the problem as text (a reason
+    quotes at most 64 characters of a bad string)."""
     if isinstance(value, str):
         if ISO_DATE_RE.match(value) and not ISO_DATETIME_RE.match(value):
             return (
-                f"timestamp {_quote(value, mark_cut)!r} is not a calendar date with a time "
-                "of day (a bare date, week or ordinal date is refused, not taken as midnight); "
-                "e.g. 2026-02-25T21:00:00Z"
+                f"timestamp {value[:64]!r} is not a calendar date with a time of day (a bare "
+                f"date, week or ordinal date is refused, not taken as midnight); e.g. "
+                f"{TIMESTAMP_EXAMPLE}"
             )
         try:
             if not ISO_DATETIME_RE.match(value):
                 raise ValueError(value)
             ts = datetime.fromisoformat(value)
         except ValueError:
-            return (
-                f"timestamp {_quote(value, mark_cut)!r} is not ISO 8601 "
-                "(e.g. 2026-02-25T21:00:00Z; send epoch seconds as a JSON number)"
-            )
+            if _NUMBER_TEXT.fullmatch(value):
+                return (
+                    f"timestamp {value[:64]!r} is not ISO 8601: send epoch seconds as a JSON number"
+                )
+            return not_a_timestamp(value)
         ts = ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
         if not MIN_TIMESTAMP <= ts < MAX_TIMESTAMP:
-            return (
-                f"timestamp {_quote(value, mark_cut)!r} is outside the accepted range "
-                f"{MIN_TIMESTAMP.year}–{MAX_TIMESTAMP.year}"
-            )
+            return timestamp_out_of_range(value)
         return ts
     if isinstance(value, bool) or not isinstance(value, int | float):
         return f"timestamp must be an ISO 8601 string or epoch seconds, got {json_type(value)}"
     if not (isinstance(value, int) or math.isfinite(value)):
         return "timestamp must be a finite number of epoch seconds"
     if not _MIN_EPOCH <= value < _MAX_EPOCH:
-        hint = " (milliseconds? send seconds)" if value >= _MAX_EPOCH else ""
-        return (
-            f"timestamp {value} is outside the accepted range for epoch seconds "
-            f"({MIN_TIMESTAMP.year}–{MAX_TIMESTAMP.year}){hint}"
-        )
+        hint = " (milliseconds? send seconds)" if value >= MILLISECONDS_MAGNITUDE else ""
+        return epoch_out_of_range(str(value), "seconds", hint)
     # timedelta keeps microsecond precision where fromtimestamp would round through floats.
     return _EPOCH + timedelta(seconds=value)
 
 
-def _quote(value: str, mark_cut: bool) -> str:
-    return clip(value) if mark_cut else value[:64]
+def not_a_timestamp(text: str) -> str:
+    """The reason for a timestamp text that is neither ISO 8601 nor epoch seconds."""
+    return (
+        f"timestamp {text[:64]!r} is not ISO 8601 (e.g. {TIMESTAMP_EXAMPLE}) "
+        "or epoch seconds"
+    )
 
 
-def check_value(value: Any) -> float | str:
-    """``value`` as a finite float, or the problem as text."""
+def timestamp_out_of_range(text: str) -> str:
+    """The reason for an ISO 8601 ``text`` outside ``MIN_TIMESTAMP``–``MAX_TIMESTAMP``."""
+    return (
+        f"timestamp {text[:64]!r} is outside the accepted range "
+        f"{MIN_TIMESTAMP.year}–{MAX_TIMESTAMP.year}"
+    )
+
+
+def epoch_out_of_range(shown: str, unit: str, hint: str = "") -> str:
+    """The reason for an epoch time (``shown`` as sent, in ``unit``) outside the range;
+    ``hint`` suggests the likely mistake."""
+    return (
+        f"timestamp {shown[:32]} is outside the accepted range for epoch {unit} "
+        f"({MIN_TIMESTAMP.year}–{MAX_TIMESTAMP.year}){hint}"
+    )
+
+
+def missing(name: str) -> str:
+    """The reason for a required field (or CSV cell) that is absent or empty."""
+    return f"{name} is required"
+
+
+def check_value(value: Any, name: str = "value") -> float | str:
+    """``value`` as a finite float, or the problem as text (``name``: the field, or a wide
+    CSV file's column)."""
     if isinstance(value, bool):
-        return "value must be a number, got a boolean"
+        return f"{name} must be a number, got a boolean"
     if isinstance(value, float):
         if math.isnan(value):
-            return "value must be a finite number, got NaN"
+            return f"{name} must be a finite number, got NaN"
         if math.isinf(value):
-            return "value must be a finite number, got Infinity"
+            return f"{name} must be a finite number, got Infinity"
         return value
     if isinstance(value, int):
         try:
             number = float(value)
         except OverflowError:
-            return "value is too large for a double-precision number"
+            return f"{name} is too large for a double-precision number"
         if abs(value) > EXACT_INT and int(number) != value:
             return (
-                f"value {str(value)[:32]} is not exactly representable as a double-precision "
+                f"{name} {str(value)[:32]} is not exactly representable as a double-precision "
                 "number (integers beyond 2^53 would be rounded); send it as a float"
             )
         return number
-    if isinstance(value, str) and value.strip().lower().lstrip("+-") in ("nan", "inf", "infinity"):
-        return f"value must be a finite number, got {value[:16]!r}"
-    return f"value must be a number, got {json_type(value)}"
+    if isinstance(value, str):
+        return value_text_problem(value, name)
+    return f"{name} must be a number, got {json_type(value)}"
+
+
+def value_text_problem(text: str, name: str = "value") -> str:
+    """The reason a value given as text (a JSON string, a CSV cell that is not a usable number)
+    is refused."""
+    try:
+        finite = math.isfinite(float(text))
+    except ValueError:
+        finite = True  # not a number at all
+    if not finite:  # nan, inf, 1e400, …
+        return f"{name} must be a finite number, got {text[:32]!r}"
+    return f"{name} must be a number, got the text {text[:32]!r}"
+
+
+def check_domain(value: Any) -> str | None:
+    """Problem with ``value`` as a domain, or None when it matches ``DOMAIN_PATTERN``."""
+    if not isinstance(value, str):
+        return f"domain must be a string, got {json_type(value)}"
+    if not DOMAIN_RE.fullmatch(value):
+        return (
+            f"domain must match {DOMAIN_PATTERN} (lower case, e.g. infrastructure), "
+            f"got {safe_text(value[:64])!r}"
+        )
+    return None
 
 
 def check_metadata(value: Any) -> dict[str, Any] | str:
@@ -343,13 +398,11 @@ def check_measurement(
     raw: dict[Any, Any],
     received_at: datetime,
     problems: list[tuple[str, str]],
-    *,
-    mark_cut: bool = False,
 ) -> tuple[float | str, datetime | str, dict[str, Any] | str, Any]:
     """``(value, ts, metadata, sequence)`` of a point object, checked in that order; each
     problem is appended to ``problems`` as ``(code, reason)``. A missing or null timestamp is
-    ``received_at``, missing or null metadata ``{}`` (``mark_cut``: see ``parse_timestamp``)."""
-    value: float | str = "value is required"
+    ``received_at``, missing or null metadata ``{}``."""
+    value: float | str = missing("value")
     if "value" in raw:
         value = check_value(raw["value"])
     if isinstance(value, str):
@@ -358,7 +411,7 @@ def check_measurement(
     ts: datetime | str = received_at
     stamp = raw.get("timestamp")
     if stamp is not None:
-        ts = parse_timestamp(stamp, mark_cut=mark_cut)
+        ts = parse_timestamp(stamp)
         if isinstance(ts, str):
             problems.append(("timestamp", ts))
 
@@ -388,7 +441,7 @@ def normalize_point(raw: Any, index: int, received_at: datetime) -> DataPoint | 
 
     stream_id = id_text(raw.get("stream_id"))
     if "stream_id" not in raw:
-        problems.append(("stream_id", "stream_id is required"))
+        problems.append(("stream_id", missing("stream_id")))
     else:
         problem = check_identifier(stream_id, "stream_id")
         if problem:

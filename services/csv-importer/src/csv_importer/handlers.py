@@ -24,10 +24,9 @@ from csv_importer.reading import OptionsProblem, detect_options
 from csv_importer.runner import JobRunner
 from csv_importer.settings import CsvImporterSettings
 from csv_importer.upload import UploadProblem, receive_upload, remove_spool_file
-from tributary_contracts.models import DOMAIN_PATTERN
 from tributary_ingest.gateway import GatewayContext
 from tributary_ingest.http import Answer, authenticate, check
-from tributary_ingest.points import DOMAIN_RE, check_identifier
+from tributary_ingest.points import check_domain, check_identifier, missing
 from tributary_runtime.access import target_of
 from tributary_runtime.apikeys import Action, Role, check_access
 from tributary_runtime.guard import client_ip
@@ -57,9 +56,9 @@ def check_fields(fields: dict[str, str]) -> tuple[str, str | None]:
     """The form's ``domain`` and optional ``source_id``, or 422 naming the field."""
     domain = fields.get("domain", "").strip()
     if not domain:
-        raise Reply(422, {"error": "domain is required", "field": "domain"})
-    if not DOMAIN_RE.match(domain):
-        raise Reply(422, {"error": f"domain must match {DOMAIN_PATTERN}", "field": "domain"})
+        raise Reply(422, {"error": missing("domain"), "field": "domain"})
+    if problem := check_domain(domain):
+        raise Reply(422, {"error": problem, "field": "domain"})
     source_id = fields.get("source_id", "").strip() or None
     if source_id is not None and (problem := check_identifier(source_id, "source_id")):
         raise Reply(422, {"error": problem, "field": "source_id"})

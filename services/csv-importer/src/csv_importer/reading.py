@@ -33,12 +33,17 @@ from tributary_ingest.points import (
     ISO_DATE_RE,
     ISO_DATETIME_RE,
     MAX_TIMESTAMP,
+    MILLISECONDS_MAGNITUDE,
     MIN_TIMESTAMP,
+    TIMESTAMP_EXAMPLE,
     Rejection,
     build_point,
     check_identifier,
     check_value,
+    epoch_out_of_range,
+    missing,
     parse_timestamp,
+    value_text_problem,
 )
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -384,7 +389,7 @@ def numeric_columns(
         cells = cells[cells != ""]
         if cells.empty:
             continue
-        numbers, _, _ = parse_numbers(cells, decimal)
+        numbers, _ = parse_numbers(cells, decimal)
         if np.isfinite(numbers).sum() * 2 > len(cells):
             chosen.append(name)
     return chosen
@@ -451,42 +456,49 @@ def line_numbers(index: np.ndarray, header: bool, skipped: list[int]) -> np.ndar
 # -- conversion ----------------------------------------------------------------------------
 
 
-def parse_numbers(cells: pd.Series, decimal: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(values, empty, text)`` of text cells: float64 values (NaN where not a number)."""
+def parse_numbers(cells: pd.Series, decimal: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(values, text)`` of text cells: float64 values (NaN where not a number)."""
     text = cells.astype(str).str.strip()
-    empty = (text == "").to_numpy()
     if decimal == ",":
         text = text.str.replace(",", ".", regex=False)
-    values = pd.to_numeric(text, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+    values = pd.to_numeric(text, errors="coerce").to_numpy(
+        dtype=np.float64, na_value=np.nan, copy=True  # written below: never a read-only view
+    )
     # The point policy: an integer a double cannot hold exactly is refused, not rounded.
     for i in np.flatnonzero(text.str.fullmatch(LONG_INTEGER).to_numpy(dtype=bool)):
         if isinstance(check_value(int(text.iat[i])), str):
             values[i] = np.nan
-    return values, empty, text.to_numpy(dtype=object)
+    return values, text.to_numpy(dtype=object)
 
 
 LONG_INTEGER = r"[+-]?\d{16,}"
 
 
 def value_reason(column: str, text: str) -> str:
-    """Why the cell ``text`` of ``column`` is not a finite number (the shared rules' words)."""
-    if text.lower().lstrip("+-") in ("nan", "inf", "infinity"):
-        return f"{column} must be a finite number, got {text[:32]!r}"
-    if re.fullmatch(LONG_INTEGER, text) and isinstance(reason := check_value(int(text)), str):
-        return reason.replace("value", column, 1)
-    return f"{column} {text[:64]!r} is not a number"
+    """Why the cell ``text`` of ``column`` is not a finite number (the shared rules)."""
+    if not text:
+        return missing(column)
+    if re.fullmatch(LONG_INTEGER, text):
+        reason = check_value(int(text), column)
+        if isinstance(reason, str):
+            return reason
+    return value_text_problem(text, column)
 
 
 def parse_timestamps(
     cells: pd.Series, fmt: str, unit: str | None
 ) -> tuple[np.ndarray, list[str | None]]:
     """Event times of text cells as int64 microseconds since the epoch, and per cell the
-    reason it is unusable (None when fine)."""
+    reason it is unusable (None when fine).
+
+    The shared point rules decide (``tributary_ingest.points``): pandas converts the cells in
+    bulk, and every cell it does not accept is asked of ``parse_timestamp`` (which accepts or
+    words the reason), so the rules cost nothing per good cell."""
     text = cells.astype(str).str.strip()
     n = len(text)
     micros = np.zeros(n, dtype=np.int64)
     ok = np.zeros(n, dtype=bool)
-    out_of_range: dict[int, str] = {}
+    reasons: list[str | None] = [None] * n
     empty = (text == "").to_numpy()
 
     numeric = np.zeros(n, dtype=bool)
@@ -497,71 +509,57 @@ def parse_timestamps(
             factors = np.full(n, UNIT_FACTORS[unit or "s"])
         else:  # auto unit by magnitude: 1.7e9 s, 1.7e12 ms, 1.7e15 us (today)
             magnitude = np.abs(np.where(numeric, numbers, 0.0))
-            factors = np.where(magnitude >= 1e14, 1.0, np.where(magnitude >= 1e11, 1e3, 1e6))
+            factors = np.where(
+                magnitude >= 1e14, 1.0, np.where(magnitude >= MILLISECONDS_MAGNITUDE, 1e3, 1e6)
+            )
         with np.errstate(invalid="ignore", over="ignore"):
             scaled = np.round(np.where(numeric, numbers, 0.0) * factors)
         in_range = numeric & (scaled >= MIN_US) & (scaled < MAX_US)
         micros[in_range] = scaled[in_range].astype(np.int64)
         ok |= in_range
+        chosen = unit is not None or fmt == "unix"  # else the magnitude chose the unit
         for i in np.flatnonzero(numeric & ~in_range):
-            unit_name = unit or (
-                "s" if fmt == "unix" else {1.0: "us", 1e3: "ms"}.get(factors[i], "s")
-            )
+            unit_name = unit or {1.0: "us", 1e3: "ms"}.get(factors[i], "s")
             hint = ""
-            if unit_name != "us" and scaled[i] >= MAX_US:
+            if chosen and unit_name != "us" and scaled[i] >= MAX_US:
                 hint = " (set timestamp_unit to ms or us?)"
-            out_of_range[int(i)] = (
-                f"timestamp {text.iat[i][:32]} is outside the accepted range "
-                f"{MIN_TIMESTAMP.year}–{MAX_TIMESTAMP.year} as unix {UNIT_NAMES[unit_name]}{hint}"
-            )
+            reasons[i] = epoch_out_of_range(text.iat[i], UNIT_NAMES[unit_name], hint)
     if fmt in ("iso8601", "auto"):
         todo = ~numeric & ~empty
-        # The point policy: a bare date or a week/ordinal date is refused (the shared rule's
-        # reason), not taken as midnight.
-        dateless = (
-            text.str.match(ISO_DATE_RE.pattern).to_numpy(dtype=bool)
-            & ~text.str.match(ISO_DATETIME_RE.pattern).to_numpy(dtype=bool)
-            & todo
-        )
-        for i in np.flatnonzero(dateless):
-            problem = parse_timestamp(text.iat[i])
-            out_of_range[int(i)] = problem if isinstance(problem, str) else "timestamp"
-        todo &= ~dateless
-        if todo.any():
-            parsed = pd.to_datetime(text[todo], format="ISO8601", utc=True, errors="coerce")
+        iso = text.str.match(ISO_DATETIME_RE.pattern).to_numpy(dtype=bool) & todo
+        if iso.any():
+            parsed = pd.to_datetime(text[iso], format="ISO8601", utc=True, errors="coerce")
             good = parsed.notna().to_numpy()
             values = parsed[parsed.notna()].dt.as_unit("us").astype("int64").to_numpy()
-            positions = np.flatnonzero(todo)[good]
+            positions = np.flatnonzero(iso)[good]
             in_range = (values >= MIN_US) & (values < MAX_US)
             micros[positions[in_range]] = values[in_range]
             ok[positions[in_range]] = True
-            for i in positions[~in_range]:
-                out_of_range[int(i)] = (
-                    f"timestamp {text.iat[i][:64]!r} is outside the accepted range "
-                    f"{MIN_TIMESTAMP.year}–{MAX_TIMESTAMP.year}"
-                )
-    reasons: list[str | None] = [None] * n
-    expected = {
-        "unix": f"a number of unix {UNIT_NAMES[unit or 's']}",
-        "iso8601": "ISO 8601 (e.g. 2026-02-25T21:00:00Z)",
-        "auto": "a unix time or ISO 8601",
-    }[fmt]
+        for i in np.flatnonzero(todo & ~ok):
+            cell = text.iat[i]
+            if fmt == "iso8601" and not ISO_DATE_RE.match(cell):
+                reasons[i] = f"timestamp {cell[:64]!r} is not ISO 8601 (e.g. {TIMESTAMP_EXAMPLE})"
+                continue
+            stamp = parse_timestamp(cell)
+            if isinstance(stamp, str):
+                reasons[i] = stamp
+            else:
+                micros[i] = (stamp - _EPOCH) // timedelta(microseconds=1)
+                ok[i] = True
     for i in np.flatnonzero(~ok):
         if empty[i]:
-            reasons[i] = "timestamp is empty"
-        elif int(i) in out_of_range:
-            reasons[i] = out_of_range[int(i)]
-        else:
-            reasons[i] = f"timestamp {text.iat[i][:64]!r} is not {expected}"
+            reasons[i] = missing("timestamp")
+        elif reasons[i] is None:  # unix: a cell that is no number
+            reasons[i] = (
+                f"timestamp {text.iat[i][:64]!r} is not a number of epoch "
+                f"{UNIT_NAMES[unit or 's']}"
+            )
     return micros, reasons
-
-
-_EPOCH_PY = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def to_datetime(micros: int) -> datetime:
     """UTC datetime of microseconds since the epoch (exact, no float rounding)."""
-    return _EPOCH_PY + timedelta(microseconds=micros)
+    return _EPOCH + timedelta(microseconds=micros)
 
 
 def timestamp_texts(micros: np.ndarray) -> list[str]:
@@ -624,14 +622,14 @@ def convert_chunk(
     n = len(frame)
     last_line_of_chunk = int(lines[-1]) if n else first_line
     bad_in_chunk = [line for line in skipped if first_line <= line <= last_line_of_chunk]
-    values = [(name, v.tolist(), e.tolist(), t) for name, v, e, t in columns]
+    values = [(name, v.tolist(), t) for name, v, t in columns]
     ts_texts = timestamp_texts(micros)
     lines_list = lines.tolist()
     wide = None
     if options.format is CsvFormat.WIDE and n:
         # Points of the good cells, row-major, with numpy (no Python loop per point).
         ts_ok = np.array([reason is None for reason in ts_reasons], dtype=bool)
-        matrix = np.column_stack([v for _, v, _, _ in columns])
+        matrix = np.column_stack([v for _, v, _ in columns])
         finite = np.isfinite(matrix)
         wide = (
             matrix,
@@ -700,12 +698,12 @@ def convert_chunk(
                 out = result.points.get(src)
                 if out is None:
                     out = result.points[src] = SourcePoints()
-                for name, nums, empties, texts in values:
+                for name, nums, texts in values:
                     value = nums[i]
                     if value == value and value not in (_INF, _NINF):
                         out.add(name, value, ts)
                         continue
-                    reason = f"{name} is empty" if empties[i] else value_reason(name, texts[i])
+                    reason = value_reason(name, texts[i])
                     events.append((row, RowError(row, name, reason)))
                     result.points_rejected += 1
                     result.rejections.setdefault(src, []).append(
@@ -717,18 +715,18 @@ def convert_chunk(
             column = None
             stream_id = stream_ids[i]
             if not src:
-                why, column = "source_id is empty", SOURCE_COLUMN
+                why, column = missing(SOURCE_COLUMN), SOURCE_COLUMN
             elif (problem := check_identifier(src, "source_id")) is not None:
                 why, column = problem, SOURCE_COLUMN
             elif not stream_id:
-                why, column = "stream_id is empty", "stream_id"
+                why, column = missing("stream_id"), "stream_id"
             elif (problem := check_identifier(stream_id, "stream_id")) is not None:
                 why, column = problem, "stream_id"
             else:
-                _, nums, empties, texts = values[0]
+                _, nums, texts = values[0]
                 value = nums[i]
                 if not (value == value and value not in (_INF, _NINF)):
-                    why = "value is empty" if empties[i] else value_reason("value", texts[i])
+                    why = value_reason("value", texts[i])
                     column = "value"
             if why is not None:
                 events.append((row, RowError(row, column, why)))
@@ -754,7 +752,7 @@ def _wide_slice(
     src: str,
     lines_list: list[int],
     ts_reasons: list[str | None],
-    values: list[tuple[str, list[float], list[bool], np.ndarray]],
+    values: list[tuple[str, list[float], np.ndarray]],
     ts_column: str,
     frame: pd.DataFrame,
 ) -> None:
@@ -787,8 +785,8 @@ def _wide_slice(
                 _rejection(row, ts_column, reason, _cells(frame, i))
             )
             continue
-        name, _, empties, texts = values[j]
-        why = f"{name} is empty" if empties[i] else value_reason(name, texts[i])
+        name, _, texts = values[j]
+        why = value_reason(name, texts[i])
         events.append((row, RowError(row, name, why)))
         result.points_rejected += 1
         result.rejections.setdefault(src, []).append(_rejection(row, name, why, _cells(frame, i)))

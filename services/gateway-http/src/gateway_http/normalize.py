@@ -13,15 +13,15 @@ from datetime import datetime
 from typing import Any
 
 from tributary_contracts import DataPoint
-from tributary_contracts.models import DOMAIN_PATTERN
 from tributary_ingest.points import (
-    DOMAIN_RE,
     IOT_DOMAIN,
     Rejection,
+    check_domain,
     check_identifier,
     duplicate_problem,
     id_text,
     json_type,
+    missing,
     normalize_point,
     safe_text,
 )
@@ -63,20 +63,14 @@ def parse_envelope(body: Any, max_points: int) -> tuple[str, str, list[Any]]:
         )
     for name in ("source_id", "domain", "data_points"):
         if name not in body:
-            raise EnvelopeError(name, f"{name} is required")
+            raise EnvelopeError(name, missing(name))
     source_id = id_text(body["source_id"])
     problem = check_identifier(source_id, "source_id")
     if problem:
         raise EnvelopeError("source_id", problem)
     domain = body["domain"]
-    if not isinstance(domain, str):
-        raise EnvelopeError("domain", f"domain must be a string, got {json_type(domain)}")
-    if not DOMAIN_RE.fullmatch(domain):
-        raise EnvelopeError(
-            "domain",
-            f"domain must match {DOMAIN_PATTERN} (lower case, e.g. infrastructure), "
-            f"got {domain[:64]!r}",
-        )
+    if problem := check_domain(domain):
+        raise EnvelopeError("domain", problem)
     if domain == IOT_DOMAIN:
         raise EnvelopeError(
             "domain",

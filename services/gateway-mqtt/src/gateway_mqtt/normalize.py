@@ -41,12 +41,11 @@ from datetime import datetime
 from typing import Any
 
 from tributary_contracts import DataPoint, LegacyIds
-from tributary_contracts.models import DOMAIN_PATTERN
 from tributary_ingest.points import (
-    DOMAIN_RE,
     INT64,
     IOT_DOMAIN,
     build_point,
+    check_domain,
     check_identifier,
     check_measurement,
     clip,
@@ -148,12 +147,8 @@ def parse_topic(
             "nor iot/sensors/<sensor_id>/readings",
         )
     domain, source_id, stream_id = levels[0], levels[1], levels[2]
-    if not DOMAIN_RE.fullmatch(domain):
-        return Rejection(
-            "domain",
-            f"domain {clip(domain)!r} must match {DOMAIN_PATTERN} (lower case, e.g. "
-            "infrastructure)",
-        )
+    if problem := check_domain(domain):
+        return Rejection("domain", problem)
     if domain == IOT_DOMAIN:
         return Rejection(
             "iot_domain",
@@ -230,7 +225,7 @@ def normalize_message(
     if problem := duplicate_problem(raw, "the payload"):
         problems.append(("duplicate_key", problem))
 
-    value, ts, metadata, sequence = check_measurement(raw, received_at, problems, mark_cut=True)
+    value, ts, metadata, sequence = check_measurement(raw, received_at, problems)
 
     stream_type = None
     legacy = route.legacy

@@ -17,16 +17,16 @@ from typing import Any
 import orjson
 
 from tributary_contracts import DataPoint
-from tributary_contracts.models import DOMAIN_PATTERN
 from tributary_ingest.points import (
-    DOMAIN_RE,
     IOT_DOMAIN,
     MalformedJson,
     Rejection,
+    check_domain,
     check_identifier,
     duplicate_problem,
     id_text,
     json_type,
+    missing,
     normalize_point,
     parse_json,
     safe_text,
@@ -193,18 +193,14 @@ def _parse_connect(body: dict[str, Any]) -> Connect | ProtocolError:
         )
     for name in ("source_id", "domain"):
         if name not in body:
-            return ProtocolError(ErrorCode.BAD_CONNECT, f"connect needs {name}")
+            return ProtocolError(ErrorCode.BAD_CONNECT, missing(name))
     source_id = id_text(body["source_id"])
     problem = check_identifier(source_id, "source_id")
     if problem:
         return ProtocolError(ErrorCode.BAD_CONNECT, problem)
     domain = body["domain"]
-    if not isinstance(domain, str) or not DOMAIN_RE.fullmatch(domain):
-        shown = domain[:64] if isinstance(domain, str) else json_type(domain)
-        return ProtocolError(
-            ErrorCode.BAD_CONNECT,
-            f"domain must match {DOMAIN_PATTERN} (lower case, e.g. infrastructure), got {shown!r}",
-        )
+    if problem := check_domain(domain):
+        return ProtocolError(ErrorCode.BAD_CONNECT, problem)
     if domain == IOT_DOMAIN:
         return ProtocolError(
             ErrorCode.BAD_CONNECT,

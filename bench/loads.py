@@ -19,6 +19,7 @@ import threading
 import time
 import urllib.request
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import orjson
@@ -62,6 +63,13 @@ class PhaseRecord:
     errors: dict[str, int] = field(default_factory=dict)
     started: float = 0.0
     send_done: float = 0.0
+    on_start: Callable[[], None] | None = None  # called when the clock starts
+
+    def start(self) -> None:
+        """The phase's clock starts now (after any session set-up)."""
+        if self.on_start is not None:
+            self.on_start()
+        self.started = time.monotonic()
 
     def ack(self, source: str, latency: float, points: int) -> None:
         self.acks.append((time.monotonic(), latency, points))
@@ -174,7 +182,7 @@ async def http_connection(
 
 
 async def run_http(load: PhaseLoad, port: int, key: str, record: PhaseRecord) -> None:
-    record.started = time.monotonic()
+    record.start()
     deadline = record.started + load.duration
     connections = min(load.connections or load.sources, load.sources)
     await asyncio.gather(
@@ -277,7 +285,7 @@ async def run_ws(load: PhaseLoad, port: int, key: str, record: PhaseRecord) -> N
             await start.all_in.wait()
     except TimeoutError:
         record.error("ws_connect_timeout")
-    record.started = time.monotonic()
+    record.start()
     start.deadline = record.started + load.duration
     start.go.set()
     await asyncio.gather(*tasks)
@@ -434,7 +442,7 @@ async def run_mqtt(
     record: PhaseRecord,
     port: int | None = None,
 ) -> None:
-    record.started = time.monotonic()
+    record.start()
     cancelled = threading.Event()
     try:
         await asyncio.to_thread(
@@ -466,7 +474,7 @@ async def run_csv(load: PhaseLoad, port: int, key: str, rows: int, record: Phase
     body = csv_file(rows, load.streams)
     base = f"http://127.0.0.1:{port}"
     async with httpx.AsyncClient(base_url=base, headers={"X-API-Key": key}, timeout=30) as http:
-        record.started = time.monotonic()
+        record.start()
         reply = await http.post(
             "/ingest/csv",
             files={"file": ("bench.csv", body, "text/csv")},

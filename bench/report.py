@@ -112,10 +112,11 @@ CPU_COLUMNS = (
 
 def cpu_columns(phase: dict[str, Any]) -> dict[str, float]:
     """A phase's CPU µs per point, grouped: the transport's receiver as ``gateway``, every
-    classifier replica as ``classifier``, the fleet's idle services as ``other services``."""
+    classifier replica as ``classifier``, the fleet's idle services as ``other services``; the
+    shared servers less what they used while the fleet was idle."""
     receiver = RECEIVER[phase["transport"]]
     out = dict.fromkeys(CPU_COLUMNS, 0.0)
-    for name, us in phase["cpu_us_per_point"].items():
+    for name, us in (phase["cpu_us_per_point"] | phase["cpu_us_per_point_less_idle"]).items():
         if name == receiver:
             out["gateway"] += us
         elif name.startswith("classifier"):
@@ -133,8 +134,9 @@ def cpu_per_point(result: dict[str, Any]) -> list[str]:
     lines = [
         "CPU µs per acknowledged point, from the phase's first send until its last point is a "
         "row (/proc utime+stime deltas; PostgreSQL: this run's database's backends and the "
-        "server's background writers; nats-server and Mosquitto are shared with anything else "
-        f"on the machine). *fleet* leaves out the load generators; {cores} cores ÷ *all* is the "
+        "server's background writers; nats-server and Mosquitto, shared with anything else on "
+        "the machine: less their CPU rate in the idle second before the phase, so noisy on a "
+        f"busy machine). *fleet* leaves out the load generators; {cores} cores ÷ *all* is the "
         "most points/s this machine could do at that cost:",
         "",
         "| transport | phase | "

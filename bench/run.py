@@ -102,6 +102,8 @@ POSTGRES_PIDS = f"""
        OR backend_type IN ({", ".join(f"'{b}'" for b in PG_BACKGROUND)})
 """
 BENCH = "bench (load generators)"
+SHARED = ("nats-server (shared)", "mosquitto (shared)")
+BASELINE_SECONDS = 1.0
 POSTGRES = "postgres (this database + background)"
 
 CpuSnapshot = dict[str, dict[int, float]]  # process label → pid → CPU seconds so far
@@ -115,8 +117,8 @@ def cpu_snapshot(fleet_pids: dict[str, int], postgres_pids: list[int]) -> CpuSna
     snap[BENCH] = {os.getpid(): cpu_seconds(os.getpid())}
     servers = server_pids()
     snap[POSTGRES] = {p: cpu_seconds(p) for p in postgres_pids}
-    for name in ("nats-server", "mosquitto"):
-        snap[f"{name} (shared)"] = {p: cpu_seconds(p) for p in servers[name]}
+    for label in SHARED:
+        snap[label] = {p: cpu_seconds(p) for p in servers[label.removesuffix(" (shared)")]}
     return snap
 
 
@@ -312,6 +314,12 @@ class Bench:
             [pid for name, pid in pids.items() if name.startswith("classifier")] if drain else []
         )
         postgres_pids = await self.postgres_pids()
+        # What the shared servers use while this run's fleet is idle (other users of the
+        # machine's nats-server and Mosquitto), to subtract from the phase's figures.
+        idle_before = cpu_snapshot(pids, postgres_pids)
+        await asyncio.sleep(BASELINE_SECONDS)
+        idle = cpu_delta(idle_before, cpu_snapshot(pids, postgres_pids))
+        baseline = {name: idle[name] / BASELINE_SECONDS for name in SHARED}
         cpu_before: CpuSnapshot = {}
 
         def clock_started() -> None:  # the sessions' set-up is not the points' cost
@@ -393,6 +401,15 @@ class Bench:
                 for name, cpu in cpu_stored.items()
             },
             "cpu_window_seconds": round(stored_seconds, 2),
+            "shared_idle_percent": {name: round(100 * cpu, 1) for name, cpu in baseline.items()},
+            "cpu_us_per_point_less_idle": {
+                name: round(
+                    1e6 * (cpu_stored[name] - baseline[name] * stored_seconds) / record.points, 1
+                )
+                if record.points
+                else float("nan")
+                for name in SHARED
+            },
             "lag_max": max(
                 (max(s["lag"].values()) for s in in_phase), default=max(lag_after.values())
             ),

@@ -112,10 +112,18 @@ def schedule(load: PhaseLoad, index: int, start: float, senders: int = 0) -> tup
     return start + interval * index / senders, interval
 
 
-async def pace(due: float) -> None:
-    delay = due - time.monotonic()
-    if delay > 0:
-        await asyncio.sleep(delay)
+async def turn(load: PhaseLoad, due: float, deadline: float, record: PhaseRecord) -> bool:
+    """Wait for a sender's next request/message (open loop: until ``due``); False when the
+    phase is over (its deadline, or ``max_points`` acknowledged)."""
+    if load.open_loop:
+        if due >= deadline:
+            return False
+        delay = due - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+    elif time.monotonic() >= deadline:
+        return False
+    return not (load.max_points and record.points >= load.max_points)
 
 
 # ---------------------------------------------------------------------------------------- HTTP
@@ -186,13 +194,7 @@ async def http_requests(
     sent = [0] * len(sources)
     max_requests = int(load.duration * 1_000_000 / load.batch) + 1  # a hard bound on the loop
     for k in range(max_requests):
-        if load.open_loop:
-            if due >= deadline:
-                break
-            await pace(due)
-        elif time.monotonic() >= deadline:
-            break
-        if load.max_points and record.points >= load.max_points:
+        if not await turn(load, due, deadline, record):
             break
         i = k % len(sources)
         source = sources[i]
@@ -284,13 +286,7 @@ async def ws_source(
     max_messages = int(load.duration * 1_000_000 / load.batch) + 1
     try:
         for _ in range(max_messages):
-            if load.open_loop:
-                if due >= deadline:
-                    break
-                await pace(due)
-            elif time.monotonic() >= deadline:
-                break
-            if load.max_points and record.points >= load.max_points:
+            if not await turn(load, due, deadline, record):
                 break
             while len(owed) >= load.ws_window and ws.closed is None:
                 window_open.clear()

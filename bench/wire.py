@@ -18,6 +18,8 @@ import os
 from collections.abc import Callable
 from typing import cast
 
+from gateway_mqtt.mqtt import encode_string, encode_varint, read_varint
+
 HOST = "127.0.0.1"
 
 
@@ -198,20 +200,6 @@ async def open_ws(port: int, path: str) -> WsConnection:
 # ---------------------------------------------------------------------------------------- MQTT
 
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        n, digit = n >> 7, n & 0x7F
-        out.append(digit | 0x80 if n else digit)
-        if not n:
-            return bytes(out)
-
-
-def _string(value: str) -> bytes:
-    raw = value.encode()
-    return len(raw).to_bytes(2, "big") + raw
-
-
 class MqttPublisher(_Stream):
     """An MQTT 5 client that only publishes at QoS 1: ``publish`` returns the packet id, and
     ``on_puback(packet_id, reason_code)`` is called for each PUBACK."""
@@ -225,16 +213,16 @@ class MqttPublisher(_Stream):
 
     async def connect(self, client_id: str, username: str | None, password: str | None) -> None:
         flags = 0x02  # clean start
-        payload = _string(client_id)
+        payload = encode_string(client_id)
         if username is not None:
             flags |= 0x80
-            payload += _string(username)
+            payload += encode_string(username)
         if password is not None:
             flags |= 0x40
-            payload += _string(password)
+            payload += encode_string(password)
         # "MQTT", version 5, flags, keep-alive 0 (none), no properties
-        body = _string("MQTT") + bytes((5, flags, 0, 0, 0)) + payload
-        self.write(b"\x10" + _varint(len(body)) + body)
+        body = encode_string("MQTT") + bytes((5, flags, 0, 0, 0)) + payload
+        self.write(b"\x10" + encode_varint(len(body)) + body)
         reason = await self._connack
         if reason:
             raise ClosedError(f"CONNACK reason code 0x{reason:02x}")
@@ -244,7 +232,7 @@ class MqttPublisher(_Stream):
         body_len = 2 + len(topic) + 3 + len(payload)  # topic, packet id, properties length 0
         self.write(
             b"\x32"
-            + _varint(body_len)
+            + encode_varint(body_len)
             + len(topic).to_bytes(2, "big")
             + topic
             + self._mid.to_bytes(2, "big")
@@ -261,17 +249,9 @@ class MqttPublisher(_Stream):
     def _parse(self) -> None:
         buf, at = self.buf, 0
         while len(buf) - at >= 2:
-            kind, length, shift, pos = buf[at] >> 4, 0, 0, at + 1
-            while True:  # the remaining length, a variable byte integer
-                if pos >= len(buf):
-                    del buf[:at]
-                    return
-                byte = buf[pos]
-                length |= (byte & 0x7F) << shift
-                shift, pos = shift + 7, pos + 1
-                if not byte & 0x80:
-                    break
-            if len(buf) < pos + length:
+            kind = buf[at] >> 4
+            length, pos = read_varint(buf, at + 1)
+            if length < 0 or len(buf) < pos + length:
                 break
             body = buf[pos : pos + length]
             at = pos + length

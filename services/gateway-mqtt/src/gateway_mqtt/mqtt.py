@@ -60,7 +60,7 @@ class MqttMessage:
 MessageHandler = Callable[[MqttMessage], None]
 
 
-def _varint(n: int) -> bytes:
+def encode_varint(n: int) -> bytes:
     out = bytearray()
     while True:
         n, digit = n >> 7, n & 0x7F
@@ -69,16 +69,16 @@ def _varint(n: int) -> bytes:
             return bytes(out)
 
 
-def _string(value: str | bytes) -> bytes:
+def encode_string(value: str | bytes) -> bytes:
     raw = value.encode() if isinstance(value, str) else value
     return len(raw).to_bytes(2, "big") + raw
 
 
 def _packet(first: int, body: bytes) -> bytes:
-    return bytes((first,)) + _varint(len(body)) + body
+    return bytes((first,)) + encode_varint(len(body)) + body
 
 
-def _read_varint(data: bytes | bytearray, at: int) -> tuple[int, int]:
+def read_varint(data: bytes | bytearray, at: int) -> tuple[int, int]:
     """(value, position after it) of the variable byte integer at ``at``; (-1, at) if cut off."""
     value, shift, pos = 0, 0, at
     while pos < len(data) and shift <= 21:
@@ -117,14 +117,14 @@ class MqttConnection(asyncio.Protocol):
     def _connect_packet(self) -> bytes:
         settings = self._settings
         flags = 0  # clean start / clean session off: the broker keeps our session
-        payload = _string(settings.client_id)
+        payload = encode_string(settings.client_id)
         if settings.mqtt_username is not None:
             flags |= 0x80
-            payload += _string(settings.mqtt_username)
+            payload += encode_string(settings.mqtt_username)
             if settings.mqtt_password is not None:
                 flags |= 0x40
-                payload += _string(settings.mqtt_password.get_secret_value())
-        head = _string("MQTT") + bytes((5 if self._v5 else 4, flags))
+                payload += encode_string(settings.mqtt_password.get_secret_value())
+        head = encode_string("MQTT") + bytes((5 if self._v5 else 4, flags))
         head += settings.mqtt_keepalive_seconds.to_bytes(2, "big")
         if self._v5:
             # The broker sends at most this many unacknowledged QoS 1 messages: our in-flight
@@ -135,7 +135,7 @@ class MqttConnection(asyncio.Protocol):
                 + bytes((RECEIVE_MAXIMUM,))
                 + settings.max_in_flight.to_bytes(2, "big")
             )
-            head += _varint(len(properties)) + properties
+            head += encode_varint(len(properties)) + properties
         return _packet(CONNECT << 4, head + payload)
 
     async def connect(self, timeout: float) -> bool:
@@ -163,7 +163,7 @@ class MqttConnection(asyncio.Protocol):
         mid = self._next_mid()
         body = mid.to_bytes(2, "big") + (b"\x00" if self._v5 else b"")  # no properties
         for f in filters:
-            body += _string(f) + bytes((qos,))  # MQTT 5: options = the maximum QoS only
+            body += encode_string(f) + bytes((qos,))  # MQTT 5: options = the maximum QoS only
         future = self._subscribed[mid] = self._loop.create_future()
         self._send(_packet(SUBSCRIBE << 4 | 0x2, body))
         codes = await asyncio.wait_for(future, timeout)
@@ -226,7 +226,7 @@ class MqttConnection(asyncio.Protocol):
         try:
             while len(buf) - at >= 2 and not self._paused:
                 first = buf[at]
-                length, start = _read_varint(buf, at + 1)
+                length, start = read_varint(buf, at + 1)
                 if length < 0 or len(buf) < start + length:
                     break
                 at = start + length
@@ -248,7 +248,7 @@ class MqttConnection(asyncio.Protocol):
             mid = int.from_bytes(body[end : end + 2], "big")
             end += 2
         if self._v5:
-            size, end = _read_varint(body, end)
+            size, end = read_varint(body, end)
             end += size
         message = MqttMessage(topic, body[end:], qos, mid, bool(first & 0x8), bool(first & 0x1))
         self._on_message(message)
@@ -265,7 +265,7 @@ class MqttConnection(asyncio.Protocol):
         elif kind == SUBACK:
             mid, at = int.from_bytes(body[:2], "big"), 2
             if self._v5:
-                size, at = _read_varint(body, at)
+                size, at = read_varint(body, at)
                 at += size
             future = self._subscribed.pop(mid, None)
             if future is not None and not future.done():

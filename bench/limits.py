@@ -22,8 +22,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import asyncpg
-import orjson
-from loads import http_post, make_points, post_head
+from loads import ingest_body, points_json, post_head, post_request
+from wire import open_http
 
 from tests.host import free_port  # the repo root is on sys.path: run.py puts it there
 
@@ -181,26 +181,20 @@ async def starlette_limit(
                 break
             except OSError:
                 await asyncio.sleep(0.1)
-        body = orjson.dumps(
-            {
-                "source_id": "x",
-                "domain": "infrastructure",
-                "data_points": make_points(0, batch, streams),
-            }
-        )
-        head = post_head("/ingest/data", None)
+        body = ingest_body("x", points_json(0, batch, streams))
+        request = post_request(post_head("/ingest/data", None), body)
         counts = [0] * connections
         deadline = time.monotonic() + seconds
 
         async def client(i: int) -> None:
-            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            conn = await open_http(port)
             for _ in range(1_000_000):
                 if time.monotonic() >= deadline:
                     break
                 async with asyncio.timeout(10):
-                    await http_post(reader, writer, head, body)
+                    await conn.request(request)
                 counts[i] += 1
-            writer.close()
+            conn.close()
 
         started = time.monotonic()
         await asyncio.gather(*(client(i) for i in range(connections)))

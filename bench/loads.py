@@ -15,18 +15,19 @@ away. Source ids are
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 import urllib.request
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import orjson
+from wire import ClosedError, HttpConnection, open_http, open_mqtt, open_ws
 
 BASE_TS = 1_700_000_000
 DOMAIN = "infrastructure"
 ACK_WAIT_SECONDS = 60.0  # longest wait for outstanding acks after a phase's deadline
-BROKER_IN_FLIGHT = 1000  # the MQTT producer's unacked QoS 1 messages (paho's in-flight window)
+BROKER_IN_FLIGHT = 1000  # the MQTT producer's QoS 1 messages not yet PUBACKed by the broker
 
 
 @dataclass
@@ -62,6 +63,13 @@ class PhaseRecord:
     errors: dict[str, int] = field(default_factory=dict)
     started: float = 0.0
     send_done: float = 0.0
+    on_start: Callable[[], None] | None = None  # called when the clock starts
+
+    def start(self) -> None:
+        """The phase's clock starts now (after any session set-up)."""
+        if self.on_start is not None:
+            self.on_start()
+        self.started = time.monotonic()
 
     def ack(self, source: str, latency: float, points: int) -> None:
         self.acks.append((time.monotonic(), latency, points))
@@ -75,11 +83,25 @@ class PhaseRecord:
         return sum(self.accepted.values())
 
 
-def make_points(first: int, count: int, streams: int) -> list[dict[str, object]]:
-    return [
-        {"stream_id": f"s{n % streams}", "value": float(n), "timestamp": BASE_TS + n}
-        for n in range(first, first + count)
-    ]
+def points_json(first: int, count: int, streams: int) -> bytes:
+    """Points ``first`` … ``first + count - 1`` of a source as a JSON array."""
+    return (
+        b"["
+        + b",".join(
+            b'{"stream_id":"s%d","value":%d.0,"timestamp":%d}' % (n % streams, n, BASE_TS + n)
+            for n in range(first, first + count)
+        )
+        + b"]"
+    )
+
+
+def ingest_body(source: str, points: bytes) -> bytes:
+    """An ``/ingest/data`` request body."""
+    return b'{"source_id":"%s","domain":"%s","data_points":%s}' % (
+        source.encode(),
+        DOMAIN.encode(),
+        points,
+    )
 
 
 def schedule(load: PhaseLoad, index: int, start: float, senders: int = 0) -> tuple[float, float]:
@@ -90,10 +112,18 @@ def schedule(load: PhaseLoad, index: int, start: float, senders: int = 0) -> tup
     return start + interval * index / senders, interval
 
 
-async def pace(due: float) -> None:
-    delay = due - time.monotonic()
-    if delay > 0:
-        await asyncio.sleep(delay)
+async def turn(load: PhaseLoad, due: float, deadline: float, record: PhaseRecord) -> bool:
+    """Wait for a sender's next request/message (open loop: until ``due``); False when the
+    phase is over (its deadline, or ``max_points`` acknowledged)."""
+    if load.open_loop:
+        if due >= deadline:
+            return False
+        delay = due - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+    elif time.monotonic() >= deadline:
+        return False
+    return not (load.max_points and record.points >= load.max_points)
 
 
 # ---------------------------------------------------------------------------------------- HTTP
@@ -123,6 +153,11 @@ def post_head(path: str, api_key: str | None) -> bytes:
     ).encode()
 
 
+def post_request(head: bytes, body: bytes) -> bytes:
+    """A whole POST: ``post_head``'s bytes, the body's length, the body."""
+    return head + b"%d\r\n\r\n" % len(body) + body
+
+
 async def http_connection(
     load: PhaseLoad,
     index: int,
@@ -134,47 +169,48 @@ async def http_connection(
 ) -> None:
     """One keep-alive connection sending for sources index, index + connections, …"""
     sources = [load.source_id(i) for i in range(index, load.sources, connections)]
-    sent = [0] * len(sources)
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    conn = await open_http(port)
     head = post_head("/ingest/data", key)
     due, interval = schedule(load, index, record.started, connections)
-    max_requests = int(load.duration * 1_000_000 / load.batch) + 1  # a hard bound on the loop
+    # One bound for the whole connection rather than a timer per request (not wait_for: in
+    # 3.11 it can swallow a cancel).
     try:
-        for k in range(max_requests):
-            if load.open_loop:
-                if due >= deadline:
-                    break
-                await pace(due)
-            elif time.monotonic() >= deadline:
-                break
-            if load.max_points and record.points >= load.max_points:
-                break
-            i = k % len(sources)
-            source = sources[i]
-            body = orjson.dumps(
-                {
-                    "source_id": source,
-                    "domain": DOMAIN,
-                    "data_points": make_points(sent[i], load.batch, load.streams),
-                }
-            )
-            started = time.monotonic()
-            async with asyncio.timeout(30):  # not wait_for: in 3.11 it can swallow a cancel
-                status = await http_post(reader, writer, head, body)
-            if status == 202:
-                record.ack(
-                    source, time.monotonic() - (due if load.open_loop else started), load.batch
-                )
-                sent[i] += load.batch  # a refused request's timestamps are reused next time
-            else:
-                record.error(f"http_{status}")
-            due += interval
+        async with asyncio.timeout(deadline - time.monotonic() + ACK_WAIT_SECONDS):
+            await http_requests(load, conn, head, sources, due, interval, deadline, record)
     finally:
-        writer.close()
+        conn.close()
+
+
+async def http_requests(
+    load: PhaseLoad,
+    conn: HttpConnection,
+    head: bytes,
+    sources: list[str],
+    due: float,
+    interval: float,
+    deadline: float,
+    record: PhaseRecord,
+) -> None:
+    sent = [0] * len(sources)
+    max_requests = int(load.duration * 1_000_000 / load.batch) + 1  # a hard bound on the loop
+    for k in range(max_requests):
+        if not await turn(load, due, deadline, record):
+            break
+        i = k % len(sources)
+        source = sources[i]
+        body = ingest_body(source, points_json(sent[i], load.batch, load.streams))
+        started = time.monotonic()
+        status = await conn.request(post_request(head, body))
+        if status == 202:
+            record.ack(source, time.monotonic() - (due if load.open_loop else started), load.batch)
+            sent[i] += load.batch  # a refused request's timestamps are reused next time
+        else:
+            record.error(f"http_{status}")
+        due += interval
 
 
 async def run_http(load: PhaseLoad, port: int, key: str, record: PhaseRecord) -> None:
-    record.started = time.monotonic()
+    record.start()
     deadline = record.started + load.duration
     connections = min(load.connections or load.sources, load.sources)
     await asyncio.gather(
@@ -190,19 +226,26 @@ async def run_http(load: PhaseLoad, port: int, key: str, record: PhaseRecord) ->
 
 
 async def ws_source(
-    load: PhaseLoad, index: int, url: str, key: str, record: PhaseRecord, start: StartLine
+    load: PhaseLoad, index: int, port: int, key: str, record: PhaseRecord, start: StartLine
 ) -> None:
-    import websockets
-
     source = load.source_id(index)
+    replies: deque[bytes] = deque()
+    arrived = asyncio.Event()
+
+    def queue_reply(payload: bytes) -> None:
+        replies.append(payload)
+        arrived.set()
+
     try:
-        ws = await websockets.connect(url, max_size=None, open_timeout=60)
-        await ws.send(
-            orjson.dumps(
-                {"type": "connect", "source_id": source, "domain": DOMAIN, "api_key": key}
-            ).decode()
+        ws = await open_ws(port, "/ingest/stream")
+        ws.on_message = queue_reply
+        ws.on_close = lambda _exc: arrived.set()
+        ws.send(
+            orjson.dumps({"type": "connect", "source_id": source, "domain": DOMAIN, "api_key": key})
         )
-        reply = orjson.loads(await ws.recv())
+        async with asyncio.timeout(60):
+            await arrived.wait()
+        reply = orjson.loads(replies.popleft())
     except Exception as exc:
         record.error(f"ws_connect_{type(exc).__name__}")
         start.arrived()
@@ -210,66 +253,68 @@ async def ws_source(
     start.arrived()
     if reply.get("type") != "connected":
         record.error(f"ws_{reply.get('code', reply.get('type'))}")
-        await ws.close()
+        ws.close()
         return
     await start.go.wait()
     deadline = start.deadline
-    async with ws:
-        window = asyncio.Semaphore(load.ws_window)
-        owed: deque[float] = deque()  # per sent message, its latency origin (acks come in order)
-        sending_done = asyncio.Event()
+    owed: deque[float] = deque()  # per sent message, its latency origin (acks come in order)
+    window_open = asyncio.Event()
+    window_open.set()
+    all_acked = asyncio.Event()
+    sending_done = False
 
-        async def read_acks() -> None:
-            while not (sending_done.is_set() and not owed):
-                reply = orjson.loads(await ws.recv())
-                origin = owed.popleft()
-                window.release()
-                if reply.get("type") == "ack":
-                    record.ack(source, time.monotonic() - origin, int(reply["accepted"]))
-                    if reply.get("rejected"):
-                        record.error("ws_rejected_points")
-                else:
-                    record.error(f"ws_{reply.get('code', reply.get('type'))}")
+    def on_reply(payload: bytes) -> None:
+        reply = orjson.loads(payload)
+        origin = owed.popleft()
+        if reply.get("type") == "ack":
+            record.ack(source, time.monotonic() - origin, int(reply["accepted"]))
+            if reply.get("rejected"):
+                record.error("ws_rejected_points")
+        else:
+            record.error(f"ws_{reply.get('code', reply.get('type'))}")
+        window_open.set()
+        if sending_done and not owed:
+            all_acked.set()
 
-        reader = asyncio.create_task(read_acks())
-        due, interval = schedule(load, index, record.started)
-        sent = 0
-        max_messages = int(load.duration * 1_000_000 / load.batch) + 1
-        try:
-            for _ in range(max_messages):
-                if load.open_loop:
-                    if due >= deadline:
-                        break
-                    await pace(due)
-                elif time.monotonic() >= deadline:
-                    break
-                if load.max_points and record.points >= load.max_points:
-                    break
-                frame = orjson.dumps(
-                    {"type": "data", "batch": make_points(sent, load.batch, load.streams)}
-                ).decode()
-                await window.acquire()
-                owed.append(due if load.open_loop else time.monotonic())
-                await ws.send(frame)
-                sent += load.batch
-                due += interval
-        finally:
-            sending_done.set()
+    def on_close(_exc: BaseException) -> None:
+        window_open.set()
+        all_acked.set()
+
+    ws.on_message, ws.on_close = on_reply, on_close
+    due, interval = schedule(load, index, record.started)
+    sent = 0
+    max_messages = int(load.duration * 1_000_000 / load.batch) + 1
+    try:
+        for _ in range(max_messages):
+            if not await turn(load, due, deadline, record):
+                break
+            while len(owed) >= load.ws_window and ws.closed is None:
+                window_open.clear()
+                await window_open.wait()
+            owed.append(due if load.open_loop else time.monotonic())
+            ws.send(b'{"type":"data","batch":%s}' % points_json(sent, load.batch, load.streams))
+            sent += load.batch
+            due += interval
+        sending_done = True
+        if owed:
+            try:
+                async with asyncio.timeout(ACK_WAIT_SECONDS):
+                    await all_acked.wait()
+            except TimeoutError:
+                pass
             if owed:
-                try:
-                    async with asyncio.timeout(ACK_WAIT_SECONDS):
-                        await reader
-                except TimeoutError:
-                    record.error("ws_acks_missing")
-            reader.cancel()
+                record.error("ws_acks_missing")
+    except ClosedError:
+        record.error("ws_closed")
+    finally:
+        ws.close()
 
 
 async def run_ws(load: PhaseLoad, port: int, key: str, record: PhaseRecord) -> None:
-    url = f"ws://127.0.0.1:{port}/ingest/stream"
     # Sessions connect before the clock starts (2,000 handshakes take a while), then send.
     start = StartLine(load.sources)
     tasks = [
-        asyncio.create_task(ws_source(load, i, url, key, record, start))
+        asyncio.create_task(ws_source(load, i, port, key, record, start))
         for i in range(load.sources)
     ]
     try:
@@ -277,7 +322,7 @@ async def run_ws(load: PhaseLoad, port: int, key: str, record: PhaseRecord) -> N
             await start.all_in.wait()
     except TimeoutError:
         record.error("ws_connect_timeout")
-    record.started = time.monotonic()
+    record.start()
     start.deadline = record.started + load.duration
     start.go.set()
     await asyncio.gather(*tasks)
@@ -310,123 +355,6 @@ def gateway_acked(metrics_url: str) -> float:
     return 0.0
 
 
-def mqtt_publisher(
-    load: PhaseLoad,
-    topic_prefix: str,
-    metrics_url: str,
-    record: PhaseRecord,
-    port: int | None,
-    cancelled: threading.Event,
-) -> None:
-    """Single-point QoS 1 messages from one paho client (in a thread).
-
-    Latency is the broker's PUBACK (the producer's ack; the gateway acks the broker only after
-    JetStream's PubAck). Flow control keeps at most ``mqtt_window`` messages not yet acked by the
-    gateway (read from its /metrics): beyond the gateway's in-flight window the local Mosquitto
-    queues only ``max_queued_messages`` (1000) per session and silently drops the rest."""
-    import paho.mqtt.client as paho
-
-    # Never call into paho while holding ``lock``: paho runs on_publish under its own mutex.
-    lock = threading.Lock()
-    origin: dict[int, tuple[float, str]] = {}
-    early: dict[int, float] = {}  # PUBACKs that came back before publish() returned
-    done = threading.Event()
-
-    def on_publish(_c: object, _u: object, mid: int, _rc: object, _p: object) -> None:
-        now = time.monotonic()
-        with lock:
-            entry = origin.pop(mid, None)
-            if entry is None:
-                early[mid] = now
-            else:
-                record.acks.append((now, now - entry[0], 1))
-                record.accepted[entry[1]] = record.accepted.get(entry[1], 0) + 1
-            if done.is_set() and not origin:
-                drained.set()
-
-    drained = threading.Event()
-    from tests import mqtt  # the producer's credentials on the local broker (if it wants them)
-
-    local_port, directory = mqtt.local_broker()
-    login = mqtt.producer(topic_prefix, at=(port or local_port, directory))
-    client = login.client(f"bench-pub-{load.phase}-{time.time_ns()}", protocol=paho.MQTTv5)
-    client.on_publish = on_publish
-    client.max_inflight_messages_set(BROKER_IN_FLIGHT)
-    client.max_queued_messages_set(0)
-    login.connect(client)
-    client.loop_start()
-    base_acked = gateway_acked(metrics_url)
-    counters = [0] * load.sources
-    deadline = record.started + load.duration
-    interval = 1.0 / load.rate
-    due = record.started
-    acked_seen, checked_at = base_acked, 0.0
-    published = 0
-    try:
-        for k in range(int(load.duration * 200_000)):  # hard bound on the loop
-            if cancelled.is_set():
-                break
-            now = time.monotonic()
-            if load.open_loop:
-                if due >= deadline:
-                    break
-                if due > now:
-                    time.sleep(due - now)
-            elif now >= deadline:
-                break
-            if load.max_points and published >= load.max_points:
-                break
-            # Wait for the broker's PUBACKs beyond paho's in-flight window (queueing in the
-            # client would only measure the client) and for the gateway beyond ours.
-            stalled = True  # unless the wait ends before the deadline (while … else)
-            while len(origin) >= BROKER_IN_FLIGHT or (
-                published - (acked_seen - base_acked) > load.mqtt_window
-            ):
-                if cancelled.is_set() or time.monotonic() >= deadline + ACK_WAIT_SECONDS:
-                    break
-                time.sleep(0.001)
-                if published - (acked_seen - base_acked) > load.mqtt_window and (
-                    time.monotonic() - checked_at > 0.05
-                ):
-                    acked_seen, checked_at = gateway_acked(metrics_url), time.monotonic()
-            else:
-                stalled = False
-            if stalled:
-                record.error("mqtt_stopped_acking")
-                break
-            i = k % load.sources
-            n = counters[i]
-            counters[i] += 1
-            source = load.source_id(i)
-            payload = b'{"value": %d, "timestamp": %d}' % (n, BASE_TS + n)
-            topic = f"{topic_prefix}/{DOMAIN}/{source}/s{n % load.streams}/data"
-            sent_at = due if load.open_loop else time.monotonic()
-            info = client.publish(topic, payload, qos=1)
-            with lock:
-                acked_at = early.pop(info.mid, None)
-                if acked_at is None:
-                    origin[info.mid] = (sent_at, source)
-                else:
-                    record.acks.append((acked_at, acked_at - sent_at, 1))
-                    record.accepted[source] = record.accepted.get(source, 0) + 1
-            published += 1
-            due += interval
-        record.send_done = time.monotonic()
-        with lock:
-            done.set()
-            if not origin:
-                drained.set()
-        for _ in range(int(ACK_WAIT_SECONDS * 10)):
-            if drained.wait(0.1) or cancelled.is_set():
-                break
-        if not drained.is_set():
-            record.error("mqtt_pubacks_missing")
-    finally:
-        record.send_done = record.send_done or time.monotonic()
-        client.disconnect()
-        client.loop_stop()
-
-
 async def run_mqtt(
     load: PhaseLoad,
     topic_prefix: str,
@@ -434,15 +362,116 @@ async def run_mqtt(
     record: PhaseRecord,
     port: int | None = None,
 ) -> None:
-    record.started = time.monotonic()
-    cancelled = threading.Event()
+    """Single-point QoS 1 messages from one MQTT 5 connection.
+
+    Latency is the broker's PUBACK (the producer's ack; the gateway acks the broker only after
+    JetStream's PubAck). Flow control keeps at most ``BROKER_IN_FLIGHT`` messages not yet acked
+    by the broker (beyond, the latency would be the client's own queue) and ``mqtt_window`` not
+    yet acked by the gateway (read from its /metrics): beyond the gateway's in-flight window the
+    local Mosquitto queues only ``max_queued_messages`` (1000) per session and silently drops
+    the rest."""
+    from tests import mqtt  # the producer's credentials on the local broker (if it wants them)
+
+    local_port, directory = mqtt.local_broker()
+    login = mqtt.producer(topic_prefix, at=(port or local_port, directory))
+    client = await open_mqtt(
+        login.port, f"bench-pub-{load.phase}-{time.time_ns()}", login.username, login.password
+    )
+    origin: dict[int, tuple[float, str]] = {}  # packet id → (latency origin, source)
+    window_open = asyncio.Event()
+    all_acked = asyncio.Event()
+    refused = 0
+
+    def on_puback(mid: int, reason: int) -> None:
+        nonlocal refused
+        entry = origin.pop(mid, None)
+        if entry is not None:
+            if reason < 0x80:
+                record.ack(entry[1], time.monotonic() - entry[0], 1)
+            else:
+                refused += 1
+        window_open.set()
+        if record.send_done and not origin:
+            all_acked.set()
+
+    def on_close(_exc: BaseException) -> None:
+        window_open.set()
+        all_acked.set()
+
+    client.on_puback, client.on_close = on_puback, on_close
+    counters = [0] * load.sources
+    topics = [
+        f"{topic_prefix}/{DOMAIN}/{load.source_id(i)}/s".encode() for i in range(load.sources)
+    ]
+    base_acked = await asyncio.to_thread(gateway_acked, metrics_url)
+    acked_seen = base_acked
+    record.start()
+    deadline = record.started + load.duration
+    interval = 1.0 / load.rate
+    due = record.started
+    published = 0
     try:
-        await asyncio.to_thread(
-            mqtt_publisher, load, topic_prefix, metrics_url, record, port, cancelled
-        )
-    except asyncio.CancelledError:  # Ctrl-C / SIGTERM: let the thread end now, not in minutes
-        cancelled.set()
-        raise
+        while client.closed is None:
+            now = time.monotonic()
+            if load.open_loop:
+                if due >= deadline:
+                    break
+                if due > now:
+                    await asyncio.sleep(due - now)
+            elif now >= deadline:
+                break
+            if load.max_points and published >= load.max_points:
+                break
+            if len(origin) >= BROKER_IN_FLIGHT:
+                window_open.clear()
+                try:
+                    async with asyncio.timeout(ACK_WAIT_SECONDS):
+                        await window_open.wait()
+                except TimeoutError:
+                    record.error("mqtt_stopped_acking")
+                    break
+                continue
+            if published - (acked_seen - base_acked) > load.mqtt_window:
+                if time.monotonic() >= deadline + ACK_WAIT_SECONDS:
+                    record.error("mqtt_stopped_acking")
+                    break
+                await asyncio.sleep(0.05)
+                acked_seen = await asyncio.to_thread(gateway_acked, metrics_url)
+                continue
+            # Everything due by now goes out at once: one timer per burst, not per message.
+            sent_at = time.monotonic()
+            for _ in range(BROKER_IN_FLIGHT - len(origin)):
+                i = published % load.sources
+                n = counters[i]
+                counters[i] += 1
+                mid = client.publish(
+                    b"%s%d/data" % (topics[i], n % load.streams),
+                    b'{"value": %d, "timestamp": %d}' % (n, BASE_TS + n),
+                )
+                origin[mid] = (due if load.open_loop else sent_at, load.source_id(i))
+                published += 1
+                due += interval
+                if (
+                    (load.open_loop and (due > sent_at or due >= deadline))
+                    or (load.max_points and published >= load.max_points)
+                    or published - (acked_seen - base_acked) > load.mqtt_window
+                ):
+                    break
+            await asyncio.sleep(0)  # let PUBACKs in
+        record.send_done = time.monotonic()
+        if origin:
+            try:
+                async with asyncio.timeout(ACK_WAIT_SECONDS):
+                    await all_acked.wait()
+            except TimeoutError:
+                pass
+        if origin:
+            record.error("mqtt_pubacks_missing")
+        if refused:
+            record.errors["mqtt_refused"] = refused
+    finally:
+        record.send_done = record.send_done or time.monotonic()
+        client.disconnect()
 
 
 # ----------------------------------------------------------------------------------------- CSV
@@ -466,7 +495,7 @@ async def run_csv(load: PhaseLoad, port: int, key: str, rows: int, record: Phase
     body = csv_file(rows, load.streams)
     base = f"http://127.0.0.1:{port}"
     async with httpx.AsyncClient(base_url=base, headers={"X-API-Key": key}, timeout=30) as http:
-        record.started = time.monotonic()
+        record.start()
         reply = await http.post(
             "/ingest/csv",
             files={"file": ("bench.csv", body, "text/csv")},

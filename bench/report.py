@@ -78,6 +78,7 @@ def markdown(result: dict[str, Any]) -> str:
         if p["phase"].endswith("saturation"):
             cells = " | ".join(_n(p["cpu_percent"].get(s, float("nan"))) for s in services)
             lines.append(f"| {p['transport']} | {_n(sum(p['cpu_percent'].values()))} | {cells} |")
+    lines += ["", *cpu_per_point(result), ""]
     rss = ", ".join(f"{k} {v} MiB" for k, v in result["peak_rss_mib"].items())
     lines += ["", f"Peak RSS (VmHWM): {rss}.", ""]
     verification = result["verification"]
@@ -89,6 +90,70 @@ def markdown(result: dict[str, Any]) -> str:
     if result.get("not_available"):
         lines.append(f"Not available: {', '.join(result['not_available'])}.")
     return "\n".join(lines) + "\n"
+
+
+RECEIVER = {
+    "http": "gateway-http",
+    "ws": "gateway-ws",
+    "mqtt": "gateway-mqtt",
+    "csv": "csv-importer",
+}
+CPU_COLUMNS = (
+    "gateway",
+    "classifier",
+    "writer-postgres",
+    "other services",
+    "bench (load generators)",
+    "nats-server (shared)",
+    "postgres (this database + background)",
+    "mosquitto (shared)",
+)
+
+
+def cpu_columns(phase: dict[str, Any]) -> dict[str, float]:
+    """A phase's CPU µs per point, grouped: the transport's receiver as ``gateway``, every
+    classifier replica as ``classifier``, the fleet's idle services as ``other services``; the
+    shared servers less what they used while the fleet was idle."""
+    receiver = RECEIVER[phase["transport"]]
+    out = dict.fromkeys(CPU_COLUMNS, 0.0)
+    for name, us in (phase["cpu_us_per_point"] | phase["cpu_us_per_point_less_idle"]).items():
+        if name == receiver:
+            out["gateway"] += us
+        elif name.startswith("classifier"):
+            out["classifier"] += us
+        elif name in out:
+            out[name] += us
+        else:
+            out["other services"] += us
+    return out
+
+
+def cpu_per_point(result: dict[str, Any]) -> list[str]:
+    """The CPU budget per acknowledged point of every phase, per process."""
+    cores = result["machine"]["cores"]
+    lines = [
+        "CPU µs per acknowledged point, from the phase's first send until its last point is a "
+        "row (/proc utime+stime deltas; PostgreSQL: this run's database's backends and the "
+        "server's background writers; nats-server and Mosquitto, shared with anything else on "
+        "the machine: less their CPU rate in the idle second before the phase, so noisy on a "
+        f"busy machine). *fleet* leaves out the load generators; {cores} cores ÷ *all* is the "
+        "most points/s this machine could do at that cost:",
+        "",
+        "| transport | phase | "
+        + " | ".join(c.removesuffix(" (this database + background)") for c in CPU_COLUMNS)
+        + " | fleet | all | cores ÷ all, pts/s |",
+        "|---|---|" + "---|" * (len(CPU_COLUMNS) + 3),
+    ]
+    for p in result["phases"]:
+        cols = cpu_columns(p)
+        total = sum(cols.values())
+        fleet = total - cols["bench (load generators)"]
+        lines.append(
+            f"| {p['transport']} | {p['phase']} | "
+            + " | ".join(f"{v:.1f}" for v in cols.values())
+            + f" | {fleet:.1f} | {total:.1f} | {_n(cores * 1e6 / total) if total > 0 else '–'} |"
+        )
+    return lines
 
 
 def chart(result: dict[str, Any], path: Path) -> None:

@@ -51,6 +51,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import uvloop
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -75,7 +76,7 @@ MAX_SAMPLES = 3600
 
 
 def server_pids() -> dict[str, list[int]]:
-    """pids of the shared local servers by name (PostgreSQL: every backend at this moment)."""
+    """pids of the shared local servers by name (PostgreSQL: every process at this moment)."""
     found: dict[str, list[int]] = {name: [] for name in SHARED_SERVERS}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
@@ -88,12 +89,46 @@ def server_pids() -> dict[str, list[int]]:
     return found
 
 
-def cpu_snapshot(fleet_pids: dict[str, int]) -> dict[str, float]:
-    snap = {name: cpu_seconds(pid) for name, pid in fleet_pids.items()}
-    snap["bench (load generators)"] = cpu_seconds(os.getpid())
-    for name, pids in server_pids().items():
-        snap[f"{name} (shared)"] = sum(cpu_seconds(p) for p in pids)
+PG_BACKGROUND = (
+    "checkpointer",
+    "background writer",
+    "walwriter",
+    "autovacuum launcher",
+    "logical replication launcher",
+)
+POSTGRES_PIDS = f"""
+    SELECT pid FROM pg_stat_activity
+    WHERE (datname = current_database() AND pid <> pg_backend_pid())
+       OR backend_type IN ({", ".join(f"'{b}'" for b in PG_BACKGROUND)})
+"""
+BENCH = "bench (load generators)"
+SHARED = ("nats-server (shared)", "mosquitto (shared)")
+BASELINE_SECONDS = 1.0
+POSTGRES = "postgres (this database + background)"
+
+CpuSnapshot = dict[str, dict[int, float]]  # process label → pid → CPU seconds so far
+
+
+def cpu_snapshot(fleet_pids: dict[str, int], postgres_pids: list[int]) -> CpuSnapshot:
+    """CPU seconds of every fleet service, of the bench process and of the servers: PostgreSQL
+    only with the processes that work for this run (its database's backends but the bench's
+    own, the server's background writers), the shared nats-server and Mosquitto whole."""
+    snap = {name: {pid: cpu_seconds(pid)} for name, pid in fleet_pids.items()}
+    snap[BENCH] = {os.getpid(): cpu_seconds(os.getpid())}
+    servers = server_pids()
+    snap[POSTGRES] = {p: cpu_seconds(p) for p in postgres_pids}
+    for label in SHARED:
+        snap[label] = {p: cpu_seconds(p) for p in servers[label.removesuffix(" (shared)")]}
     return snap
+
+
+def cpu_delta(before: CpuSnapshot, after: CpuSnapshot) -> dict[str, float]:
+    """CPU seconds each process label used between two snapshots (a process that appeared in
+    between counts whole; one that ended in between is lost, /proc keeps nothing of it)."""
+    return {
+        name: sum(cpu - before.get(name, {}).get(pid, 0.0) for pid, cpu in pids.items())
+        for name, pids in after.items()
+    }
 
 
 def metric(url: str, name: str) -> float:
@@ -218,6 +253,9 @@ class Bench:
 
     # --------------------------------------------------------------------------------- rows
 
+    async def postgres_pids(self) -> list[int]:
+        return [int(r["pid"]) for r in await self.db.fetch(POSTGRES_PIDS)]
+
     async def count_rows(self) -> int:
         return int(await self.db.fetchval("SELECT count(*) FROM data_points"))
 
@@ -275,7 +313,19 @@ class Bench:
         paused = (
             [pid for name, pid in pids.items() if name.startswith("classifier")] if drain else []
         )
-        cpu_before = cpu_snapshot(pids)
+        postgres_pids = await self.postgres_pids()
+        # What the shared servers use while this run's fleet is idle (other users of the
+        # machine's nats-server and Mosquitto), to subtract from the phase's figures.
+        idle_before = cpu_snapshot(pids, postgres_pids)
+        await asyncio.sleep(BASELINE_SECONDS)
+        idle = cpu_delta(idle_before, cpu_snapshot(pids, postgres_pids))
+        baseline = {name: idle[name] / BASELINE_SECONDS for name in SHARED}
+        cpu_before: CpuSnapshot = {}
+
+        def clock_started() -> None:  # the sessions' set-up is not the points' cost
+            cpu_before.update(cpu_snapshot(pids, postgres_pids))
+
+        record.on_start = clock_started
         for pid in paused:
             os.kill(pid, signal.SIGSTOP)
         try:
@@ -296,12 +346,14 @@ class Bench:
                 os.kill(pid, signal.SIGCONT)
         resumed_at = time.monotonic()
         send_seconds = record.send_done - record.started
-        cpu_after = cpu_snapshot(pids)
+        cpu_sent = cpu_delta(cpu_before, cpu_snapshot(pids, await self.postgres_pids()))
         seq_after = await self.raw_seq()
         backlog = await self.lag()
         timeout = max(a.drain_timeout, 240.0) if drain else a.drain_timeout
         rows, last_row_at = await self.wait_rows(rows_before + record.points, timeout)
         lag_zero_at = await self.wait_lag_zero(time.monotonic() + (30 if drain else 0))
+        cpu_stored = cpu_delta(cpu_before, cpu_snapshot(pids, await self.postgres_pids()))
+        stored_seconds = max(last_row_at, lag_zero_at) - record.started
         lag_after = await self.lag()
         self.phase_label = "drain"
         self.sent[f"{transport}-{phase}"] = record.points
@@ -342,8 +394,21 @@ class Bench:
                 "csv": "one job: upload → status completed (every PubAck in); one sample",
             }[transport],
             "cpu_percent": {
-                name: round(100 * (cpu_after[name] - cpu_before.get(name, 0.0)) / send_seconds, 1)
-                for name in cpu_after
+                name: round(100 * cpu / send_seconds, 1) for name, cpu in cpu_sent.items()
+            },
+            "cpu_us_per_point": {
+                name: round(1e6 * cpu / record.points, 1) if record.points else float("nan")
+                for name, cpu in cpu_stored.items()
+            },
+            "cpu_window_seconds": round(stored_seconds, 2),
+            "shared_idle_percent": {name: round(100 * cpu, 1) for name, cpu in baseline.items()},
+            "cpu_us_per_point_less_idle": {
+                name: round(
+                    1e6 * (cpu_stored[name] - baseline[name] * stored_seconds) / record.points, 1
+                )
+                if record.points
+                else float("nan")
+                for name in SHARED
             },
             "lag_max": max(
                 (max(s["lag"].values()) for s in in_phase), default=max(lag_after.values())
@@ -712,7 +777,9 @@ def main() -> None:
     bench = Bench(args)
     bench.not_available = not_available
     try:
-        result = asyncio.run(bench.run())
+        # uvloop: the load generators in this process cost the fleet's machine less CPU.
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            result = runner.run(bench.run())
     except asyncio.CancelledError:
         print("bench: interrupted; fleet stopped, namespace and database removed", file=sys.stderr)
         sys.exit(130)

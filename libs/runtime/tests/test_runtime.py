@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 from pydantic import Field
 
+from tributary_access.apikeys import ApiKeyStore, Role, hash_key, key_id_of
 from tributary_contracts import API_KEYS_BUCKET, Namespace
-from tributary_runtime.apikeys import ApiKeyStore, Role, hash_key, key_id_of
 from tributary_runtime.settings import ServiceSettings, load_settings, settings_table
 
 
@@ -63,7 +63,7 @@ async def test_cli_prints_the_new_key_as_its_last_line(
 ) -> None:
     result = await asyncio.to_thread(
         subprocess.run,
-        [sys.executable, "-m", "tributary_runtime.cli", "keys", "create", "--role", "admin"],
+        [sys.executable, "-m", "tributary_operator.cli", "keys", "create", "--role", "admin"],
         env={"NATS_URL": servers.nats_url, "BUS_PREFIX": bus_prefix, "PATH": ""},  # type: ignore[attr-defined]
         capture_output=True,
         text=True,
@@ -76,7 +76,7 @@ async def test_cli_prints_the_new_key_as_its_last_line(
 
 def test_cli_says_clearly_when_nats_is_unreachable() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "tributary_runtime.cli", "bootstrap"],
+        [sys.executable, "-m", "tributary_operator.cli", "bootstrap"],
         env={"NATS_URL": "nats://127.0.0.1:1", "PATH": ""},
         capture_output=True,
         text=True,

@@ -20,7 +20,7 @@ import structlog
 from prometheus_client.parser import text_string_to_metric_families
 
 from tributary_contracts import Namespace
-from tributary_runtime.status_cli import Status, collect_bus, flow_counters, metric_totals
+from tributary_operator.status_cli import Status, collect_bus, flow_counters, metric_totals
 
 log = structlog.get_logger("console.fleet")
 

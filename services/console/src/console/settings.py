@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pydantic import Field, field_validator
 
-from tributary_runtime.guard import GuardSettings
+from tributary_access.guard import GuardSettings
+from tributary_operator.status_cli import SERVICE_PORTS
 from tributary_runtime.settings import ServiceSettings
-from tributary_runtime.status_cli import SERVICE_PORTS
 
 
 def parse_service_urls(text: str) -> dict[str, str]:

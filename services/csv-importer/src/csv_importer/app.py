@@ -7,7 +7,7 @@ the job then publishes ``PointBatch``es (``transport=csv``) in ``PointBundle``s 
 ``GET /ingest/csv/jobs[/{job_id}]`` shows jobs, ``DELETE /ingest/csv/jobs/{job_id}`` cancels one.
 At start every unfinished job resumes.
 
-Access as on gateway-http (``tributary_runtime.access``): each request spends a token of the
+Access as on gateway-http (``tributary_access.access``): each request spends a token of the
 client IP's budget (429), shows its key (401), and its role/scope is checked (403): uploads and
 cancels need a key that may write to the job's domain and source (a file with a source_id column
 needs one that may write to any source), job listings any valid key. Refusals are audited.
@@ -41,6 +41,11 @@ from csv_importer.upload import (
     receive_upload,
     remove_spool_file,
 )
+from tributary_access.access import RequestGuard
+from tributary_access.apikeys import Action, Granted, Role, check_access
+from tributary_access.audit import AuditLog
+from tributary_access.guard import HeaderLimits
+from tributary_access.ratelimit import IngestLimiter
 from tributary_contracts import (
     CSV_JOBS_BUCKET,
     Transport,
@@ -49,12 +54,7 @@ from tributary_contracts.models import DOMAIN_PATTERN
 from tributary_ingest.batches import error_type
 from tributary_ingest.bus import GatewayBus, open_gateway_bus
 from tributary_ingest.points import DOMAIN_RE, check_identifier
-from tributary_runtime.access import RequestGuard
-from tributary_runtime.apikeys import Action, Granted, Role, check_access
-from tributary_runtime.audit import AuditLog
-from tributary_runtime.guard import HeaderLimits
 from tributary_runtime.ops import Reply, json_response, ops_routes
-from tributary_runtime.ratelimit import IngestLimiter
 
 SERVICE_NAME = "csv-importer"
 JOB_ID_CHARS = frozenset("0123456789abcdef")

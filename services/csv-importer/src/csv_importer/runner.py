@@ -45,9 +45,9 @@ from csv_importer.reading import (
     read_chunks,
 )
 from csv_importer.upload import remove_spool_file, spool_file_present
+from tributary_access.ratelimit import IngestLimiter
 from tributary_ingest.batches import PublishError, PublishOutcome
 from tributary_ingest.coalesce import Coalescer, settle
-from tributary_runtime.ratelimit import IngestLimiter
 from tributary_runtime.redelivery import backoff_delay
 
 log = structlog.get_logger("csv_importer")

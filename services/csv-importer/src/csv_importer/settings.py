@@ -6,8 +6,8 @@ from pathlib import Path
 
 from pydantic import Field
 
+from tributary_access.guard import GuardSettings
 from tributary_ingest.bus import GatewayBusSettings
-from tributary_runtime.guard import GuardSettings
 from tributary_runtime.settings import ServiceSettings
 
 

@@ -58,6 +58,12 @@ from gateway_http.metrics import (
 from gateway_http.normalize import EnvelopeError, normalize_request
 from gateway_http.provision import Provisioning
 from gateway_http.settings import GatewayHttpSettings
+from tributary_access.access import API_KEY_HEADER, RequestGuard, refusal_reply
+from tributary_access.apikeys import Action, ApiKeyStore, Granted
+from tributary_access.audit import AuditLog
+from tributary_access.guard import HeaderLimits, client_ip, raw_header
+from tributary_access.key_admin import Actor
+from tributary_access.ratelimit import IngestLimiter, split_backfill
 from tributary_contracts import (
     DP_RAW,
     LIVE_SETTINGS,
@@ -72,14 +78,8 @@ from tributary_ingest.coalesce import Coalescer
 from tributary_ingest.ledger import RawLedger
 from tributary_ingest.points import MalformedJson, parse_json
 from tributary_runtime import ops
-from tributary_runtime.access import API_KEY_HEADER, RequestGuard, refusal_reply
-from tributary_runtime.apikeys import Action, ApiKeyStore, Granted
-from tributary_runtime.audit import AuditLog
-from tributary_runtime.guard import HeaderLimits, client_ip, raw_header
-from tributary_runtime.key_admin import Actor
 from tributary_runtime.logs import ThrottledWarning
 from tributary_runtime.ops import Reply, ops_routes
-from tributary_runtime.ratelimit import IngestLimiter, split_backfill
 from tributary_runtime.stream_configs import ConfigProblem, StreamConfigBucket
 from tributary_runtime.switches import LiveSwitches, parse_bool, parse_list
 

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from tributary_access.apikeys import ApiKeyStore, IssuedKey, KeyProblem
+from tributary_access.audit import AuditLog
+from tributary_access.key_admin import Actor, create_key, parse_create, revoke_key, rotate_key
 from tributary_ingest.points import MalformedJson, parse_json
-from tributary_runtime.apikeys import ApiKeyStore, IssuedKey, KeyProblem
-from tributary_runtime.audit import AuditLog
-from tributary_runtime.key_admin import Actor, create_key, parse_create, revoke_key, rotate_key
 from tributary_runtime.ops import Reply
 
 

@@ -51,6 +51,10 @@ from gateway_http.sensor_status import (
     reading_body,
     status_body,
 )
+from tributary_access.access import refusal_reply
+from tributary_access.apikeys import Action
+from tributary_access.guard import client_ip
+from tributary_access.ratelimit import split_backfill
 from tributary_contracts import DEVICES_BUCKET, AuditAction, DataPoint, LegacyIds
 from tributary_ingest.batches import PublishError, error_type
 from tributary_ingest.coalesce import settle
@@ -62,8 +66,6 @@ from tributary_ingest.points import (
     parse_json,
     parse_timestamp,
 )
-from tributary_runtime.access import refusal_reply
-from tributary_runtime.apikeys import Action
 from tributary_runtime.devices import (
     MAX_SENSOR_ID,
     Device,
@@ -74,9 +76,7 @@ from tributary_runtime.devices import (
     key_matches,
     unregistered_source_id,
 )
-from tributary_runtime.guard import client_ip
 from tributary_runtime.ops import Reply, json_response
-from tributary_runtime.ratelimit import split_backfill
 
 DEVICE_KEY_HEADER = "X-Device-Key"
 MISSING_DEVICE_KEY = f"missing {DEVICE_KEY_HEADER} header"

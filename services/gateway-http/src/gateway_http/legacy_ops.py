@@ -35,8 +35,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from tributary_access.apikeys import Action
 from tributary_contracts import DP_DLQ
-from tributary_runtime.apikeys import Action
 from tributary_runtime.ops import Reply, json_response
 
 MQTT_COUNTERS = {

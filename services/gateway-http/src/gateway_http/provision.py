@@ -56,6 +56,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from tributary_access.guard import client_ip
 from tributary_contracts import DEVICES_BUCKET, PROVISION_NONCES_BUCKET, AuditAction
 from tributary_ingest.batches import error_type
 from tributary_ingest.points import MalformedJson, parse_json
@@ -68,7 +69,6 @@ from tributary_runtime.devices import (
     hash_device_key,
     make_device_key,
 )
-from tributary_runtime.guard import client_ip
 from tributary_runtime.ops import Reply, json_response
 
 log = structlog.get_logger("gateway_http.provision")

@@ -7,10 +7,10 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator
 
 from gateway_http.deprecation import DeprecationSettings
+from tributary_access.guard import GuardSettings
 from tributary_contracts import SinkRoutes
 from tributary_ingest.bus import BundleLingerSettings, GatewayBusSettings
 from tributary_ingest.ledger import RawLedgerSettings
-from tributary_runtime.guard import GuardSettings
 from tributary_runtime.settings import ServiceSettings
 from tributary_runtime.switches import parse_list
 

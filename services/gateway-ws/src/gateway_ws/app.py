@@ -42,16 +42,16 @@ from gateway_ws.registry import SessionRegistry
 from gateway_ws.resume import ResumeStore, ResumeTracker
 from gateway_ws.session import ChannelClosed, Session, SessionLimits
 from gateway_ws.settings import GatewayWsSettings
+from tributary_access.apikeys import Action, ApiKeyStore, Denied
+from tributary_access.audit import AuditLog
+from tributary_access.guard import HeaderLimits, client_ip
+from tributary_access.ratelimit import IngestLimiter, Refusal, split_backfill
 from tributary_contracts import DP_RAW, AuditAction, Transport
 from tributary_ingest.batches import error_type
 from tributary_ingest.bus import Connect as ConnectNats
 from tributary_ingest.bus import GatewayBus, open_gateway_bus
 from tributary_ingest.coalesce import Coalescer
-from tributary_runtime.apikeys import Action, ApiKeyStore, Denied
-from tributary_runtime.audit import AuditLog
-from tributary_runtime.guard import HeaderLimits, client_ip
 from tributary_runtime.ops import ops_routes
-from tributary_runtime.ratelimit import IngestLimiter, Refusal, split_backfill
 
 SERVICE_NAME = "gateway-ws"
 STREAM_PATH = "/ingest/stream"

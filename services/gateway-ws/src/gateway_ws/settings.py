@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pydantic import Field
 
+from tributary_access.guard import GuardSettings
 from tributary_ingest.bus import BundleLingerSettings, GatewayBusSettings
-from tributary_runtime.guard import GuardSettings
 from tributary_runtime.settings import ServiceSettings
 
 

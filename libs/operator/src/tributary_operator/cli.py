@@ -28,7 +28,7 @@ import nats.errors
 import yaml
 
 from tributary_contracts import CONSUMERS, STREAM_CONFIGS_BUCKET, ensure_jetstream
-from tributary_runtime import (
+from tributary_operator import (
     csv_cli,
     devices_cli,
     dlq_cli,

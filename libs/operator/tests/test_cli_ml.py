@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from tributary_runtime import cli
+from tributary_operator import cli
 
 
 def test_ml_run_says_clearly_when_ml_batch_is_not_installed(

@@ -11,12 +11,12 @@ from dataclasses import dataclass
 
 from starlette.requests import Request
 
+from tributary_access.apikeys import Action, ApiKeyStore, Denied, Granted, check_access
+from tributary_access.audit import AuditLog
+from tributary_access.guard import client_ip, raw_header
+from tributary_access.ratelimit import IngestLimiter, Refusal
 from tributary_contracts import AuditAction
-from tributary_runtime.apikeys import Action, ApiKeyStore, Denied, Granted, check_access
-from tributary_runtime.audit import AuditLog
-from tributary_runtime.guard import client_ip, raw_header
 from tributary_runtime.ops import Reply
-from tributary_runtime.ratelimit import IngestLimiter, Refusal
 
 API_KEY_HEADER = "X-API-Key"
 _API_KEY_NAME = API_KEY_HEADER.lower().encode()

@@ -28,8 +28,8 @@ from tributary_contracts import (
     dead_letter_headers,
     ensure_consumer,
 )
-from tributary_runtime import dlq_cli, status_cli, tail_cli
-from tributary_runtime.cli import build_parser
+from tributary_operator import dlq_cli, status_cli, tail_cli
+from tributary_operator.cli import build_parser
 from tributary_runtime.settings import ServiceSettings
 
 TS = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)

@@ -26,8 +26,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 from tributary_access.apikeys import ApiKeyStore, Role
 from tributary_contracts import API_KEYS_BUCKET, CONSUMERS, ensure_jetstream
+from tributary_contracts.ports import SERVICE_PORTS
 from tributary_operator.mqtt_credentials import MqttCredentials, broker_dir
-from tributary_operator.status_cli import SERVICE_PORTS
 from tributary_runtime.bus import connect_nats
 from tributary_runtime.settings import OperatorSettings
 
@@ -138,7 +138,7 @@ def parse_replicas(values: list[str]) -> dict[str, int]:
     return out
 
 
-# Every service of the fleet, in start order (ports: status_cli.SERVICE_PORTS, the one table);
+# Every service of the fleet, in start order (ports: tributary_contracts.ports, the one table);
 # those not implemented yet are skipped.
 SERVICES = (
     Service("writer-postgres", "writer_postgres", SERVICE_PORTS["writer-postgres"]),

@@ -22,7 +22,7 @@ import yaml
 
 # The fleet's services and their ports, as the code has them (`tributary status` probes these);
 # the tests below hold compose, the settings defaults and the images to them.
-from tributary_operator.status_cli import SERVICE_PORTS as PORTS
+from tributary_contracts.ports import SERVICE_PORTS as PORTS
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"

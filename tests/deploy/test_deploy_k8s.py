@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tributary_operator.status_cli import SERVICE_PORTS as PORTS  # the code's service ports
+from tributary_contracts.ports import SERVICE_PORTS as PORTS  # the code's service ports
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"

@@ -7,6 +7,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from pydantic import Field, SecretStr
 
+from tributary_contracts.ports import SERVICE_PORTS
 from tributary_runtime.writer import WriterSettings
 
 DEFAULT_DSN = "postgresql://postgres@127.0.0.1:5432/tributary"
@@ -16,7 +17,10 @@ class WriterPostgresSettings(WriterSettings):
     """Everything writer-postgres reads from the environment."""
 
     port: int = Field(
-        default=8020, ge=1, le=65535, description="HTTP port of /health, /ready and /metrics."
+        default=SERVICE_PORTS["writer-postgres"],
+        ge=1,
+        le=65535,
+        description="HTTP port of /health, /ready and /metrics.",
     )
     postgres_dsn: SecretStr = Field(
         default=SecretStr(DEFAULT_DSN),

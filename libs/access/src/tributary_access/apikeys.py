@@ -45,10 +45,12 @@ from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 from pydantic import BaseModel, Field, ValidationError
 
+from tributary_contracts.subjects import WILDCARD
 from tributary_runtime.kvwatch import kv_keys
 
 KEY_PREFIX = "trb_"
-ANY = "*"
+ANY = WILDCARD
+"""A scope entry that matches every source or domain."""
 KEY_ID_RE = re.compile(r"^[0-9a-f]{12}$")
 _KEY_RE = re.compile(r"^trb_([0-9a-f]{12})_([A-Za-z0-9_-]{20,128})$")
 MAX_KEY_CHARS = 160

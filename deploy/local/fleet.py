@@ -28,8 +28,8 @@ from tributary_access.apikeys import ApiKeyStore, Role
 from tributary_contracts import API_KEYS_BUCKET, CONSUMERS, ensure_jetstream
 from tributary_contracts.ports import SERVICE_PORTS
 from tributary_operator.mqtt_credentials import MqttCredentials, broker_dir
+from tributary_operator.settings import OperatorSettings
 from tributary_runtime.bus import connect_nats
-from tributary_runtime.settings import OperatorSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 STATE_DIR = ROOT / ".tributary"

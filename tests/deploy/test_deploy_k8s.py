@@ -136,6 +136,7 @@ def test_streams_are_bootstrapped_r3(rendered: list[dict[str, Any]]) -> None:
         "tributary",
         "bootstrap",
     ]
+    assert "tributary/operator:" in job["spec"]["template"]["spec"]["containers"][0]["image"]
     assert config["JETSTREAM_REPLICAS"] == "3"
 
 

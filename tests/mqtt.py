@@ -3,7 +3,7 @@
 The local broker runs the repository's config (``deploy/local/servers.sh``): every client
 authenticates, topics are granted per user, and a client's id is its user name. A test asks for
 ``producer(topic_prefix)`` (writes every topic under its prefix) or ``gateway(name,
-topic_prefix)`` (reads them); the users are made with ``tributary_runtime.mqtt_credentials`` in
+topic_prefix)`` (reads them); the users are made with ``tributary_operator.mqtt_credentials`` in
 the broker's state directory and dropped an hour later (after their sessions expired). On a
 broker that is not the repository's (an anonymous one) the same calls hand out no credentials,
 and clients connect as before.
@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tributary_runtime.mqtt_credentials import MqttCredentials, broker_dir
+from tributary_operator.mqtt_credentials import MqttCredentials, broker_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 HOST = "127.0.0.1"

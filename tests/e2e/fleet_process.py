@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests.mqtt import local_broker
-from tributary_runtime.status_cli import SERVICE_PORTS
+from tributary_contracts.ports import SERVICE_PORTS
 
 ROOT = Path(__file__).resolve().parents[2]
 REPLICA_PORT_STEP = 1000  # deploy/local/fleet.py: replica i of a service listens on port + i*1000

@@ -178,7 +178,7 @@ async def test_a_config_set_with_the_cli_classifies_the_next_points(fleet: Fleet
         [
             sys.executable,
             "-m",
-            "tributary_runtime.cli",
+            "tributary_operator.cli",
             "streams",
             "set",
             DOMAIN,

@@ -17,7 +17,7 @@ from tests.e2e.conftest import fleet_for_test
 from tests.e2e.fleet_process import ROOT, FleetProcess
 from tests.e2e.rows import rows_for
 from tributary_contracts import STREAM_CONFIGS_BUCKET, Namespace, StreamConfig, stream_config_key
-from tributary_runtime.status_cli import SERVICE_PORTS
+from tributary_contracts.ports import SERVICE_PORTS
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 

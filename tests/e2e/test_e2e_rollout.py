@@ -92,7 +92,7 @@ def cli(
         "POSTGRES_DSN": fleet.postgres_dsn,
     }
     return subprocess.run(
-        [sys.executable, "-m", "tributary_runtime.cli", *args],
+        [sys.executable, "-m", "tributary_operator.cli", *args],
         env=env,
         capture_output=True,
         text=True,

@@ -32,9 +32,9 @@ from gateway_ws.protocol import normalize_batch
 from gateway_ws.settings import GatewayWsSettings
 from tests.host import free_port
 from tests.streams import raw_batches
+from tributary_access.apikeys import ApiKeyStore, Role
 from tributary_contracts import API_KEYS_BUCKET, Namespace
 from tributary_ingest.points import id_text, normalize_point
-from tributary_runtime.apikeys import ApiKeyStore, Role
 from tributary_runtime.serve import Server, build_server
 
 Key = tuple[str, str, str, Any]  # (domain, source_id, stream_id, ts or a per-request marker)

@@ -12,7 +12,7 @@ import asyncpg
 import pytest
 
 from tests.security.conftest import SCOPED_DOMAIN, SCOPED_SOURCE, Fleet
-from tributary_runtime.apikeys import key_id_of
+from tributary_access.apikeys import key_id_of
 
 pytestmark = pytest.mark.integration
 

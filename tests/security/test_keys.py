@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 
 from tests.security.conftest import Fleet
-from tributary_runtime import keys_cli
-from tributary_runtime.apikeys import key_id_of
-from tributary_runtime.cli import build_parser
+from tributary_access.apikeys import key_id_of
+from tributary_operator import keys_cli
+from tributary_operator.cli import build_parser
 from tributary_runtime.settings import ServiceSettings
 
 pytestmark = pytest.mark.integration

@@ -13,10 +13,10 @@ import pytest
 
 from tests.security.conftest import SCOPED_DOMAIN, SCOPED_SOURCE, Fleet
 from tests.streams import stored_messages
+from tributary_access.key_admin import parse_legacy_key
 from tributary_contracts import AUDIT, AuditEvent
-from tributary_runtime import keys_cli
-from tributary_runtime.cli import build_parser
-from tributary_runtime.key_admin import parse_legacy_key
+from tributary_operator import keys_cli
+from tributary_operator.cli import build_parser
 from tributary_runtime.settings import ServiceSettings
 
 pytestmark = pytest.mark.integration

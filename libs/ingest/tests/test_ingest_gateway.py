@@ -13,11 +13,11 @@ from prometheus_client import CollectorRegistry, Counter
 from pydantic import Field
 
 from tests.streams import stored_messages
+from tributary_access.apikeys import Action, Role
+from tributary_access.guard import GuardSettings
 from tributary_contracts import DP_RAW, DataPoint, PointBundle, Transport, ensure_jetstream
 from tributary_ingest.bus import BundleLingerSettings, GatewayBusSettings
 from tributary_ingest.gateway import GatewayContext, GatewayMetrics, open_gateway
-from tributary_runtime.apikeys import Action, Role
-from tributary_runtime.guard import GuardSettings
 from tributary_runtime.ops import Reply
 from tributary_runtime.settings import ServiceSettings
 

@@ -1,15 +1,10 @@
 from __future__ import annotations
 
-import asyncio
-import subprocess
-import sys
 from typing import Any
 
 import pytest
 from pydantic import Field
 
-from tributary_contracts import API_KEYS_BUCKET, Namespace
-from tributary_runtime.apikeys import ApiKeyStore, Role, hash_key, key_id_of
 from tributary_runtime.settings import ServiceSettings, load_settings, settings_table
 
 
@@ -40,50 +35,6 @@ def test_settings_table_lists_every_variable_with_default_and_meaning() -> None:
     table = settings_table(Demo)
     assert "| `BATCH` | `5` | Points per batch. |" in table
     assert "| `NATS_URL` | `'nats://127.0.0.1:4222'` |" in table
-
-
-@pytest.mark.integration
-async def test_api_keys_are_stored_hashed_and_looked_up(jetstream: object, bus_prefix: str) -> None:
-    kv = await jetstream.key_value(Namespace(bus_prefix).bucket(API_KEYS_BUCKET))  # type: ignore[attr-defined]
-    store = ApiKeyStore(kv, cache_seconds=0)
-    key = await store.create(Role.ADMIN, name="ops")
-    key_id = key_id_of(key)
-    assert key_id is not None and key.startswith(f"trb_{key_id}_")
-    stored = (await kv.get(key_id)).value
-    assert key.encode() not in stored and key.split("_", 2)[2].encode() not in stored
-    assert hash_key(key).encode() in stored
-    record = await store.lookup(key)
-    assert record is not None and record.role == Role.ADMIN and record.name == "ops"
-    assert await store.lookup(key + "x") is None
-
-
-@pytest.mark.integration
-async def test_cli_prints_the_new_key_as_its_last_line(
-    servers: object, bus_prefix: str, jetstream: object  # jetstream: the namespace is removed after
-) -> None:
-    result = await asyncio.to_thread(
-        subprocess.run,
-        [sys.executable, "-m", "tributary_runtime.cli", "keys", "create", "--role", "admin"],
-        env={"NATS_URL": servers.nats_url, "BUS_PREFIX": bus_prefix, "PATH": ""},  # type: ignore[attr-defined]
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=True,
-    )
-    key = result.stdout.strip().splitlines()[-1]
-    assert key.startswith("trb_") and len(key) > 40
-
-
-def test_cli_says_clearly_when_nats_is_unreachable() -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "tributary_runtime.cli", "bootstrap"],
-        env={"NATS_URL": "nats://127.0.0.1:1", "PATH": ""},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert result.returncode == 1
-    assert "cannot reach NATS at nats://127.0.0.1:1" in result.stderr
 
 
 def test_secrets_can_come_from_files_and_nats_tls_from_settings(

@@ -18,8 +18,8 @@ import pytest
 from classifier.classify import ClassifierState, classify_message
 from classifier.config_store import StreamConfigStore
 from tributary_contracts import DataPoint, LegacyIds, PointBatch, PointClass, stream_config_key
+from tributary_operator.thresholds import merge_rows, read_csv, stream_config_of
 from tributary_runtime.stream_configs import encode
-from tributary_runtime.thresholds import merge_rows, read_csv, stream_config_of
 
 T0 = datetime(2026, 2, 25, 21, 0, tzinfo=UTC)
 ML, WARN, ALERT = "ML_PREDICTION", "WARNING", "ALERT"

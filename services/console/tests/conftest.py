@@ -17,8 +17,8 @@ from nats.js import JetStreamContext
 from console.app import create_app
 from console.settings import ConsoleSettings
 from tests.asgi import running
+from tributary_access.apikeys import ApiKeyStore, Role
 from tributary_contracts import API_KEYS_BUCKET
-from tributary_runtime.apikeys import ApiKeyStore, Role
 from writer_postgres.migrate import migrate
 
 

@@ -14,8 +14,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from console.app import create_app
+from tributary_access.apikeys import Role
 from tributary_contracts import CSV_JOBS_BUCKET, DEVICES_BUCKET, DP_DLQ, STREAM_CONFIGS_BUCKET
-from tributary_runtime.apikeys import Role
 from tributary_runtime.devices import DeviceRecord, DeviceRegistry, SensorRecord
 from tributary_runtime.stream_configs import StreamConfigBucket, StreamScope, parse_config
 

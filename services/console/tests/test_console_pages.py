@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from console.context import KEY_COOKIE
+from tributary_access.apikeys import Role
 from tributary_contracts import STREAM_CONFIGS_BUCKET
-from tributary_runtime.apikeys import Role
 from tributary_runtime.stream_configs import StreamConfigBucket, StreamScope
 
 pytestmark = pytest.mark.integration

@@ -10,7 +10,7 @@ from console.chart import CLASS_COLOURS, render_chart
 from console.queries import BadQuery, TimeRange, bucket_seconds, decode_cursor, encode_cursor
 from console.scope import ReadScope
 from console.settings import parse_service_urls
-from tributary_runtime.apikeys import ApiKeyRecord, Role
+from tributary_access.apikeys import ApiKeyRecord, Role
 
 T0 = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 

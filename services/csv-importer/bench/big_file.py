@@ -30,8 +30,8 @@ from pathlib import Path
 import httpx
 import nats
 
+from tributary_access.apikeys import ApiKeyStore, Role
 from tributary_contracts import API_KEYS_BUCKET, Namespace, ensure_jetstream
-from tributary_runtime.apikeys import ApiKeyStore, Role
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[3]))  # the repo root, for tests.*
 from tests.host import free_port, vm_mib
@@ -125,7 +125,7 @@ def main() -> None:
             time.sleep(0.25)
         t0 = time.monotonic()
         cli = subprocess.Popen(
-            [sys.executable, "-m", "tributary_runtime.cli", "csv", "upload", str(csv),
+            [sys.executable, "-m", "tributary_operator.cli", "csv", "upload", str(csv),
              "--source", "big-file", "--domain", "infrastructure", "--wait",
              "--value-columns", "temperature,humidity,pressure", "--url", url,
              "--poll-interval", "2", "--timeout", str(MAX_SECONDS)],

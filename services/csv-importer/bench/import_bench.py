@@ -21,8 +21,8 @@ from pathlib import Path
 import httpx
 import nats
 
+from tributary_access.apikeys import ApiKeyStore, Role
 from tributary_contracts import API_KEYS_BUCKET, Namespace, ensure_jetstream
-from tributary_runtime.apikeys import ApiKeyStore, Role
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[3]))  # the repo root, for tests.*
 from tests.host import free_port, vm_mib

@@ -19,8 +19,8 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 
 from tests.asgi import running
+from tributary_access.apikeys import ApiKeyStore, Role
 from tributary_contracts import API_KEYS_BUCKET, Namespace
-from tributary_runtime.apikeys import ApiKeyStore, Role
 
 FINISHED = ("completed", "failed", "cancelled")
 

@@ -10,6 +10,7 @@ import orjson
 import pytest
 from csv_importer.jobs import JobStore
 
+from tributary_access.apikeys import Role
 from tributary_contracts import (
     DEFAULT_PARTITIONS,
     DP_RAW,
@@ -21,7 +22,6 @@ from tributary_contracts import (
     bundle_msg_id,
     partition_of,
 )
-from tributary_runtime.apikeys import Role
 
 pytestmark = pytest.mark.integration
 

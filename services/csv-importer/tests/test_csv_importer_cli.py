@@ -23,10 +23,10 @@ import pytest
 
 from tests.host import free_port
 from tests.streams import drop_namespace_at
+from tributary_access.apikeys import ApiKeyStore, Role
 from tributary_contracts import API_KEYS_BUCKET, DP_RAW, Namespace, PointBundle, ensure_jetstream
-from tributary_runtime.apikeys import ApiKeyStore, Role
-from tributary_runtime.cli import main
-from tributary_runtime.csv_cli import progress_text
+from tributary_operator.cli import main
+from tributary_operator.csv_cli import progress_text
 
 pytestmark = pytest.mark.integration
 
@@ -109,7 +109,7 @@ def importer(servers: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator
 def tributary(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """Run the ``tributary`` CLI as a process, as a user does (stdout and stderr captured)."""
     return subprocess.run(
-        [sys.executable, "-m", "tributary_runtime.cli", *args],
+        [sys.executable, "-m", "tributary_operator.cli", *args],
         capture_output=True,
         text=True,
         timeout=120,
@@ -354,7 +354,7 @@ def test_the_upload_streams_the_file_instead_of_loading_it(
     # by the process itself as it exits.
     code = (
         "import sys\n"
-        "from tributary_runtime.cli import main\n"
+        "from tributary_operator.cli import main\n"
         "try:\n    main(sys.argv[1:])\n"
         "finally:\n"
         "    hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM:')][0]\n"

@@ -18,8 +18,8 @@ import pytest
 from nats.js import JetStreamContext
 
 from tests.host import free_port
+from tributary_access.apikeys import ApiKeyStore, Role
 from tributary_contracts import API_KEYS_BUCKET, CSV_JOBS_BUCKET, DP_RAW, Namespace, PointBundle
-from tributary_runtime.apikeys import ApiKeyStore, Role
 
 pytestmark = pytest.mark.integration
 

@@ -20,8 +20,8 @@ import httpx
 import nats
 from openloop import drive, drop_namespace, post_request, start_gateway, wait_ready
 
+from tributary_access.apikeys import ApiKeyStore, Role
 from tributary_contracts import API_KEYS_BUCKET, DP_RAW, Namespace, ensure_jetstream
-from tributary_runtime.apikeys import ApiKeyStore, Role
 
 
 def http_request(key: str, body: object) -> bytes:

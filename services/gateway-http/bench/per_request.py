@@ -35,8 +35,8 @@ from limits import EMPTY_APP  # noqa: E402
 from loads import http_post, post_head  # noqa: E402
 
 from tests.host import cpu_seconds, free_port  # noqa: E402
+from tributary_access.apikeys import ApiKeyStore, Role  # noqa: E402
 from tributary_contracts import API_KEYS_BUCKET, Namespace, ensure_jetstream  # noqa: E402
-from tributary_runtime.apikeys import ApiKeyStore, Role  # noqa: E402
 
 BASE_TS = 1_700_000_000
 

@@ -16,8 +16,8 @@ from nats.js import JetStreamContext
 from gateway_http.app import create_app
 from gateway_http.settings import GatewayHttpSettings
 from tests.asgi import running
+from tributary_access.apikeys import ApiKeyStore, Role
 from tributary_contracts import API_KEYS_BUCKET, Namespace
-from tributary_runtime.apikeys import ApiKeyStore, Role
 
 
 @dataclass

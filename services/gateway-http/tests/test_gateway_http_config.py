@@ -10,8 +10,8 @@ import httpx
 import orjson
 import pytest
 
+from tributary_access.apikeys import Role, key_id_of
 from tributary_contracts import STREAM_CONFIGS_BUCKET, StreamConfig, stream_config_key
-from tributary_runtime.apikeys import Role, key_id_of
 
 pytestmark = pytest.mark.integration
 

@@ -13,6 +13,7 @@ import pytest
 
 from gateway_http.app import create_app
 from gateway_http.settings import GatewayHttpSettings
+from tributary_access.apikeys import ApiKeyStore, Role
 from tributary_contracts import (
     API_KEYS_BUCKET,
     DEFAULT_PARTITIONS,
@@ -24,7 +25,6 @@ from tributary_contracts import (
     ensure_jetstream,
     partition_of,
 )
-from tributary_runtime.apikeys import ApiKeyStore, Role
 
 pytestmark = pytest.mark.integration
 

@@ -30,8 +30,8 @@ from typing import Any
 import nats
 import websockets
 
+from tributary_access.apikeys import ApiKeyStore, Role
 from tributary_contracts import API_KEYS_BUCKET, Namespace, ensure_jetstream
-from tributary_runtime.apikeys import ApiKeyStore, Role
 
 ROOT = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(ROOT))  # for tests.*

@@ -22,8 +22,8 @@ from gateway_ws.registry import SessionRegistry
 from gateway_ws.settings import GatewayWsSettings
 from tests.host import free_port
 from tests.streams import RawBatch, raw_batches
+from tributary_access.apikeys import ApiKeyStore, Role
 from tributary_contracts import API_KEYS_BUCKET, Namespace, PointBatch
-from tributary_runtime.apikeys import ApiKeyStore, Role
 from tributary_runtime.serve import Server, build_server
 
 

@@ -12,6 +12,7 @@ import orjson
 import pytest
 import websockets
 
+from tributary_access.apikeys import Role
 from tributary_contracts import (
     DEFAULT_PARTITIONS,
     DP_REJECTED,
@@ -20,7 +21,6 @@ from tributary_contracts import (
     bundle_msg_id,
     partition_of,
 )
-from tributary_runtime.apikeys import Role
 
 pytestmark = pytest.mark.integration
 

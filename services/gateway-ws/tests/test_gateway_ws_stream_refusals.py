@@ -11,10 +11,10 @@ import pytest
 from gateway_ws.protocol import ErrorCode, error_reply
 from gateway_ws.settings import GatewayWsSettings
 from gateway_ws.stream import protocol_error
+from tributary_access.access import Access
+from tributary_access.ratelimit import IngestLimiter
 from tributary_ingest.gateway import unavailable_reply
-from tributary_runtime.access import Access
 from tributary_runtime.ops import Reply
-from tributary_runtime.ratelimit import IngestLimiter
 
 NOW = datetime(2026, 2, 25, 21, 0, tzinfo=UTC)
 

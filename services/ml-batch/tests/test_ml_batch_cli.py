@@ -1,4 +1,4 @@
-"""``tributary ml run --once`` as a process: a summary line, or one clear error line."""
+"""``tributary-ml-batch --once`` as a process: a summary line, or one clear error line."""
 
 from __future__ import annotations
 
@@ -11,14 +11,14 @@ from typing import Any
 import pytest
 
 pytestmark = pytest.mark.integration
-TRIBUTARY = Path(sys.executable).with_name("tributary")
+ML_BATCH = Path(sys.executable).with_name("tributary-ml-batch")
 
 
 def _run(dsn: str, servers: Any, prefix: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "POSTGRES_DSN": dsn, "NATS_URL": servers.nats_url, "BUS_PREFIX": prefix,
            "LOG_FORMAT": "json"}
     return subprocess.run(
-        [str(TRIBUTARY), "ml", "run", "--once"], env=env, capture_output=True, text=True,
+        [str(ML_BATCH), "--once"], env=env, capture_output=True, text=True,
         timeout=60, check=False,
     )
 

@@ -26,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from tributary_runtime.mqtt_credentials import REPO_CONFIG, prepare_broker_dir
+from tributary_operator.mqtt_credentials import REPO_CONFIG, prepare_broker_dir
 
 NATS_SERVER = "/usr/sbin/nats-server"
 PG_BIN = Path("/usr/lib/postgresql/15/bin")

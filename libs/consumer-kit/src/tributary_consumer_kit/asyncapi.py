@@ -52,6 +52,7 @@ from tributary_contracts import (
     StreamConfig,
     Transport,
 )
+from tributary_contracts.models import DOMAIN_PATTERN
 
 TITLE = "Tributary bus"
 DESCRIPTION = (
@@ -65,7 +66,7 @@ DESCRIPTION = (
 
 PARAMETERS: dict[str, dict[str, Any]] = {
     "domain": {
-        "description": "Domain of the sources: lower case, ^[a-z][a-z0-9_-]{0,31}$ "
+        "description": f"Domain of the sources: lower case, {DOMAIN_PATTERN} "
         "(iot, infrastructure, finance, health, …).",
         "examples": ["infrastructure", "iot"],
     },

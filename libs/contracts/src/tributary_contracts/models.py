@@ -25,6 +25,9 @@ MAX_METADATA_BYTES = 8 * 1024
 
 DOMAIN_PATTERN = r"^[a-z][a-z0-9_-]{0,31}$"
 
+MAX_ID_CHARS = 256
+"""Longest source or stream id (characters)."""
+
 
 def _small_metadata(value: dict[str, Any]) -> dict[str, Any]:
     # Compact JSON size is what the wire and the jsonb column carry.
@@ -41,7 +44,7 @@ PRINTABLE_PATTERN = r"^(?:[^\p{C}\p{Z}]| )+$"  # what str.isprintable() accepts
 
 Identifier = Annotated[
     str,
-    StringConstraints(min_length=1, max_length=256, pattern=PRINTABLE_PATTERN),
+    StringConstraints(min_length=1, max_length=MAX_ID_CHARS, pattern=PRINTABLE_PATTERN),
 ]
 """A source or stream id: 1–256 printable characters, any of them (escaped in subjects)."""
 

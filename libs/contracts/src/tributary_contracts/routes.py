@@ -9,8 +9,11 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from tributary_contracts.models import DOMAIN_PATTERN
+from tributary_contracts.subjects import WILDCARD
+
 SINKS = ("postgres", "sqlserver")
-_DOMAIN = re.compile(r"^(\*|[a-z][a-z0-9_-]{0,31})$")
+_DOMAIN = re.compile(DOMAIN_PATTERN)
 
 
 @dataclass(frozen=True)
@@ -25,7 +28,7 @@ class SinkRoutes:
         routes: dict[str, str] = {}
         for entry in filter(None, (e.strip() for e in text.split(","))):
             domain, sep, sink = (part.strip() for part in entry.partition("="))
-            if not sep or not _DOMAIN.match(domain):
+            if not sep or not (domain == WILDCARD or _DOMAIN.match(domain)):
                 raise ValueError(
                     f"SINK_ROUTES entry {entry!r} must look like 'domain=sink' or '*=sink'"
                 )
@@ -43,7 +46,7 @@ class SinkRoutes:
     def sink_for(self, domain: str) -> str | None:
         """The sink that owns ``domain``, or None when no route matches."""
         table = dict(self.routes)
-        return table.get(domain, table.get("*"))
+        return table.get(domain, table.get(WILDCARD))
 
     def owns(self, sink: str, domain: str) -> bool:
         return self.sink_for(domain) == sink

@@ -13,6 +13,7 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 from pydantic import BaseModel, Field
 
+from tributary_access.apikeys import ApiKeyStore
 from tributary_contracts import (
     API_KEYS_BUCKET,
     DEFAULT_PARTITIONS,
@@ -22,7 +23,6 @@ from tributary_contracts import (
     ensure_jetstream,
 )
 from tributary_ingest.coalesce import Coalescer
-from tributary_runtime.apikeys import ApiKeyStore
 from tributary_runtime.bus import connect_nats
 from tributary_runtime.settings import ServiceSettings
 

@@ -47,18 +47,18 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 from prometheus_client import Counter, Histogram
 
+from tributary_access.access import Access, Target
+from tributary_access.apikeys import Action, Granted
+from tributary_access.audit import AuditLog
+from tributary_access.ratelimit import IngestLimiter, RateLimitSettings
 from tributary_contracts import DataPoint, Transport
 from tributary_ingest.batches import PublishOutcome
 from tributary_ingest.bus import Connect, GatewayBus, GatewaySettings, open_gateway_bus
 from tributary_ingest.coalesce import Coalescer, settle
 from tributary_ingest.points import Rejection
-from tributary_runtime.access import Access, Target
-from tributary_runtime.apikeys import Action, Granted
-from tributary_runtime.audit import AuditLog
 from tributary_runtime.logs import ThrottledWarning
 from tributary_runtime.ops import Reply
 from tributary_runtime.publish import PublishError, error_type
-from tributary_runtime.ratelimit import IngestLimiter, RateLimitSettings
 
 BUS_UNAVAILABLE = (
     "the message bus did not acknowledge the data; nothing was accepted, retry later"

@@ -23,10 +23,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from tributary_access.access import API_KEY_HEADER, API_KEY_NAME, target_of
+from tributary_access.apikeys import Action, Granted, check_access
+from tributary_access.guard import client_ip, raw_header
 from tributary_ingest.gateway import GatewayContext
-from tributary_runtime.access import API_KEY_HEADER, API_KEY_NAME, target_of
-from tributary_runtime.apikeys import Action, Granted, check_access
-from tributary_runtime.guard import client_ip, raw_header
 from tributary_runtime.ops import Reply, json_response
 
 log = structlog.get_logger("tributary_ingest.http")

@@ -40,9 +40,8 @@ from typing import Any
 import orjson
 
 from tributary_contracts import DataPoint
-from tributary_contracts.models import DOMAIN_PATTERN, MAX_METADATA_BYTES
+from tributary_contracts.models import DOMAIN_PATTERN, MAX_ID_CHARS, MAX_METADATA_BYTES
 
-MAX_ID_CHARS = 256
 MAX_METADATA_DEPTH = 16
 """Deepest nesting of objects/arrays inside a point's metadata (the object itself is level 1)."""
 IOT_DOMAIN = "iot"

@@ -122,20 +122,6 @@ class ServiceSettings(BaseSettings):
         return Namespace(self.bus_prefix)
 
 
-class OperatorSettings(ServiceSettings):
-    """Settings of the operator tools (``tributary`` CLI, the local fleet runner)."""
-
-    jetstream_replicas: int | None = Field(
-        default=None,
-        ge=1,
-        le=5,
-        description=(
-            "Replicas of every stream and bucket `tributary bootstrap` creates or updates "
-            "(3 on a production cluster); unset keeps existing streams as they are, new ones R1."
-        ),
-    )
-
-
 S = TypeVar("S", bound=BaseSettings)
 
 

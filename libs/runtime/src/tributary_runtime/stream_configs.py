@@ -28,11 +28,10 @@ from tributary_contracts import (
     parse_stream_config_key,
     stream_config_key,
 )
-from tributary_contracts.models import DOMAIN_PATTERN
+from tributary_contracts.models import DOMAIN_PATTERN, MAX_ID_CHARS
 from tributary_contracts.subjects import WILDCARD
 
 _DOMAIN = re.compile(DOMAIN_PATTERN)
-MAX_ID_CHARS = 256
 LIST_TIMEOUT_SECONDS = 10.0
 
 

@@ -25,11 +25,11 @@ from tributary_contracts import (
     config_lookup_scopes,
     parse_stream_config_key,
 )
+from tributary_contracts.subjects import WILDCARD
 from tributary_runtime.kvwatch import KvFollower
 
 log = structlog.get_logger(__name__)
 
-WILDCARD_SOURCE = "*"
 _DELETE_OPERATIONS = ("DEL", "PURGE")
 DEFAULTS_VERSION = 0
 """``config_version`` of a shipped default (KV revisions start at 1, so 0 is never a revision)."""
@@ -86,7 +86,7 @@ class StreamConfigStore(KvFollower):
         self, domain: str, source_id: str, stream_id: str, stream_type: str | None
     ) -> StreamConfig | None:
         configs = self._configs
-        type_default = (WILDCARD_SOURCE, WILDCARD_SOURCE, stream_type) if stream_type else None
+        type_default = (WILDCARD, WILDCARD, stream_type) if stream_type else None
         for scope in config_lookup_scopes(domain, source_id, stream_id, stream_type):
             config = configs.get(scope)
             if config is not None:

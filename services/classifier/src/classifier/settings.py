@@ -7,6 +7,7 @@ from typing import Self
 from pydantic import Field, model_validator
 
 from tributary_contracts import DEFAULT_PARTITIONS
+from tributary_contracts.ports import SERVICE_PORTS
 from tributary_runtime.settings import ServiceSettings
 
 
@@ -14,7 +15,10 @@ class ClassifierSettings(ServiceSettings):
     """Everything the classifier reads from the environment."""
 
     port: int = Field(
-        default=8010, ge=1, le=65535, description="HTTP port of /health, /ready, /metrics."
+        default=SERVICE_PORTS["classifier"],
+        ge=1,
+        le=65535,
+        description="HTTP port of /health, /ready, /metrics.",
     )
     fetch_batch_size: int = Field(
         default=8,

@@ -35,6 +35,10 @@ from console.metrics import ERRORS, REQUESTS
 from console.openapi import document
 from console.queries import BadQuery, ReadUnavailable
 from console.settings import ConsoleSettings
+from tributary_access.access import RequestGuard
+from tributary_access.apikeys import Action, ApiKeyStore, Role
+from tributary_access.audit import AuditLog
+from tributary_access.guard import HeaderLimits, client_ip
 from tributary_consumer_kit.page import asyncapi_routes
 from tributary_contracts import (
     API_KEYS_BUCKET,
@@ -44,12 +48,8 @@ from tributary_contracts import (
     AuditAction,
     ensure_jetstream,
 )
-from tributary_runtime.access import RequestGuard
-from tributary_runtime.apikeys import Action, ApiKeyStore, Role
-from tributary_runtime.audit import AuditLog
 from tributary_runtime.bus import connect_nats
 from tributary_runtime.devices import DeviceRegistry
-from tributary_runtime.guard import HeaderLimits, client_ip
 from tributary_runtime.ops import Reply, ops_routes
 from tributary_runtime.stream_configs import (
     ConfigProblem,

@@ -14,14 +14,14 @@ from console.fleet_status import FleetSampler
 from console.queries import Reader
 from console.scope import ReadScope
 from console.settings import ConsoleSettings
+from tributary_access.access import API_KEY_HEADER, RequestGuard
+from tributary_access.apikeys import Action, ApiKeyStore, Denied, Granted
+from tributary_access.audit import AuditLog
+from tributary_access.guard import client_ip
+from tributary_access.ratelimit import IngestLimiter
 from tributary_contracts import AuditAction
-from tributary_runtime.access import API_KEY_HEADER, RequestGuard
-from tributary_runtime.apikeys import Action, ApiKeyStore, Denied, Granted
-from tributary_runtime.audit import AuditLog
 from tributary_runtime.devices import DeviceRegistry
-from tributary_runtime.guard import client_ip
 from tributary_runtime.ops import Reply
-from tributary_runtime.ratelimit import IngestLimiter
 from tributary_runtime.stream_configs import StreamConfigBucket
 
 KEY_COOKIE = "tributary_console_key"

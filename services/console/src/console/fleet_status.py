@@ -1,10 +1,11 @@
 """Fleet status for the console: services (up, ready, rates, circuit breakers) from their
 ``/health``, ``/ready`` and ``/metrics``, scraped in the background; consumer lag, stream sizes
-and DLQ depth from JetStream on each request (``tributary status``'s own collection code).
+and DLQ depth from JetStream on each request (``tributary_runtime.fleet_status``, which
+``tributary status`` uses too).
 
 Rates are the difference of the services' counters between the two latest scrapes (the naming
-convention every service follows, ``status_cli.flow_counters``); a breaker is open when a
-service's ``*_circuit_open`` gauge is 1.
+convention every service follows, ``flow_counters``); a breaker is open when a service's
+``*_circuit_open`` gauge is 1.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import structlog
 from prometheus_client.parser import text_string_to_metric_families
 
 from tributary_contracts import Namespace
-from tributary_runtime.status_cli import Status, collect_bus, flow_counters, metric_totals
+from tributary_runtime.fleet_status import Status, collect_bus, flow_counters, metric_totals
 
 log = structlog.get_logger("console.fleet")
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tributary_runtime.apikeys import ANY, ApiKeyRecord, Role
+from tributary_access.apikeys import ANY, ApiKeyRecord, Role
 
 
 @dataclass(frozen=True)

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from pydantic import Field, field_validator
 
-from tributary_runtime.guard import GuardSettings
+from tributary_access.guard import GuardSettings
+from tributary_contracts.ports import SERVICE_PORTS, local_url
 from tributary_runtime.settings import ServiceSettings
-from tributary_runtime.status_cli import SERVICE_PORTS
 
 
 def parse_service_urls(text: str) -> dict[str, str]:
     """``"name=http://host:port,…"`` → name → URL; empty → every service at its local port."""
     if not text.strip():
-        return {n: f"http://127.0.0.1:{p}" for n, p in SERVICE_PORTS.items() if n != "console"}
+        return {n: local_url(n) for n in SERVICE_PORTS if n != "console"}
     urls = {}
     for item in text.split(","):
         name, sep, url = item.strip().partition("=")
@@ -26,7 +26,10 @@ class ConsoleSettings(GuardSettings, ServiceSettings):
     """What the console reads from the environment."""
 
     port: int = Field(
-        default=8040, ge=1, le=65535, description="HTTP port (console, API, health, metrics)."
+        default=SERVICE_PORTS["console"],
+        ge=1,
+        le=65535,
+        description="HTTP port (console, API, health, metrics).",
     )
     postgres_read_dsn: str = Field(
         default="postgresql://tributary_reader@127.0.0.1:5432/tributary",

@@ -31,10 +31,10 @@ from csv_importer.metrics import ERRORS
 from csv_importer.runner import JobRunner
 from csv_importer.settings import CsvImporterSettings
 from csv_importer.upload import prepare_spool_dir
+from tributary_access.guard import HeaderLimits
 from tributary_contracts import CSV_JOBS_BUCKET, Transport
 from tributary_ingest.gateway import GatewayMetrics, not_started, open_gateway
 from tributary_ingest.http import Count, Handler, Slot, endpoint
-from tributary_runtime.guard import HeaderLimits
 from tributary_runtime.ops import json_response, ops_routes
 
 SERVICE_NAME = "csv-importer"

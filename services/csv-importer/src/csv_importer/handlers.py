@@ -24,12 +24,12 @@ from csv_importer.reading import OptionsProblem, detect_options
 from csv_importer.runner import JobRunner
 from csv_importer.settings import CsvImporterSettings
 from csv_importer.upload import UploadProblem, receive_upload, remove_spool_file
+from tributary_access.access import target_of
+from tributary_access.apikeys import Action, Role, check_access
+from tributary_access.guard import client_ip
 from tributary_ingest.gateway import GatewayContext
 from tributary_ingest.http import Answer, authenticate, check
 from tributary_ingest.points import check_domain, check_identifier, missing
-from tributary_runtime.access import target_of
-from tributary_runtime.apikeys import Action, Role, check_access
-from tributary_runtime.guard import client_ip
 from tributary_runtime.ops import Reply
 
 JOB_ID_CHARS = frozenset("0123456789abcdef")

@@ -46,11 +46,11 @@ from csv_importer.reading import (
     read_chunks,
 )
 from csv_importer.upload import remove_spool_file, spool_file_present
+from tributary_access.ratelimit import IngestLimiter
 from tributary_ingest.batches import PublishOutcome
 from tributary_ingest.coalesce import Coalescer, settle
 from tributary_runtime.delivery import backoff_delay
 from tributary_runtime.publish import PublishError
-from tributary_runtime.ratelimit import IngestLimiter
 
 log = structlog.get_logger("csv_importer")
 

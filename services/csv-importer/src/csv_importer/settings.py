@@ -6,8 +6,9 @@ from pathlib import Path
 
 from pydantic import Field
 
+from tributary_access.guard import GuardSettings
+from tributary_contracts.ports import SERVICE_PORTS
 from tributary_ingest.bus import GatewayBusSettings
-from tributary_runtime.guard import GuardSettings
 from tributary_runtime.settings import ServiceSettings
 
 
@@ -15,7 +16,10 @@ class CsvImporterSettings(GatewayBusSettings, GuardSettings, ServiceSettings):
     """What the CSV importer reads from the environment."""
 
     port: int = Field(
-        default=8003, ge=1, le=65535, description="HTTP port (API, health, ready, metrics)."
+        default=SERVICE_PORTS["csv-importer"],
+        ge=1,
+        le=65535,
+        description="HTTP port (API, health, ready, metrics).",
     )
     spool_dir: Path = Field(
         default=Path("/var/tmp/tributary-csv-spool"),

@@ -32,10 +32,10 @@ from gateway_http.context import METRICS, HttpContext, open_context
 from gateway_http.deprecation import LegacyDeprecation
 from gateway_http.metrics import ERRORS
 from gateway_http.settings import GatewayHttpSettings
+from tributary_access.guard import HeaderLimits
 from tributary_ingest import gateway
 from tributary_ingest.bus import Connect
 from tributary_ingest.http import Count, Handler, Slot, endpoint
-from tributary_runtime.guard import HeaderLimits
 from tributary_runtime.ops import ops_routes
 
 CONFIG_METHODS = ["GET", "PUT", "DELETE"]

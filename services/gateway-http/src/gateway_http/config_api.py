@@ -17,11 +17,11 @@ from starlette.requests import Request
 
 from gateway_http.context import HttpContext
 from gateway_http.metrics import CONFIG_REQUESTS
+from tributary_access.apikeys import Action
+from tributary_access.guard import client_ip
 from tributary_contracts import AuditAction
 from tributary_ingest import http
 from tributary_ingest.http import Answer
-from tributary_runtime.apikeys import Action
-from tributary_runtime.guard import client_ip
 from tributary_runtime.ops import Reply
 from tributary_runtime.stream_configs import (
     ConfigProblem,

@@ -32,10 +32,10 @@ from gateway_http.metrics import (
     count_reply,
 )
 from gateway_http.normalize import EnvelopeError, normalize_request
+from tributary_access.apikeys import Action
 from tributary_ingest import http
 from tributary_ingest.http import Answer, Slot, answer_of
 from tributary_ingest.points import MalformedJson, parse_json
-from tributary_runtime.apikeys import Action
 from tributary_runtime.ops import Reply
 
 PATH = "/ingest/data"

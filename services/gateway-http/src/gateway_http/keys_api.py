@@ -15,13 +15,13 @@ from typing import Any
 from starlette.requests import Request
 
 from gateway_http.context import HttpContext
+from tributary_access.apikeys import Action, ApiKeyStore, IssuedKey, KeyProblem
+from tributary_access.audit import AuditLog
+from tributary_access.guard import client_ip
+from tributary_access.key_admin import Actor, create_key, parse_create, revoke_key, rotate_key
 from tributary_ingest import http
 from tributary_ingest.http import Answer
 from tributary_ingest.points import MalformedJson, parse_json
-from tributary_runtime.apikeys import Action, ApiKeyStore, IssuedKey, KeyProblem
-from tributary_runtime.audit import AuditLog
-from tributary_runtime.guard import client_ip
-from tributary_runtime.key_admin import Actor, create_key, parse_create, revoke_key, rotate_key
 from tributary_runtime.ops import Reply
 
 NO_STORE = {"Cache-Control": "no-store"}

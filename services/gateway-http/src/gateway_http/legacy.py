@@ -44,6 +44,8 @@ from starlette.routing import Route
 from gateway_http.context import HttpContext
 from gateway_http.metrics import ERRORS
 from gateway_http.sensor_status import StoreUnavailable, reading_body, status_body
+from tributary_access.apikeys import Action
+from tributary_access.guard import client_ip
 from tributary_contracts import AuditAction, DataPoint, LegacyIds
 from tributary_ingest import http
 from tributary_ingest.http import Answer, Handler, Slot, detail_shape, endpoint
@@ -55,7 +57,6 @@ from tributary_ingest.points import (
     parse_json,
     parse_timestamp,
 )
-from tributary_runtime.apikeys import Action
 from tributary_runtime.devices import (
     MAX_SENSOR_ID,
     Device,
@@ -64,7 +65,6 @@ from tributary_runtime.devices import (
     key_matches,
     unregistered_source_id,
 )
-from tributary_runtime.guard import client_ip
 from tributary_runtime.ops import Reply
 
 DEVICE_KEY_HEADER = "X-Device-Key"

@@ -36,12 +36,12 @@ from starlette.routing import Route
 
 from gateway_http.context import HttpContext
 from gateway_http.metrics import ERRORS
+from tributary_access.apikeys import Action
+from tributary_access.guard import client_ip
 from tributary_contracts import DP_DLQ
 from tributary_ingest import http
 from tributary_ingest.gateway import unavailable_reply
 from tributary_ingest.http import Answer, Handler, Slot, detail_shape, endpoint
-from tributary_runtime.apikeys import Action
-from tributary_runtime.guard import client_ip
 from tributary_runtime.ops import Reply
 
 MQTT_COUNTERS = {

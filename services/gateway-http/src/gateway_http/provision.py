@@ -53,6 +53,7 @@ from prometheus_client import Counter
 from starlette.requests import Request
 
 from gateway_http.context import HttpContext
+from tributary_access.guard import client_ip
 from tributary_contracts import AuditAction
 from tributary_ingest.http import Answer
 from tributary_ingest.points import MalformedJson, parse_json
@@ -65,7 +66,6 @@ from tributary_runtime.devices import (
     hash_device_key,
     make_device_key,
 )
-from tributary_runtime.guard import client_ip
 from tributary_runtime.ops import Reply
 
 PATH = "/devices/provision"

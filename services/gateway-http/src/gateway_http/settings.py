@@ -7,10 +7,11 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator
 
 from gateway_http.deprecation import DeprecationSettings
+from tributary_access.guard import GuardSettings
 from tributary_contracts import SinkRoutes
+from tributary_contracts.ports import SERVICE_PORTS, local_url
 from tributary_ingest.bus import BundleLingerSettings, GatewayBusSettings
 from tributary_ingest.ledger import RawLedgerSettings
-from tributary_runtime.guard import GuardSettings
 from tributary_runtime.postgres import DEFAULT_DSN, PostgresSettings
 from tributary_runtime.settings import ServiceSettings
 from tributary_runtime.switches import parse_list
@@ -28,7 +29,10 @@ class GatewayHttpSettings(
     """What the HTTP gateway reads from the environment."""
 
     port: int = Field(
-        default=8001, ge=1, le=65535, description="HTTP port (API, health, ready, metrics)."
+        default=SERVICE_PORTS["gateway-http"],
+        ge=1,
+        le=65535,
+        description="HTTP port (API, health, ready, metrics).",
     )
     universal_api_enabled: bool = Field(
         default=True,
@@ -111,12 +115,12 @@ class GatewayHttpSettings(
         default="7.4", description="TDS_Version when the ODBC driver is FreeTDS."
     )
     mqtt_gateway_urls: list[str] = Field(
-        default_factory=lambda: ["http://127.0.0.1:8004"],
+        default_factory=lambda: [local_url("gateway-mqtt")],
         description="Ops URLs of the gateway-mqtt replicas (JSON list); /mqtt/health and "
         "/mqtt/stats read their /ready and /metrics.",
     )
     writer_urls: dict[str, str] = Field(
-        default_factory=lambda: {"writer-postgres": "http://127.0.0.1:8020"},
+        default_factory=lambda: {"writer-postgres": local_url("writer-postgres")},
         description="Ops URLs of the writers by name (JSON object); /resilience/health reads "
         "their circuit breakers from /metrics (add writer-sqlserver when it runs).",
     )

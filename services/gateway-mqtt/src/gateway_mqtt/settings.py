@@ -7,6 +7,7 @@ from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator
 
+from tributary_contracts.ports import SERVICE_PORTS
 from tributary_ingest.bus import BundleLingerSettings, BusStartupSettings
 from tributary_ingest.ledger import RawLedgerSettings
 from tributary_runtime.settings import ServiceSettings
@@ -20,7 +21,10 @@ class GatewayMqttSettings(
     """What the MQTT gateway reads from the environment."""
 
     port: int = Field(
-        default=8004, ge=1, le=65535, description="HTTP port (health, ready, metrics)."
+        default=SERVICE_PORTS["gateway-mqtt"],
+        ge=1,
+        le=65535,
+        description="HTTP port (health, ready, metrics).",
     )
     mqtt_url: str = Field(
         default="mqtt://127.0.0.1:1883",

@@ -25,11 +25,11 @@ from gateway_ws.registry import SessionRegistry
 from gateway_ws.resume import ResumeStore
 from gateway_ws.settings import GatewayWsSettings
 from gateway_ws.stream import STREAM_PATH, WsContext, endpoint, session_limits
+from tributary_access.guard import HeaderLimits
 from tributary_contracts import Transport
 from tributary_ingest.bus import Connect
 from tributary_ingest.gateway import GatewayMetrics, open_gateway
 from tributary_ingest.http import Slot
-from tributary_runtime.guard import HeaderLimits
 from tributary_runtime.ops import ops_routes
 
 SERVICE_NAME = "gateway-ws"

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from pydantic import Field
 
+from tributary_access.guard import GuardSettings
+from tributary_contracts.ports import SERVICE_PORTS
 from tributary_ingest.bus import BundleLingerSettings, GatewayBusSettings
-from tributary_runtime.guard import GuardSettings
 from tributary_runtime.settings import ServiceSettings
 
 
@@ -13,7 +14,7 @@ class GatewayWsSettings(GatewayBusSettings, BundleLingerSettings, GuardSettings,
     """What the WebSocket gateway reads from the environment."""
 
     port: int = Field(
-        default=8002,
+        default=SERVICE_PORTS["gateway-ws"],
         ge=1,
         le=65535,
         description="HTTP port (/ingest/stream, health, ready, metrics).",

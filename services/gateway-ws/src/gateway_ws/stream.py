@@ -29,10 +29,10 @@ from gateway_ws.registry import SessionRegistry
 from gateway_ws.resume import ResumeStore
 from gateway_ws.session import ChannelClosed, Session, SessionLimits
 from gateway_ws.settings import GatewayWsSettings
+from tributary_access.apikeys import Action
+from tributary_access.guard import client_ip
 from tributary_ingest.gateway import GatewayContext
 from tributary_ingest.http import Slot
-from tributary_runtime.apikeys import Action
-from tributary_runtime.guard import client_ip
 from tributary_runtime.ops import Reply
 
 STREAM_PATH = "/ingest/stream"

@@ -1,4 +1,4 @@
-"""``python -m ml_batch [--once] [--interval S]`` (also ``tributary ml run``).
+"""``python -m ml_batch [--once] [--interval S]``, installed as ``tributary-ml-batch``.
 
 Without ``--once``: the service — a run every ``ML_INTERVAL_SECONDS`` (or ``--interval``) and
 ``/health``, ``/ready``, ``/metrics`` on ``PORT``. With ``--once``: one run, a summary line on
@@ -36,7 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(once: bool = False, interval: float | None = None) -> None:
-    """Entry point shared by ``python -m ml_batch`` and ``tributary ml run``."""
+    """The job with ``once`` and ``interval`` as the command line gives them."""
     settings = load_settings(MlBatchSettings)
     if interval is not None:
         settings.ml_interval_seconds = interval

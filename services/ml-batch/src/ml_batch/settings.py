@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator
 
 from tributary_contracts import SinkRoutes
+from tributary_contracts.ports import SERVICE_PORTS
 from tributary_runtime.settings import ServiceSettings
 
 DEFAULT_DSN = "postgresql://postgres@127.0.0.1:5432/tributary"
@@ -31,7 +32,10 @@ class MlBatchSettings(ServiceSettings):
     """Everything ml-batch reads from the environment."""
 
     port: int = Field(
-        default=8030, ge=1, le=65535, description="HTTP port of /health, /ready and /metrics."
+        default=SERVICE_PORTS["ml-batch"],
+        ge=1,
+        le=65535,
+        description="HTTP port of /health, /ready and /metrics.",
     )
     postgres_dsn: SecretStr = Field(
         default=SecretStr(DEFAULT_DSN),

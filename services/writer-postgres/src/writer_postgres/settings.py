@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field, SecretStr
 
+from tributary_contracts.ports import SERVICE_PORTS
 from tributary_runtime.postgres import DEFAULT_DSN, PostgresSettings
 from tributary_runtime.writer import WriterSettings
 
@@ -12,7 +13,10 @@ class WriterPostgresSettings(PostgresSettings, WriterSettings):
     """Everything writer-postgres reads from the environment."""
 
     port: int = Field(
-        default=8020, ge=1, le=65535, description="HTTP port of /health, /ready and /metrics."
+        default=SERVICE_PORTS["writer-postgres"],
+        ge=1,
+        le=65535,
+        description="HTTP port of /health, /ready and /metrics.",
     )
     postgres_dsn: SecretStr = Field(
         default=SecretStr(DEFAULT_DSN),

@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator
 from sqlalchemy.engine import make_url
 
+from tributary_contracts.ports import SERVICE_PORTS
 from tributary_runtime.writer import WriterSettings
 
 DSN_SCHEMES = ("mssql", "mssql+pyodbc", "postgresql", "postgresql+psycopg2")
@@ -16,7 +17,10 @@ class WriterSqlServerSettings(WriterSettings):
     """Everything writer-sqlserver reads from the environment."""
 
     port: int = Field(
-        default=8021, ge=1, le=65535, description="HTTP port of /health, /ready and /metrics."
+        default=SERVICE_PORTS["writer-sqlserver"],
+        ge=1,
+        le=65535,
+        description="HTTP port of /health, /ready and /metrics.",
     )
     mssql_dsn: SecretStr = Field(
         description=(

@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 from pydantic import Field
 
-from tributary_runtime.ratelimit import RateLimitSettings
+from tributary_access.ratelimit import RateLimitSettings
 
 Scope = MutableMapping[str, Any]
 

@@ -29,7 +29,7 @@ from prometheus_client import Counter
 from tributary_contracts import MSG_ID_HEADER, AuditAction, AuditEvent, Namespace
 from tributary_contracts.jetstream import AUDIT
 
-log = structlog.get_logger("tributary_runtime.audit")
+log = structlog.get_logger("tributary_access.audit")
 
 AUDIT_EVENTS = Counter(
     "tributary_audit_events", "Audit events by action and result.", ["action", "result"]

@@ -12,11 +12,11 @@ from typing import Any
 import pytest
 
 from tributary_contracts import DEVICES_BUCKET, STREAM_CONFIGS_BUCKET, ensure_jetstream
-from tributary_runtime.cli import build_parser
+from tributary_operator.cli import build_parser
+from tributary_operator.thresholds_cli import run
 from tributary_runtime.devices import DeviceRecord, DeviceRegistry, SensorRecord
 from tributary_runtime.settings import ServiceSettings
 from tributary_runtime.stream_configs import StreamConfigBucket, StreamScope
-from tributary_runtime.thresholds_cli import run
 
 pytestmark = pytest.mark.integration
 

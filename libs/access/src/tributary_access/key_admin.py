@@ -14,15 +14,15 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from tributary_contracts import AuditAction
-from tributary_runtime.apikeys import (
+from tributary_access.apikeys import (
     ApiKeyRecord,
     ApiKeyStore,
     IssuedKey,
     KeyProblem,
     Role,
 )
-from tributary_runtime.audit import AuditLog
+from tributary_access.audit import AuditLog
+from tributary_contracts import AuditAction
 
 DEFAULT_OVERLAP_SECONDS = 24 * 3600.0
 CREATE_FIELDS = frozenset({"role", "name", "source_ids", "domains"})

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 from tributary_contracts import RolloutState
-from tributary_runtime.rollout_cli import build_rollout
+from tributary_operator.rollout_cli import build_rollout
+from tributary_operator.switches_cli import run as run_switches
 from tributary_runtime.stream_configs import ConfigProblem
 from tributary_runtime.switches import parse_bool, parse_list
-from tributary_runtime.switches_cli import run as run_switches
 
 
 def start_args(tmp_path: Path, **overrides: object) -> argparse.Namespace:

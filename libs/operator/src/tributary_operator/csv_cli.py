@@ -30,7 +30,9 @@ from typing import IO, Any, TextIO
 
 import httpx
 
-DEFAULT_URL = "http://127.0.0.1:8003"
+from tributary_contracts.ports import local_url
+
+DEFAULT_URL = local_url("csv-importer")
 URL_ENV = "TRIBUTARY_CSV_URL"
 KEY_ENV = "TRIBUTARY_API_KEY"
 FINISHED = ("completed", "failed", "cancelled")

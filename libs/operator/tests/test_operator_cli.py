@@ -28,8 +28,9 @@ from tributary_contracts import (
     dead_letter_headers,
     ensure_consumer,
 )
-from tributary_runtime import dlq_cli, status_cli, tail_cli
-from tributary_runtime.cli import build_parser
+from tributary_operator import dlq_cli, status_cli, tail_cli
+from tributary_operator.cli import build_parser
+from tributary_runtime.fleet_status import ConsumerStatus, ServiceStatus, Status, StreamStatus
 from tributary_runtime.settings import ServiceSettings
 
 TS = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -195,10 +196,10 @@ async def test_status_reports_services_rates_lag_dlq_and_streams(
 
 
 def test_status_table_names_every_section_and_colours_only_on_request() -> None:
-    status = status_cli.Status(
-        services=[status_cli.ServiceStatus("classifier", "http://x", up=False, error="boom")],
-        consumers=[status_cli.ConsumerStatus("classifier", "DP_RAW", True, 12_345, 3, 0)],
-        streams=[status_cli.StreamStatus("DP_DLQ", True, 4, 2048, 0, 3, "n2")],
+    status = Status(
+        services=[ServiceStatus("classifier", "http://x", up=False, error="boom")],
+        consumers=[ConsumerStatus("classifier", "DP_RAW", True, 12_345, 3, 0)],
+        streams=[StreamStatus("DP_DLQ", True, 4, 2048, 0, 3, "n2")],
     )
 
     plain = status_cli.render(status, colour=False)

@@ -7,7 +7,6 @@ tributary streams get|set|list|delete|import …   stream classification configs
 tributary devices add|list|disable|enable|import …  the IoT device registry
 tributary thresholds import (--mssql-dsn DSN | --alert A.csv [--delta D.csv])   legacy per-sensor
                                          thresholds → stream configs
-tributary ml run [--once] [--interval S] the ml-batch job (needs services/ml-batch installed)
 tributary status                         services, rates, consumer lag, DLQ depth, stream sizes
 tributary tail SUBJECT-FILTER            live classified points / alerts (--count, --seconds)
 tributary dlq list|replay                dead letters; replay to the original subject if safe
@@ -15,6 +14,9 @@ tributary rollout start|promote|rollback|percent|list|report   canary of a class
 tributary switches list|set|unset        live settings of services (the seeds' feature flags)
 tributary csv upload FILE --source S --domain D [--wait]   import a CSV (`tributary csv --help`)
 tributary mqtt add|list|remove|broker-config   MQTT broker users (`tributary mqtt --help`)
+
+The ml-batch job is not a `tributary` command: it is ml-batch's own `tributary-ml-batch
+[--once] [--interval S]` (or `python -m ml_batch`), installed with services/ml-batch.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import nats.errors
 import yaml
 
 from tributary_contracts import CONSUMERS, STREAM_CONFIGS_BUCKET, ensure_jetstream
-from tributary_runtime import (
+from tributary_operator import (
     csv_cli,
     devices_cli,
     dlq_cli,
@@ -41,9 +43,10 @@ from tributary_runtime import (
     tail_cli,
     thresholds_cli,
 )
+from tributary_operator.settings import OperatorSettings
 from tributary_runtime.bus import connect_nats
 from tributary_runtime.logs import configure_logging
-from tributary_runtime.settings import OperatorSettings, ServiceSettings, load_settings
+from tributary_runtime.settings import ServiceSettings, load_settings
 from tributary_runtime.stream_configs import ConfigProblem, StreamConfigBucket
 
 
@@ -88,42 +91,13 @@ def build_parser() -> argparse.ArgumentParser:
     devices_cli.add_parser(commands)
     csv_cli.add_parser(commands)
     mqtt_cli.add_parser(commands)
-    ml = commands.add_parser("ml", help="the ml-batch job").add_subparsers(
-        dest="ml_command", required=True
-    )
-    ml_run = ml.add_parser("run", help="predictions, anomaly scores and explanations")
-    ml_run.add_argument("--once", action="store_true", help="one run, then exit")
-    ml_run.add_argument(
-        "--interval", type=float, default=None, metavar="S",
-        help="seconds between runs (default ML_INTERVAL_SECONDS)",
-    )
     for module in (status_cli, tail_cli, dlq_cli, thresholds_cli, rollout_cli, switches_cli):
         module.add_parser(commands)
     return parser
 
 
-def _ml(args: argparse.Namespace) -> None:
-    # Imported here: libs/runtime does not depend on ml-batch, which may not be installed.
-    try:
-        from ml_batch.__main__ import run  # type: ignore[import-not-found,unused-ignore]
-    except ModuleNotFoundError as exc:
-        print(
-            f"tributary: ml-batch is not installed ({exc}); install services/ml-batch "
-            "(make install does)",
-            file=sys.stderr,
-        )
-        raise SystemExit(1) from None
-    if args.interval is not None and not args.interval > 0:
-        print("tributary: --interval must be greater than 0 seconds", file=sys.stderr)
-        raise SystemExit(2)
-    run(once=args.once, interval=args.interval)
-
-
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    if args.command == "ml":  # its own settings and logging
-        _ml(args)
-        return
     if args.command == "csv":  # HTTP to the csv-importer; no NATS settings needed
         raise SystemExit(csv_cli.run(args))
     if args.command == "mqtt":  # files of the local broker; no NATS needed

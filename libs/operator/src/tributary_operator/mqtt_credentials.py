@@ -33,8 +33,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from tributary_contracts.subjects import WILDCARD
+
 ROLES = ("gateway", "producer")
-ANY = "*"
+ANY = WILDCARD  # a scope entry that matches every source, domain or sensor
 PBKDF2_ITERATIONS = 101  # mosquitto_passwd's own count: the broker hashes at this cost per CONNECT
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 SCOPE_RE = re.compile(r"^[^\s/+#\x00]{1,256}$")

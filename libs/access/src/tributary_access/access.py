@@ -17,12 +17,12 @@ from typing import NoReturn
 
 from starlette.requests import Request
 
+from tributary_access.apikeys import Action, ApiKeyStore, Denied, Granted, check_access
+from tributary_access.audit import AuditLog
+from tributary_access.guard import Scope, client_ip, raw_header
+from tributary_access.ratelimit import IngestLimiter, Refusal, split_backfill
 from tributary_contracts import AuditAction
-from tributary_runtime.apikeys import Action, ApiKeyStore, Denied, Granted, check_access
-from tributary_runtime.audit import AuditLog
-from tributary_runtime.guard import Scope, client_ip, raw_header
 from tributary_runtime.ops import Reply
-from tributary_runtime.ratelimit import IngestLimiter, Refusal, split_backfill
 
 Target = str | Callable[[], str]
 """What was asked, for the audit trail: the text, or a function making it (called only when a

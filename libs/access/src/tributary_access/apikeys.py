@@ -15,7 +15,7 @@ Roles (seed 002, ISO 27001 A.9.2.3):
 
 ``authenticate(key)`` then ``check_access(record, action, domain, source_id)`` is the one
 decision every transport (HTTP, WebSocket connect, CSV upload) makes through
-``tributary_runtime.access.Access``, so they answer identically: 401 for a missing, malformed,
+``tributary_access.access.Access``, so they answer identically: 401 for a missing, malformed,
 unknown, revoked or expired key, 403 for a known key outside its role or scope, with a reason
 that names the role/scope and never the key.
 
@@ -46,10 +46,12 @@ from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 from pydantic import BaseModel, Field, ValidationError
 
+from tributary_contracts.subjects import WILDCARD
 from tributary_runtime.kvwatch import kv_keys
 
 KEY_PREFIX = "trb_"
-ANY = "*"
+ANY = WILDCARD
+"""A scope entry that matches every source or domain."""
 KEY_ID_RE = re.compile(r"^[0-9a-f]{12}$")
 _KEY_RE = re.compile(r"^trb_([0-9a-f]{12})_([A-Za-z0-9_-]{20,128})$")
 MAX_KEY_CHARS = 160

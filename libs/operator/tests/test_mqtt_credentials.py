@@ -1,4 +1,4 @@
-"""``tributary_runtime.mqtt_credentials`` and ``tributary mqtt``: the files the broker reads.
+"""``tributary_operator.mqtt_credentials`` and ``tributary mqtt``: the files the broker reads.
 
 That the broker enforces them (anonymous refused, topics outside a producer's scope dropped, the
 gateway's session safe) is shown against a real Mosquitto in ``tests/security/hostile``."""
@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tributary_runtime.cli import main
-from tributary_runtime.mqtt_credentials import (
+from tributary_operator.cli import main
+from tributary_operator.mqtt_credentials import (
     REPO_CONFIG,
     CredentialProblem,
     MqttCredentials,

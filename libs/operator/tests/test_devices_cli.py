@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 
 from tributary_contracts import DEVICES_BUCKET, Namespace
-from tributary_runtime import devices_cli
-from tributary_runtime.cli import build_parser
+from tributary_operator import devices_cli
+from tributary_operator.cli import build_parser
 from tributary_runtime.devices import (
     DeviceRegistry,
     SensorDirectory,

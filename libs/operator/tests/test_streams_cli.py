@@ -14,8 +14,8 @@ import pytest
 
 from tests.streams import drop_namespace_at
 from tributary_contracts import STREAM_CONFIGS_BUCKET, Namespace, StreamConfig, stream_config_key
-from tributary_runtime import streams_cli
-from tributary_runtime.cli import build_parser
+from tributary_operator import streams_cli
+from tributary_operator.cli import build_parser
 from tributary_runtime.stream_configs import (
     ConfigProblem,
     StreamConfigBucket,
@@ -310,7 +310,7 @@ def test_cli_process_sets_and_refuses_with_exit_codes(servers: Any, bus_prefix: 
 
     def cli(*argv: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "tributary_runtime.cli", "streams", *argv],
+            [sys.executable, "-m", "tributary_operator.cli", "streams", *argv],
             env=env,
             capture_output=True,
             text=True,

@@ -23,11 +23,9 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
-from tributary_contracts import API_KEYS_BUCKET, ensure_jetstream
-from tributary_runtime.apikeys import ApiKeyStore, KeyProblem, Role
-from tributary_runtime.audit import AuditLog
-from tributary_runtime.bus import connect_nats
-from tributary_runtime.key_admin import (
+from tributary_access.apikeys import ApiKeyStore, KeyProblem, Role
+from tributary_access.audit import AuditLog
+from tributary_access.key_admin import (
     DEFAULT_OVERLAP_SECONDS,
     Actor,
     create_key,
@@ -37,6 +35,8 @@ from tributary_runtime.key_admin import (
     revoke_key,
     rotate_key,
 )
+from tributary_contracts import API_KEYS_BUCKET, ensure_jetstream
+from tributary_runtime.bus import connect_nats
 from tributary_runtime.settings import ServiceSettings
 
 ROLE_NAMES = {r.value: r for r in Role} | {"ingest": Role.SOURCE_WRITER}

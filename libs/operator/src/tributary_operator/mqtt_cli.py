@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from tributary_runtime.mqtt_credentials import (
+from tributary_operator.mqtt_credentials import (
     REPO_CONFIG,
     ROLES,
     CredentialProblem,

@@ -6,7 +6,7 @@
 
 Reads ``dbo.alert_thresholds`` and ``dbo.delta_thresholds`` (from the SQL Server, or from CSV
 exports of them with a header row) and stores one config per sensor at ``iot/*/<sensor_id>``
-(``tributary_runtime.thresholds``: range → critical = ALERT, delta → anomaly = WARNING). Prints
+(``tributary_operator.thresholds``: range → critical = ALERT, delta → anomaly = WARNING). Prints
 one line per sensor — created, updated (``--replace``), unchanged, or skipped with why — then a
 summary. Exit codes: 0 done (even with skipped rows: they are listed), 1 bus or database
 unreachable, 2 unreadable input.
@@ -21,14 +21,14 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from tributary_contracts import DEVICES_BUCKET, STREAM_CONFIGS_BUCKET, ensure_jetstream
-from tributary_runtime.devices import DeviceRegistry
-from tributary_runtime.stream_configs import StreamConfigBucket
-from tributary_runtime.thresholds import (
+from tributary_operator.thresholds import (
     import_thresholds,
     merge_rows,
     read_csv,
     read_sqlserver,
 )
+from tributary_runtime.devices import DeviceRegistry
+from tributary_runtime.stream_configs import StreamConfigBucket
 
 
 def add_parser(commands: Any) -> None:

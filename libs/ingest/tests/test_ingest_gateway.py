@@ -85,10 +85,10 @@ async def test_a_granted_key_is_checked_against_role_and_scope(
         return "POST /x"
 
     granted = await ctx.authenticate(key, "10.0.0.1", target)
-    ctx.check(granted, Action.WRITE_POINTS, "10.0.0.1", target, "plant", "a")
+    ctx.guard.check(granted, Action.WRITE_POINTS, "10.0.0.1", target, "plant", "a")
     assert targets == []  # nothing refused: no audit target was made
     with pytest.raises(Reply) as refused:
-        ctx.check(granted, Action.WRITE_POINTS, "10.0.0.1", target, "plant", "b")
+        ctx.guard.check(granted, Action.WRITE_POINTS, "10.0.0.1", target, "plant", "b")
 
     assert refused.value.status == 403
     assert "source_id 'b'" in refused.value.body["error"]
@@ -99,11 +99,11 @@ async def test_points_beyond_the_source_budget_are_429_with_retry_after(
     ctx: GatewayContext[Settings],
 ) -> None:
     now = datetime.now(UTC)
-    ctx.admit_points("plant", "a", [now] * 10, now)
+    ctx.guard.admit_points("plant", "a", [now] * 10, now)
     with pytest.raises(Reply) as refused:
-        ctx.admit_points("plant", "a", [now] * 5, now)
+        ctx.guard.admit_points("plant", "a", [now] * 5, now)
     with pytest.raises(Reply) as too_many:
-        ctx.admit_points("plant", "b", [now] * 11, now)
+        ctx.guard.admit_points("plant", "b", [now] * 11, now)
 
     assert refused.value.status == 429
     assert refused.value.headers == {"Retry-After": str(refused.value.body["retry_after"])}
@@ -151,7 +151,7 @@ async def test_a_context_without_access_checks_says_so(
     try:
         assert ctx.access is None
         with pytest.raises(RuntimeError, match="without access checks"):
-            ctx.admit("10.0.0.1")
+            ctx.guard.admit("10.0.0.1")
         assert await ctx.ready() == {"nats": True, "stream": True}
     finally:
         await ctx.close()

@@ -197,7 +197,8 @@ RANK = {NORMAL: 0, ANOMALY: 1, WARNING: 2, CRITICAL: 3}
 @st.composite
 def value_constraints(draw: st.DrawFn) -> ValueConstraints:
     """Nested zones (the validator's rules): physical ⊇ everything, each pair ordered."""
-    low, high = sorted(draw(st.lists(finite, min_size=2, max_size=2)))
+    # + 0.0 turns -0.0 into 0.0: sorted() keeps [0.0, -0.0] as drawn, an empty range for floats()
+    low, high = sorted(x + 0.0 for x in draw(st.lists(finite, min_size=2, max_size=2)))
     limits: dict[str, float | None] = {}
     for lo_name, hi_name in (
         ("min_value", "max_value"),

@@ -25,10 +25,10 @@ Usage::
         settings, "gateway-x", Transport.HTTP, GatewayMetrics(ERRORS), linger_seconds=0.002
     )
     target = "POST /ingest/data"  # or a function making it: called only to audit a refusal
-    ctx.admit(ip)
-    granted = await ctx.authenticate(key, ip, target)
-    ctx.check(granted, Action.WRITE_POINTS, ip, target, domain, source_id)
-    ctx.admit_points(domain, source_id, (p.ts for p in points), received_at)
+    ctx.guard.admit(ip)  # ctx.guard: the transport-neutral Access (tributary_access.access)
+    granted = await ctx.authenticate(key, ip, target)  # + the key store's 503
+    ctx.guard.check(granted, Action.WRITE_POINTS, ip, target, domain, source_id)
+    ctx.guard.admit_points(domain, source_id, (p.ts for p in points), received_at)
     outcome = await ctx.publish(domain, source_id, received_at, points, rejections)
     ...
     await ctx.close()
@@ -37,7 +37,7 @@ Usage::
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Generic, Protocol, TypeVar
@@ -48,7 +48,7 @@ from nats.js import JetStreamContext
 from prometheus_client import Counter, Histogram
 
 from tributary_access.access import Access, Target
-from tributary_access.apikeys import Action, Granted
+from tributary_access.apikeys import Granted
 from tributary_access.audit import AuditLog
 from tributary_access.ratelimit import IngestLimiter, RateLimitSettings
 from tributary_contracts import DataPoint, Transport
@@ -163,10 +163,6 @@ class GatewayContext(Generic[S]):
         return self.unavailable(stage, error_type(exc), repr(exc), message)
 
     # -- access -----------------------------------------------------------------------------
-    def admit(self, ip: str | None, what: str = "requests") -> None:
-        """One token of the client IP's budget, or 429."""
-        self.guard.admit(ip, what)
-
     async def authenticate(
         self, key: str | None, ip: str | None, target: Target, missing: str = "missing API key"
     ) -> Granted:
@@ -178,24 +174,6 @@ class GatewayContext(Generic[S]):
             raise
         except Exception as exc:
             raise self.fault("auth", exc) from None
-
-    def check(
-        self,
-        granted: Granted,
-        action: Action,
-        ip: str | None,
-        target: Target,
-        domain: str | None = None,
-        source_id: str | None = None,
-    ) -> None:
-        """403 (audited) unless ``granted`` may do ``action`` (on ``domain``/``source_id``)."""
-        self.guard.check(granted, action, ip, target, domain, source_id)
-
-    def admit_points(
-        self, domain: str, source_id: str, timestamps: Iterable[datetime], received_at: datetime
-    ) -> None:
-        """The source's live/backfill point budgets for these points, all or nothing (429/413)."""
-        self.guard.admit_points(domain, source_id, timestamps, received_at)
 
     def admit_sources(
         self, domain: str, groups: Mapping[str, Sequence[DataPoint]], received_at: datetime

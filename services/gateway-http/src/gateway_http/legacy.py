@@ -255,7 +255,7 @@ async def _device_readings(
 ) -> Answer:
     received_at = datetime.now(UTC)
     registry = ctx.registry
-    ctx.gateway.admit(client_ip(request.scope))
+    ctx.gateway.guard.admit(client_ip(request.scope))
     key = request.headers.get(DEVICE_KEY_HEADER)
     if not key and ctx.settings.device_auth_mode == "required":
         raise _refuse(401, "missing_device_key", MISSING_DEVICE_KEY)

@@ -193,21 +193,21 @@ async def _ingest(ctx: HttpContext) -> dict[str, Any]:
 # -- handlers ----------------------------------------------------------------------------------
 async def postgres_health(ctx: HttpContext, request: Request) -> Answer:
     """GET /health/postgres: SELECT 1 on POSTGRES_DSN."""
-    ctx.gateway.admit(client_ip(request.scope))  # per-IP budget: probes are requests like any
+    ctx.gateway.guard.admit(client_ip(request.scope))  # per-IP budget: probes are requests like any
     body = {"database": "postgresql", **await _postgres_probe(ctx)}
     return Answer(200 if body["connected"] else 503, body)
 
 
 async def ingest_health(ctx: HttpContext, request: Request) -> Answer:
     """GET /ingest/health: NATS, the raw stream and the device registry of this gateway."""
-    ctx.gateway.admit(client_ip(request.scope))
+    ctx.gateway.guard.admit(client_ip(request.scope))
     body = await _ingest(ctx)
     return Answer(200 if body["status"] == "ok" else 503, body)
 
 
 async def mqtt_health(ctx: HttpContext, request: Request) -> Answer:
     """GET /mqtt/health: the gateway-mqtt replicas' readiness."""
-    ctx.gateway.admit(client_ip(request.scope))
+    ctx.gateway.guard.admit(client_ip(request.scope))
     instances = await _mqtt_instances(ctx)
     connected = sum(1 for i in instances if i["connected"])
     body = {
@@ -221,13 +221,13 @@ async def mqtt_health(ctx: HttpContext, request: Request) -> Answer:
 
 async def mqtt_stats(ctx: HttpContext, request: Request) -> Answer:
     """GET /mqtt/stats: gateway-mqtt counters summed over its replicas."""
-    ctx.gateway.admit(client_ip(request.scope))
+    ctx.gateway.guard.admit(client_ip(request.scope))
     return Answer(200, mqtt_stats_body(await _mqtt_instances(ctx)))
 
 
 async def resilience(ctx: HttpContext, request: Request) -> Answer:
     """GET /resilience/health: writers' circuit breakers and the DLQ depth."""
-    ctx.gateway.admit(client_ip(request.scope))
+    ctx.gateway.guard.admit(client_ip(request.scope))
     breakers, dlq = await asyncio.gather(_breakers(ctx), _dlq(ctx))
     healthy = all(state == "CLOSED" for state in breakers.values()) and dlq["depth"] == 0
     return Answer(

@@ -179,7 +179,7 @@ def _refuse(
 async def provision(ctx: HttpContext, request: Request) -> Answer:
     """POST /devices/provision (module docstring); the body carries its ``outcome`` for
     ``count``."""
-    ctx.gateway.admit(client_ip(request.scope))
+    ctx.gateway.guard.admit(client_ip(request.scope))
     settings = ctx.settings
     secret = settings.provisioning_secret
     if secret is None or not secret.get_secret_value():

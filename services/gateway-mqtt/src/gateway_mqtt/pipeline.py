@@ -1,12 +1,11 @@
 """Received MQTT messages → the gateway's ``Coalescer`` (bundles) → PUBACKs in receipt order.
 
-Consumes paho ``MQTTMessage``s (from ``MqttConnection``) and hands each message's point to the
-``Coalescer``, which publishes it in the ``PointBundle`` of its (domain, partition) on
-``dp.raw.<domain>.part.<p>`` within ``bundle_linger_ms``; a bad message becomes one
-``RejectedInput`` on ``dp.rejected.mqtt``. A QoS 1 message is acknowledged to the broker only
-after JetStream acked the bundle that holds it, and PUBACKs go out in the order the messages
-arrived (MQTT 4.6: a later message's bundle may be acked first; its PUBACK waits for the earlier
-ones).
+Consumes received PUBLISHes (``gateway_mqtt.mqtt.Message``, from ``MqttConnection``) and hands each
+message's point to the ``Coalescer``, which publishes it in the ``PointBundle`` of its (domain,
+partition) on ``dp.raw.<domain>.part.<p>`` within ``bundle_linger_ms``; a bad message becomes one
+``RejectedInput`` on ``dp.rejected.mqtt``. A QoS 1 message is acknowledged to the broker only after
+JetStream acked the bundle that holds it, and PUBACKs go out in the order the messages arrived (MQTT
+4.6: a later message's bundle may be acked first; its PUBACK waits for the earlier ones).
 
 A failed publish is retried with backoff for as long as the MQTT connection that delivered its
 messages lasts; once that connection is gone the broker redelivers them to the next one (same
@@ -74,7 +73,7 @@ class Acker(Protocol):
 
 
 class IncomingMessage(Protocol):
-    """What the pipeline reads of a paho ``MQTTMessage``."""
+    """What the pipeline reads of a received PUBLISH (``gateway_mqtt.mqtt.Message``)."""
 
     mid: int
     qos: int
@@ -142,7 +141,7 @@ def encode_rejection(
 
 
 class Pipeline:
-    """Everything between paho's ``on_message`` and the PUBACK (one per process)."""
+    """Everything between a received PUBLISH and its PUBACK (one per process)."""
 
     def __init__(
         self,
@@ -196,7 +195,7 @@ class Pipeline:
 
     # -- receive path ---------------------------------------------------------------------
     def handle(self, message: IncomingMessage) -> None:
-        """paho ``on_message``: normalise, hand to the coalescer (or reject); never raises."""
+        """For each received PUBLISH: normalise, hand to the coalescer (or reject); never raises."""
         try:
             self._handle(message)
         except Exception as exc:  # a bug must not stop the receive loop; the message

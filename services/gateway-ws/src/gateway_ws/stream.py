@@ -101,7 +101,9 @@ async def authorize(
     target = f"WS {STREAM_PATH} connect {connect.domain}/{connect.source_id}"
     try:
         granted = await gateway.authenticate(connect.api_key, ip, target)
-        gateway.check(granted, Action.WRITE_POINTS, ip, target, connect.domain, connect.source_id)
+        gateway.guard.check(
+            granted, Action.WRITE_POINTS, ip, target, connect.domain, connect.source_id
+        )
     except Reply as reply:
         return protocol_error(reply, fatal=True)
     return granted.key_id

@@ -18,7 +18,10 @@ command -v ss >/dev/null || need_apt+=(iproute2)  # servers.sh: who holds the MQ
 # writer-sqlserver: unixODBC (pyodbc's libodbc.so.2) and the FreeTDS ODBC driver.
 command -v odbcinst >/dev/null || need_apt+=(unixodbc)
 ls /usr/lib/*/odbc/libtdsodbc.so >/dev/null 2>&1 || need_apt+=(tdsodbc)
-# promtool, Chromium for the console's browser test),
+# promtool (Debian's prometheus package) runs the SLO rule tests (tests/deploy); Chromium the
+# console's browser test (tests/e2e/test_e2e_console.py, Playwright on the system browser).
+command -v promtool >/dev/null || need_apt+=(prometheus)
+[ -x /usr/bin/chromium ] || need_apt+=(chromium)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "install: OS packages missing: ${need_apt[*]}"
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"

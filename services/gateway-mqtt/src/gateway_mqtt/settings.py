@@ -26,6 +26,15 @@ class GatewayMqttSettings(
         le=65535,
         description="HTTP port (health, ready, metrics).",
     )
+    bundle_linger_ms: float = Field(
+        default=20.0,
+        ge=0,
+        le=1000,
+        description="Longest wait of a point for more points of its partition before their "
+        "bundle is published (sooner at MAX_BUNDLE_POINTS points or the size limit). Longer than "
+        "the HTTP and WebSocket gateways' 2 ms: the broker, not the bundle, answers the producer "
+        "(PUBACK), so lingering only delays the row, and bigger bundles cost less CPU per point.",
+    )
     mqtt_url: str = Field(
         default="mqtt://127.0.0.1:1883",
         description="Broker URL: mqtt://host[:1883] or mqtts://host[:8883] (TLS).",

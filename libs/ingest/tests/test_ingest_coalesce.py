@@ -128,7 +128,7 @@ async def test_a_request_larger_than_a_bundle_is_answered_after_all_its_bundles(
     jetstream: Any, bus_prefix: str
 ) -> None:
     ns = Namespace(bus_prefix)
-    c = coalescer(jetstream, ns, linger_seconds=LONG, max_bundle_points=1000)
+    c = coalescer(jetstream, ns, linger_seconds=LONG, max_bundle_points=1000, flush_points=700)
     future = c.submit("iot", "big", RECEIVED, [point(i) for i in range(2600)])
     first_two_only = (await asyncio.wait([future], timeout=0.2))[0]
     c.flush()  # 1000 + 1000 closed by size; the last 600 wait for their linger (or this)
@@ -142,6 +142,32 @@ async def test_a_request_larger_than_a_bundle_is_answered_after_all_its_bundles(
         1000,
         1000,
         600,
+    ]
+
+
+async def test_a_quiet_partition_publishes_at_once_and_a_busy_one_after_the_linger(
+    jetstream: Any, bus_prefix: str
+) -> None:
+    """The linger spaces a partition's bundles: the first point on a quiet partition waits for
+    nothing (the loop turn's other points share its bundle), the next ones for the linger after
+    it, unless their bundle reaches ``flush_points``."""
+    ns = Namespace(bus_prefix)
+    c = coalescer(jetstream, ns, partitions=1, linger_seconds=LONG, flush_points=50)
+    first = await asyncio.wait_for(
+        asyncio.gather(*(c.submit("iot", s, RECEIVED, [point(1)]) for s in "ab")), 5
+    )
+    lingering = c.submit("iot", "c", RECEIVED, [point(2)])
+    waited = (await asyncio.wait([lingering], timeout=0.2))[0]
+    full = c.submit("iot", "d", RECEIVED, [point(i) for i in range(49)])
+    answered = await asyncio.wait_for(asyncio.gather(lingering, full), 5)
+    await c.close()
+
+    assert first == [PublishOutcome(1, 0, True)] * 2
+    assert (waited, answered) == (set(), [PublishOutcome(1, 0, True)] * 2)
+    stored = await bundles(jetstream, ns)
+    assert [[b.source_id for b in bundle.batches] for _, _, bundle in stored] == [
+        ["a", "b"],
+        ["c", "d"],
     ]
 
 
@@ -239,6 +265,7 @@ async def test_publish_fails_at_its_bundle_deadline_and_the_bundle_is_still_publ
     itself carry on (published, acknowledged, stored)."""
     ns = Namespace(bus_prefix)
     c = coalescer(jetstream, ns, linger_seconds=LONG, timeout=0.05, partitions=1)
+    await c.submit("iot", "d-0", RECEIVED, [point(0)])  # the partition is busy from now on
     waiting = c.submit("iot", "d-1", RECEIVED, [point(0)])
     with pytest.raises(PublishError) as timed_out:
         await c.publish("iot", "d-2", RECEIVED, [point(1)])  # the linger outlasts its deadline
@@ -249,4 +276,7 @@ async def test_publish_fails_at_its_bundle_deadline_and_the_bundle_is_still_publ
     assert timed_out.value.error_type == "timeout"
     assert outcome == PublishOutcome(1, 0, True)
     stored = await bundles(jetstream, ns)
-    assert [[b.source_id for b in bundle.batches] for _, _, bundle in stored] == [["d-1", "d-2"]]
+    assert [[b.source_id for b in bundle.batches] for _, _, bundle in stored] == [
+        ["d-0"],
+        ["d-1", "d-2"],
+    ]

@@ -570,7 +570,9 @@ async def test_concurrent_requests_of_many_sources_share_bundles_and_each_gets_2
 
     assert [r.status_code for r in replies] == [202] * 40
     bundles = await read_stream(DP_RAW)
-    assert len(bundles) <= 2  # one per partition: every request waited for the same linger
+    # per partition: the first request's bundle goes at once (the partition was quiet), the
+    # others share the next one, a linger later
+    assert len(bundles) <= 4
     assert sorted(r.batch.source_id for r in await read_batches()) == sorted(sources)
     assert {r.subject for r in await read_batches()} == {
         gw.ns.raw_partition_subject("infrastructure", partition_of("infrastructure", s, 2))

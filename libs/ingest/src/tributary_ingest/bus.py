@@ -28,10 +28,12 @@ from tributary_runtime.settings import ServiceSettings
 
 MAX_STREAM_MESSAGE_BYTES = 8 * 1024 * 1024  # the streams' max_msg_size (libs/contracts)
 READY_TIMEOUT_SECONDS = 2.0
-DEFAULT_LINGER_MS = 2.0
-"""Bundles per second stay ≤ partitions × 1000 / linger (2,000/s with 4 partitions), far under
-what the classifier fetches and acks (~7,000 msg/s measured), while a point waits ≤ 2 ms: a
-fifth of the WebSocket ack budget (10 ms p95)."""
+DEFAULT_LINGER_MS = 10.0
+"""A partition publishes at most one bundle per linger (``Coalescer``): with 4 partitions ≤ 400
+bundles/s of small batches, whatever the request rate, so the classifier's, the writer's and
+NATS's cost per message stays a small share of a point's; a point on a quiet partition waits for
+no linger, one on a busy partition ≤ 10 ms, and a batch of ``FLUSH_POINTS`` or more never waits
+for it."""
 
 Connect = Callable[[], Awaitable[Client]]
 T = TypeVar("T")
@@ -83,8 +85,9 @@ class BundleLingerSettings(BaseModel):
         default=DEFAULT_LINGER_MS,
         ge=0,
         le=1000,
-        description="Longest wait of a point for more points of its partition before their "
-        "bundle is published (sooner at MAX_BUNDLE_POINTS points or the size limit).",
+        description="Least time between two bundles of one partition: a point on a quiet "
+        "partition goes at once, on a busy one within this (a bundle of 100 points or more, "
+        "MAX_BUNDLE_POINTS or the size limit goes without waiting).",
     )
 
 

@@ -30,10 +30,11 @@ class GatewayMqttSettings(
         default=20.0,
         ge=0,
         le=1000,
-        description="Longest wait of a point for more points of its partition before their "
-        "bundle is published (sooner at MAX_BUNDLE_POINTS points or the size limit). Longer than "
-        "the HTTP and WebSocket gateways' 2 ms: the broker, not the bundle, answers the producer "
-        "(PUBACK), so lingering only delays the row, and bigger bundles cost less CPU per point.",
+        description="Least time between two bundles of one partition: a point on a quiet "
+        "partition goes at once, on a busy one within this (a bundle of 100 points or more, "
+        "MAX_BUNDLE_POINTS or the size limit goes without waiting). Longer than the HTTP and "
+        "WebSocket gateways' 10 ms: the broker, not the bundle, answers the producer (PUBACK), "
+        "so lingering only delays the row, and bigger bundles cost less CPU per point.",
     )
     mqtt_url: str = Field(
         default="mqtt://127.0.0.1:1883",

@@ -73,6 +73,11 @@ FLUSH_POINTS = 100
 """A bundle this full goes at the end of the loop turn without waiting for the linger: at 100
 points the per-message cost downstream is already a few µs per point."""
 
+MAX_PARTITION_CLOCKS = 10_000
+"""(domain, partition)s whose last bundle time is kept; beyond, those quiet for a linger (whose
+next bundle may go at once anyway) are forgotten, so a producer inventing domains grows
+nothing."""
+
 BUNDLE_ROOM_BYTES = 128
 """Room in a bundle's payload for its envelope (domain, partition, brackets)."""
 
@@ -338,7 +343,10 @@ class Coalescer:
         if bundle is None or (expected is not None and bundle is not expected):
             return
         del self._open[key]
-        self._last_closed[key] = self._loop.time()
+        now = self._last_closed[key] = self._loop.time()
+        if len(self._last_closed) > MAX_PARTITION_CLOCKS:  # many domains: forget the quiet ones
+            horizon = now - self.linger
+            self._last_closed = {k: t for k, t in self._last_closed.items() if t > horizon}
         if bundle.timer is not None:
             bundle.timer.cancel()
         domain, partition = key

@@ -80,7 +80,6 @@ class Options:
     """Durable consumer name; default ``reader-<domain>-<cls>``."""
     nats_url: str = "nats://127.0.0.1:4222"
     prefix: str = ""
-    batch_size: int = 100
     dedup_capacity: int = 100_000
     user: str | None = None
     password: str | None = None
@@ -153,7 +152,9 @@ def build_broker(
         stream=JStream(ns.stream(DP_CLASSIFIED), declare=False),
         durable=options.durable_name,
         config=consumer_config(options),
-        pull_sub=PullSub(batch_size=options.batch_size, timeout=1.0),
+        # One message per fetch: FastStream 0.7.8's pull subscriber handles the messages of a
+        # fetch concurrently (an anyio task group), which would break per-source order.
+        pull_sub=PullSub(batch_size=1, timeout=1.0),
         ack_policy=AckPolicy.NACK_ON_ERROR,
     )
     async def on_classified(message: ClassifiedMessage, msg: NatsMessage) -> None:

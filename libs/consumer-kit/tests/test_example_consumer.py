@@ -343,6 +343,33 @@ async def test_replays_from_a_timestamp(js: Any, servers: Any, bus_prefix: str) 
     assert consumer.config.filter_subject == ns.classified_filter("infra", "critical")
 
 
+@pytest.mark.integration
+async def test_a_backlog_is_handed_over_in_stream_order(
+    js: Any, servers: Any, bus_prefix: str
+) -> None:
+    """Many messages waiting, a handler that yields: each point still comes after the one
+    before it (a fetch of many would be handled concurrently by FastStream)."""
+    ns = Namespace(bus_prefix)
+    values = [float(90 + i) for i in range(40)]
+    for i, value in enumerate(values):
+        await publish(js, ns, [value], f"m{i}")
+    handled: list[float] = []
+
+    async def keep(reading: ClassifiedReading) -> None:
+        await asyncio.sleep(0.002 * (int(reading.point.value) % 3))
+        handled.append(reading.point.value)
+
+    opts = example.Options(domain="infra", cls="critical", nats_url=servers.nats_url,
+                           prefix=bus_prefix, durable="ordered")  # fmt: skip
+    broker = example.build_broker(opts, keep)
+    await broker.start()
+    try:
+        await wait_until(lambda: len(handled) >= len(values), "the backlog")
+    finally:
+        await broker.stop()
+    assert handled == values
+
+
 class ConfiguredNats(PrivateNats):
     """A private nats-server started from a config file that includes the permissions."""
 

@@ -295,16 +295,19 @@ async def test_cluster_node_killed_mid_load_loses_and_doubles_no_acked_point(
     report += f" partition_messages={on_subject} delivered={delivered} fetched={fetched}"
     print(report)
     # Each partition's durable delivered its own partition's messages (redeliveries after the
-    # kill on top), and replica k fetched at least its partitions' (p % 2 == k) messages and at
-    # most what their durables delivered: each replica read its own half of the stream, nothing
-    # else. (A delivery whose pull reply was lost with the killed node counts as delivered but
-    # never reaches a replica, so fetched may fall short of delivered, never of the messages.)
+    # kill on top), and replica k fetched at least its partitions' (p % 2 == k) messages and
+    # fewer than their durables delivered plus any other partition's messages: each replica read
+    # its own half of the stream, nothing else. The kill blurs "delivered" both ways: a delivery
+    # whose pull reply was lost with the killed node counts as delivered but never reaches a
+    # replica, and one the killed leader made without replicating it is made again by the new
+    # leader as a first delivery (fetched twice, counted once) — a few messages, not a partition.
     assert all(delivered[p] >= on_subject[p] for p in on_subject), report
     assert sum(on_subject.values()) > 0, report
     for k in range(CLASSIFIER_REPLICAS):
         own = [p for p in on_subject if p % CLASSIFIER_REPLICAS == k]
+        others = [on_subject[p] for p in on_subject if p not in own]
         assert sum(on_subject[p] for p in own) <= fetched[k], report
-        assert fetched[k] <= sum(delivered[p] for p in own), report
+        assert fetched[k] - sum(delivered[p] for p in own) < min(others), report
     assert sum(written) == len(stored), report  # the two replicas shared the work, no overlap
     streams = {s["name"]: s for s in status["streams"]}
     assert not _busy(status), status["consumers"]

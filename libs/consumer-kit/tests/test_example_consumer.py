@@ -6,6 +6,7 @@ account of ``nats/reader-permissions.conf`` on a private server."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.util
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -243,6 +244,17 @@ async def wait_until(predicate: Any, what: str) -> None:
     raise AssertionError(f"timed out waiting for {what}")
 
 
+@contextlib.asynccontextmanager
+async def running(opts: Any, handle: Any) -> AsyncIterator[None]:
+    """The example's broker started with ``handle``, stopped on the way out."""
+    broker = example.build_broker(opts, handle)
+    await broker.start()
+    try:
+        yield
+    finally:
+        await broker.stop()
+
+
 @pytest.fixture
 async def js(servers: Any, bus_prefix: str) -> AsyncIterator[Any]:
     nc = await nats.connect(servers.nats_url)
@@ -274,13 +286,9 @@ async def test_a_message_whose_handling_failed_is_delivered_again(
 
     opts = example.Options(domain="infra", cls="critical", nats_url=servers.nats_url,
                            prefix=bus_prefix)  # fmt: skip
-    broker = example.build_broker(opts, flaky)
-    await broker.start()
-    try:
+    async with running(opts, flaky):
         await publish(js, ns, [91.0, 92.0], "m1")
         await wait_until(lambda: 92.0 in handled, "the redelivered point")
-    finally:
-        await broker.stop()
     # The nacked message came again; 91.0 was handled on both deliveries (at least once:
     # the handler is idempotent or stores point_key uniquely), 92.0 once it succeeded.
     assert handled == [91.0, 91.0, 92.0]
@@ -298,9 +306,7 @@ async def test_a_message_that_is_not_classified_is_terminated_not_retried(
 
     opts = example.Options(domain="infra", cls="critical", nats_url=servers.nats_url,
                            prefix=bus_prefix, durable="strict")  # fmt: skip
-    broker = example.build_broker(opts, keep)
-    await broker.start()
-    try:
+    async with running(opts, keep):
         subject = ns.classified_partition_subject("infra", "critical", 0)
         await js.publish(subject, b'{"domain": "infra"}', headers={MSG_ID_HEADER: "bad"})
         await publish(js, ns, [91.0], "good")
@@ -310,8 +316,6 @@ async def test_a_message_that_is_not_classified_is_terminated_not_retried(
             if info.ack_floor.stream_seq == 2:
                 break
             await asyncio.sleep(0.1)
-    finally:
-        await broker.stop()
     # Both messages are done (the bad one terminated), neither was delivered twice.
     assert (info.ack_floor.stream_seq, info.num_ack_pending, info.num_redelivered) == (2, 0, 0)
 
@@ -331,13 +335,9 @@ async def test_replays_from_a_timestamp(js: Any, servers: Any, bus_prefix: str) 
 
     opts = example.Options(domain="infra", cls="critical", nats_url=servers.nats_url,
                            prefix=bus_prefix, since=second.time, durable="replay")  # fmt: skip
-    broker = example.build_broker(opts, keep)
-    await broker.start()
-    try:
+    async with running(opts, keep):
         await wait_until(lambda: len(handled) >= 2, "the replayed points")
         consumer = await js.consumer_info(stream, "replay")
-    finally:
-        await broker.stop()
     assert handled == [92.0, 93.0]
     assert consumer.config.deliver_policy == "by_start_time"
     assert consumer.config.filter_subject == ns.classified_filter("infra", "critical")
@@ -361,12 +361,8 @@ async def test_a_backlog_is_handed_over_in_stream_order(
 
     opts = example.Options(domain="infra", cls="critical", nats_url=servers.nats_url,
                            prefix=bus_prefix, durable="ordered")  # fmt: skip
-    broker = example.build_broker(opts, keep)
-    await broker.start()
-    try:
+    async with running(opts, keep):
         await wait_until(lambda: len(handled) >= len(values), "the backlog")
-    finally:
-        await broker.stop()
     assert handled == values
 
 

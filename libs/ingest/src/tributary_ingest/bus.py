@@ -22,7 +22,7 @@ from tributary_contracts import (
     Transport,
     ensure_jetstream,
 )
-from tributary_ingest.coalesce import Coalescer
+from tributary_ingest.coalesce import FLUSH_POINTS, Coalescer
 from tributary_runtime.bus import connect_nats
 from tributary_runtime.settings import ServiceSettings
 
@@ -34,6 +34,12 @@ bundles/s of small batches, whatever the request rate, so the classifier's, the 
 NATS's cost per message stays a small share of a point's; a point on a quiet partition waits for
 no linger, one on a busy partition ≤ 10 ms, and a batch of ``FLUSH_POINTS`` or more never waits
 for it."""
+
+LINGER_DESCRIPTION = (
+    "Least time between two bundles of one partition: a point on a quiet partition goes at "
+    f"once, on a busy one within this (a bundle of {FLUSH_POINTS} points or more, "
+    "MAX_BUNDLE_POINTS or the size limit goes without waiting)."
+)
 
 Connect = Callable[[], Awaitable[Client]]
 T = TypeVar("T")
@@ -85,9 +91,7 @@ class BundleLingerSettings(BaseModel):
         default=DEFAULT_LINGER_MS,
         ge=0,
         le=1000,
-        description="Least time between two bundles of one partition: a point on a quiet "
-        "partition goes at once, on a busy one within this (a bundle of 100 points or more, "
-        "MAX_BUNDLE_POINTS or the size limit goes without waiting).",
+        description=LINGER_DESCRIPTION,
     )
 
 

@@ -140,7 +140,7 @@ class _Bundle:
         self.tickets: list[_Ticket] = []
         self.points = 0
         self.size = 0
-        self.timer: asyncio.Handle | None = None  # publishes it (a linger timer or call_soon)
+        self.timer: asyncio.Handle | None = None  # publishes it (linger timer or call_soon)
 
 
 class Coalescer:
@@ -318,9 +318,9 @@ class Coalescer:
             bundle = self._open[key] = _Bundle(now)
             due = self._last_closed.get(key, -self.linger) + self.linger
             if due <= now:  # a quiet partition: this loop turn's batches share the bundle
-                bundle.timer = self._loop.call_soon(self._close_bundle, key, bundle)
+                bundle.timer = self._loop.call_soon(self._close_bundle, key)
             else:
-                bundle.timer = self._loop.call_at(due, self._close_bundle, key, bundle)
+                bundle.timer = self._loop.call_at(due, self._close_bundle, key)
         if ticket.bounded and bundle.deadline is None:
             bundle.deadline = self._loop.call_at(
                 bundle.opened + self.timeout, self._expire, bundle.tickets
@@ -336,13 +336,13 @@ class Coalescer:
         elif before < self._flush_points <= bundle.points:
             assert bundle.timer is not None
             bundle.timer.cancel()
-            bundle.timer = self._loop.call_soon(self._close_bundle, key, bundle)
+            bundle.timer = self._loop.call_soon(self._close_bundle, key)
 
-    def _close_bundle(self, key: tuple[str, int], expected: _Bundle | None = None) -> None:
-        bundle = self._open.get(key)
-        if bundle is None or (expected is not None and bundle is not expected):
+    def _close_bundle(self, key: tuple[str, int]) -> None:
+        """Publish the open bundle of ``key`` (its timer is cancelled: one bundle per timer)."""
+        bundle = self._open.pop(key, None)
+        if bundle is None:
             return
-        del self._open[key]
         now = self._last_closed[key] = self._loop.time()
         if len(self._last_closed) > MAX_PARTITION_CLOCKS:  # many domains: forget the quiet ones
             horizon = now - self.linger

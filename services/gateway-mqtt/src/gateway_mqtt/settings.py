@@ -8,7 +8,12 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr, field_validator
 
 from tributary_contracts.ports import SERVICE_PORTS
-from tributary_ingest.bus import BundleLingerSettings, BusStartupSettings
+from tributary_ingest.bus import (
+    DEFAULT_LINGER_MS,
+    LINGER_DESCRIPTION,
+    BundleLingerSettings,
+    BusStartupSettings,
+)
 from tributary_ingest.ledger import RawLedgerSettings
 from tributary_runtime.settings import ServiceSettings
 
@@ -30,10 +35,8 @@ class GatewayMqttSettings(
         default=20.0,
         ge=0,
         le=1000,
-        description="Least time between two bundles of one partition: a point on a quiet "
-        "partition goes at once, on a busy one within this (a bundle of 100 points or more, "
-        "MAX_BUNDLE_POINTS or the size limit goes without waiting). Longer than the HTTP and "
-        "WebSocket gateways' 10 ms: the broker, not the bundle, answers the producer (PUBACK), "
+        description=f"{LINGER_DESCRIPTION} Longer than the HTTP and WebSocket gateways' "
+        f"{DEFAULT_LINGER_MS:g} ms: the broker, not the bundle, answers the producer (PUBACK), "
         "so lingering only delays the row, and bigger bundles cost less CPU per point.",
     )
     mqtt_url: str = Field(

@@ -6,8 +6,12 @@
   CONFLICT DO NOTHING``) — rows/s.
 - JetStream from Python (nats-py): ``publish_async`` with the PubAcks awaited together, and a
   durable pull consumer doing ``fetch(500)`` + ack per message — msgs/s.
-- An empty Starlette POST handler (reads the body, answers 202) under uvicorn with uvloop and
-  httptools — req/s, driven by the same raw HTTP client and body size as the HTTP transport.
+- An empty Starlette app under uvicorn with uvloop and httptools, driven by the same raw
+  clients as the fleet: a POST handler that reads the body and answers 202 — req/s with the
+  batched profile's connections and body, and with the devices profile's connections and one
+  point per request; a WebSocket route that answers every message with an ack — messages/s
+  with the devices profile's sessions and window, one point per message. No fleet can answer
+  single readings faster than these on this machine.
 
 Each figure is bounded by a row/message count and by ``seconds``.
 """
@@ -18,12 +22,13 @@ import asyncio
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import asyncpg
 from loads import ingest_body, points_json, post_head, post_request
-from wire import open_http
+from wire import WsConnection, open_http, open_ws
 
 from tests.host import free_port  # the repo root is on sys.path: run.py puts it there
 
@@ -156,21 +161,83 @@ EMPTY_APP = """
 import sys, uvicorn
 from starlette.applications import Starlette
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocketDisconnect
 
 async def ingest(request):
     await request.body()
     return Response(b'{"accepted": 0}', status_code=202, media_type="application/json")
 
-app = Starlette(routes=[Route("/ingest/data", ingest, methods=["POST"])])
+async def stream(websocket):
+    await websocket.accept()
+    try:
+        while True:
+            await websocket.receive_text()
+            await websocket.send_text('{"type":"ack","accepted":1,"rejected":[]}')
+    except WebSocketDisconnect:
+        pass
+
+app = Starlette(routes=[Route("/ingest/data", ingest, methods=["POST"]),
+                        WebSocketRoute("/ingest/stream", stream)])
 uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), loop="uvloop", http="httptools",
             log_level="warning", access_log=False)
 """
 
 
-async def starlette_limit(
-    connections: int, batch: int, streams: int, seconds: float
+async def _post_rate(port: int, connections: int, request: bytes, seconds: float) -> float:
+    """Requests/s of ``connections`` keep-alive connections each sending ``request`` in turn."""
+    counts = [0] * connections
+    deadline = time.monotonic() + seconds
+
+    async def client(i: int) -> None:
+        conn = await open_http(port)
+        for _ in range(1_000_000):
+            if time.monotonic() >= deadline:
+                break
+            async with asyncio.timeout(10):
+                await conn.request(request)
+            counts[i] += 1
+        conn.close()
+
+    started = time.monotonic()
+    await asyncio.gather(*(client(i) for i in range(connections)))
+    return sum(counts) / (time.monotonic() - started)
+
+
+async def _ws_rate(port: int, sessions: int, window: int, message: bytes, seconds: float) -> float:
+    """Messages/s answered by the empty app's WebSocket route: ``sessions`` sessions, each
+    keeping ``window`` messages unanswered (the next one goes when an answer arrives)."""
+    conns = [await open_ws(port, "/ingest/stream") for _ in range(sessions)]
+    answered = 0
+    deadline = 0.0
+
+    def on_answer(conn: WsConnection) -> Callable[[bytes], None]:
+        def answer(_payload: bytes) -> None:
+            nonlocal answered
+            answered += 1
+            if time.monotonic() < deadline:
+                conn.send(message)
+
+        return answer
+
+    started = time.monotonic()
+    deadline = started + seconds
+    for conn in conns:
+        conn.on_message = on_answer(conn)
+        for _ in range(window):
+            conn.send(message)
+    await asyncio.sleep(seconds + 0.5)  # the answers of the last window arrive
+    for conn in conns:
+        conn.close()
+    return answered / (time.monotonic() - started)
+
+
+async def web_limits(
+    batched: tuple[int, int, int], devices: tuple[int, int, int], seconds: float
 ) -> dict[str, float]:
+    """The empty app's rates in the two shapes of traffic: ``batched`` = (connections, points
+    per request, streams) of the batched profile; ``devices`` = (HTTP connections, WebSocket
+    sessions, unanswered messages per session) with 1 point per request/message."""
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-c", EMPTY_APP, str(port)], cwd=Path(__file__).parent)
     try:
@@ -181,24 +248,28 @@ async def starlette_limit(
                 break
             except OSError:
                 await asyncio.sleep(0.1)
-        body = ingest_body("x", points_json(0, batch, streams))
-        request = post_request(post_head("/ingest/data", None), body)
-        counts = [0] * connections
-        deadline = time.monotonic() + seconds
-
-        async def client(i: int) -> None:
-            conn = await open_http(port)
-            for _ in range(1_000_000):
-                if time.monotonic() >= deadline:
-                    break
-                async with asyncio.timeout(10):
-                    await conn.request(request)
-                counts[i] += 1
-            conn.close()
-
-        started = time.monotonic()
-        await asyncio.gather(*(client(i) for i in range(connections)))
-        return {"starlette_empty_post_req_per_s": round(sum(counts) / (time.monotonic() - started))}
+        connections, batch, streams = batched
+        head = post_head("/ingest/data", None)
+        request = post_request(head, ingest_body("x", points_json(0, batch, streams)))
+        single = post_request(head, ingest_body("x", points_json(0, 1, 1)))
+        http_connections, sessions, window = devices
+        return {
+            "starlette_empty_post_req_per_s": round(
+                await _post_rate(port, connections, request, seconds)
+            ),
+            "starlette_empty_post_1pt_req_per_s": round(
+                await _post_rate(port, http_connections, single, seconds)
+            ),
+            "starlette_ws_answer_1pt_msgs_per_s": round(
+                await _ws_rate(
+                    port,
+                    sessions,
+                    window,
+                    b'{"type":"data","batch":%s}' % points_json(0, 1, 1),
+                    seconds,
+                )
+            ),
+        }
     finally:
         proc.terminate()
         proc.wait(timeout=10)

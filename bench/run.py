@@ -55,7 +55,7 @@ import uvloop
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from limits import jetstream_limits, pg_limits, starlette_limit  # noqa: E402
+from limits import jetstream_limits, pg_limits, web_limits  # noqa: E402
 from loads import PhaseLoad, PhaseRecord, run_csv, run_http, run_mqtt, run_ws  # noqa: E402
 from report import chart, markdown  # noqa: E402
 
@@ -490,7 +490,11 @@ class Bench:
             limits |= await jetstream_limits(
                 a.nats_url, self.prefix, a.limit_rows, 512, a.limit_seconds
             )
-            limits |= await starlette_limit(a.sources, a.batch, a.streams, a.limit_seconds)
+            limits |= await web_limits(
+                (a.sources, a.batch, a.streams),
+                (a.device_connections, a.device_sources, a.device_ws_window),
+                a.limit_seconds,
+            )
             for profile in a.profiles:
                 transports = (
                     [t for t in a.transports if t in DEVICE_TRANSPORTS]
@@ -607,8 +611,12 @@ def ratios(phases: list[dict[str, Any]], limits: dict[str, float]) -> list[dict[
             p["dp_raw_msgs_per_s"],
             "js_fetch_ack_msgs_per_s",
         )
+        devices = p["phase"].startswith("devices")
         if p["transport"] == "http":
-            add(f"{t} requests/s", p["acks_per_s"], "starlette_empty_post_req_per_s")
+            limit = "starlette_empty_post_1pt_req_per_s" if devices else ""
+            add(f"{t} requests/s", p["acks_per_s"], limit or "starlette_empty_post_req_per_s")
+        if p["transport"] == "ws" and devices:
+            add(f"{t} messages/s acked", p["acks_per_s"], "starlette_ws_answer_1pt_msgs_per_s")
         if p["transport"] == "mqtt":
             add(f"{t} messages/s acked", p["acks_per_s"], "js_publish_async_msgs_per_s")
     return out

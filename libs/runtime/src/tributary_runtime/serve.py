@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import uvicorn
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from tributary_runtime.settings import ServiceSettings
 
@@ -42,69 +42,10 @@ HEADER_TIMEOUT_SECONDS = 10.0
 """Default of ``HTTP_HEADER_TIMEOUT_SECONDS``: how long a request's headers may take to arrive."""
 
 
-class HeldHead:
-    """A response cycle's view of its connection that can hold the response head: after
-    ``hold()`` the next write (uvicorn writes the status line and headers as soon as the
-    response starts) is kept and goes out with the write after it (the body) as one write.
-    Anything else, and ``close``, passes through (a held head first)."""
-
-    __slots__ = ("_head", "_holding", "_transport")
-
-    def __init__(self, transport: asyncio.Transport) -> None:
-        self._transport = transport
-        self._head: bytes | None = None
-        self._holding = False
-
-    def hold(self) -> None:
-        self._holding = True
-
-    def release(self) -> None:
-        if self._head is not None:
-            head, self._head = self._head, None
-            self._transport.write(head)
-
-    def write(self, data: bytes) -> None:
-        if self._holding:
-            self._holding, self._head = False, data
-        elif self._head is not None:
-            head, self._head = self._head, None
-            self._transport.write(head + data)
-        else:
-            self._transport.write(data)
-
-    def close(self) -> None:
-        self.release()
-        self._transport.close()
-
-    def is_closing(self) -> bool:
-        return self._transport.is_closing()
-
-
-class OneWriteCycle(RequestResponseCycle):
-    """uvicorn's request/response cycle answering a response of known length with one write:
-    uvicorn writes the head and the body separately, two syscalls and two TCP segments (two
-    reads and wake-ups for the client) per reply, which for a single reading was the largest
-    piece of gateway-http's CPU after parsing HTTP itself. A response without a length
-    (streamed, chunked) sends its head at once, as before."""
-
-    transport: HeldHead  # type: ignore[assignment]
-
-    async def send(self, message: Any) -> None:
-        holding = message["type"] == "http.response.start" and not self.response_started
-        if holding:
-            self.transport.hold()
-        try:
-            await super().send(message)
-        finally:  # a head still held after a body (HEAD has none) or without a length goes now
-            if not holding or self.chunked_encoding is not False:
-                self.transport.release()
-
-
 class HeaderTimeoutProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol, closing a connection whose request headers do not arrive
     within ``header_timeout`` seconds of its first byte (or of the connection): uvicorn itself
-    waits forever for headers that never finish (slowloris). Bodies are bounded per endpoint.
-    Each request's cycle is a ``OneWriteCycle``."""
+    waits forever for headers that never finish (slowloris). Bodies are bounded per endpoint."""
 
     header_timeout = HEADER_TIMEOUT_SECONDS
     _header_timer: asyncio.TimerHandle | None = None
@@ -120,11 +61,6 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._stop_header_timer()
         super().on_headers_complete()
-
-    def _start_asgi_task(self, cycle: RequestResponseCycle, app: Any) -> None:
-        cycle.__class__ = OneWriteCycle  # same object, one overridden method: ``send``
-        cycle.transport = HeldHead(cycle.transport)  # type: ignore[assignment]
-        super()._start_asgi_task(cycle, app)
 
     def handle_websocket_upgrade(self) -> None:
         self._stop_header_timer()  # the transport now belongs to the WebSocket protocol

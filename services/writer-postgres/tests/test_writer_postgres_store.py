@@ -10,14 +10,16 @@ import asyncpg
 import pytest
 
 from writer_postgres.errors import Failure, classify_error
-from writer_postgres.store import PointStore, batch_rows, prepare_connection
+from writer_postgres.store import PointStore, batch_rows, keep_session, prepare_connection
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
 async def store(migrated_dsn: str) -> AsyncIterator[PointStore]:
-    pool = await asyncpg.create_pool(migrated_dsn, min_size=1, max_size=2, init=prepare_connection)
+    pool = await asyncpg.create_pool(  # as the service has it; one connection, so it is reused
+        migrated_dsn, min_size=1, max_size=1, init=prepare_connection, reset=keep_session
+    )
     yield PointStore(pool)
     await pool.close()
 

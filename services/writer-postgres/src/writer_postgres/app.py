@@ -51,7 +51,7 @@ from writer_postgres.partitions import ensure_partitions
 from writer_postgres.rejects import RejectStore, RejectWriter
 from writer_postgres.settings import WriterPostgresSettings
 from writer_postgres.shadow import ShadowStore, ShadowWriter
-from writer_postgres.store import PointStore, prepare_connection
+from writer_postgres.store import PointStore, keep_session, prepare_connection
 
 log = structlog.get_logger(__name__)
 
@@ -80,7 +80,7 @@ class WriterService:
             describe=describe_error, log=log,
         )
         self.pool = await asyncpg.create_pool(
-            s.dsn, min_size=1, max_size=s.pool_size, init=prepare_connection,
+            s.dsn, min_size=1, max_size=s.pool_size, init=prepare_connection, reset=keep_session,
             command_timeout=s.write_timeout_seconds,
         )
         self.nc = await connect_nats(s, CONSUMER)

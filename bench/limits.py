@@ -214,8 +214,8 @@ async def _ws_rate(port: int, sessions: int, window: int, message: bytes, second
     def on_answer(conn: WsConnection) -> Callable[[bytes], None]:
         def answer(_payload: bytes) -> None:
             nonlocal answered
-            answered += 1
-            if time.monotonic() < deadline:
+            if time.monotonic() < deadline:  # answers after the deadline do not count
+                answered += 1
                 conn.send(message)
 
         return answer
@@ -226,7 +226,7 @@ async def _ws_rate(port: int, sessions: int, window: int, message: bytes, second
         conn.on_message = on_answer(conn)
         for _ in range(window):
             conn.send(message)
-    await asyncio.sleep(seconds + 0.5)  # the answers of the last window arrive
+    await asyncio.sleep(seconds)
     for conn in conns:
         conn.close()
     return answered / (time.monotonic() - started)

@@ -178,6 +178,8 @@ _END = object()
 class Session:
     """See the module docstring. ``run()`` serves the socket until the session ends."""
 
+    _loop: asyncio.AbstractEventLoop  # the loop ``run`` runs in
+
     def __init__(
         self,
         channel: Channel,
@@ -214,6 +216,8 @@ class Session:
         self._data_in_flight = 0
         self.max_in_flight_seen = 0  # high-water mark of owed replies (tests, diagnostics)
         self._owed = 0
+        self._last_frame = 0.0  # loop time the last frame arrived
+        self._idle_timer: asyncio.TimerHandle | None = None
         self.finished = asyncio.Event()
 
     # -- control from outside -------------------------------------------------------------
@@ -231,6 +235,7 @@ class Session:
 
     # -- main -----------------------------------------------------------------------------
     async def run(self) -> None:
+        self._loop = asyncio.get_running_loop()
         writer = asyncio.create_task(self._write_loop())
         self._reader = asyncio.current_task()
         try:
@@ -247,6 +252,8 @@ class Session:
             self._set_close(CloseCode.INTERNAL_ERROR, "internal error; it was logged")
         finally:
             self._reader = None
+            if self._idle_timer is not None:
+                self._idle_timer.cancel()
             self._replies.put_nowait(_END)
             try:
                 await writer
@@ -264,8 +271,7 @@ class Session:
 
     # -- reader ---------------------------------------------------------------------------
     async def _read_loop(self) -> None:
-        loop = asyncio.get_running_loop()
-        connect_deadline = loop.time() + self.limits.connect_timeout
+        connect_deadline = self._loop.time() + self.limits.connect_timeout
         while self.state is not State.CLOSING:
             if self._window.locked():
                 READS_PAUSED.inc()
@@ -279,33 +285,47 @@ class Session:
                 self._window.release()
                 if self._peer_gone:
                     return
-                continue  # a timeout that did not end the session
+                continue  # the connect timeout: the session is closing
             self._owe()
             await self._handle(frame)
 
     async def _receive(self, connect_deadline: float) -> str | bytes | None:
-        """The next frame; None after a disconnect or a timeout (which may end the session)."""
-        loop = asyncio.get_running_loop()
+        """The next frame; None after a disconnect or the connect timeout (which ends the
+        session). Once connected no timer is armed per frame: ``_idle_check`` ends an idle
+        session (a timeout per frame cost ≈ 8 µs, 5 % of a single reading's CPU here)."""
         if self.state is State.AWAITING_CONNECT:
-            deadline = connect_deadline
-        else:
-            deadline = loop.time() + self.limits.idle_timeout
-        try:
-            async with asyncio.timeout_at(deadline):
-                frame = await self.channel.receive()
-        except TimeoutError:
-            if self.state is State.AWAITING_CONNECT:
+            try:
+                async with asyncio.timeout_at(connect_deadline):
+                    frame = await self.channel.receive()
+            except TimeoutError:
                 self._set_close(
                     CloseCode.POLICY_VIOLATION,
                     f"no connect within {self.limits.connect_timeout:g} s",
                 )
-            elif self._owed == 0:
-                self._set_close(CloseCode.NORMAL, "idle timeout")
-            return None
+                return None
+        else:
+            frame = await self.channel.receive()
+        self._last_frame = self._loop.time()
         if frame is None:
             self._peer_gone = True
             self.state = State.CLOSING
         return frame
+
+    def _idle_check(self) -> None:
+        """Runs ``idle_timeout`` after the session connected, then again each time: a session
+        that received no frame for ``idle_timeout`` and owes no reply ends with 1000 "idle
+        timeout"; one that owes replies is looked at again later."""
+        self._idle_timer = None
+        if self.state is not State.CONNECTED:
+            return
+        idle = self.limits.idle_timeout
+        quiet = self._loop.time() - self._last_frame
+        if quiet >= idle and self._owed == 0:
+            self.stop(CloseCode.NORMAL, "idle timeout")
+            return
+        self._idle_timer = self._loop.call_later(
+            idle - quiet if quiet < idle else idle, self._idle_check
+        )
 
     def _owe(self) -> None:
         self._owed += 1
@@ -394,6 +414,7 @@ class Session:
                 return
         self._tracker = self._resume.tracker(self.domain, self.source_id, self.id)
         self.state = State.CONNECTED
+        self._idle_timer = self._loop.call_later(self.limits.idle_timeout, self._idle_check)
         structlog.contextvars.bind_contextvars(
             session_id=self.id, domain=self.domain, source_id=self.source_id
         )
@@ -427,7 +448,7 @@ class Session:
             normalized.accepted,
             normalized.rejected,
         )
-        deadline = asyncio.get_running_loop().time() + self.limits.publish_timeout
+        deadline = self._loop.time() + self.limits.publish_timeout
         self._data_in_flight += 1
         BATCHES_IN_FLIGHT.inc()
         self._replies.put_nowait(DataSlot(submitted, normalized, received, deadline))

@@ -8,9 +8,12 @@ from typing import Any
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tributary_contracts import DataPoint
 from tributary_ingest.points import (
+    DuplicateKeys,
     MalformedJson,
     Rejection,
     check_domain,
@@ -263,6 +266,8 @@ def test_metadata_nested_deeper_than_the_limit_is_rejected_naming_the_limit() ->
         (b'[{"stream_id": "a:b", "value": 1, "metadata": {"k": ":", "j": "\\":"}}]', False),
         (b'[{"stream_id": "a", "value": 1, "metadata": {"k": 1, "k": 2}}]', True),
         (b'[{"stream_id": "a", "value": NaN, "value": 1}]', True),  # the fallback parser
+        (b'[{"stream_id": "a", "value": 1, "value": 2, "metadata": {"t": "10:00"}}]', True),
+        (b'[{"stream_id": "a", "value": 1, "metadata": {"t": "10:00", "t": "11:00"}}]', True),
     ],
 )
 def test_duplicate_json_keys_are_refused_per_point(body: bytes, duplicated: bool) -> None:
@@ -273,6 +278,64 @@ def test_duplicate_json_keys_are_refused_per_point(body: bytes, duplicated: bool
     assert isinstance(point, Rejection) is duplicated
     if duplicated:
         assert "more than once" in point.reason
+
+
+def _has_duplicates(value: Any) -> bool:
+    if isinstance(value, DuplicateKeys):
+        return True
+    if isinstance(value, dict):
+        value = list(value.values())
+    return isinstance(value, list) and any(_has_duplicates(child) for child in value)
+
+
+def _object_text(pairs: list[tuple[str, Any]]) -> str:
+    return "{" + ",".join(f"{orjson.dumps(k).decode()}:{_text(v)}" for k, v in pairs) + "}"
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, list) and value and isinstance(value[0], tuple):
+        return _object_text(value)
+    return orjson.dumps(value).decode()
+
+
+_KEYS = st.sampled_from(["a", "b", "a:b", ":", 'q"', "\\:"])
+_SCALARS = st.one_of(st.integers(-5, 5), st.sampled_from(["x", "1:2", ":", '"', "\\", "a\\:"]))
+_OBJECTS = st.recursive(
+    st.lists(st.tuples(_KEYS, _SCALARS), max_size=4),
+    lambda inner: st.lists(st.tuples(_KEYS, st.one_of(_SCALARS, inner)), max_size=4),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_OBJECTS, st.booleans())
+def test_duplicate_keys_are_found_whatever_the_strings_hold(
+    pairs: list[tuple[str, Any]], as_text: bool
+) -> None:
+    """The colon count shortcut and the regex agree with a parser that sees every pair: a
+    document names a key twice in some object exactly when ``parse_json`` says so."""
+    text = "[" + _object_text(pairs) + "]"
+
+    def named_twice(value: Any) -> bool:
+        if isinstance(value, list) and value and isinstance(value[0], tuple):
+            keys = [k for k, _ in value]
+            return len(keys) != len(set(keys)) or any(named_twice(v) for _, v in value)
+        return False
+
+    parsed = parse_json(text if as_text else text.encode())
+
+    assert _has_duplicates(parsed) is named_twice(pairs)
+
+
+def test_a_deeply_nested_document_is_counted_without_recursion() -> None:
+    depth = 1000  # orjson parses it; a recursive walk would hit Python's recursion limit
+    body = b'{"k":' * depth + b"1" + b"}" * depth
+
+    parsed = parse_json(body)
+
+    for _ in range(depth):
+        parsed = parsed["k"]
+    assert parsed == 1
 
 
 def test_a_rejection_with_a_lone_surrogate_can_be_encoded() -> None:

@@ -78,7 +78,8 @@ class WriterSettings(ServiceSettings):
     )
     fetch_batch_size: int = Field(
         default=64, ge=1, le=10_000,
-        description="Most messages (batches of points) pulled and written in one transaction.",
+        description="Most messages (batches of points) pulled and written together "
+        "(one COPY or one transaction).",
     )
     fetch_timeout_seconds: float = Field(
         default=0.5, gt=0, le=30,

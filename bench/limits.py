@@ -10,8 +10,9 @@
   clients as the fleet: a POST handler that reads the body and answers 202 — req/s with the
   batched profile's connections and body, and with the devices profile's connections and one
   point per request; a WebSocket route that answers every message with an ack — messages/s
-  with the devices profile's sessions and window, one point per message. No fleet can answer
-  single readings faster than these on this machine.
+  with the devices profile's sessions and window, one point per message; and, in the devices
+  shape, the empty server's CPU per answer (/proc). No fleet can answer single readings faster
+  than these on this machine.
 
 Each figure is bounded by a row/message count and by ``seconds``.
 """
@@ -19,10 +20,11 @@ Each figure is bounded by a row/message count and by ``seconds``.
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -90,10 +92,7 @@ async def pg_limits(dsn: str, rows: int, batch: int, seconds: float) -> dict[str
             await conn.copy_records_to_table("bench_copy_scratch", records=chunk, columns=COLUMNS)
 
         async def keyed(chunk: list[tuple[object, ...]]) -> None:
-            async with conn.transaction():
-                await conn.copy_records_to_table(
-                    "bench_keyed_scratch", records=chunk, columns=COLUMNS
-                )
+            await conn.copy_records_to_table("bench_keyed_scratch", records=chunk, columns=COLUMNS)
 
         await conn.execute(_STAGING_DDL)
         upsert_sql = _INSERT.replace("INTO data_points", "INTO bench_upsert_scratch")
@@ -184,8 +183,15 @@ uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), loop="uvloop", http="h
 """
 
 
-async def _post_rate(port: int, connections: int, request: bytes, seconds: float) -> float:
-    """Requests/s of ``connections`` keep-alive connections each sending ``request`` in turn."""
+def _cpu_seconds(pid: int) -> float:
+    """utime + stime of process ``pid`` (/proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def _posts(port: int, connections: int, request: bytes, seconds: float) -> int:
+    """Requests answered in ``seconds`` on ``connections`` keep-alive connections, each sending
+    ``request`` in turn."""
     counts = [0] * connections
     deadline = time.monotonic() + seconds
 
@@ -199,17 +205,17 @@ async def _post_rate(port: int, connections: int, request: bytes, seconds: float
             counts[i] += 1
         conn.close()
 
-    started = time.monotonic()
     await asyncio.gather(*(client(i) for i in range(connections)))
-    return sum(counts) / (time.monotonic() - started)
+    return sum(counts)
 
 
-async def _ws_rate(port: int, sessions: int, window: int, message: bytes, seconds: float) -> float:
-    """Messages/s answered by the empty app's WebSocket route: ``sessions`` sessions, each
-    keeping ``window`` messages unanswered (the next one goes when an answer arrives)."""
-    conns = [await open_ws(port, "/ingest/stream") for _ in range(sessions)]
+async def _ws_answers(
+    conns: list[WsConnection], window: int, message: bytes, seconds: float
+) -> int:
+    """Messages the empty app's WebSocket route answers in ``seconds``, each session keeping
+    ``window`` messages unanswered (the next one goes when an answer arrives)."""
     answered = 0
-    deadline = 0.0
+    deadline = time.monotonic() + seconds
 
     def on_answer(conn: WsConnection) -> Callable[[bytes], None]:
         def answer(_payload: bytes) -> None:
@@ -220,26 +226,31 @@ async def _ws_rate(port: int, sessions: int, window: int, message: bytes, second
 
         return answer
 
-    started = time.monotonic()
-    deadline = started + seconds
     for conn in conns:
         conn.on_message = on_answer(conn)
         for _ in range(window):
             conn.send(message)
     await asyncio.sleep(seconds)
-    for conn in conns:
-        conn.close()
-    return answered / (time.monotonic() - started)
+    return answered
 
 
 async def web_limits(
     batched: tuple[int, int, int], devices: tuple[int, int, int], seconds: float
 ) -> dict[str, float]:
-    """The empty app's rates in the two shapes of traffic: ``batched`` = (connections, points
-    per request, streams) of the batched profile; ``devices`` = (HTTP connections, WebSocket
-    sessions, unanswered messages per session) with 1 point per request/message."""
+    """The empty app's rates in the two shapes of traffic, and its server's CPU per answer in
+    the devices shape: ``batched`` = (connections, points per request, streams) of the batched
+    profile; ``devices`` = (HTTP connections, WebSocket sessions, unanswered messages per
+    session) with 1 point per request/message."""
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-c", EMPTY_APP, str(port)], cwd=Path(__file__).parent)
+
+    async def measured(answers: Awaitable[int]) -> tuple[float, float]:
+        """(answers/s, server CPU µs per answer)."""
+        cpu, started = _cpu_seconds(proc.pid), time.monotonic()
+        answered = await answers
+        server = _cpu_seconds(proc.pid) - cpu
+        return answered / (time.monotonic() - started), 1e6 * server / max(answered, 1)
+
     try:
         for _ in range(100):
             try:
@@ -253,22 +264,21 @@ async def web_limits(
         request = post_request(head, ingest_body("x", points_json(0, batch, streams)))
         single = post_request(head, ingest_body("x", points_json(0, 1, 1)))
         http_connections, sessions, window = devices
+        batched_rate, _ = await measured(_posts(port, connections, request, seconds))
+        single_rate, single_us = await measured(_posts(port, http_connections, single, seconds))
+        conns = [await open_ws(port, "/ingest/stream") for _ in range(sessions)]  # not timed
+        message = b'{"type":"data","batch":%s}' % points_json(0, 1, 1)
+        try:
+            ws_rate, ws_us = await measured(_ws_answers(conns, window, message, seconds))
+        finally:
+            for conn in conns:
+                conn.close()
         return {
-            "starlette_empty_post_req_per_s": round(
-                await _post_rate(port, connections, request, seconds)
-            ),
-            "starlette_empty_post_1pt_req_per_s": round(
-                await _post_rate(port, http_connections, single, seconds)
-            ),
-            "starlette_ws_answer_1pt_msgs_per_s": round(
-                await _ws_rate(
-                    port,
-                    sessions,
-                    window,
-                    b'{"type":"data","batch":%s}' % points_json(0, 1, 1),
-                    seconds,
-                )
-            ),
+            "starlette_empty_post_req_per_s": round(batched_rate),
+            "starlette_empty_post_1pt_req_per_s": round(single_rate),
+            "starlette_empty_post_1pt_server_us": round(single_us, 1),
+            "starlette_ws_answer_1pt_msgs_per_s": round(ws_rate),
+            "starlette_ws_answer_1pt_server_us": round(ws_us, 1),
         }
     finally:
         proc.terminate()

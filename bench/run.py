@@ -584,6 +584,22 @@ class Bench:
         }
 
 
+EMPTY_APP_SINGLE = {
+    "http": (
+        "requests/s",
+        "starlette_empty_post_1pt_req_per_s",
+        "starlette_empty_post_1pt_server_us",
+    ),
+    "ws": (
+        "messages/s acked",
+        "starlette_ws_answer_1pt_msgs_per_s",
+        "starlette_ws_answer_1pt_server_us",
+    ),
+}
+"""Per transport, what a devices phase is set against in ``limits.web_limits``: (figure, the
+empty app's rate, its server's CPU µs per answer), one reading per request/message."""
+
+
 def ratios(phases: list[dict[str, Any]], limits: dict[str, float]) -> list[dict[str, Any]]:
     out = []
 
@@ -611,12 +627,14 @@ def ratios(phases: list[dict[str, Any]], limits: dict[str, float]) -> list[dict[
             p["dp_raw_msgs_per_s"],
             "js_fetch_ack_msgs_per_s",
         )
-        devices = p["phase"].startswith("devices")
-        if p["transport"] == "http":
-            limit = "starlette_empty_post_1pt_req_per_s" if devices else ""
-            add(f"{t} requests/s", p["acks_per_s"], limit or "starlette_empty_post_req_per_s")
-        if p["transport"] == "ws" and devices:
-            add(f"{t} messages/s acked", p["acks_per_s"], "starlette_ws_answer_1pt_msgs_per_s")
+        single = EMPTY_APP_SINGLE.get(p["transport"])
+        if single and p["phase"].startswith("devices"):
+            label, rate, server_us = single
+            add(f"{t} {label}", p["acks_per_s"], rate)
+            gateway = f"gateway-{p['transport']}"
+            add(f"{t} {gateway} CPU µs per reading", p["cpu_us_per_point"][gateway], server_us)
+        elif p["transport"] == "http":
+            add(f"{t} requests/s", p["acks_per_s"], "starlette_empty_post_req_per_s")
         if p["transport"] == "mqtt":
             add(f"{t} messages/s acked", p["acks_per_s"], "js_publish_async_msgs_per_s")
     return out
